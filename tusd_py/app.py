@@ -1,0 +1,169 @@
+"""The aiohttp application: routes, middlewares, storage and sweeper lifecycles."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from .config import Config
+from .events import EventBus
+from .handlers import TusHandler
+from .protocol import TUS_VERSION, TusError
+from .storage import Store, build_store
+from .sweeper import sweeper_ctx
+
+log = logging.getLogger(__name__)
+
+HANDLER = web.AppKey("tusd_handler", TusHandler)
+CONFIG = web.AppKey("tusd_config", Config)
+STORE = web.AppKey("tusd_store", Store)
+EVENTS = web.AppKey("tusd_events", EventBus)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: Headers a browser page may read from responses (everything tus clients need).
+EXPOSE_HEADERS = ", ".join((
+    "Location", "Upload-Offset", "Upload-Length", "Upload-Defer-Length", "Upload-Metadata",
+    "Upload-Concat", "Upload-Expires", "Tus-Version", "Tus-Resumable", "Tus-Max-Size",
+    "Tus-Extension", "Tus-Checksum-Algorithm", "Content-Disposition", "Content-Range",
+))
+ALLOW_HEADERS = ", ".join((
+    "Authorization", "Origin", "X-Requested-With", "X-Request-ID", "X-HTTP-Method-Override",
+    "Content-Type", "Upload-Length", "Upload-Offset", "Tus-Resumable", "Upload-Metadata",
+    "Upload-Defer-Length", "Upload-Concat", "Upload-Checksum", "Range",
+))
+ALLOW_METHODS = "POST, HEAD, PATCH, OPTIONS, GET, DELETE"
+
+
+def _text_response(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    response = web.Response(status=status, text=message + "\n", headers=headers)
+    response.headers.setdefault("Tus-Resumable", TUS_VERSION)
+    return response
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Typed errors -> short plain-text responses; nothing unexpected leaks a traceback."""
+    try:
+        return await handler(request)
+    except TusError as exc:
+        return _text_response(exc.status, exc.message, exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _text_response(exc.status, exc.reason.lower(), dict(exc.headers))
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return _text_response(500, "internal server error")
+
+
+def cors_middleware(config: Config) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    cors = config.server.cors
+    any_origin = "*" in cors.allowed_origins
+    allowed = frozenset(cors.allowed_origins)
+    max_age = str(int(cors.max_age))
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return await handler(request)
+        preflight = (request.method == "OPTIONS"
+                     and "Access-Control-Request-Method" in request.headers)
+        response = await handler(request)
+        if not (any_origin or origin in allowed):
+            return response
+        headers = response.headers
+        if any_origin and not cors.allow_credentials:
+            headers["Access-Control-Allow-Origin"] = "*"
+        else:
+            headers["Access-Control-Allow-Origin"] = origin
+            headers.add("Vary", "Origin")
+            if cors.allow_credentials:
+                headers["Access-Control-Allow-Credentials"] = "true"
+        if preflight:
+            headers["Access-Control-Allow-Methods"] = ALLOW_METHODS
+            headers["Access-Control-Allow-Headers"] = ALLOW_HEADERS
+            headers["Access-Control-Max-Age"] = max_age
+        else:
+            headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
+        return response
+
+    return middleware
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the event loop answers."""
+    return web.Response(text="ok\n")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: storage answers within 5 s."""
+    store = request.app[STORE]
+    try:
+        await asyncio.wait_for(store.ping(), 5)
+    except Exception as exc:  # any failure means "not ready"
+        reason = str(exc) or type(exc).__name__
+        return web.Response(status=503, text=f"storage not ready: {reason}\n")
+    return web.Response(text="ready\n")
+
+
+def create_app(config: Config, store: Store | None = None,
+               events: EventBus | None = None) -> web.Application:
+    """Build the application. ``store`` defaults to the configured driver."""
+    store = store if store is not None else build_store(config.storage)
+    events = events if events is not None else EventBus()
+    handler = TusHandler(config, store, events)
+    middlewares: list[Callable[..., Awaitable[web.StreamResponse]]] = []
+    if config.server.cors.enabled:
+        middlewares.append(cors_middleware(config))
+    middlewares.append(error_middleware)
+    app = web.Application(middlewares=middlewares, handler_args={"max_field_size": 16384})
+    app[CONFIG] = config
+    app[STORE] = store
+    app[EVENTS] = events
+    app[HANDLER] = handler
+
+    base = config.server.base_path
+    app.router.add_route("*", base, handler.dispatch)
+    app.router.add_route("*", base.rstrip("/"), handler.dispatch)
+    app.router.add_route("*", base + "{upload_id}", handler.dispatch)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+
+    app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(sweeper_ctx)
+    app.on_shutdown.append(_stop_writers)
+    return app
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    store = app[STORE]
+    await store.start()
+    yield
+    await store.stop()
+
+
+async def _stop_writers(app: web.Application) -> None:
+    """On shutdown, let in-flight writes run for ``shutdown_grace``, then stop them.
+
+    Stopped writers commit the bytes they received and answer 503; the runner waits
+    for them before the store closes (``_store_ctx`` cleanup runs after).
+    """
+    handler = app[HANDLER]
+    grace = app[CONFIG].server.shutdown_grace
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while len(handler.leases) and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    if len(handler.leases):
+        log.warning("stopping %d in-flight upload(s) at the end of the shutdown grace period",
+                    len(handler.leases))
+        handler.leases.stop_all()
+        while len(handler.leases) and loop.time() < deadline + 5:
+            await asyncio.sleep(0.02)

@@ -1,0 +1,261 @@
+"""Typed configuration: built-in defaults < YAML file < ``TUSD_*`` env vars < CLI flags.
+
+Every key has an env form: ``TUSD_`` + the key path upper-cased, joined by ``__``
+(``server.port`` -> ``TUSD_SERVER__PORT``). The merged result is validated once at
+start-up; a bad key or value is reported by name and source, without a traceback.
+No other module reads the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from .protocol.checksum import ALGORITHMS
+
+ENV_PREFIX = "TUSD_"
+#: Env var naming the config file (an alternative to ``--config``).
+CONFIG_ENV = "TUSD_CONFIG"
+DEFAULT_CONFIG_PATHS = ("config/tusd.yaml", "/etc/tusd-py/tusd.yaml")
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 10**3, "kib": 1 << 10, "m": 1 << 20, "mb": 10**6,
+          "mib": 1 << 20, "g": 1 << 30, "gb": 10**9, "gib": 1 << 30, "t": 1 << 40, "tb": 10**12,
+          "tib": 1 << 40}
+_SECONDS = {"": 1, "ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _parse_size(value: Any) -> Any:
+    """``8MiB``, ``5 MB``, ``1048576`` -> bytes."""
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", value)
+        if m and m.group(2).lower() in _UNITS:
+            return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+        raise ValueError(f"not a size: {value!r} (try 8MiB or 8388608)")
+    return value
+
+
+def _parse_duration(value: Any) -> Any:
+    """``30s``, ``5m``, ``24h``, ``7d``, ``250ms``, ``60`` -> seconds."""
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-z]*)\s*", value)
+        if m and m.group(2) in _SECONDS:
+            return float(m.group(1)) * _SECONDS[m.group(2)]
+        raise ValueError(f"not a duration: {value!r} (try 30s, 5m, 24h)")
+    return value
+
+
+def _split_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+Size = Annotated[int, BeforeValidator(_parse_size), Field(ge=0)]
+Duration = Annotated[float, BeforeValidator(_parse_duration), Field(ge=0)]
+StrList = Annotated[list[str], BeforeValidator(_split_list)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class CorsConfig(Section):
+    enabled: bool = True
+    #: Origins allowed to call the API from a browser; ``*`` allows any (no credentials).
+    allowed_origins: StrList = ["*"]
+    allow_credentials: bool = False
+    #: How long browsers may cache a preflight answer (Access-Control-Max-Age).
+    max_age: Duration = 86400
+
+
+class ServerConfig(Section):
+    host: str = "0.0.0.0"
+    port: int = Field(8080, ge=0, le=65535)
+    #: URL path the tus endpoint is mounted at.
+    base_path: str = "/files/"
+    #: Trust Forwarded / X-Forwarded-* headers when building Location URLs.
+    behind_proxy: bool = False
+    #: Largest upload accepted (Tus-Max-Size); 0 means no limit.
+    max_size: Size = 0
+    #: Serve finished uploads with GET.
+    download: bool = True
+    #: Checksum algorithms accepted in Upload-Checksum.
+    checksum_algorithms: StrList = list(ALGORITHMS)
+    #: A PATCH whose body sends nothing for this long is ended (bytes so far are kept).
+    idle_timeout: Duration = 30.0
+    #: How long a request waits for an upload another request is writing, before 423.
+    lock_wait: Duration = 3.0
+    #: A writer idle for this long gives its upload up to a newer request at once
+    #: (a client that reconnected after a network drop resumes without waiting).
+    lock_takeover_idle: Duration = 1.0
+    #: On SIGTERM, in-flight requests get this long to finish; then they are stopped,
+    #: their bytes committed, and the daemon exits.
+    shutdown_grace: Duration = 30.0
+    cors: CorsConfig = CorsConfig()
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: ``text`` or ``json`` (one JSON object per line).
+    log_format: Literal["text", "json"] = "text"
+    access_log: bool = True
+
+    @field_validator("base_path")
+    @classmethod
+    def _normalise_base_path(cls, value: str) -> str:
+        if not value.startswith("/") or "//" in value or any(c in value for c in "?#{} "):
+            raise ValueError("must be an absolute URL path such as /files/")
+        return value.rstrip("/") + "/"
+
+    @field_validator("checksum_algorithms")
+    @classmethod
+    def _known_algorithms(cls, value: list[str]) -> list[str]:
+        value = [v.lower() for v in value]
+        unknown = [v for v in value if v not in ALGORITHMS]
+        if unknown:
+            raise ValueError(f"unknown algorithm(s) {unknown}; choose from {list(ALGORITHMS)}")
+        return value
+
+
+class StorageConfig(Section):
+    """One flat section for every driver; each driver reads the keys it needs."""
+
+    driver: Literal["local", "s3", "gcs", "azure"] = "local"
+    # local
+    #: Directory for the SQLite database and the upload files (local driver).
+    data_dir: str = "./data"
+    #: fsync data before each offset commit and run SQLite with synchronous=FULL
+    #: (survives power loss; without it an acknowledged offset survives a kill -9).
+    fsync: bool = False
+    # object stores (s3, gcs, azure)
+    bucket: str | None = None
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+    part_size: Size = 8 << 20
+    # azure
+    container: str | None = None
+    connection_string: SecretStr | None = None
+    account_url: str | None = None
+
+
+class ExpirationConfig(Section):
+    #: Unfinished uploads expire this long after their last PATCH (0: never, and the
+    #: expiration extension is not advertised).
+    after: Duration = 86400.0
+    #: Finished uploads are deleted this long after completion (0: kept for ever).
+    completed_after: Duration = 0.0
+    #: How often the sweeper deletes expired uploads.
+    sweep_interval: Duration = 60.0
+
+
+class Config(Section):
+    server: ServerConfig = ServerConfig()
+    storage: StorageConfig = StorageConfig()
+    expiration: ExpirationConfig = ExpirationConfig()
+
+
+class ConfigError(Exception):
+    """A configuration problem, with a message fit for an operator (no traceback)."""
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    for key in path[:-1]:
+        node = tree.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{'.'.join(path)}: {key} is not a section")
+        tree = node
+    tree[path[-1]] = value
+
+
+def _env_value(raw: str) -> Any:
+    """Env values stay strings (pydantic coerces them), except JSON lists/objects."""
+    stripped = raw.strip()
+    if stripped[:1] in ("[", "{"):
+        try:
+            return json.loads(stripped)
+        except json.JSONDecodeError:
+            pass
+    return raw
+
+
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def find_config_file(path: str | None, env: Mapping[str, str]) -> str | None:
+    if path:
+        return path
+    if env.get(CONFIG_ENV):
+        return env[CONFIG_ENV]
+    for candidate in DEFAULT_CONFIG_PATHS:
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def load_config(path: str | None = None, env: Mapping[str, str] | None = None,
+                overrides: Mapping[str, Any] | None = None) -> Config:
+    """Build the effective config. ``overrides`` maps dotted keys (``server.port``) to
+    values, as CLI flags give them. Raises ``ConfigError`` naming the bad key."""
+    env = os.environ if env is None else env
+    sources: dict[str, str] = {}
+    tree: dict[str, Any] = {}
+
+    config_file = find_config_file(path, env)
+    if config_file is not None:
+        try:
+            with open(config_file, encoding="utf-8") as fh:
+                loaded = yaml.safe_load(fh) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {config_file} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {config_file} must hold a mapping at the top")
+        tree = loaded
+
+    env_tree: dict[str, Any] = {}
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        key_path = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
+        if not all(key_path):
+            raise ConfigError(f"{name}: malformed variable name (use TUSD_SECTION__KEY)")
+        _set_path(env_tree, key_path, _env_value(raw))
+        sources[".".join(key_path)] = f"env {name}"
+    tree = _merge(tree, env_tree)
+
+    flag_tree: dict[str, Any] = {}
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        _set_path(flag_tree, dotted.split("."), value)
+        sources[dotted] = "command line"
+    tree = _merge(tree, flag_tree)
+
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            origin = sources.get(key) or (f"file {config_file}" if config_file else "defaults")
+            message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            lines.append(f"  {key}: {message} (from {origin})")
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None
+
+
+def dump_config(config: Config) -> str:
+    """The effective config as YAML, secrets masked."""
+    data = config.model_dump(mode="json")  # SecretStr dumps as '**********'
+    return yaml.safe_dump(data, sort_keys=False)

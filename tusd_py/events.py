@@ -1,0 +1,79 @@
+"""Upload lifecycle events: handlers emit them; metrics, logs and hooks listen.
+
+Listeners subclass ``UploadListener`` and override what they need. ``pre_*`` methods are
+awaited in order and may refuse by raising ``TusError`` (``pre_create`` may also return
+a changed upload); the notifications (``created``, ``progress``, ``finished``,
+``terminated``) must not block or fail the request: exceptions are logged and dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from .storage.base import Upload
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+
+class UploadListener:
+    async def pre_create(self, upload: Upload, request: web.Request) -> Upload:
+        return upload
+
+    async def pre_finish(self, upload: Upload, request: web.Request) -> None:
+        return None
+
+    def created(self, upload: Upload, request: web.Request) -> None: ...
+
+    def progress(self, upload: Upload, request: web.Request, received: int) -> None:
+        """After each PATCH commit (``received`` bytes committed by this request)."""
+
+    def finished(self, upload: Upload, request: web.Request) -> None: ...
+
+    def terminated(self, upload: Upload, request: web.Request | None) -> None:
+        """After DELETE (``request`` set) or expiry (``request`` None)."""
+
+
+class EventBus(UploadListener):
+    """Fans every call out to the registered listeners."""
+
+    def __init__(self) -> None:
+        self.listeners: list[UploadListener] = []
+
+    def add(self, listener: UploadListener) -> None:
+        self.listeners.append(listener)
+
+    async def pre_create(self, upload: Upload, request: web.Request) -> Upload:
+        for listener in self.listeners:
+            upload = await listener.pre_create(upload, request)
+        return upload
+
+    async def pre_finish(self, upload: Upload, request: web.Request) -> None:
+        for listener in self.listeners:
+            await listener.pre_finish(upload, request)
+
+    def created(self, upload: Upload, request: web.Request) -> None:
+        for listener in self.listeners:
+            _safely(listener.created, upload, request)
+
+    def progress(self, upload: Upload, request: web.Request, received: int) -> None:
+        for listener in self.listeners:
+            _safely(listener.progress, upload, request, received)
+
+    def finished(self, upload: Upload, request: web.Request) -> None:
+        for listener in self.listeners:
+            _safely(listener.finished, upload, request)
+
+    def terminated(self, upload: Upload, request: web.Request | None) -> None:
+        for listener in self.listeners:
+            _safely(listener.terminated, upload, request)
+
+
+def _safely(fn: object, *args: object) -> None:
+    try:
+        fn(*args)  # type: ignore[operator]
+    except Exception:
+        log.exception("upload event listener %r failed", fn)

@@ -1,0 +1,575 @@
+"""tus 1.0.0 request handlers: one method per HTTP method, over any ``Store``.
+
+Handlers orchestrate: headers are parsed by ``tusd_py.protocol``, bytes and records are
+the store's business, refusals are ``TusError`` values turned into responses by the
+error middleware in ``tusd_py.app``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from urllib.parse import urlsplit
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from .config import Config
+from .events import EventBus
+from .leases import Lease, LeaseRegistry, StopReason
+from .protocol import (
+    TUS_VERSION,
+    Metadata,
+    format_metadata,
+    http_date,
+    metadata_text,
+    new_hasher,
+    parse_checksum,
+    parse_concat,
+    parse_defer_length,
+    parse_metadata,
+    parse_uint,
+)
+from .protocol.checksum import Hasher
+from .protocol.errors import (
+    BadRequest,
+    ChecksumMismatch,
+    Forbidden,
+    Gone,
+    InvalidContentType,
+    NotFound,
+    NotImplementedByServer,
+    ServiceUnavailable,
+    SizeExceeded,
+    TusError,
+    UnsupportedVersion,
+)
+from .protocol.errors import MismatchedOffset as OffsetMismatch
+from .storage.base import Capability, Store, Upload, UploadLock
+from .storage.ids import check_upload_id, is_upload_id, new_upload_id
+from .urls import base_url
+
+log = logging.getLogger(__name__)
+
+OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
+
+#: Extension names in the order OPTIONS lists them.
+_EXTENSION_ORDER = (
+    "creation", "creation-with-upload", "creation-defer-length", "expiration",
+    "checksum", "termination", "concatenation", "concatenation-unfinished",
+)
+
+#: filetype values served inline with their own Content-Type; everything else is sent
+#: as application/octet-stream + attachment, so an upload cannot become a stored XSS.
+SAFE_INLINE_TYPES = frozenset({
+    "text/plain", "image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp",
+    "audio/wave", "audio/wav", "audio/x-wav", "audio/x-pn-wav", "audio/webm", "audio/ogg",
+    "audio/mpeg", "video/webm", "video/ogg", "video/mp4", "application/ogg", "application/pdf",
+})
+
+
+class Outcome(enum.Enum):
+    COMPLETE = "complete"  # the body ended normally
+    DISCONNECTED = "disconnected"  # the client went away mid-body
+    TOO_LARGE = "too-large"  # more bytes than the upload may take
+    STOPPED = "stopped"  # idle timeout, takeover or shutdown (see lease.stop_reason)
+
+
+class TusHandler:
+    def __init__(self, config: Config, store: Store, events: EventBus | None = None) -> None:
+        self.config = config
+        self.server = config.server
+        self.store = store
+        self.events = events or EventBus()
+        self.caps = store.capabilities
+        self.leases = LeaseRegistry(
+            idle_timeout=self.server.idle_timeout, lock_wait=self.server.lock_wait,
+            takeover_idle=self.server.lock_takeover_idle)
+        self.base_path = self.server.base_path
+        self.expire_after = config.expiration.after
+        self.expire_completed_after = config.expiration.completed_after
+        self.algorithms = tuple(self.server.checksum_algorithms)
+        self.extensions = self._extensions()
+        self._options_headers = {
+            "Tus-Resumable": TUS_VERSION,
+            "Tus-Version": TUS_VERSION,
+            "Tus-Extension": ",".join(self.extensions),
+        }
+        if self.server.max_size:
+            self._options_headers["Tus-Max-Size"] = str(self.server.max_size)
+        if self.algorithms:
+            self._options_headers["Tus-Checksum-Algorithm"] = ",".join(self.algorithms)
+
+    def _extensions(self) -> list[str]:
+        """Exactly what this store and config support."""
+        have = {"creation", "creation-with-upload"}
+        if Capability.DEFER_LENGTH in self.caps:
+            have.add("creation-defer-length")
+        if Capability.EXPIRE in self.caps and self.expire_after > 0:
+            have.add("expiration")
+        if self.server.checksum_algorithms:
+            have.add("checksum")
+        if Capability.TERMINATE in self.caps:
+            have.add("termination")
+        if Capability.CONCATENATE in self.caps:
+            have.add("concatenation")
+            if Capability.CONCATENATE_UNFINISHED in self.caps:
+                have.add("concatenation-unfinished")
+        return [name for name in _EXTENSION_ORDER if name in have]
+
+    # -- routing ------------------------------------------------------------------
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        method = request.method
+        override = request.headers.get("X-HTTP-Method-Override")
+        if override and method == "POST":
+            method = override.strip().upper()
+        upload_id = request.match_info.get("upload_id")
+
+        if method == "OPTIONS":
+            return web.Response(status=204, headers=self._options_headers)
+        if method == "GET":
+            if upload_id is None or not self.server.download:
+                raise web.HTTPMethodNotAllowed(method, ["POST", "OPTIONS"])
+            return await self.get(request, upload_id)
+        if request.headers.get("Tus-Resumable") != TUS_VERSION:
+            raise UnsupportedVersion(headers={"Tus-Version": TUS_VERSION})
+        if upload_id is None:
+            if method == "POST":
+                return await self.post(request)
+            raise web.HTTPMethodNotAllowed(method, ["POST", "OPTIONS"])
+        check_upload_id(upload_id)
+        if method == "HEAD":
+            return await self.head(request, upload_id)
+        if method == "PATCH":
+            return await self.patch(request, upload_id)
+        if method == "DELETE":
+            return await self.delete(request, upload_id)
+        raise web.HTTPMethodNotAllowed(method, ["HEAD", "PATCH", "DELETE", "GET", "OPTIONS"])
+
+    # -- helpers ------------------------------------------------------------------
+
+    def upload_url(self, request: web.Request, upload_id: str) -> str:
+        return base_url(request, self.server.behind_proxy) + self.base_path + upload_id
+
+    def _tus_headers(self, upload: Upload) -> dict[str, str]:
+        headers = {"Tus-Resumable": TUS_VERSION}
+        if upload.expires_at is not None and not upload.is_complete and "expiration" in self.extensions:
+            headers["Upload-Expires"] = http_date(upload.expires_at)
+        return headers
+
+    def _next_expiry(self, now: float, complete: bool) -> float | None:
+        if complete:
+            return now + self.expire_completed_after if self.expire_completed_after else None
+        return now + self.expire_after if self.expire_after else None
+
+    async def _load(self, upload_id: str) -> Upload:
+        upload = await self.store.get(upload_id)
+        if upload is None:
+            raise NotFound()
+        self._check_alive(upload)
+        return upload
+
+    @staticmethod
+    def _check_alive(upload: Upload) -> None:
+        if upload.expires_at is not None and upload.expires_at < time.time():
+            raise Gone()
+
+    async def _acquire(self, upload_id: str) -> tuple[Lease, UploadLock]:
+        lease = await self.leases.acquire(upload_id)
+        try:
+            lock = await self.store.lock(upload_id, self.server.lock_wait)
+        except BaseException:
+            self.leases.release(lease)
+            raise
+        return lease, lock
+
+    async def _release(self, lease: Lease, lock: UploadLock) -> None:
+        try:
+            await lock.release()
+        finally:
+            self.leases.release(lease)
+
+    # -- POST: creation, creation-with-upload, concatenation ------------------------
+
+    async def post(self, request: web.Request) -> web.StreamResponse:
+        headers = request.headers
+        concat = parse_concat(headers.get("Upload-Concat"))
+        if concat is not None and Capability.CONCATENATE not in self.caps:
+            raise BadRequest("concatenation is not supported by this server")
+        metadata = parse_metadata(headers.get("Upload-Metadata"))
+        now = time.time()
+        if concat is not None and concat.final:
+            return await self._create_final(request, concat.final_urls, metadata, now)
+
+        length = parse_uint(headers.get("Upload-Length"), "Upload-Length", required=False)
+        deferred = parse_defer_length(headers.get("Upload-Defer-Length"))
+        if deferred and length is not None:
+            raise BadRequest("Upload-Length and Upload-Defer-Length are mutually exclusive")
+        if deferred and Capability.DEFER_LENGTH not in self.caps:
+            raise BadRequest("creation-defer-length is not supported by this server")
+        if not deferred and length is None:
+            raise BadRequest("missing Upload-Length header")
+        if length is not None and self.server.max_size and length > self.server.max_size:
+            raise SizeExceeded("maximum upload size exceeded")
+
+        has_body = _has_body(request)
+        if has_body:
+            _check_offset_content_type(request)
+        upload = Upload(
+            id=new_upload_id(), length=length, offset=0, metadata=metadata, created_at=now,
+            expires_at=self._next_expiry(now, length == 0),
+            is_partial=bool(concat and concat.partial),
+            completed_at=now if length == 0 else None,
+        )
+        upload = await self.events.pre_create(upload, request)
+        if not is_upload_id(upload.id):
+            raise TusError("pre-create hook returned an invalid upload id", status=500)
+        upload = await self.store.create(upload)
+        self.events.created(upload, request)
+        if upload.is_complete and not upload.is_partial:
+            await self.events.pre_finish(upload, request)
+            self.events.finished(upload, request)
+
+        if has_body and not upload.is_complete:
+            # creation-with-upload: the body is the first PATCH. Whatever happens to it
+            # (checksum mismatch, a dropped connection), the upload exists and the
+            # client learns its URL and committed offset, and can go on with PATCH.
+            checksum = parse_checksum(headers.get("Upload-Checksum"), self.algorithms)
+            try:
+                upload = await self._write_body(
+                    request, upload.id, 0, None,
+                    new_hasher(checksum.algorithm) if checksum else None,
+                    checksum.digest if checksum else None)
+            except TusError as exc:
+                log.info("upload %s: body of creation request not kept: %s", upload.id, exc)
+                upload = await self.store.get(upload.id) or upload
+        response_headers = self._tus_headers(upload)
+        response_headers["Location"] = self.upload_url(request, upload.id)
+        if has_body:
+            response_headers["Upload-Offset"] = str(upload.offset)
+        return web.Response(status=201, headers=response_headers)
+
+    def _partial_id(self, request: web.Request, url: str) -> str:
+        path = urlsplit(url).path
+        if not path.startswith(self.base_path):
+            raise BadRequest(f"invalid partial upload URL {url[:100]!r}")
+        upload_id = path[len(self.base_path):]
+        if not is_upload_id(upload_id):
+            raise BadRequest(f"invalid partial upload URL {url[:100]!r}")
+        return upload_id
+
+    async def _create_final(self, request: web.Request, urls: tuple[str, ...],
+                            metadata: Metadata, now: float) -> web.StreamResponse:
+        ids = [self._partial_id(request, url) for url in urls]
+        partials = []
+        for upload_id in ids:
+            partial = await self.store.get(upload_id)
+            if partial is None:
+                raise BadRequest(f"partial upload {upload_id} not found")
+            self._check_alive(partial)
+            if not partial.is_partial:
+                raise BadRequest(f"upload {upload_id} is not a partial upload")
+            if not partial.is_complete and Capability.CONCATENATE_UNFINISHED not in self.caps:
+                raise BadRequest("one of the partial uploads is not finished")
+            partials.append(partial)
+        lengths = [p.length for p in partials]
+        length = None if any(n is None for n in lengths) else sum(lengths)  # type: ignore[misc]
+        if length is not None and self.server.max_size and length > self.server.max_size:
+            raise SizeExceeded("maximum upload size exceeded")
+        upload = Upload(id=new_upload_id(), length=length, offset=0, metadata=metadata,
+                        created_at=now, expires_at=self._next_expiry(now, False),
+                        final_of=tuple(ids))
+        upload = await self.events.pre_create(upload, request)
+        if not is_upload_id(upload.id):
+            raise TusError("pre-create hook returned an invalid upload id", status=500)
+        upload = await self.store.create(upload)
+        self.events.created(upload, request)
+        if all(p.is_complete for p in partials):
+            upload = await self._concatenate(request, upload, partials)
+        headers = self._tus_headers(upload)
+        headers["Location"] = self.upload_url(request, upload.id)
+        return web.Response(status=201, headers=headers)
+
+    async def _concatenate(self, request: web.Request, final: Upload,
+                           partials: list[Upload]) -> Upload:
+        """Assemble a final upload whose partials are all complete (under its lock)."""
+        lease, lock = await self._acquire(final.id)
+        try:
+            if lock.upload.is_complete:  # another request got there first
+                return lock.upload
+            final = lock.upload.copy(expires_at=self._next_expiry(time.time(), True))
+            final = await self.store.concatenate(final, partials)
+        finally:
+            await self._release(lease, lock)
+        await self.events.pre_finish(final, request)
+        self.events.finished(final, request)
+        return final
+
+    async def _settle_final(self, request: web.Request, upload: Upload) -> Upload:
+        """concatenation-unfinished: complete a final upload once its partials are done."""
+        partials = []
+        for upload_id in upload.final_of:
+            partial = await self.store.get(upload_id)
+            if partial is None:
+                raise Gone(f"partial upload {upload_id} no longer exists")
+            if not partial.is_complete:
+                return upload
+            partials.append(partial)
+        if upload.length is None:
+            upload = upload.copy(length=sum(p.offset for p in partials))
+        return await self._concatenate(request, upload, partials)
+
+    # -- HEAD -----------------------------------------------------------------------
+
+    async def head(self, request: web.Request, upload_id: str) -> web.StreamResponse:
+        upload = await self._load(upload_id)
+        if upload.is_final and not upload.is_complete:
+            upload = await self._settle_final(request, upload)
+        headers = self._tus_headers(upload)
+        headers["Cache-Control"] = "no-store"
+        if not (upload.is_final and not upload.is_complete):
+            headers["Upload-Offset"] = str(upload.offset)
+        if upload.length is not None:
+            headers["Upload-Length"] = str(upload.length)
+        elif not upload.is_final:
+            headers["Upload-Defer-Length"] = "1"
+        if upload.metadata:
+            headers["Upload-Metadata"] = format_metadata(upload.metadata)
+        if upload.is_partial:
+            headers["Upload-Concat"] = "partial"
+        elif upload.is_final:
+            headers["Upload-Concat"] = "final;" + " ".join(
+                self.base_path + pid for pid in upload.final_of)
+        return web.Response(status=200, headers=headers)
+
+    # -- PATCH ----------------------------------------------------------------------
+
+    async def patch(self, request: web.Request, upload_id: str) -> web.StreamResponse:
+        _check_offset_content_type(request)
+        headers = request.headers
+        offset = parse_uint(headers.get("Upload-Offset"), "Upload-Offset")
+        assert offset is not None
+        declared = parse_uint(headers.get("Upload-Length"), "Upload-Length", required=False)
+        checksum = parse_checksum(headers.get("Upload-Checksum"), self.algorithms)
+        upload = await self._write_body(request, upload_id, offset, declared,
+                                        new_hasher(checksum.algorithm) if checksum else None,
+                                        checksum.digest if checksum else None)
+        response_headers = self._tus_headers(upload)
+        response_headers["Upload-Offset"] = str(upload.offset)
+        return web.Response(status=204, headers=response_headers)
+
+    async def _write_body(self, request: web.Request, upload_id: str, offset: int,
+                          declared: int | None, hasher: Hasher | None,
+                          expected_digest: bytes | None = None) -> Upload:
+        """Lock, check, stream the body into the store, commit. Returns the new record."""
+        content_length = parse_uint(request.headers.get("Content-Length"), "Content-Length",
+                                    required=False)
+        lease, lock = await self._acquire(upload_id)
+        try:
+            upload = lock.upload
+            self._check_alive(upload)
+            if upload.is_final:
+                raise Forbidden("modifying a final upload is not allowed")
+            if offset != upload.offset:
+                raise OffsetMismatch(f"mismatched offset: upload is at {upload.offset}")
+            length = upload.length
+            if declared is not None:
+                if length is not None and declared != length:
+                    raise BadRequest("Upload-Length cannot be changed once set")
+                if declared < upload.offset:
+                    raise BadRequest("Upload-Length is smaller than the current offset")
+                if self.server.max_size and declared > self.server.max_size:
+                    raise SizeExceeded("maximum upload size exceeded")
+                length = declared
+            limit = (length if length is not None else self.server.max_size or None)
+            room = None if limit is None else limit - upload.offset
+            if room is not None and content_length is not None and content_length > room:
+                raise SizeExceeded()
+
+            outcome = await self._receive(request, lease, lock, room, hasher)
+            received = lock.written
+            if outcome is Outcome.TOO_LARGE:
+                await lock.rollback()
+                raise SizeExceeded()
+            if hasher is not None:
+                if outcome is not Outcome.COMPLETE or hasher.digest() != expected_digest:
+                    await lock.rollback()
+                    if outcome is Outcome.COMPLETE:
+                        raise ChecksumMismatch()
+                    raise self._interrupted(lease)
+            new_length = length if upload.length is None else None
+            if received or new_length is not None:
+                now = time.time()
+                complete = length is not None and upload.offset + received == length
+                upload = await lock.commit(length=new_length,
+                                           expires_at=self._next_expiry(now, complete))
+            elif upload.expires_at is not None and not upload.is_complete and self.expire_after:
+                # An empty PATCH still proves the client is alive: refresh the expiry.
+                upload = await lock.commit(expires_at=self._next_expiry(time.time(), False))
+        except BaseException:
+            await lock.rollback()
+            await self._release(lease, lock)
+            raise
+        await self._release(lease, lock)
+
+        if received:
+            self.events.progress(upload, request, received)
+        if received and upload.is_complete:
+            if not upload.is_partial:
+                await self.events.pre_finish(upload, request)
+                self.events.finished(upload, request)
+        if outcome is not Outcome.COMPLETE:
+            raise self._interrupted(lease)
+        return upload
+
+    @staticmethod
+    def _interrupted(lease: Lease) -> TusError:
+        reason = lease.stop_reason
+        if reason is StopReason.SHUTDOWN:
+            return ServiceUnavailable("request stopped because the server is shutting down")
+        if reason is StopReason.TAKEN_OVER:
+            return BadRequest("upload has been interrupted by another request for this upload")
+        if reason is StopReason.IDLE:
+            return TusError("request body idle timeout", status=408)
+        return BadRequest("request body ended early")
+
+    async def _receive(self, request: web.Request, lease: Lease, lock: UploadLock,
+                       room: int | None, hasher: Hasher | None) -> Outcome:
+        """Stream the request body into ``lock`` until it ends, breaks, stalls or overflows.
+
+        Memory is bounded by aiohttp's stream buffer (the chunks it hands over), never by
+        what the client sends. Every read has a deadline (``idle_timeout``, shortened
+        when another request wants the upload or the daemon stops).
+        """
+        content = request.content
+        leases = self.leases
+        loop = asyncio.get_running_loop()
+        received = 0
+        try:
+            async with asyncio.timeout(None) as scope:
+                lease.scope = scope
+                while True:
+                    scope.reschedule(leases.idle_deadline(lease, loop.time()))
+                    chunk = await content.readany()
+                    if not chunk:
+                        return Outcome.COMPLETE
+                    scope.reschedule(None)
+                    received += len(chunk)
+                    if room is not None and received > room:
+                        return Outcome.TOO_LARGE
+                    if hasher is not None:
+                        hasher.update(chunk)
+                    await lock.write(chunk)
+        except TimeoutError:
+            if lease.stop_reason is None:
+                lease.stop_reason = StopReason.IDLE
+            return Outcome.STOPPED
+        except (ConnectionError, HttpProcessingError, asyncio.IncompleteReadError):
+            return Outcome.DISCONNECTED
+        finally:
+            lease.scope = None
+
+    # -- DELETE ----------------------------------------------------------------------
+
+    async def delete(self, request: web.Request, upload_id: str) -> web.StreamResponse:
+        if Capability.TERMINATE not in self.caps:
+            raise NotImplementedByServer("termination is not supported by this server")
+        lease, lock = await self._acquire(upload_id)
+        try:
+            upload = lock.upload
+            await self.store.terminate(upload_id)
+        finally:
+            await self._release(lease, lock)
+        self.events.terminated(upload, request)
+        return web.Response(status=204, headers={"Tus-Resumable": TUS_VERSION})
+
+    # -- GET: download -----------------------------------------------------------------
+
+    async def get(self, request: web.Request, upload_id: str) -> web.StreamResponse:
+        if Capability.DOWNLOAD not in self.caps:
+            raise NotImplementedByServer("download is not supported by this storage driver")
+        check_upload_id(upload_id)
+        upload = await self._load(upload_id)
+        if upload.is_final and not upload.is_complete:
+            upload = await self._settle_final(request, upload)
+        if not upload.is_complete:
+            raise NotFound("upload is not finished")
+        source = await self.store.download(upload)
+        content_type, disposition = _download_type(upload.metadata)
+        headers = {"Content-Type": content_type, "Content-Disposition": disposition,
+                   "Tus-Resumable": TUS_VERSION, "X-Content-Type-Options": "nosniff"}
+        if source.path is not None:
+            response = web.FileResponse(source.path, headers=headers)
+            return response
+        return await _stream_download(request, source, headers)
+
+
+def _download_type(metadata: Metadata) -> tuple[str, str]:
+    filetype = (metadata_text(metadata, "filetype") or "").strip().lower()
+    inline = filetype in SAFE_INLINE_TYPES
+    content_type = filetype if inline else "application/octet-stream"
+    disposition = "inline" if inline else "attachment"
+    filename = metadata_text(metadata, "filename")
+    if filename:
+        disposition += _disposition_filename(filename)
+    return content_type, disposition
+
+
+def _disposition_filename(name: str) -> str:
+    """RFC 6266 filename parameters: an ASCII fallback plus the exact UTF-8 form."""
+    from urllib.parse import quote
+
+    name = name.replace("\\", "/").rsplit("/", 1)[-1][:255]
+    ascii_name = "".join(c if 0x20 <= ord(c) < 0x7F and c not in '"\\' else "_" for c in name)
+    return f'; filename="{ascii_name}"; filename*=UTF-8\'\'{quote(name, safe="")}'
+
+
+async def _stream_download(request: web.Request, source: object,
+                           headers: dict[str, str]) -> web.StreamResponse:
+    """Serve a ``Download`` without a local path (object stores), honouring one Range."""
+    from .storage.base import Download
+
+    assert isinstance(source, Download)
+    size = source.size
+    start, end = 0, size - 1
+    status = 200
+    try:
+        http_range = request.http_range
+    except ValueError:
+        http_range = slice(None, None)
+    if http_range.start is not None or http_range.stop is not None:
+        start = http_range.start or 0
+        if start < 0:
+            start = max(size + start, 0)
+        end = min((http_range.stop or size) - 1, size - 1)
+        if start > end or start >= size:
+            raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"})
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    headers["Accept-Ranges"] = "bytes"
+    headers["ETag"] = source.etag
+    response = web.StreamResponse(status=status, headers=headers)
+    response.content_length = end - start + 1 if size else 0
+    response.last_modified = source.last_modified
+    await response.prepare(request)
+    if size:
+        async for chunk in source.read(start, end - start + 1):
+            await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+def _has_body(request: web.Request) -> bool:
+    if request.headers.get("Transfer-Encoding", "").lower().endswith("chunked"):
+        return True
+    length = parse_uint(request.headers.get("Content-Length"), "Content-Length", required=False)
+    return bool(length)
+
+
+def _check_offset_content_type(request: web.Request) -> None:
+    content_type = request.headers.get("Content-Type", "")
+    if content_type.split(";", 1)[0].strip().lower() != OFFSET_CONTENT_TYPE:
+        raise InvalidContentType()

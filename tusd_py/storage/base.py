@@ -1,0 +1,166 @@
+"""The storage driver contract.
+
+A driver keeps two things per upload: a record (the ``Upload`` below) and its bytes.
+It never sees an HTTP request; handlers parse the protocol and tell the driver what to do.
+
+The write path is built so that an acknowledged offset always has its bytes behind it
+and two writers can never both succeed:
+
+1. ``lock(id)`` takes a per-upload lock that excludes other requests, processes and
+   replicas (local: ``flock``; object stores: a lease written with a conditional put),
+   and reads the record fresh under it.
+2. ``UploadLock.write(data)`` stores bytes at ``offset + written`` without publishing
+   them: they stay invisible until the commit.
+3. ``UploadLock.commit()`` publishes them with a compare-and-set of the offset
+   (``expected == lock.upload.offset``); ``rollback()`` drops them instead (checksum
+   mismatch, oversized body).
+4. ``UploadLock.release()`` always runs last.
+
+Optional features are declared in ``capabilities``; the server advertises exactly those.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+
+from ..protocol.headers import Metadata
+
+
+class Capability(enum.Enum):
+    TERMINATE = "termination"
+    CONCATENATE = "concatenation"
+    CONCATENATE_UNFINISHED = "concatenation-unfinished"
+    DEFER_LENGTH = "creation-defer-length"
+    EXPIRE = "expiration"  # the driver can list and delete expired uploads
+    DOWNLOAD = "download"  # GET of a finished upload
+
+
+@dataclass
+class Upload:
+    """An upload's record, the same shape for every driver."""
+
+    id: str
+    length: int | None  # None while the length is deferred (or a final's is unknown)
+    offset: int = 0
+    metadata: Metadata = field(default_factory=dict)
+    created_at: float = 0.0
+    expires_at: float | None = None
+    is_partial: bool = False
+    final_of: tuple[str, ...] = ()  # partial upload ids, for a final upload
+    completed_at: float | None = None
+    location: str = ""  # driver specific: a path, or bucket/key
+
+    @property
+    def is_final(self) -> bool:
+        return bool(self.final_of)
+
+    @property
+    def is_complete(self) -> bool:
+        return self.completed_at is not None
+
+    def copy(self, **changes: object) -> Upload:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+@dataclass
+class Download:
+    """How to read a finished upload: a local ``path`` (served with sendfile) or ``read``."""
+
+    size: int
+    etag: str
+    last_modified: float
+    path: str | None = None
+
+    async def read(self, start: int, length: int) -> AsyncIterator[bytes]:  # pragma: no cover
+        raise NotImplementedError
+        yield b""
+
+
+class UploadLock(ABC):
+    """Exclusive write access to one upload, obtained from ``Store.lock``."""
+
+    #: The record as read under the lock; ``offset`` is the commit's expected offset.
+    upload: Upload
+    #: Bytes written since the lock was taken, not yet committed.
+    written: int = 0
+
+    @abstractmethod
+    async def write(self, data: bytes) -> None:
+        """Store ``data`` at ``upload.offset + written`` (unpublished until commit)."""
+
+    @abstractmethod
+    async def commit(self, *, length: int | None = None,
+                     expires_at: float | None = None) -> Upload:
+        """Publish the written bytes: compare-and-set the offset from ``upload.offset``.
+
+        ``length`` declares a deferred length; ``expires_at`` is the new expiry (None:
+        never), written in the same update. When the new offset reaches the length the
+        driver finalises the upload (``completed_at`` set). Returns the new record and
+        makes it ``self.upload``, so a lock can commit several times. Raises
+        ``MismatchedOffset`` if the offset moved underneath (it never should while locked).
+        """
+
+    @abstractmethod
+    async def rollback(self) -> None:
+        """Drop bytes written since the last commit."""
+
+    @abstractmethod
+    async def release(self) -> None:
+        """Give the lock up. Idempotent."""
+
+
+class Store(ABC):
+    """A storage driver. Subclasses set ``name`` and ``capabilities``."""
+
+    name: str = "base"
+    capabilities: frozenset[Capability] = frozenset()
+
+    async def start(self) -> None:
+        """Open connections, create tables/buckets, reconcile after a crash."""
+
+    async def stop(self) -> None:
+        """Close connections."""
+
+    @abstractmethod
+    async def ping(self) -> None:
+        """Raise if the backend is unreachable (used by ``/readyz``)."""
+
+    @abstractmethod
+    async def create(self, upload: Upload) -> Upload:
+        """Create a new upload (its id is fresh and unique); returns it with ``location`` set."""
+
+    @abstractmethod
+    async def get(self, upload_id: str) -> Upload | None:
+        """The record, or None if there is no such upload."""
+
+    @abstractmethod
+    async def lock(self, upload_id: str, wait: float) -> UploadLock:
+        """Lock one upload for writing, waiting at most ``wait`` seconds.
+
+        Raises ``NotFound`` if it does not exist and ``UploadBusy`` if another request
+        (in any process or replica) still holds it after ``wait``.
+        """
+
+    # -- optional capabilities ------------------------------------------------
+
+    async def terminate(self, upload_id: str) -> None:
+        """Delete an upload's record and bytes (``Capability.TERMINATE``/``EXPIRE``).
+
+        The caller holds the upload's lock."""
+        raise NotImplementedError
+
+    async def concatenate(self, final: Upload, partials: list[Upload]) -> Upload:
+        """Fill ``final`` with the bytes of ``partials`` (all complete), in order, and
+        return it completed (``Capability.CONCATENATE``)."""
+        raise NotImplementedError
+
+    async def expired(self, now: float, limit: int = 1000) -> list[str]:
+        """Ids of uploads whose ``expires_at`` is before ``now`` (``Capability.EXPIRE``)."""
+        raise NotImplementedError
+
+    async def download(self, upload: Upload) -> Download:
+        """How to read a completed upload (``Capability.DOWNLOAD``)."""
+        raise NotImplementedError
