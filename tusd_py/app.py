@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from .config import Config
 from .events import EventBus
@@ -21,6 +22,8 @@ HANDLER = web.AppKey("tusd_handler", TusHandler)
 CONFIG = web.AppKey("tusd_config", Config)
 STORE = web.AppKey("tusd_store", Store)
 EVENTS = web.AppKey("tusd_events", EventBus)
+#: Per-app Prometheus registry (several apps can live in one process, as in tests).
+REGISTRY = web.AppKey("tusd_metrics_registry", CollectorRegistry)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -113,6 +116,12 @@ async def readyz(request: web.Request) -> web.Response:
     return web.Response(text="ready\n")
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition of this app's registry."""
+    body = generate_latest(request.app[REGISTRY])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 def create_app(config: Config, store: Store | None = None,
                events: EventBus | None = None) -> web.Application:
     """Build the application. ``store`` defaults to the configured driver."""
@@ -128,6 +137,7 @@ def create_app(config: Config, store: Store | None = None,
     app[STORE] = store
     app[EVENTS] = events
     app[HANDLER] = handler
+    app[REGISTRY] = CollectorRegistry()
 
     base = config.server.base_path
     app.router.add_route("*", base, handler.dispatch)
@@ -135,6 +145,7 @@ def create_app(config: Config, store: Store | None = None,
     app.router.add_route("*", base + "{upload_id}", handler.dispatch)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
 
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(sweeper_ctx)

@@ -15,7 +15,15 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 
 from .protocol.checksum import ALGORITHMS
 
@@ -76,7 +84,7 @@ class CorsConfig(Section):
 
 class ServerConfig(Section):
     host: str = "0.0.0.0"
-    port: int = Field(8080, ge=0, le=65535)
+    port: int = Field(default=8080, ge=0, le=65535)
     #: URL path the tus endpoint is mounted at.
     base_path: str = "/files/"
     #: Trust Forwarded / X-Forwarded-* headers when building Location URLs.

@@ -275,8 +275,8 @@ class TusHandler:
             if not partial.is_complete and Capability.CONCATENATE_UNFINISHED not in self.caps:
                 raise BadRequest("one of the partial uploads is not finished")
             partials.append(partial)
-        lengths = [p.length for p in partials]
-        length = None if any(n is None for n in lengths) else sum(lengths)  # type: ignore[misc]
+        lengths = [p.length for p in partials if p.length is not None]
+        length = sum(lengths) if len(lengths) == len(partials) else None
         if length is not None and self.server.max_size and length > self.server.max_size:
             raise SizeExceeded("maximum upload size exceeded")
         upload = Upload(id=new_upload_id(), length=length, offset=0, metadata=metadata,

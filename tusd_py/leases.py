@@ -30,7 +30,7 @@ class StopReason(enum.Enum):
 
 
 class Lease:
-    __slots__ = ("upload_id", "released", "stop_reason", "scope", "last_activity")
+    __slots__ = ("last_activity", "released", "scope", "stop_reason", "upload_id")
 
     def __init__(self, upload_id: str, loop: asyncio.AbstractEventLoop) -> None:
         self.upload_id = upload_id

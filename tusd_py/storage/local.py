@@ -271,7 +271,7 @@ def _concatenate_files(dest: str, sources: list[tuple[str, int]], fsync: bool) -
 
 
 class LocalLock(UploadLock):
-    __slots__ = ("store", "fd", "upload", "written")
+    __slots__ = ("fd", "store", "upload", "written")
 
     def __init__(self, store: LocalStore, fd: int, upload: Upload) -> None:
         self.store = store
@@ -297,7 +297,7 @@ class LocalLock(UploadLock):
 
     async def commit(self, *, length: int | None = None,
                      expires_at: float | None = None) -> Upload:
-        if self.store.fsync and self.written:
+        if self.store.fsync and self.written and self.fd is not None:
             await asyncio.get_running_loop().run_in_executor(None, os.fsync, self.fd)
         self.upload = await self.store._commit(
             self, self.upload.offset + self.written, length, expires_at)

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs (Python extras, pinned Node tools, system
+# packages for the system tests) and run it: lint, type check, pytest.
+# Usage: scripts/test.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[all,test]'
+npm ci --no-audit --no-fund --loglevel=error
+
+.venv/bin/ruff check tusd_py tests bench
+.venv/bin/mypy
+exec .venv/bin/python -m pytest "$@"

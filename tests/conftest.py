@@ -1,0 +1,7 @@
+"""Shared fixtures. Area-specific fixtures live in ``tests/plugins/`` (one module per
+area, registered below) or in the area's own ``conftest.py``."""
+
+pytest_plugins = [
+    "tests.plugins.daemon",
+    "tests.plugins.app",
+]
