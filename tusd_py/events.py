@@ -23,6 +23,10 @@ class UploadListener:
     async def pre_create(self, upload: Upload, request: web.Request) -> Upload:
         return upload
 
+    async def pre_access(self, upload_id: str, request: web.Request, method: str) -> None:
+        """Before HEAD/PATCH/DELETE/GET of an existing upload (per-upload authorisation)."""
+        return None
+
     async def pre_finish(self, upload: Upload, request: web.Request) -> None:
         return None
 
@@ -50,6 +54,10 @@ class EventBus(UploadListener):
         for listener in self.listeners:
             upload = await listener.pre_create(upload, request)
         return upload
+
+    async def pre_access(self, upload_id: str, request: web.Request, method: str) -> None:
+        for listener in self.listeners:
+            await listener.pre_access(upload_id, request, method)
 
     async def pre_finish(self, upload: Upload, request: web.Request) -> None:
         for listener in self.listeners:

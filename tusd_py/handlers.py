@@ -133,6 +133,9 @@ class TusHandler:
         if method == "GET":
             if upload_id is None or not self.server.download:
                 raise web.HTTPMethodNotAllowed(method, ["POST", "OPTIONS"])
+            check_upload_id(upload_id)
+            if self.events.listeners:
+                await self.events.pre_access(upload_id, request, method)
             return await self.get(request, upload_id)
         if request.headers.get("Tus-Resumable") != TUS_VERSION:
             raise UnsupportedVersion(headers={"Tus-Version": TUS_VERSION})
@@ -141,6 +144,8 @@ class TusHandler:
                 return await self.post(request)
             raise web.HTTPMethodNotAllowed(method, ["POST", "OPTIONS"])
         check_upload_id(upload_id)
+        if self.events.listeners:
+            await self.events.pre_access(upload_id, request, method)
         if method == "HEAD":
             return await self.head(request, upload_id)
         if method == "PATCH":
@@ -491,7 +496,6 @@ class TusHandler:
     async def get(self, request: web.Request, upload_id: str) -> web.StreamResponse:
         if Capability.DOWNLOAD not in self.caps:
             raise NotImplementedByServer("download is not supported by this storage driver")
-        check_upload_id(upload_id)
         upload = await self._load(upload_id)
         if upload.is_final and not upload.is_complete:
             upload = await self._settle_final(request, upload)
