@@ -168,11 +168,13 @@ class LocalStore(Store):
         return upload.copy(location=path)
 
     async def get(self, upload_id: str) -> Upload | None:
-        async with self.db.execute(
-            f"SELECT {_COLUMNS} FROM uploads WHERE id = ?", (upload_id,)
-        ) as cur:
-            row = await cur.fetchone()
-        return None if row is None else self._row_to_upload(row)
+        # execute_fetchall: one hop to the aiosqlite thread (execute + fetch + close would
+        # be three; hops, not SQL, dominate the cost of small uploads).
+        rows = await self.db.execute_fetchall(
+            f"SELECT {_COLUMNS} FROM uploads WHERE id = ?", (upload_id,))
+        for row in rows:
+            return self._row_to_upload(row)
+        return None
 
     async def lock(self, upload_id: str, wait: float) -> LocalLock:
         try:
@@ -241,11 +243,10 @@ class LocalStore(Store):
         return final.copy(length=size, offset=size, completed_at=completed_at)
 
     async def expired(self, now: float, limit: int = 1000) -> list[str]:
-        async with self.db.execute(
+        rows = await self.db.execute_fetchall(
             "SELECT id FROM uploads WHERE expires_at IS NOT NULL AND expires_at < ? LIMIT ?",
-            (now, limit),
-        ) as cur:
-            return [row[0] for row in await cur.fetchall()]
+            (now, limit))
+        return [row[0] for row in rows]
 
     async def download(self, upload: Upload) -> Download:
         path = self._path(upload.id)
