@@ -1,0 +1,119 @@
+import base64
+
+import pytest
+
+from tusd_py.protocol import (
+    ALGORITHMS,
+    format_metadata,
+    http_date,
+    new_hasher,
+    parse_checksum,
+    parse_concat,
+    parse_defer_length,
+    parse_metadata,
+    parse_uint,
+)
+from tusd_py.protocol.errors import BadRequest
+
+
+@pytest.mark.parametrize("value,expected", [("0", 0), ("42", 42), ("9223372036854775807", 2**63 - 1)])
+def test_parse_uint_accepts_plain_digits(value, expected):
+    assert parse_uint(value, "Upload-Length") == expected
+
+
+@pytest.mark.parametrize("value", [
+    "", " 1", "1 ", "+1", "-1", "1.0", "1e3", "0x10", "١٢", "9223372036854775808",
+    "99999999999999999999", "1,2", "abc",
+])
+def test_parse_uint_rejects_everything_else(value):
+    with pytest.raises(BadRequest) as err:
+        parse_uint(value, "Upload-Offset")
+    assert "Upload-Offset" in err.value.message
+
+
+def test_parse_uint_missing():
+    assert parse_uint(None, "Upload-Length", required=False) is None
+    with pytest.raises(BadRequest, match="missing Upload-Length"):
+        parse_uint(None, "Upload-Length")
+
+
+def test_defer_length_only_accepts_1():
+    assert parse_defer_length("1") is True
+    assert parse_defer_length(None) is False
+    for bad in ("0", "true", " 1", "2"):
+        with pytest.raises(BadRequest):
+            parse_defer_length(bad)
+
+
+def b64(s: bytes) -> str:
+    return base64.b64encode(s).decode()
+
+
+def test_metadata_roundtrip_with_key_only_entry():
+    name = b64("résumé.pdf".encode())
+    header = f"filename {name},is_confidential,filetype {b64(b'application/pdf')}"
+    parsed = parse_metadata(header)
+    assert parsed == {"filename": "résumé.pdf".encode(), "is_confidential": None,
+                      "filetype": b"application/pdf"}
+    assert parse_metadata(format_metadata(parsed)) == parsed
+
+
+def test_metadata_tolerates_spaces_around_pairs_and_empty_header():
+    assert parse_metadata("") == {}
+    assert parse_metadata(f"a {b64(b'1')}, b {b64(b'2')}") == {"a": b"1", "b": b"2"}
+
+
+@pytest.mark.parametrize("header", [
+    f"a {b64(b'1')},a {b64(b'2')}",  # duplicate key
+    "a !!!!",  # not base64
+    "a YQ",  # unpadded base64
+    f"a {b64(b'x')} extra",  # three parts
+    "k\u00e9y YQ==",  # non-ASCII key
+    ",",  # empty key
+    "a YQ==,,b YQ==",  # empty pair
+])
+def test_metadata_rejects_malformed(header):
+    with pytest.raises(BadRequest):
+        parse_metadata(header)
+
+
+def test_metadata_size_cap():
+    with pytest.raises(BadRequest, match="too large"):
+        parse_metadata("k " + "A" * 5000)
+    with pytest.raises(BadRequest, match="too many"):
+        parse_metadata(",".join(f"k{i}" for i in range(65)))
+
+
+def test_concat():
+    assert parse_concat(None) is None
+    assert parse_concat("partial").partial
+    final = parse_concat("final;/files/a http://x/files/b")
+    assert final.final and final.final_urls == ("/files/a", "http://x/files/b")
+    for bad in ("final;", "final", "partial;x", "Partial", "final; "):
+        with pytest.raises(BadRequest):
+            parse_concat(bad)
+
+
+def test_checksum_header():
+    digest = new_hasher("sha1")
+    digest.update(b"hello")
+    parsed = parse_checksum(f"sha1 {b64(digest.digest())}", ALGORITHMS)
+    assert parsed.algorithm == "sha1" and parsed.digest == digest.digest()
+    with pytest.raises(BadRequest, match="unsupported checksum algorithm"):
+        parse_checksum("crc32 AAAA", ALGORITHMS)
+    with pytest.raises(BadRequest):
+        parse_checksum("sha1", ALGORITHMS)
+    with pytest.raises(BadRequest):
+        parse_checksum("sha1 not*base64", ALGORITHMS)
+    with pytest.raises(BadRequest, match="unsupported"):
+        parse_checksum("sha256 AAAA", ("sha1",))
+
+
+def test_all_four_algorithms():
+    assert set(ALGORITHMS) == {"md5", "sha1", "sha256", "sha512"}
+    for name in ALGORITHMS:
+        assert new_hasher(name).digest()
+
+
+def test_http_date_is_rfc7231():
+    assert http_date(0) == "Thu, 01 Jan 1970 00:00:00 GMT"
