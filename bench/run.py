@@ -1,0 +1,301 @@
+"""One command: the baseline server and tusd-py, one after the other, same scenarios.
+
+Starts ``bench.baseline_server`` and ``python -m tusd_py serve`` (default config, a temp
+data dir) in turn, never both at once, runs every scenario against each ``--repeat``
+times and prints medians, the tusd-py/baseline ratios, peak RSS and the verdicts against
+the targets of issue 2. By default the servers alternate per round (baseline, tusd-py,
+baseline, tusd-py, ...) so that noise from other work on the machine hits both alike.
+
+Usage:
+    .venv/bin/python -m bench.run --repeat 3
+    .venv/bin/python -m bench.run --fsync                      # power-loss durability cost
+    .venv/bin/python -m bench.run --servers tusd-py --env TUSD_STORAGE__DRIVER=s3 ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .loadgen import (
+    Payload,
+    Scenario,
+    add_scenario_args,
+    fmt,
+    format_table,
+    is_default,
+    run_once,
+    scenarios_from,
+    summarize,
+    summary_table,
+    uvloop_run,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+BASELINE = "baseline"
+TUSD = "tusd-py"
+
+# Targets of issue 2, as ratios to the baseline in the same sitting.
+TARGET_RATIO = {"big": ("mb_s", 0.85), "many-small": ("uploads_s", 0.5), "parallel": ("mb_s", 0.85)}
+TARGET_P99_MS = {"many-small": 100.0}
+TARGET_RSS_MB = 100.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """A server under test as a child process on 127.0.0.1."""
+
+    def __init__(self, name: str, work_dir: Path, extra_env: dict[str, str]) -> None:
+        self.name = name
+        self.port = free_port()
+        self.data_dir = work_dir / f"{name}-{self.port}"
+        self.log_path = work_dir / f"{name}-{self.port}.log"
+        self.extra_env = extra_env
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        base = self.extra_env.get("TUSD_SERVER__BASE_PATH", "/files/") if self.name == TUSD else "/files/"
+        return f"http://127.0.0.1:{self.port}{base}"
+
+    def command(self) -> list[str]:
+        if self.name == BASELINE:
+            return [sys.executable, "-m", "bench.baseline_server", "--port", str(self.port),
+                    "--data-dir", str(self.data_dir)]
+        return [sys.executable, "-m", "tusd_py", "serve", "--host", "127.0.0.1",
+                "--port", str(self.port), "--data-dir", str(self.data_dir)]
+
+    def start(self, timeout: float = 30.0) -> Server:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TUSD_")}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        if self.name == TUSD:
+            env.update(self.extra_env)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        # tusd-py runs in an empty directory so no config/tusd.yaml is picked up: the
+        # built-in defaults (plus --env / --fsync) are what is measured.
+        self.proc = subprocess.Popen(self.command(), cwd=self.data_dir.parent if self.name == BASELINE
+                                     else self.data_dir, env=env, stdout=log,
+                                     stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not answer /healthz in {timeout}s:\n{self.log()}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-3000:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def parse_env(pairs: Sequence[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.startswith("TUSD_"):
+            raise SystemExit(f"--env wants TUSD_KEY=VALUE, got {pair!r}")
+        env[key] = value
+    return env
+
+
+def verdicts(scenario: Scenario, base: dict[str, Any] | None, tusd: dict[str, Any] | None
+             ) -> tuple[str, list[str]]:
+    """(ratio text, verdict lines) for one scenario."""
+    lines: list[str] = []
+    ratio_text = "-"
+    if tusd is None:
+        return ratio_text, lines
+    key, target = TARGET_RATIO[scenario.name]
+    if base and base.get(key) and tusd.get(key) is not None:
+        ratio = tusd[key] / base[key]
+        ratio_text = f"{ratio:.2f}x"
+        unit = "MB/s" if key == "mb_s" else "uploads/s"
+        lines.append(f"{_mark(ratio >= target)} {scenario.name}: {unit} ratio {ratio:.2f}x "
+                     f"(target >= {target}x)")
+    if scenario.name in TARGET_P99_MS and tusd.get("p99_ms") is not None:
+        limit = TARGET_P99_MS[scenario.name]
+        lines.append(f"{_mark(tusd['p99_ms'] < limit)} {scenario.name}: p99 {tusd['p99_ms']:.1f} ms "
+                     f"(target < {limit:.0f} ms)")
+    if tusd.get("rss_peak_mb") is not None:
+        lines.append(f"{_mark(tusd['rss_peak_mb'] < TARGET_RSS_MB)} {scenario.name}: peak RSS "
+                     f"{tusd['rss_peak_mb']:.0f} MB (target < {TARGET_RSS_MB:.0f} MB)")
+    if tusd.get("errors"):
+        lines.append(f"FAIL {scenario.name}: {tusd['errors']} upload errors")
+    return ratio_text, lines
+
+
+def _mark(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def comparison_table(scenarios: list[Scenario], by: dict[tuple[str, str], dict[str, Any]]) -> str:
+    rows = [["scenario", "metric", "baseline", "tusd-py", "ratio", "p99 ms (tusd-py)",
+             "peak RSS MB (base / tusd-py)"]]
+    for scenario in scenarios:
+        base, tusd = by.get((BASELINE, scenario.name)), by.get((TUSD, scenario.name))
+        key, _ = TARGET_RATIO[scenario.name]
+        ratio, _lines = verdicts(scenario, base, tusd)
+        rows.append([scenario.name, "MB/s" if key == "mb_s" else "uploads/s",
+                     fmt(base.get(key) if base else None), fmt(tusd.get(key) if tusd else None), ratio,
+                     fmt(tusd.get("p99_ms") if tusd else None),
+                     f"{fmt(base.get('rss_peak_mb') if base else None, 0)} / "
+                     f"{fmt(tusd.get('rss_peak_mb') if tusd else None, 0)}"])
+    return format_table(rows)
+
+
+async def bench(args: argparse.Namespace) -> int:
+    scenarios = scenarios_from(args)
+    servers = [name.strip() for name in args.servers.split(",") if name.strip()]
+    for name in servers:
+        if name not in (BASELINE, TUSD):
+            raise SystemExit(f"unknown server {name!r}; choose from {BASELINE}, {TUSD}")
+    extra_env = parse_env(args.env)
+    if args.fsync:
+        extra_env["TUSD_STORAGE__FSYNC"] = "true"
+    payload = Payload(max(s.chunk for s in scenarios))
+    work_dir = Path(tempfile.mkdtemp(prefix="tusd-bench-", dir=args.work_dir))
+    out = open(args.json_out, "a") if args.json_out else None
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    index = 0
+    # sequential: each server runs all its rounds in one process; interleaved (default):
+    # one process per server per round, alternating.
+    if args.order == "interleaved":
+        plan = [(name, [round_]) for round_ in range(1, args.repeat + 1) for name in servers]
+    else:
+        plan = [(name, list(range(1, args.repeat + 1))) for name in servers]
+    conditions = {
+        "kind": "conditions", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "loadavg_before": os.getloadavg(), "cpus": os.cpu_count(), "order": args.order,
+        "repeat": args.repeat, "tusd_env": extra_env, "scenarios": [s.__dict__ for s in scenarios],
+    }
+    _emit(conditions, out)
+    try:
+        for name, rounds in plan:
+            server = Server(name, work_dir, extra_env).start()
+            print(f"# {name} pid {server.pid} on {server.url}", file=sys.stderr)
+            try:
+                for round_ in rounds:
+                    for scenario in scenarios:
+                        result = await run_once(
+                            server.url, scenario, payload, pid=server.pid, label=name, run=round_,
+                            first_index=index, verify_bytes=args.verify_bytes,
+                            cleanup=not args.keep_uploads, sync=not args.no_sync,
+                            max_seconds=args.max_seconds, request_timeout=args.request_timeout)
+                        index += scenario.count
+                        runs.setdefault((name, scenario.name), []).append(result)
+                        _emit(result, out)
+                        print(f"  {name:8} {scenario.name:10} run {round_}: "
+                              f"{fmt(result['mb_s'])} MB/s {fmt(result['uploads_s'])} uploads/s "
+                              f"p99 {fmt(result['p99_ms'])} ms RSS {fmt(result.get('rss_peak_mb'), 0)} MB "
+                              f"errors {result['errors']}", file=sys.stderr)
+            finally:
+                server.stop()
+                if not args.keep_data:
+                    shutil.rmtree(server.data_dir, ignore_errors=True)
+    finally:
+        if not args.keep_data:
+            shutil.rmtree(work_dir, ignore_errors=True)
+        else:
+            print(f"# data and logs kept in {work_dir}", file=sys.stderr)
+
+    summaries = {key: summarize(value) for key, value in runs.items()}
+    for summary in summaries.values():
+        _emit(summary, out)
+    all_lines: list[str] = []
+    for scenario in scenarios:
+        _ratio, lines = verdicts(scenario, summaries.get((BASELINE, scenario.name)),
+                                 summaries.get((TUSD, scenario.name)))
+        all_lines.extend(lines)
+        if not is_default(scenario):
+            all_lines.append(f"note {scenario.name}: non-standard sizes, verdict is indicative only")
+    _emit({"kind": "verdicts", "lines": all_lines, "loadavg_after": os.getloadavg()}, out)
+    if out:
+        out.close()
+
+    print("\n" + summary_table(list(summaries.values())), file=sys.stderr)
+    print(f"\nmedians of {args.repeat} run(s), {args.order}; tusd-py env: "
+          f"{extra_env or 'defaults'}; load average before {conditions['loadavg_before'][0]:.2f}, "
+          f"after {os.getloadavg()[0]:.2f}\n", file=sys.stderr)
+    print(comparison_table(scenarios, summaries), file=sys.stderr)
+    print("\n" + "\n".join(all_lines), file=sys.stderr)
+    failed = sum(s["errors"] for s in summaries.values())
+    if failed:
+        return 1
+    if args.strict and any(line.startswith("MISS") for line in all_lines):
+        return 3
+    return 0
+
+
+def _emit(record: dict[str, Any], out: Any) -> None:
+    line = json.dumps(record)
+    print(line, flush=True)
+    if out:
+        out.write(line + "\n")
+        out.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=(__doc__ or "").split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_scenario_args(parser)
+    parser.add_argument("--servers", default=f"{BASELINE},{TUSD}",
+                        help="which servers to run, in this order")
+    parser.add_argument("--order", choices=("interleaved", "sequential"), default="interleaved",
+                        help="interleaved: alternate servers per round (a fresh process each); "
+                             "sequential: all rounds of one server, then the next")
+    parser.add_argument("--fsync", action="store_true",
+                        help="run tusd-py with TUSD_STORAGE__FSYNC=true (power-loss durability)")
+    parser.add_argument("--env", action="append", default=[], metavar="TUSD_KEY=VALUE",
+                        help="extra environment for tusd-py (repeatable), e.g. to bench the S3 driver")
+    parser.add_argument("--json-out", type=Path, help="append JSON lines (conditions, runs, summaries) here")
+    parser.add_argument("--work-dir", help="parent of the temp data dirs (default: system temp)")
+    parser.add_argument("--keep-data", action="store_true", help="keep data dirs and server logs")
+    parser.add_argument("--strict", action="store_true", help="exit 3 when a target is missed")
+    args = parser.parse_args(argv)
+    return int(uvloop_run(bench(args)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
