@@ -75,6 +75,7 @@ class Outcome(enum.Enum):
     DISCONNECTED = "disconnected"  # the client went away mid-body
     TOO_LARGE = "too-large"  # more bytes than the upload may take
     STOPPED = "stopped"  # idle timeout, takeover or shutdown (see lease.stop_reason)
+    CANCELLED = "cancelled"  # the handler task was cancelled (servers that cancel on disconnect)
 
 
 class TusHandler:
@@ -420,6 +421,8 @@ class TusHandler:
             raise
         await self._release(lease, lock)
 
+        if outcome is Outcome.CANCELLED:
+            raise asyncio.CancelledError()
         if received:
             self.events.progress(upload, request, received)
         if received and upload.is_complete:
@@ -474,6 +477,10 @@ class TusHandler:
             return Outcome.STOPPED
         except (ConnectionError, HttpProcessingError, asyncio.IncompleteReadError):
             return Outcome.DISCONNECTED
+        except asyncio.CancelledError:
+            # aiohttp cancels handlers on disconnect when handler_cancellation is on (its
+            # test server does): keep the bytes anyway; the caller re-raises afterwards.
+            return Outcome.CANCELLED
         finally:
             lease.scope = None
 
