@@ -49,8 +49,8 @@ async def _raw_patch(host: str, port: int, path: str, offset: int, declared: int
     return reader, writer
 
 
-async def _wait_offset(tus, path: str, expected: int, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def _wait_offset(tus, path: str, expected: int, limit: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + limit
     while True:
         offset = int((await head(tus, path)).headers["Upload-Offset"])
         if offset == expected or asyncio.get_running_loop().time() > deadline:
@@ -74,7 +74,7 @@ async def test_dropped_connection_keeps_received_bytes_and_resumes(tus):
 
 async def test_dropped_connection_with_checksum_keeps_nothing(tus):
     path = await create(tus, 1000)
-    reader, writer = await asyncio.open_connection(tus.host, tus.port)
+    _reader, writer = await asyncio.open_connection(tus.host, tus.port)
     writer.write((
         f"PATCH {path} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\n"
         f"Content-Type: {OCTET}\r\nContent-Length: 1000\r\n"
@@ -115,7 +115,7 @@ async def test_active_writer_is_not_taken_over(tus_client_factory):
     path = await create(client, size)
 
     async def trickle():
-        for i in range(20):
+        for _ in range(20):
             yield b"a" * (size // 20)
             await asyncio.sleep(0.05)
 
