@@ -149,7 +149,6 @@ def create_app(config: Config, store: Store | None = None,
 
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(sweeper_ctx)
-    app.on_shutdown.append(_stop_writers)
     return app
 
 
@@ -160,11 +159,12 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     await store.stop()
 
 
-async def _stop_writers(app: web.Application) -> None:
-    """On shutdown, let in-flight writes run for ``shutdown_grace``, then stop them.
+async def drain_uploads(app: web.Application) -> None:
+    """Shutdown step: let in-flight writes run for ``shutdown_grace``, then stop them.
 
-    Stopped writers commit the bytes they received and answer 503; the runner waits
-    for them before the store closes (``_store_ctx`` cleanup runs after).
+    Call it after the listening sockets are closed and before ``AppRunner.cleanup()``
+    (whose first step makes aiohttp drop incoming bytes on open connections). Stopped
+    writers commit the bytes they received and answer 503.
     """
     handler = app[HANDLER]
     grace = app[CONFIG].server.shutdown_grace

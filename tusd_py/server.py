@@ -1,14 +1,26 @@
-"""Run the daemon: event loop (uvloop when installed), signals, graceful shutdown."""
+"""Run the daemon: event loop (uvloop when installed), signals, graceful shutdown.
+
+Shutdown on SIGTERM/SIGINT, in this order:
+
+1. stop listening (new connections are refused; the orchestrator routes elsewhere);
+2. let in-flight uploads run for ``server.shutdown_grace``; then stop those still running:
+   each commits the bytes it received and answers 503 (``app.drain_uploads``);
+3. close the remaining connections and run the cleanup contexts (sweeper, store);
+4. exit 0.
+
+``web.run_app`` is not used because its cleanup first makes aiohttp drop the bytes of
+in-flight request bodies, which would stall every upload during the grace period.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import socket
+import signal
 
 from aiohttp import web
 
-from .app import create_app
+from .app import create_app, drain_uploads
 from .config import Config
 from .logs import AccessLogger, setup_logging
 
@@ -23,25 +35,45 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def serve(config: Config, sock: socket.socket | None = None) -> None:
-    """Serve until SIGTERM/SIGINT; exits after in-flight uploads are committed."""
-    setup_logging(config.server.log_level, config.server.log_format)
+async def run(config: Config) -> None:
     app = create_app(config)
-    loop = new_event_loop()
     server = config.server
-    log.info("tusd-py listening on %s:%d%s (storage: %s, loop: %s)", server.host, server.port,
-             server.base_path, config.storage.driver, type(loop).__module__.split(".")[0])
-    web.run_app(
+    runner = web.AppRunner(
         app,
-        host=None if sock else server.host,
-        port=None if sock else server.port,
-        sock=sock,
-        loop=loop,
-        print=None,
+        handle_signals=False,
         access_log_class=AccessLogger,
         access_log=logging.getLogger("tusd_py.access") if server.access_log else None,
-        # on_shutdown gives writers shutdown_grace, then stops them; this is the
-        # backstop for everything else still running.
-        shutdown_timeout=server.shutdown_grace + 10,
         handler_cancellation=False,
+        shutdown_timeout=5.0,
     )
+    await runner.setup()
+    site = web.TCPSite(runner, server.host, server.port)
+    await site.start()
+    loop = asyncio.get_running_loop()
+    log.info("tusd-py listening on %s:%d%s (storage: %s, loop: %s)", server.host, server.port,
+             server.base_path, config.storage.driver, type(loop).__module__.split(".")[0])
+
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("shutting down: no new connections; in-flight uploads get %.0fs",
+                 server.shutdown_grace)
+        await site.stop()
+        await drain_uploads(app)
+    finally:
+        await runner.cleanup()
+        log.info("stopped")
+
+
+def serve(config: Config) -> None:
+    """Serve until SIGTERM/SIGINT; returns after in-flight uploads are committed."""
+    setup_logging(config.server.log_level, config.server.log_format)
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(run(config))
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
