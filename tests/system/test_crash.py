@@ -77,3 +77,20 @@ async def test_restart_reconciles_unacknowledged_bytes(daemon_factory, tmp_path)
         assert (await patch(session, url, 100, b"b" * 900)).status == 204
         assert await get(session, url) == b"a" * 100 + b"b" * 900
     second.terminate()
+
+
+async def test_sweeper_deletes_expired_uploads_in_the_daemon(daemon_factory, tmp_path):
+    daemon = daemon_factory(data_dir=tmp_path / "data", env={
+        "TUSD_EXPIRATION__AFTER": "300ms", "TUSD_EXPIRATION__SWEEP_INTERVAL": "200ms"})
+    async with aiohttp.ClientSession() as session:
+        url = await create(session, daemon.url, 100)
+        assert (await patch(session, url, 0, b"a" * 10)).status == 204
+        upload_file = tmp_path / "data" / "uploads" / url.rsplit("/", 1)[1]
+        assert upload_file.exists()
+        for _ in range(50):
+            await asyncio.sleep(0.1)
+            if not upload_file.exists():
+                break
+        assert not upload_file.exists()
+        async with session.head(url, headers={"Tus-Resumable": "1.0.0"}) as r:
+            assert r.status == 404
