@@ -12,9 +12,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from .config import Config
 from .events import EventBus
 from .handlers import TusHandler
+from .limits import limits_middleware
+from .metrics import Metrics
 from .protocol import TUS_VERSION, TusError
 from .storage import Store, build_store
 from .sweeper import sweeper_ctx
+from .web import add_demo_routes
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +27,8 @@ STORE = web.AppKey("tusd_store", Store)
 EVENTS = web.AppKey("tusd_events", EventBus)
 #: Per-app Prometheus registry (several apps can live in one process, as in tests).
 REGISTRY = web.AppKey("tusd_metrics_registry", CollectorRegistry)
+#: The tusd_* metrics (absent when ``server.metrics`` is off).
+METRICS = web.AppKey("tusd_metrics", Metrics)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -128,16 +133,31 @@ def create_app(config: Config, store: Store | None = None,
     store = store if store is not None else build_store(config.storage)
     events = events if events is not None else EventBus()
     handler = TusHandler(config, store, events)
+    registry = CollectorRegistry()
+    # Order (outermost first): metrics see every final status, CORS headers go on
+    # errors too, the error middleware turns limit/auth refusals into responses.
     middlewares: list[Callable[..., Awaitable[web.StreamResponse]]] = []
+    tus_metrics = None
+    if config.server.metrics:
+        tus_metrics = Metrics(registry, lambda: len(handler.leases), config.server.base_path)
+        events.add(tus_metrics)
+        middlewares.append(tus_metrics.middleware())
     if config.server.cors.enabled:
         middlewares.append(cors_middleware(config))
     middlewares.append(error_middleware)
-    app = web.Application(middlewares=middlewares, handler_args={"max_field_size": 16384})
+    limits = limits_middleware(config, tus_metrics)
+    if limits is not None:
+        middlewares.append(limits)
+    header_limit = config.server.max_header_size
+    app = web.Application(middlewares=middlewares, handler_args={
+        "max_field_size": header_limit, "max_line_size": header_limit})
     app[CONFIG] = config
     app[STORE] = store
     app[EVENTS] = events
     app[HANDLER] = handler
-    app[REGISTRY] = CollectorRegistry()
+    app[REGISTRY] = registry
+    if tus_metrics is not None:
+        app[METRICS] = tus_metrics
 
     base = config.server.base_path
     app.router.add_route("*", base, handler.dispatch)
@@ -145,7 +165,13 @@ def create_app(config: Config, store: Store | None = None,
     app.router.add_route("*", base + "{upload_id}", handler.dispatch)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    if config.server.metrics:
+        app.router.add_get("/metrics", metrics)
+    if config.server.demo:
+        if base == "/":
+            log.warning("server.demo ignored: base_path / leaves no room for the demo page")
+        else:
+            add_demo_routes(app, base)
 
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(sweeper_ctx)

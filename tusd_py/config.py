@@ -111,6 +111,23 @@ class ServerConfig(Section):
     log_format: Literal["text", "json"] = "text"
     access_log: bool = True
 
+    #: Largest request body: one PATCH, or the body of a creation-with-upload POST
+    #: (0: no limit beyond max_size). A bigger Content-Length gets 413 before any byte
+    #: is read; a chunked body (no Content-Length) gets 411 while a limit is set.
+    max_request_size: Size = 0
+    #: Most upload bodies (PATCH, POST with a body) this daemon receives at once; more
+    #: get 503 with Retry-After (tus clients retry). 0: no limit.
+    max_concurrent_uploads: int = Field(default=0, ge=0)
+    #: Longest request line and longest header field accepted (aiohttp answers 400 beyond).
+    max_header_size: Size = Field(default=16384, ge=1024)
+    #: When set, every tus request (not OPTIONS preflights, /healthz, /readyz, /metrics)
+    #: must carry ``Authorization: Bearer <token>``; 401 otherwise. For per-user auth use
+    #: a pre-create hook instead (README "Operations").
+    auth_token: SecretStr | None = None
+    #: Serve Prometheus metrics at /metrics.
+    metrics: bool = True
+    #: Serve the browser demo (Uppy Dashboard + Tus) at GET /. Keep off in production.
+    demo: bool = False
     @field_validator("base_path")
     @classmethod
     def _normalise_base_path(cls, value: str) -> str:

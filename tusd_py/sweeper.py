@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from .handlers import TusHandler
+from .metrics import Metrics
 from .protocol.errors import NotFound, UploadBusy
 from .storage.base import Capability
 
@@ -51,13 +52,13 @@ async def sweep_once(handler: TusHandler, now: float | None = None) -> int:
 
 async def sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: run ``sweep_once`` every ``expiration.sweep_interval`` seconds."""
-    from .app import HANDLER
+    from .app import HANDLER, METRICS
 
     handler = app[HANDLER]
     interval = handler.config.expiration.sweep_interval
     task = None
     if interval > 0 and Capability.EXPIRE in handler.store.capabilities:
-        task = asyncio.create_task(_loop(handler, interval), name="tusd-sweeper")
+        task = asyncio.create_task(_loop(handler, interval, app.get(METRICS)), name="tusd-sweeper")
     yield
     if task is not None:
         task.cancel()
@@ -67,7 +68,7 @@ async def sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
             pass
 
 
-async def _loop(handler: TusHandler, interval: float) -> None:
+async def _loop(handler: TusHandler, interval: float, metrics: Metrics | None = None) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
@@ -76,3 +77,8 @@ async def _loop(handler: TusHandler, interval: float) -> None:
                 log.info("sweeper deleted %d expired upload(s)", deleted)
         except Exception:
             log.exception("sweeper run failed")
+            if metrics is not None:
+                metrics.sweeper_run(ok=False)
+        else:
+            if metrics is not None:
+                metrics.sweeper_run(ok=True)
