@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Run the team's shared yardstick (../shared/bench/tusbench.py against
+# ../shared/bench/baseline_aiohttp.py and then against tusd-py), one server at a time,
+# for comparison with our own `python -m bench.run`.
+#
+# Usage: bench/compare_shared.sh [tusbench args...]   (default: --repeat 3)
+# Env:   SHARED_BENCH=dir (default: ../shared/bench from the repo root)
+#        OUT=dir for JSON lines and server logs (default: a temp dir, kept)
+#        TUSD_* variables are passed to tusd-py (e.g. TUSD_STORAGE__FSYNC=true).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PY=${PYTHON:-$ROOT/.venv/bin/python}
+SHARED=${SHARED_BENCH:-$ROOT/../shared/bench}
+if [ ! -f "$SHARED/tusbench.py" ] || [ ! -f "$SHARED/baseline_aiohttp.py" ]; then
+    echo "shared yardstick not found in $SHARED (set SHARED_BENCH)" >&2
+    exit 2
+fi
+OUT=${OUT:-$(mktemp -d -t tusd-shared-bench-XXXXXX)}
+mkdir -p "$OUT"
+ARGS=("$@")
+[ ${#ARGS[@]} -eq 0 ] && ARGS=(--repeat 3)
+
+free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_up() {  # url pid
+    for _ in $(seq 1 300); do
+        kill -0 "$2" 2>/dev/null || { echo "server $2 exited" >&2; return 1; }
+        "$PY" -c 'import sys,urllib.request as u; u.urlopen(sys.argv[1], timeout=1)' "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "server did not come up: $1" >&2
+    return 1
+}
+SERVER_PID=
+stop_server() {
+    if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill -TERM "$SERVER_PID"
+        wait "$SERVER_PID" || true
+    fi
+    SERVER_PID=
+}
+trap stop_server EXIT
+
+run_one() {  # label url
+    "$PY" "$SHARED/tusbench.py" "$2" --pid "$SERVER_PID" --label "$1" \
+        --json-out "$OUT/results.jsonl" "${ARGS[@]}" > /dev/null 2> "$OUT/$1.table"
+    cat "$OUT/$1.table"
+}
+
+# 1. the shared baseline
+PORT=$(free_port)
+mkdir -p "$OUT/baseline-data"
+"$PY" "$SHARED/baseline_aiohttp.py" "$PORT" "$OUT/baseline-data" > "$OUT/baseline.log" 2>&1 &
+SERVER_PID=$!
+# the baseline has no health route: any HTTP answer (404) means it is up
+for _ in $(seq 1 300); do
+    curl -s -o /dev/null "http://127.0.0.1:$PORT/" && break
+    sleep 0.1
+done
+echo "# shared baseline (pid $SERVER_PID)" >&2
+run_one baseline "http://127.0.0.1:$PORT/files/"
+stop_server
+rm -rf "$OUT/baseline-data"
+
+# 2. tusd-py, built-in defaults (run in an empty dir so no config file is read)
+PORT=$(free_port)
+mkdir -p "$OUT/tusd-data"
+(cd "$OUT/tusd-data" && exec "$PY" -m tusd_py serve --host 127.0.0.1 --port "$PORT" \
+    --data-dir "$OUT/tusd-data" > "$OUT/tusd-py.log" 2>&1) &
+SERVER_PID=$!
+wait_up "http://127.0.0.1:$PORT/healthz" "$SERVER_PID"
+echo "# tusd-py (pid $SERVER_PID)" >&2
+run_one tusd-py "http://127.0.0.1:$PORT/files/"
+stop_server
+rm -rf "$OUT/tusd-data"
+
+"$PY" - "$OUT/results.jsonl" <<'EOF'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+s = {(r["label"], r["scenario"]): r for r in rows if r.get("kind") == "summary"}
+key = {"big": "mb_s", "many-small": "uploads_s", "parallel": "mb_s"}
+target = {"big": 0.85, "many-small": 0.5, "parallel": 0.85}
+print("\nshared tusbench, tusd-py / shared baseline (medians):")
+for scen, k in key.items():
+    b, t = s.get(("baseline", scen)), s.get(("tusd-py", scen))
+    if not b or not t or not b.get(k):
+        continue
+    ratio = t[k] / b[k]
+    extra = f", p99 {t['lat_p99_ms']} ms" if scen == "many-small" else ""
+    print(f"  {scen:10} {k:9} baseline {b[k]:8.1f}  tusd-py {t[k]:8.1f}  ratio {ratio:.2f}x "
+          f"(target >= {target[scen]}x){extra}, peak RSS {t['server_rss_peak_mb_max']} MB")
+EOF
+echo "# results in $OUT" >&2

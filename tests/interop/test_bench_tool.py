@@ -1,0 +1,57 @@
+"""Smoke tests of the benchmark tool (bench/) with tiny sizes: it is one more real client
+of the daemon. These prove the tool works; they assert no timings (benchmarks are not
+tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.plugins.daemon import ROOT, Daemon
+
+TINY = ["--repeat", "1", "--big-size", "2MiB", "--big-chunk", "512KiB", "--small-count", "20",
+        "--small-conc", "4", "--par-count", "2", "--par-size", "1MiB", "--par-chunk", "256KiB",
+        "--verify-bytes", "--no-sync"]
+
+
+def records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_loadgen_against_daemon(daemon: Daemon, tmp_path: Path) -> None:
+    out = tmp_path / "results.jsonl"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.loadgen", daemon.url, "--pid", str(daemon.pid), "--label", "tusd-py",
+         "--json-out", str(out), *TINY], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summaries = {r["scenario"]: r for r in records(out) if r["kind"] == "summary"}
+    assert set(summaries) == {"big", "many-small", "parallel"}
+    for scenario, expected in (("big", 1), ("many-small", 20), ("parallel", 2)):
+        s = summaries[scenario]
+        assert s["errors"] == 0, s
+        assert s["offsets_ok"] == s["bytes_ok"] == s["attempted"] == expected, s
+        assert s["mb_s"] > 0 and s["p99_ms"] >= s["p50_ms"] > 0
+        assert 10 < s["rss_peak_mb"] < 1000  # sampled from /proc/<daemon pid>/status
+    assert "many-small" in proc.stderr  # the human-readable table
+    # uploads are deleted after each run
+    assert not any((daemon.data_dir / "uploads").glob("*"))
+
+
+def test_run_compares_baseline_and_tusd(tmp_path: Path) -> None:
+    out = tmp_path / "run.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--json-out", str(out), *TINY],
+                          cwd=ROOT, capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = records(out)
+    summaries = {(r["label"], r["scenario"]): r for r in rows if r["kind"] == "summary"}
+    assert set(summaries) == {(server, scenario) for server in ("baseline", "tusd-py")
+                              for scenario in ("big", "many-small", "parallel")}
+    assert all(s["errors"] == 0 and s["bytes_ok"] == s["attempted"] for s in summaries.values())
+    verdicts = next(r for r in rows if r["kind"] == "verdicts")["lines"]
+    assert any(line.endswith("(target >= 0.85x)") and " big: " in line for line in verdicts)
+    assert any("p99" in line and "(target < 100 ms)" in line for line in verdicts)
+    assert any("peak RSS" in line for line in verdicts)
+    assert "ratio" in proc.stderr and ("PASS " in proc.stderr or "MISS " in proc.stderr)

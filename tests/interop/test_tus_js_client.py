@@ -1,0 +1,125 @@
+"""npm tus-js-client 4.3.1 (the real client, Node build) against a real tusd-py daemon.
+
+Each test runs ``node tests/interop/node/tus_client.mjs '<json>'``, which prints one
+JSON line; the bytes are checked here by GET + sha256.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin
+
+import pytest
+
+from tests.interop.helpers import download, head, make_file
+from tests.plugins.daemon import ROOT, Daemon
+
+MiB = 1 << 20
+SCRIPT = Path(__file__).parent / "node" / "tus_client.mjs"
+
+
+def node(**options: Any) -> dict[str, Any]:
+    exe = shutil.which("node")
+    if exe is None:
+        pytest.fail("node is not installed (scripts/test.sh needs Node for tus-js-client)")
+    if not (ROOT / "node_modules" / "tus-js-client").is_dir():
+        pytest.fail("tus-js-client is not installed: run `npm ci` (scripts/test.sh does)")
+    proc = subprocess.run([exe, str(SCRIPT), json.dumps(options)], capture_output=True, text=True,
+                          timeout=30, cwd=ROOT)
+    lines = proc.stdout.strip().splitlines()
+    assert lines, f"no output from node (status {proc.returncode}): {proc.stderr[-2000:]}"
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+def metadata_of(url: str) -> dict[str, str]:
+    value = head(url).get("upload-metadata", "")
+    pairs = (item.split(" ", 1) for item in value.split(",") if item)
+    return {k: base64.b64decode(v).decode() for k, v in pairs}
+
+
+def test_plain_upload(daemon: Daemon, tmp_path: Path) -> None:
+    source = tmp_path / "photo.png"
+    size = 3 * MiB + 3
+    want = make_file(source, size)
+    result = node(endpoint=daemon.url, file=str(source), chunkSize=MiB,
+                  metadata={"filename": "photo.png", "filetype": "image/png"})
+    assert result["ok"], result
+    assert result["url"].startswith(daemon.url)
+    assert result["progress"]["max"] == size
+    assert metadata_of(result["url"]) == {"filename": "photo.png", "filetype": "image/png"}
+    got, headers = download(result["url"])
+    assert got == want
+    assert headers["content-type"] == "image/png"  # on the safe list
+    assert headers["content-length"] == str(size)
+
+
+def test_resume_after_abort_mid_patch(daemon: Daemon, tmp_path: Path) -> None:
+    """abort() while a PATCH body is being sent; a new Upload finds the URL through the
+    FileUrlStorage (findPreviousUploads + resumeFromPreviousUpload) and continues from
+    the server's offset, not from 0."""
+    source = tmp_path / "big.bin"
+    size = 4 * MiB + 11
+    want = make_file(source, size)
+    storage = str(tmp_path / "tus-urls.json")
+
+    first = node(mode="abort", endpoint=daemon.url, file=str(source), chunkSize=2 * MiB,
+                 abortAt=MiB + MiB // 2, storage=storage, metadata={"filename": "big.bin"})
+    assert first["ok"] and first["aborted"], first
+    offset = int(head(first["url"])["upload-offset"])
+    assert 0 < offset < size  # the server kept what had arrived
+
+    second = node(mode="resume", endpoint=daemon.url, file=str(source), chunkSize=MiB,
+                  storage=storage, retryDelays=[200, 1000])
+    assert second["ok"], second
+    assert second["url"] == first["url"]
+    assert second["progress"]["previousUploads"] >= 1
+    assert second["progress"]["min"] >= offset  # resumed, not restarted
+    assert second["retries"] == []
+    got, _ = download(second["url"])
+    assert got == want
+    assert metadata_of(second["url"]) == {"filename": "big.bin"}
+
+
+def test_resume_with_upload_url(daemon: Daemon, tmp_path: Path) -> None:
+    """Resume by handing the upload URL to a new Upload (the `uploadUrl` option)."""
+    source = tmp_path / "u.bin"
+    size = 3 * MiB
+    want = make_file(source, size)
+    first = node(mode="abort", endpoint=daemon.url, file=str(source), chunkSize=MiB, abortAt=MiB)
+    assert first["ok"] and first["aborted"], first
+    offset = int(head(first["url"])["upload-offset"])
+    assert 0 < offset < size
+
+    second = node(mode="resume", uploadUrl=first["url"], file=str(source), chunkSize=MiB,
+                  retryDelays=[200, 1000])
+    assert second["ok"], second
+    assert second["url"] == first["url"]
+    assert second["progress"]["min"] >= offset
+    got, _ = download(first["url"])
+    assert got == want
+
+
+def test_parallel_uploads_use_concatenation(daemon: Daemon, tmp_path: Path) -> None:
+    source = tmp_path / "parallel.bin"
+    size = 5 * MiB + 17
+    want = make_file(source, size)
+    result = node(endpoint=daemon.url, file=str(source), chunkSize=MiB, parallel=3,
+                  metadata={"filename": "parallel.bin"})
+    assert result["ok"], result
+    final = head(result["url"])
+    assert final["upload-concat"].startswith("final;")
+    partials = [urljoin(result["url"], u) for u in final["upload-concat"][len("final;"):].split()]
+    assert len(partials) == 3
+    for url in partials:
+        assert head(url)["upload-concat"] == "partial"
+    assert sum(int(head(url)["upload-length"]) for url in partials) == size
+    assert final["upload-offset"] == final["upload-length"] == str(size)
+    assert metadata_of(result["url"]) == {"filename": "parallel.bin"}
+    got, _ = download(result["url"])
+    assert got == want
