@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from .config import Config
 from .events import EventBus
 from .handlers import TusHandler
+from .hooks import setup_hooks
 from .limits import limits_middleware
 from .metrics import Metrics
 from .protocol import TUS_VERSION, TusError
@@ -58,6 +59,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except TusError as exc:
+        body = getattr(exc, "body", None)
+        if isinstance(body, str):  # a hook's HTTPResponse (tusd_py.hooks): sent verbatim
+            response = web.Response(status=exc.status, body=body.encode(), headers=exc.headers)
+            response.headers.setdefault("Tus-Resumable", TUS_VERSION)
+            return response
         return _text_response(exc.status, exc.message, exc.headers)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -175,6 +181,7 @@ def create_app(config: Config, store: Store | None = None,
 
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(sweeper_ctx)
+    setup_hooks(app, config)  # tusd_py.hooks: HTTP / Python hooks, when configured
     return app
 
 

@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    field_serializer,
     field_validator,
 )
 
@@ -177,10 +178,73 @@ class ExpirationConfig(Section):
     sweep_interval: Duration = 60.0
 
 
+#: Hook events (tusd's names, plus ``pre-access``).
+HookName = Literal["pre-create", "post-create", "post-receive", "pre-finish", "post-finish",
+                   "post-terminate", "pre-access"]
+
+
+def _mask_url(value: str | None) -> str | None:
+    """Hide a password in the userinfo and every query value (tokens often live there)."""
+    if not value:
+        return value
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(value)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(":" + parts.password + "@", ":**********@", 1)
+    query = urlencode([(k, "**********") for k, _ in parse_qsl(parts.query, keep_blank_values=True)],
+                      safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+class HttpHookConfig(Section):
+    #: Endpoint receiving tusd v2 hook requests (POST, JSON); unset: no HTTP hooks.
+    url: str | None = None
+    #: Per attempt.
+    timeout: Duration = 10.0
+    #: Extra attempts after a network error or a 5xx answer (not after a 4xx).
+    retries: Annotated[int, Field(ge=0, le=20)] = 3
+    #: Wait before retry n: backoff * 2**(n-1).
+    backoff: Duration = 1.0
+    #: Client request headers copied onto the hook request (e.g. Authorization, Cookie).
+    forward_headers: StrList = []
+    #: Fixed headers sent with every hook request (e.g. a shared secret); masked in dumps.
+    headers: dict[str, SecretStr] = {}
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value or None
+
+    @field_serializer("url", when_used="json")
+    def _masked_url(self, value: str | None) -> str | None:
+        return _mask_url(value)
+
+
+class HooksConfig(Section):
+    http: HttpHookConfig = HttpHookConfig()
+    #: In-process hooks: ``package.module:function`` (sync or async), called in order.
+    python: StrList = []
+    #: Events delivered (tusd's defaults; pre-finish and pre-access are opt-in).
+    enabled: Annotated[list[HookName], BeforeValidator(_split_list)] = [
+        "pre-create", "post-create", "post-receive", "post-finish", "post-terminate"]
+    #: post-receive fires at most once per this interval per upload (the last offset
+    #: is always delivered).
+    post_receive_interval: Duration = 1.0
+    #: post-* events waiting for delivery; beyond this they are dropped (and counted).
+    queue_size: Annotated[int, Field(ge=1)] = 1000
+    #: post-* deliveries in flight at once.
+    concurrency: Annotated[int, Field(ge=1, le=256)] = 8
+
+
 class Config(Section):
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
     expiration: ExpirationConfig = ExpirationConfig()
+    hooks: HooksConfig = HooksConfig()
 
 
 class ConfigError(Exception):

@@ -1,0 +1,106 @@
+"""A real hook receiver (aiohttp on 127.0.0.1) and apps wired to it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from tests.plugins.app import TusClientFactory
+
+#: Answer for one hook request: a JSON-able dict (200), or (status, body) to answer raw.
+Answer = dict[str, Any] | tuple[int, str] | None
+Responder = Callable[[dict[str, Any], "web.Request"], Awaitable[Answer] | Answer]
+
+
+@dataclass
+class Call:
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+    @property
+    def type(self) -> str:
+        return str(self.body["Type"])
+
+    @property
+    def upload(self) -> dict[str, Any]:
+        return dict(self.body["Event"]["Upload"])
+
+    @property
+    def http(self) -> dict[str, Any]:
+        return dict(self.body["Event"]["HTTPRequest"])
+
+
+class Receiver:
+    """Records every hook request; ``responder`` decides the answer; ``delay`` stalls it."""
+
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+        self.responder: Responder | None = None
+        self.delay = 0.0
+        self.url = ""
+        self._changed = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.calls.append(Call(body, dict(request.headers)))
+        self._changed.set()
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        answer: Any = None
+        if self.responder is not None:
+            answer = self.responder(body, request)
+            if asyncio.iscoroutine(answer):
+                answer = await answer
+        if isinstance(answer, tuple):
+            return web.Response(status=answer[0], text=answer[1])
+        return web.Response(text=json.dumps(answer or {}), content_type="application/json")
+
+    def of(self, hook_type: str) -> list[Call]:
+        return [c for c in self.calls if c.type == hook_type]
+
+    async def wait_for(self, hook_type: str, count: int = 1, within: float = 5.0) -> list[Call]:
+        async with asyncio.timeout(within):
+            while len(self.of(hook_type)) < count:
+                self._changed.clear()
+                await self._changed.wait()
+        return self.of(hook_type)
+
+    async def settle(self, seconds: float = 0.3) -> None:
+        """Give background deliveries time to arrive (used before asserting "no more")."""
+        await asyncio.sleep(seconds)
+
+
+@pytest.fixture
+async def receiver(aiohttp_server) -> Receiver:  # type: ignore[no-untyped-def]
+    rec = Receiver()
+    app = web.Application()
+    app.router.add_post("/hooks", rec.handle)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    rec.url = str(server.make_url("/hooks"))
+    return rec
+
+
+HookedFactory = Callable[..., Awaitable[TestClient]]
+
+
+@pytest.fixture
+def hooked(tus_client_factory: TusClientFactory, receiver: Receiver) -> HookedFactory:
+    """``await hooked(enabled=[...], **hooks_keys)``: an app whose HTTP hooks go to ``receiver``."""
+
+    async def factory(*, http: dict[str, Any] | None = None, **hooks: Any) -> TestClient:
+        http_config = {"url": receiver.url, "timeout": 2, "retries": 0, "backoff": 0}
+        http_config.update(http or {})
+        sections: dict[str, dict[str, Any]] = {"hooks": {"http": http_config, **hooks}}
+        for name in ("server", "expiration"):
+            if name in hooks:
+                sections[name] = sections["hooks"].pop(name)
+        return await tus_client_factory(**sections)
+
+    return factory

@@ -1,0 +1,492 @@
+"""HTTP hooks in tusd v2's wire format, against a real receiver on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from tests.http.helpers import OCTET, TUS, b64, create, head, patch, path_of, upload
+from tests.plugins.daemon import free_port
+
+from .conftest import HookedFactory, Receiver
+
+POST_HOOKS = ["post-create", "post-receive", "post-finish", "post-terminate"]
+
+
+def metric(text: str, name: str, hooktype: str) -> float:
+    m = re.search(rf'^{name}{{hooktype="{hooktype}"}} ([0-9.e+]+)$', text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+async def metrics_text(client: TestClient) -> str:
+    r = await client.get("/metrics")
+    assert r.status == 200
+    return await r.text()
+
+
+# -- pre-create ------------------------------------------------------------------------
+
+
+async def test_pre_create_rejection_reaches_the_client(hooked: HookedFactory, receiver: Receiver):
+    receiver.responder = lambda body, request: {
+        "RejectUpload": True,
+        "HTTPResponse": {"StatusCode": 403, "Body": '{"message":"quota exceeded"}',
+                         "Header": {"Content-Type": "application/json", "X-Reason": "quota"}},
+    }
+    client = await hooked()
+    r = await client.post("/files/", headers={**TUS, "Upload-Length": "5"})
+    assert r.status == 403
+    assert await r.text() == '{"message":"quota exceeded"}'
+    assert r.headers["Content-Type"] == "application/json"
+    assert r.headers["X-Reason"] == "quota"
+    assert "Location" not in r.headers
+    await receiver.settle(0.2)
+    assert [c.type for c in receiver.calls] == ["pre-create"]  # nothing was created
+
+
+async def test_pre_create_rejection_defaults_to_tusd_message(hooked: HookedFactory,
+                                                             receiver: Receiver):
+    receiver.responder = lambda body, request: {"RejectUpload": True}
+    client = await hooked()
+    r = await client.post("/files/", headers={**TUS, "Upload-Length": "5"})
+    assert r.status == 400
+    assert await r.text() == "upload has been rejected by server"
+
+
+async def test_pre_create_payload(hooked: HookedFactory, receiver: Receiver):
+    client = await hooked()
+    meta = f"filename {b64('résumé.txt')},empty"
+    await create(client, 5, Upload_Metadata=meta, Authorization="Bearer abc")
+    (call,) = receiver.of("pre-create")
+    assert set(call.body) == {"Type", "Event"}
+    assert set(call.body["Event"]) == {"Upload", "HTTPRequest"}
+    assert call.upload == {
+        "ID": "", "Size": 5, "SizeIsDeferred": False, "Offset": 0,
+        "MetaData": {"filename": "résumé.txt", "empty": ""},
+        "IsPartial": False, "IsFinal": False, "PartialUploads": None, "Storage": None,
+    }
+    http = call.http
+    assert set(http) == {"Method", "URI", "RemoteAddr", "Header"}
+    assert http["Method"] == "POST"
+    assert http["URI"] == "/files/"
+    assert re.fullmatch(r"127\.0\.0\.1:\d+", http["RemoteAddr"])
+    assert http["Header"]["Upload-Length"] == ["5"]
+    assert http["Header"]["Tus-Resumable"] == ["1.0.0"]
+    assert http["Header"]["Authorization"] == ["Bearer abc"]
+    assert call.headers["Content-Type"] == "application/json"
+    assert call.headers["Idempotency-Key"]
+
+
+async def test_pre_create_changes_id_and_metadata(hooked: HookedFactory, receiver: Receiver):
+    receiver.responder = lambda body, request: (
+        {"ChangeFileInfo": {"ID": "project-7-upload-1",
+                            "MetaData": {"filename": "renamed.txt", "owner": "alice"}},
+         "HTTPResponse": {"Header": {"X-Upload-Owner": "alice"}}}
+        if body["Type"] == "pre-create" else {})
+    client = await hooked()
+    r = await client.post("/files/", headers={**TUS, "Upload-Length": "3",
+                                              "Upload-Metadata": f"filename {b64('a.txt')}"})
+    assert r.status == 201, await r.text()
+    assert path_of(r.headers["Location"]) == "/files/project-7-upload-1"
+    assert r.headers["X-Upload-Owner"] == "alice"
+    h = await head(client, "/files/project-7-upload-1")
+    assert h.status == 200
+    pairs = dict(p.split(" ") for p in h.headers["Upload-Metadata"].split(","))
+    assert pairs == {"filename": b64("renamed.txt"), "owner": b64("alice")}
+    (created,) = await receiver.wait_for("post-create")
+    assert created.upload["ID"] == "project-7-upload-1"
+    assert created.upload["MetaData"] == {"filename": "renamed.txt", "owner": "alice"}
+    assert created.upload["Storage"]["Type"] == "filestore"
+    assert created.upload["Storage"]["Path"].endswith("project-7-upload-1")
+
+    # The same id again: a clean refusal, and the first upload is untouched.
+    r = await client.post("/files/", headers={**TUS, "Upload-Length": "3"})
+    assert r.status == 409
+    assert "already exists" in await r.text()
+    assert (await head(client, "/files/project-7-upload-1")).headers["Upload-Offset"] == "0"
+
+
+async def test_pre_create_invalid_id_is_refused(hooked: HookedFactory, receiver: Receiver):
+    receiver.responder = lambda body, request: {"ChangeFileInfo": {"ID": "../../etc/passwd"}}
+    client = await hooked()
+    r = await client.post("/files/", headers={**TUS, "Upload-Length": "3"})
+    assert r.status == 500
+    assert "invalid upload id" in await r.text()
+
+
+async def test_pre_create_receiver_down_fails_closed(hooked: HookedFactory, caplog):
+    client = await hooked(http={"url": f"http://127.0.0.1:{free_port()}/hooks"})
+    with caplog.at_level(logging.WARNING, logger="tusd_py.hooks"):
+        r = await client.post("/files/", headers={**TUS, "Upload-Length": "3"})
+    assert r.status == 500
+    assert await r.text() == "pre-create hook failed\n"
+    assert re.search(r"pre-create hook for upload \w+ failed: HTTP hook http://127.0.0.1:\d+/hooks: "
+                     r"ClientConnectorError", caplog.text)
+    assert metric(await metrics_text(client), "tusd_hook_errors_total", "pre-create") == 1
+
+
+async def test_pre_create_bad_answers_are_hook_errors(hooked: HookedFactory, receiver: Receiver):
+    answers = iter([(404, "nope"), (200, "not json"), (200, '{"RejectUpload": "yes"}')])
+    receiver.responder = lambda body, request: next(answers)
+    client = await hooked()
+    for _ in range(3):
+        r = await client.post("/files/", headers={**TUS, "Upload-Length": "3"})
+        assert r.status == 500
+    assert metric(await metrics_text(client), "tusd_hook_errors_total", "pre-create") == 3
+
+
+async def test_retries_with_backoff_then_succeeds(hooked: HookedFactory, receiver: Receiver):
+    answers = iter([(503, "busy"), (500, "oops")])
+    receiver.responder = lambda body, request: next(answers, {})
+    client = await hooked(http={"retries": 2, "backoff": 0.05})
+    started = time.monotonic()
+    await create(client, 3)
+    assert time.monotonic() - started >= 0.05 + 0.1  # backoff, then doubled
+    calls = receiver.of("pre-create")
+    assert len(calls) == 3
+    assert len({c.headers["Idempotency-Key"] for c in calls}) == 1  # one delivery
+    assert metric(await metrics_text(client), "tusd_hook_invocations_total", "pre-create") == 1
+
+
+async def test_forward_headers_and_static_headers(hooked: HookedFactory, receiver: Receiver):
+    client = await hooked(http={"forward_headers": ["Cookie", "X-Missing"],
+                                "headers": {"X-Hook-Secret": "s3cret"}})
+    await create(client, 3, Cookie="session=42")
+    (call,) = receiver.of("pre-create")
+    assert call.headers["Cookie"] == "session=42"
+    assert call.headers["X-Hook-Secret"] == "s3cret"
+    assert "X-Missing" not in call.headers
+
+
+# -- post-receive ----------------------------------------------------------------------
+
+
+async def test_post_receive_is_throttled(hooked: HookedFactory, receiver: Receiver):
+    client = await hooked(post_receive_interval=0.4)
+    data = bytes(range(200))
+    path = await create(client, len(data))
+    for offset in range(0, 100, 10):  # ten quick PATCHes within one interval
+        r = await patch(client, path, offset, data[offset:offset + 10])
+        assert r.status == 204
+    first = await receiver.wait_for("post-receive", 1)
+    assert first[0].upload["Offset"] == 10
+    assert first[0].http["Method"] == "PATCH"
+    assert first[0].http["URI"] == path
+    # The newest offset is delivered when the interval ends, and nothing in between.
+    calls = await receiver.wait_for("post-receive", 2)
+    await receiver.settle(0.5)
+    assert [c.upload["Offset"] for c in receiver.of("post-receive")] == [10, 100]
+    assert calls[1].upload["Size"] == 200
+    # The PATCH completing the upload is reported at once.
+    r = await patch(client, path, 100, data[100:])
+    assert r.status == 204
+    calls = await receiver.wait_for("post-receive", 3, within=0.3)
+    assert calls[2].upload["Offset"] == 200
+
+
+async def test_post_receive_stop_upload(hooked: HookedFactory, receiver: Receiver):
+    receiver.responder = lambda body, request: (
+        {"StopUpload": True, "HTTPResponse": {"StatusCode": 400, "Body": "project deleted"}}
+        if body["Type"] == "post-receive" else {})
+    client = await hooked(post_receive_interval=0)
+    path = await create(client, 10)
+    assert (await patch(client, path, 0, b"12345")).status == 204
+    await receiver.wait_for("post-receive")
+    await receiver.settle(0.1)
+    r = await patch(client, path, 5, b"67890")
+    assert r.status == 400
+    assert await r.text() == "project deleted"
+    assert (await head(client, path)).headers["Upload-Offset"] == "5"
+
+
+# -- post-finish: payload, exactly once ---------------------------------------------------
+
+
+async def test_post_finish_payload(hooked: HookedFactory, receiver: Receiver):
+    client = await hooked()
+    data = b"hello world"
+    path = await upload(client, data, chunk=4, Upload_Metadata=f"filename {b64('h.txt')}")
+    (call,) = await receiver.wait_for("post-finish")
+    upload_id = path.rsplit("/", 1)[1]
+    u = call.upload
+    assert u["ID"] == upload_id
+    assert (u["Size"], u["Offset"], u["SizeIsDeferred"]) == (11, 11, False)
+    assert u["MetaData"] == {"filename": "h.txt"}
+    assert (u["IsPartial"], u["IsFinal"], u["PartialUploads"]) == (False, False, None)
+    assert u["Storage"]["Type"] == "filestore"
+    with open(u["Storage"]["Path"], "rb") as fh:  # the receiver can use the bytes at once
+        assert fh.read() == data
+    assert call.http["Method"] == "PATCH"
+    assert call.http["URI"] == path
+    assert call.http["Header"]["Upload-Offset"] == ["8"]
+
+
+async def test_post_finish_fires_exactly_once(hooked: HookedFactory, receiver: Receiver):
+    client = await hooked()
+    path = await upload(client, b"abcdef", chunk=3)
+    await receiver.wait_for("post-finish")
+    # Replays of the last PATCH, HEADs, an empty PATCH and a download change nothing.
+    assert (await patch(client, path, 3, b"def")).status == 409
+    assert (await patch(client, path, 6, b"")).status in (204, 403)
+    assert (await head(client, path)).status == 200
+    assert (await client.get(path)).status == 200
+    await receiver.settle()
+    assert len(receiver.of("post-finish")) == 1
+    assert len(receiver.of("post-create")) == 1
+
+
+async def test_post_finish_once_when_replicas_race(hooked: HookedFactory, receiver: Receiver):
+    """Two apps on one data directory race to write the last bytes: one post-finish."""
+    replicas = [await hooked(), await hooked()]
+    for _ in range(3):
+        path = await create(replicas[0], 8)
+        assert (await patch(replicas[0], path, 0, b"1234")).status == 204
+        results = await asyncio.gather(*(patch(c, path, 4, b"5678") for c in replicas))
+        statuses = sorted(r.status for r in results)
+        assert statuses[0] == 204 and statuses[1] in (409, 423), statuses
+    await receiver.settle()
+    finished = [c.upload["ID"] for c in receiver.of("post-finish")]
+    assert len(finished) == 3 and len(set(finished)) == 3
+
+
+async def test_zero_length_upload_finishes_on_creation(hooked: HookedFactory, receiver: Receiver):
+    client = await hooked()
+    await create(client, 0)
+    (call,) = await receiver.wait_for("post-finish")
+    assert call.http["Method"] == "POST"
+    assert (call.upload["Size"], call.upload["Offset"]) == (0, 0)
+
+
+async def test_concatenation_post_finish_only_for_the_final(hooked: HookedFactory,
+                                                            receiver: Receiver):
+    client = await hooked()
+    parts = []
+    for data in (b"abc", b"defg"):
+        path = await create(client, len(data), Upload_Concat="partial")
+        assert (await patch(client, path, 0, data)).status == 204
+        parts.append(path)
+    created = await receiver.wait_for("post-create", 2)
+    assert all(c.upload["IsPartial"] for c in created)
+    await receiver.settle()
+    assert receiver.of("post-finish") == []  # finished partials are not "finished uploads"
+
+    final = await create(client, None, Upload_Concat="final;" + " ".join(parts))
+    (call,) = await receiver.wait_for("post-finish")
+    u = call.upload
+    assert u["ID"] == final.rsplit("/", 1)[1]
+    assert (u["IsFinal"], u["IsPartial"]) == (True, False)
+    assert u["PartialUploads"] == [p.rsplit("/", 1)[1] for p in parts]
+    assert (u["Size"], u["Offset"]) == (7, 7)
+    assert (await client.get(final)).status == 200
+    await receiver.settle()
+    assert len(receiver.of("post-finish")) == 1
+
+
+async def test_unfinished_concatenation_post_finish_once(hooked: HookedFactory,
+                                                         receiver: Receiver):
+    client = await hooked()
+    parts = [await create(client, 2, Upload_Concat="partial") for _ in range(2)]
+    final = await create(client, None, Upload_Concat="final;" + " ".join(parts))
+    for path in parts:
+        assert (await patch(client, path, 0, b"xy")).status == 204
+    for _ in range(3):  # each HEAD may settle the final; only one finishes it
+        assert (await head(client, final)).status == 200
+    (call,) = await receiver.wait_for("post-finish")
+    assert call.upload["ID"] == final.rsplit("/", 1)[1]
+    await receiver.settle()
+    assert len(receiver.of("post-finish")) == 1
+
+
+# -- post-terminate ---------------------------------------------------------------------
+
+
+async def test_post_terminate(hooked: HookedFactory, receiver: Receiver):
+    client = await hooked()
+    path = await create(client, 10)
+    r = await client.delete(path, headers=TUS)
+    assert r.status == 204
+    (call,) = await receiver.wait_for("post-terminate")
+    assert call.upload["ID"] == path.rsplit("/", 1)[1]
+    assert call.http["Method"] == "DELETE"
+    assert call.http["URI"] == path
+
+
+async def test_post_terminate_on_expiry(hooked: HookedFactory, receiver: Receiver):
+    client = await hooked(expiration={"after": 0.2, "sweep_interval": 0.1})
+    path = await create(client, 10)
+    (call,) = await receiver.wait_for("post-terminate", within=5)
+    assert call.upload["ID"] == path.rsplit("/", 1)[1]
+    assert call.http == {"Method": "", "URI": "", "RemoteAddr": "", "Header": {}}
+
+
+async def test_deferred_length_payload(hooked: HookedFactory, receiver: Receiver):
+    client = await hooked()
+    r = await client.post("/files/", headers={**TUS, "Upload-Defer-Length": "1"})
+    assert r.status == 201
+    (call,) = await receiver.wait_for("post-create")
+    assert (call.upload["Size"], call.upload["SizeIsDeferred"]) == (0, True)
+
+
+# -- a receiver that is down or slow ------------------------------------------------------
+
+
+async def test_receiver_down_uploads_still_succeed(hooked: HookedFactory, caplog):
+    client = await hooked(http={"url": f"http://127.0.0.1:{free_port()}/hooks", "retries": 1,
+                                "backoff": 0.01},
+                          enabled=POST_HOOKS, post_receive_interval=0)
+    with caplog.at_level(logging.WARNING, logger="tusd_py.hooks"):
+        path = await upload(client, b"x" * 100, chunk=50)
+        assert (await client.get(path)).status == 200
+        async with asyncio.timeout(5):
+            while metric(await metrics_text(client), "tusd_hook_errors_total", "post-finish") < 1:
+                await asyncio.sleep(0.02)
+    text = await metrics_text(client)
+    assert metric(text, "tusd_hook_errors_total", "post-create") == 1
+    assert metric(text, "tusd_hook_errors_total", "post-receive") == 2
+    assert metric(text, "tusd_hook_invocations_total", "post-finish") == 1
+    assert "post-finish hook for upload" in caplog.text
+    assert "ClientConnectorError" in caplog.text and "after 2 attempt(s)" in caplog.text
+
+
+async def test_slow_receiver_does_not_slow_uploads(hooked: HookedFactory, receiver: Receiver,
+                                                   caplog):
+    receiver.delay = 3.0
+    client = await hooked(http={"timeout": 0.3}, enabled=POST_HOOKS, post_receive_interval=0)
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="tusd_py.hooks"):
+        for _ in range(3):
+            await upload(client, b"y" * 30, chunk=10)
+        elapsed = time.monotonic() - started
+        assert elapsed < 1.0, elapsed  # never waited for the receiver
+        async with asyncio.timeout(5):
+            while metric(await metrics_text(client), "tusd_hook_errors_total", "post-finish") < 3:
+                await asyncio.sleep(0.05)
+    assert "no answer within 0.3s" in caplog.text
+
+
+async def test_full_queue_drops_and_counts(hooked: HookedFactory, receiver: Receiver, caplog):
+    receiver.delay = 1.0
+    client = await hooked(http={"timeout": 2}, enabled=["post-create"], queue_size=2,
+                          concurrency=1)
+    with caplog.at_level(logging.WARNING, logger="tusd_py.hooks"):
+        for _ in range(6):
+            await create(client, 1)
+    text = await metrics_text(client)
+    # One in flight, two queued, three dropped.
+    assert metric(text, "tusd_hook_dropped_total", "post-create") == 3
+    assert "deliveries already queued" in caplog.text
+    receiver.delay = 0
+
+
+# -- pre-finish, pre-access ---------------------------------------------------------------
+
+
+async def test_pre_finish_adds_headers_or_rejects(hooked: HookedFactory, receiver: Receiver):
+    def respond(body, request):
+        if body["Type"] != "pre-finish":
+            return {}
+        if body["Event"]["Upload"]["MetaData"].get("bad"):
+            return {"HTTPResponse": {"StatusCode": 422, "Body": "virus found"}}
+        return {"HTTPResponse": {"Header": {"Link": "<https://example.com/f/1>; rel=related"}}}
+
+    receiver.responder = respond
+    client = await hooked(enabled=["pre-finish", "post-finish"])
+    path = await create(client, 3)
+    r = await patch(client, path, 0, b"abc")
+    assert r.status == 204
+    assert r.headers["Link"] == "<https://example.com/f/1>; rel=related"
+    await receiver.wait_for("post-finish")
+
+    path = await create(client, 3, Upload_Metadata=f"bad {b64('1')}")
+    r = await patch(client, path, 0, b"abc")
+    assert r.status == 422
+    assert await r.text() == "virus found"
+    await receiver.settle()
+    assert len(receiver.of("post-finish")) == 1  # a rejected finish is not reported
+
+
+async def test_pre_access_denies_other_users(hooked: HookedFactory, receiver: Receiver):
+    """Per-upload authorisation: the owner recorded at creation must match the token."""
+
+    def respond(body, request):
+        token = (body["Event"]["HTTPRequest"]["Header"].get("Authorization") or [""])[0]
+        user = token.removeprefix("Bearer ")
+        if body["Type"] == "pre-create":
+            if not user:
+                return {"RejectUpload": True, "HTTPResponse": {"StatusCode": 401,
+                                                               "Body": "token required"}}
+            return {"ChangeFileInfo": {"MetaData": {**body["Event"]["Upload"]["MetaData"],
+                                                    "owner": user}}}
+        if body["Type"] == "pre-access":
+            if body["Event"]["Upload"]["MetaData"].get("owner") != user:
+                return {"RejectUpload": True, "HTTPResponse": {"StatusCode": 403,
+                                                               "Body": "not your upload"}}
+        return {}
+
+    receiver.responder = respond
+    client = await hooked(enabled=["pre-create", "pre-access"])
+    alice = {"Authorization": "Bearer alice"}
+    bob = {"Authorization": "Bearer bob"}
+    path = await create(client, 4, **alice)
+    for method in ("HEAD", "PATCH", "GET", "DELETE"):
+        r = await client.request(method, path, headers={
+            **TUS, **bob, "Upload-Offset": "0", "Content-Type": OCTET})
+        assert r.status == 403, method
+        if method != "HEAD":
+            assert await r.text() == "not your upload"
+    assert (await patch(client, path, 0, b"data", **alice)).status == 204
+    r = await client.get(path, headers=alice)
+    assert await r.read() == b"data"
+    access = receiver.of("pre-access")
+    assert [c.http["Method"] for c in access[:4]] == ["HEAD", "PATCH", "GET", "DELETE"]
+    assert access[0].upload["ID"] == path.rsplit("/", 1)[1]
+    r = await client.post("/files/", headers={**TUS, "Upload-Length": "1"})
+    assert r.status == 401
+
+
+async def test_pre_access_reject_termination(hooked: HookedFactory, receiver: Receiver):
+    receiver.responder = lambda body, request: (
+        {"RejectTermination": True, "HTTPResponse": {"Body": "kept for audit"}}
+        if body["Type"] == "pre-access" else {})
+    client = await hooked(enabled=["pre-access"])
+    path = await create(client, 4)
+    assert (await head(client, path)).status == 200
+    r = await client.delete(path, headers=TUS)
+    assert r.status == 403
+    assert await r.text() == "kept for audit"
+
+
+async def test_no_hooks_configured_means_no_listener(tus_client_factory):
+    client = await tus_client_factory()
+    from tusd_py.app import EVENTS
+    from tusd_py.hooks import HookListener
+
+    assert not any(isinstance(x, HookListener) for x in client.app[EVENTS].listeners)
+    r = await client.get("/metrics")
+    assert "tusd_hook_errors_total" not in await r.text()
+
+
+@pytest.mark.parametrize("body", ["", "{}", "null"])
+async def test_empty_answers_mean_carry_on(hooked: HookedFactory, receiver: Receiver, body: str):
+    receiver.responder = lambda b, request: (200, body)
+    client = await hooked()
+    await create(client, 1)
+
+
+def test_payload_is_json_serialisable_round_trip():
+    from tusd_py.hooks.payload import hook_request
+    from tusd_py.storage.base import Upload
+
+    u = Upload(id="x1", length=None, metadata={"a": b"\xff", "b": None}, final_of=("p1",),
+               location="bucket/some/key")
+    body = json.loads(json.dumps(hook_request("post-create", u, None, "s3")))
+    assert body["Event"]["Upload"]["MetaData"] == {"a": "\ufffd", "b": ""}
+    assert body["Event"]["Upload"]["Storage"] == {"Type": "s3store", "Bucket": "bucket",
+                                                  "Key": "some/key"}
+    assert body["Event"]["Upload"]["PartialUploads"] == ["p1"]

@@ -1,0 +1,82 @@
+"""Hooks: tusd v2-compatible HTTP hooks and in-process Python hooks.
+
+``setup_hooks(app)`` (called by ``create_app``) builds a ``HookListener`` from
+``config.hooks`` when an HTTP endpoint or a Python hook is configured, subscribes it to
+the app's upload events, and runs its HTTP client and delivery workers with the app.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from ..config import Config
+from .http import HookError, HttpHook
+from .listener import RESPONSE_HEADERS_KEY, HookBackend, HookListener, HookRejection
+from .payload import HOOK_TYPES, hook_request, parse_hook_response
+from .python import HookLoadError, PythonHook
+
+__all__ = [
+    "HOOKS",
+    "HOOK_TYPES",
+    "HookError",
+    "HookListener",
+    "HookLoadError",
+    "HookRejection",
+    "build_listener",
+    "hook_request",
+    "parse_hook_response",
+    "setup_hooks",
+]
+
+log = logging.getLogger("tusd_py.hooks")
+
+HOOKS = web.AppKey("tusd_hooks", HookListener)
+
+
+def build_listener(app: web.Application, config: Config) -> HookListener | None:
+    """The configured listener, or None when no hook endpoint or callable is set."""
+    from ..app import HANDLER, REGISTRY, STORE
+
+    hooks = config.hooks
+    backends: list[HookBackend] = []
+    if hooks.http.url:
+        backends.append(HttpHook(hooks.http))
+    for spec in hooks.python:
+        backends.append(PythonHook(spec, hooks.http.timeout))
+    if not backends:
+        return None
+    return HookListener(hooks, backends, store=app[STORE], driver=config.storage.driver,
+                        registry=app[REGISTRY], leases=app[HANDLER].leases)
+
+
+def setup_hooks(app: web.Application, config: Config) -> HookListener | None:
+    """Wire hooks into ``app`` (before it starts). Raises HookLoadError for a bad callable."""
+    from ..app import EVENTS
+
+    listener = build_listener(app, config)
+    if listener is None:
+        return None
+    app[HOOKS] = listener
+    app[EVENTS].add(listener)
+    app.cleanup_ctx.append(_hooks_ctx)
+    app.on_response_prepare.append(_add_hook_headers)
+    names = ", ".join(backend.describe() for backend in listener.backends)
+    log.info("hooks %s -> %s", ",".join(sorted(listener.enabled)), names)
+    return listener
+
+
+async def _hooks_ctx(app: web.Application) -> AsyncIterator[None]:
+    listener = app[HOOKS]
+    await listener.start()
+    yield
+    await listener.stop(drain=min(5.0, max(listener.config.http.timeout, 1.0)))
+
+
+async def _add_hook_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Headers a pre-create / pre-finish hook asked for (HTTPResponse.Header)."""
+    extra = request.get(RESPONSE_HEADERS_KEY)
+    if extra:
+        response.headers.update(extra)

@@ -1,0 +1,109 @@
+"""Delivery of hook requests to an HTTP endpoint, as tusd's ``-hooks-http`` does.
+
+One POST per hook with the JSON ``HookRequest`` body; a 2xx answer's body (JSON, may be
+empty) is the ``HookResponse``. Network errors, timeouts and 5xx answers are retried
+``retries`` times with exponential backoff; a 4xx answer is final. Each delivery carries
+an ``Idempotency-Key`` header that stays the same across its retries, so a receiver can
+drop a duplicate caused by a retry after a lost answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+
+from ..config import HttpHookConfig
+
+log = logging.getLogger(__name__)
+
+#: Largest hook response body read (tusd's default limit is 5 KiB).
+RESPONSE_SIZE_LIMIT = 64 << 10
+
+
+class HookError(Exception):
+    """A hook could not be delivered or answered badly (after every retry)."""
+
+
+class _Retryable(HookError):
+    pass
+
+
+class HttpHook:
+    name = "http"
+
+    def __init__(self, config: HttpHookConfig) -> None:
+        assert config.url is not None
+        self.url = config.url
+        self.timeout = config.timeout
+        self.retries = config.retries
+        self.backoff = config.backoff
+        self.forward_headers = tuple(config.forward_headers)
+        self.static_headers = {k: v.get_secret_value() for k, v in config.headers.items()}
+        self.session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        if self.session is None:
+            self.session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=64, ttl_dns_cache=60),
+                timeout=aiohttp.ClientTimeout(total=self.timeout or None),
+                raise_for_status=False)
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    def describe(self) -> str:
+        from ..config import _mask_url
+
+        return f"HTTP hook {_mask_url(self.url)}"
+
+    async def invoke(self, payload: Mapping[str, Any], *, forward: Mapping[str, str],
+                     key: str) -> Any:
+        """POST ``payload``; returns the decoded JSON answer (None when empty)."""
+        if self.session is None:
+            raise HookError("HTTP hook client is not running")
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        headers = {"Content-Type": "application/json", "Idempotency-Key": key}
+        headers.update(self.static_headers)
+        headers.update(forward)
+        attempt = 0
+        while True:
+            try:
+                return await self._post(body, headers)
+            except _Retryable as exc:
+                if attempt >= self.retries:
+                    raise HookError(f"{exc} (after {attempt + 1} attempt(s))") from None
+                delay = self.backoff * (2 ** attempt)
+                attempt += 1
+                log.debug("hook %s: %s; retry %d in %.2fs", payload.get("Type"), exc, attempt, delay)
+                if delay:
+                    await asyncio.sleep(delay)
+
+    async def _post(self, body: bytes, headers: Mapping[str, str]) -> Any:
+        assert self.session is not None
+        try:
+            async with self.session.post(self.url, data=body, headers=headers) as response:
+                content = await response.content.read(RESPONSE_SIZE_LIMIT + 1)
+                status = response.status
+        except TimeoutError:
+            raise _Retryable(f"no answer within {self.timeout:g}s") from None
+        except aiohttp.ClientError as exc:
+            raise _Retryable(f"{type(exc).__name__}: {exc}") from None
+        if status >= 500:
+            raise _Retryable(f"endpoint answered {status}")
+        if not 200 <= status < 300:
+            raise HookError(f"endpoint answered {status}")
+        if len(content) > RESPONSE_SIZE_LIMIT:
+            raise HookError(f"hook response larger than {RESPONSE_SIZE_LIMIT} bytes")
+        if not content.strip():
+            return None
+        try:
+            return json.loads(content)
+        except (ValueError, UnicodeDecodeError):
+            raise HookError("hook response is not JSON") from None

@@ -1,0 +1,359 @@
+"""The hook listener: turns upload events into tusd-format hook calls.
+
+Blocking hooks (pre-create, pre-finish, pre-access) are awaited in the request: their
+answer may refuse it (status, body and headers passed to the client) or, for pre-create,
+change the upload's id or metadata. A hook that fails (down, slow, 5xx, bad JSON) refuses
+the request with 500, as tusd does: authorisation must not fail open.
+
+Notification hooks (post-create, post-receive, post-finish, post-terminate) are queued
+and delivered by a few background workers: the request never waits for them and their
+failures never reach the client. The queue is bounded; when a receiver is so slow that it
+fills, further events are dropped, logged and counted. post-receive is throttled to one
+event per ``post_receive_interval`` per upload (the newest offset wins; the event that
+completes an upload is sent at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aiohttp import web
+from multidict import CIMultiDict
+from prometheus_client import CollectorRegistry, Counter
+
+from ..config import HooksConfig
+from ..events import UploadListener
+from ..leases import LeaseRegistry, StopReason
+from ..protocol.errors import TusError
+from ..storage.base import Store, Upload
+from ..storage.ids import is_upload_id
+from .http import HookError
+from .payload import (
+    POST_CREATE,
+    POST_FINISH,
+    POST_RECEIVE,
+    POST_TERMINATE,
+    PRE_ACCESS,
+    PRE_CREATE,
+    PRE_FINISH,
+    HookResponse,
+    HookResponseError,
+    HTTPResponse,
+    hook_request,
+    parse_hook_response,
+)
+
+log = logging.getLogger("tusd_py.hooks")
+
+#: Request key holding headers a blocking hook asked to add to the response.
+RESPONSE_HEADERS_KEY = web.RequestKey("tusd_hook_response_headers", CIMultiDict[str])
+#: How long a StopUpload answer keeps refusing PATCH requests for that upload.
+STOPPED_TTL = 3600.0
+
+
+class HookBackend(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def describe(self) -> str: ...
+
+    async def invoke(self, payload: Mapping[str, Any], *, forward: Mapping[str, str],
+                     key: str) -> Any: ...
+
+
+class HookRejection(TusError):
+    """A hook refused the request: its status, body and headers go to the client verbatim."""
+
+    def __init__(self, response: HTTPResponse, status: int, default_body: str) -> None:
+        body = response.body if response.body is not None else default_body
+        headers = dict(response.header)
+        if not any(k.lower() == "content-type" for k in headers):
+            headers["Content-Type"] = "text/plain; charset=utf-8"
+        super().__init__(body.strip() or default_body,
+                         status=response.status_code or status, headers=headers)
+        #: Sent as is by the error middleware (no trailing newline added).
+        self.body = body
+
+
+@dataclass
+class Delivery:
+    hook_type: str
+    upload_id: str
+    payload: dict[str, Any]
+    forward: dict[str, str]
+    key: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+@dataclass
+class _Throttle:
+    pending: Delivery | None = None
+    timer: asyncio.TimerHandle | None = None
+
+
+class HookListener(UploadListener):
+    def __init__(self, config: HooksConfig, backends: list[HookBackend], *, store: Store,
+                 driver: str, registry: CollectorRegistry,
+                 leases: LeaseRegistry | None = None) -> None:
+        self.config = config
+        self.backends = backends
+        self.store = store
+        self.driver = driver
+        self.leases = leases
+        self.enabled = frozenset(config.enabled)
+        self.forward_names = tuple(config.http.forward_headers) if config.http.url else ()
+        self.interval = config.post_receive_interval
+        self.errors = Counter("tusd_hook_errors_total", "Hook calls that failed, per hook type.",
+                              ["hooktype"], registry=registry)
+        self.invocations = Counter("tusd_hook_invocations_total", "Hook calls, per hook type.",
+                                   ["hooktype"], registry=registry)
+        self.dropped = Counter("tusd_hook_dropped_total",
+                               "Notification hooks dropped because the delivery queue was full.",
+                               ["hooktype"], registry=registry)
+        for hook_type in self.enabled:
+            self.errors.labels(hook_type)
+            self.invocations.labels(hook_type)
+        self.queue: asyncio.Queue[Delivery] | None = None
+        self.workers: list[asyncio.Task[None]] = []
+        self._throttles: dict[str, _Throttle] = {}
+        #: upload id -> (response to send, until); filled by StopUpload answers.
+        self.stopped: dict[str, tuple[HTTPResponse, float]] = {}
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        for backend in self.backends:
+            await backend.start()
+        self.queue = asyncio.Queue(self.config.queue_size)
+        self.workers = [asyncio.create_task(self._worker(), name=f"tusd-hooks-{i}")
+                        for i in range(self.config.concurrency)]
+
+    async def stop(self, drain: float = 5.0) -> None:
+        """Deliver what is queued for up to ``drain`` seconds, then stop."""
+        for throttle in self._throttles.values():
+            if throttle.timer is not None:
+                throttle.timer.cancel()
+        self._throttles.clear()
+        if self.queue is not None and drain > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.queue.join(), drain)
+        for task in self.workers:
+            task.cancel()
+        for task in self.workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.workers = []
+        self.queue = None
+        for backend in self.backends:
+            await backend.close()
+
+    # -- calling backends --------------------------------------------------------------
+
+    def _forward(self, request: web.Request | None) -> dict[str, str]:
+        if request is None or not self.forward_names:
+            return {}
+        return {name: request.headers[name] for name in self.forward_names
+                if name in request.headers}
+
+    def _delivery(self, hook_type: str, upload: Upload, request: web.Request | None,
+                  method: str | None = None) -> Delivery:
+        return Delivery(hook_type, upload.id,
+                        hook_request(hook_type, upload, request, self.driver, method),
+                        self._forward(request))
+
+    async def _call(self, backend: HookBackend, delivery: Delivery) -> HookResponse:
+        """One backend, one hook: counted; raises HookError/HookResponseError/TusError."""
+        self.invocations.labels(delivery.hook_type).inc()
+        try:
+            answer = await backend.invoke(delivery.payload, forward=delivery.forward,
+                                          key=delivery.key)
+            return parse_hook_response(answer)
+        except (HookError, HookResponseError) as exc:
+            self._failed(backend, delivery, str(exc))
+            raise
+        except TusError:
+            raise
+        except Exception as exc:
+            self._failed(backend, delivery, f"{type(exc).__name__}: {exc}")
+            raise HookError(str(exc)) from exc
+
+    def _failed(self, backend: HookBackend, delivery: Delivery, reason: str) -> None:
+        self.errors.labels(delivery.hook_type).inc()
+        log.warning("%s hook for upload %s failed: %s: %s", delivery.hook_type,
+                    delivery.upload_id or "(new)", backend.describe(), reason)
+
+    async def _call_blocking(self, backend: HookBackend, delivery: Delivery) -> HookResponse:
+        try:
+            return await self._call(backend, delivery)
+        except (HookError, HookResponseError):
+            raise TusError(f"{delivery.hook_type} hook failed", status=500) from None
+
+    # -- blocking hooks -------------------------------------------------------------------
+
+    async def pre_create(self, upload: Upload, request: web.Request) -> Upload:
+        if PRE_CREATE not in self.enabled:
+            return upload
+        for backend in self.backends:
+            delivery = self._delivery(PRE_CREATE, upload, request)
+            response = await self._call_blocking(backend, delivery)
+            if response.reject_upload:
+                raise HookRejection(response.http_response, 400,
+                                    "upload has been rejected by server")
+            changes = response.change_file_info
+            if changes.id is not None and changes.id != upload.id:
+                if not is_upload_id(changes.id):
+                    self._failed(backend, delivery, f"invalid upload id {changes.id[:140]!r}")
+                    raise TusError("pre-create hook returned an invalid upload id", status=500)
+                if await self.store.get(changes.id) is not None:
+                    log.warning("pre-create hook chose upload id %s, which already exists",
+                                changes.id)
+                    raise TusError("an upload with this id already exists", status=409)
+                upload = upload.copy(id=changes.id)
+            if changes.metadata is not None:
+                upload = upload.copy(metadata={k: v.encode() for k, v in changes.metadata.items()})
+            if changes.storage:
+                log.warning("pre-create hook: ChangeFileInfo.Storage is not supported; ignored")
+            self._add_response_headers(request, response.http_response)
+        return upload
+
+    async def pre_finish(self, upload: Upload, request: web.Request) -> None:
+        if PRE_FINISH not in self.enabled:
+            return
+        for backend in self.backends:
+            response = await self._call_blocking(backend, self._delivery(PRE_FINISH, upload, request))
+            http = response.http_response
+            if response.reject_upload or http.status_code >= 400:
+                raise HookRejection(http, 400, "upload has been rejected by server")
+            self._add_response_headers(request, http)
+
+    async def pre_access(self, upload_id: str, request: web.Request, method: str) -> None:
+        if self.stopped and method == "PATCH":
+            stopped = self.stopped.get(upload_id)
+            if stopped is not None:
+                if stopped[1] > time.monotonic():
+                    raise HookRejection(stopped[0], 400, "upload has been stopped by server")
+                del self.stopped[upload_id]
+        if PRE_ACCESS not in self.enabled:
+            return
+        upload = await self.store.get(upload_id)
+        if upload is None:
+            return  # the handler answers 404
+        for backend in self.backends:
+            response = await self._call_blocking(
+                backend, self._delivery(PRE_ACCESS, upload, request, method))
+            http = response.http_response
+            if (response.reject_upload or http.status_code >= 400
+                    or (method == "DELETE" and response.reject_termination)):
+                raise HookRejection(http, 403, "access denied")
+
+    @staticmethod
+    def _add_response_headers(request: web.Request, response: HTTPResponse) -> None:
+        if response.header:
+            request.setdefault(RESPONSE_HEADERS_KEY, CIMultiDict()).update(response.header)
+
+    # -- notifications (background) ---------------------------------------------------------
+
+    def created(self, upload: Upload, request: web.Request) -> None:
+        if POST_CREATE in self.enabled:
+            self._enqueue(self._delivery(POST_CREATE, upload, request))
+
+    def finished(self, upload: Upload, request: web.Request) -> None:
+        # The handler calls this once per upload: only the request whose commit (a
+        # compare-and-set in storage) completed it, never for a partial upload.
+        if POST_FINISH in self.enabled and not upload.is_partial:
+            self._enqueue(self._delivery(POST_FINISH, upload, request))
+
+    def terminated(self, upload: Upload, request: web.Request | None) -> None:
+        self.stopped.pop(upload.id, None)
+        if POST_TERMINATE in self.enabled:
+            self._enqueue(self._delivery(POST_TERMINATE, upload, request))
+
+    def progress(self, upload: Upload, request: web.Request, received: int) -> None:
+        if POST_RECEIVE not in self.enabled:
+            return
+        delivery = self._delivery(POST_RECEIVE, upload, request)
+        throttle = self._throttles.get(upload.id)
+        if self.interval <= 0 or (throttle is None and self.queue is None):
+            self._enqueue(delivery)
+            return
+        if upload.is_complete:  # the last one goes out now, superseding any pending one
+            if throttle is not None:
+                if throttle.timer is not None:
+                    throttle.timer.cancel()
+                del self._throttles[upload.id]
+            self._enqueue(delivery)
+            return
+        if throttle is not None:
+            throttle.pending = delivery  # the newest offset wins
+            return
+        self._enqueue(delivery)
+        self._arm(upload.id, _Throttle())
+
+    def _arm(self, upload_id: str, throttle: _Throttle) -> None:
+        loop = asyncio.get_running_loop()
+        throttle.timer = loop.call_later(self.interval, self._tick, upload_id)
+        self._throttles[upload_id] = throttle
+
+    def _tick(self, upload_id: str) -> None:
+        throttle = self._throttles.pop(upload_id, None)
+        if throttle is None or throttle.pending is None:
+            return
+        self._enqueue(throttle.pending)
+        self._arm(upload_id, _Throttle())
+
+    def _enqueue(self, delivery: Delivery) -> None:
+        if self.queue is None:
+            log.warning("%s hook for upload %s dropped: hooks are not running",
+                        delivery.hook_type, delivery.upload_id)
+            self.dropped.labels(delivery.hook_type).inc()
+            return
+        try:
+            self.queue.put_nowait(delivery)
+        except asyncio.QueueFull:
+            self.dropped.labels(delivery.hook_type).inc()
+            self.errors.labels(delivery.hook_type).inc()
+            log.warning("%s hook for upload %s dropped: %d deliveries already queued",
+                        delivery.hook_type, delivery.upload_id, self.queue.qsize())
+
+    async def _worker(self) -> None:
+        assert self.queue is not None
+        queue = self.queue
+        while True:
+            delivery = await queue.get()
+            try:
+                await self._deliver(delivery)
+            except Exception:  # never let a worker die
+                log.exception("hook delivery failed unexpectedly")
+            finally:
+                queue.task_done()
+
+    async def _deliver(self, delivery: Delivery) -> None:
+        for backend in self.backends:
+            try:
+                response = await self._call(backend, delivery)
+            except (HookError, HookResponseError, TusError) as exc:
+                if isinstance(exc, TusError):
+                    self._failed(backend, delivery, f"raised {exc.status} {exc.message}")
+                continue
+            if delivery.hook_type == POST_RECEIVE and response.stop_upload:
+                self._stop_upload(delivery.upload_id, response.http_response)
+
+    def _stop_upload(self, upload_id: str, response: HTTPResponse) -> None:
+        """StopUpload: end an in-flight PATCH and refuse the next ones (this process)."""
+        log.info("post-receive hook stopped upload %s", upload_id)
+        now = time.monotonic()
+        self.stopped = {k: v for k, v in self.stopped.items() if v[1] > now}
+        self.stopped[upload_id] = (response, now + STOPPED_TTL)
+        held = getattr(self.leases, "_held", None)
+        lease = held.get(upload_id) if isinstance(held, dict) else None
+        if lease is not None:
+            lease.stop(StopReason.TAKEN_OVER, asyncio.get_running_loop().time())

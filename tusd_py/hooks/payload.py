@@ -1,0 +1,216 @@
+"""tusd v2's hook wire format: building ``HookRequest`` JSON, reading ``HookResponse`` JSON.
+
+Field names are tusd's (``github.com/tus/tusd/v2/pkg/hooks.HookRequest`` / ``HookResponse``
+and ``handler.FileInfo`` / ``handler.HTTPRequest``), so a receiver written for tusd works
+unchanged::
+
+    {"Type": "post-finish",
+     "Event": {"Upload": {"ID", "Size", "SizeIsDeferred", "Offset", "MetaData", "IsPartial",
+                          "IsFinal", "PartialUploads", "Storage"},
+               "HTTPRequest": {"Method", "URI", "RemoteAddr", "Header"}}}
+
+    {"HTTPResponse": {"StatusCode", "Body", "Header"}, "RejectUpload", "RejectTermination",
+     "ChangeFileInfo": {"ID", "MetaData", "Storage"}, "StopUpload"}
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..storage.base import Upload
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+PRE_CREATE = "pre-create"
+POST_CREATE = "post-create"
+POST_RECEIVE = "post-receive"
+PRE_FINISH = "pre-finish"
+POST_FINISH = "post-finish"
+POST_TERMINATE = "post-terminate"
+#: Not in tusd: before HEAD/PATCH/GET/DELETE of an existing upload.
+PRE_ACCESS = "pre-access"
+
+HOOK_TYPES = (PRE_CREATE, POST_CREATE, POST_RECEIVE, PRE_FINISH, POST_FINISH, POST_TERMINATE,
+              PRE_ACCESS)
+#: Hooks whose answer decides the request (awaited; a failure refuses the request).
+BLOCKING = frozenset({PRE_CREATE, PRE_FINISH, PRE_ACCESS})
+
+#: tusd's names for the storage types, by our driver name.
+_STORAGE_TYPES = {"local": "filestore", "s3": "s3store", "gcs": "gcsstore", "azure": "azurestore"}
+
+_METADATA_KEY = re.compile(r"[^\s,]+")
+
+
+class HookResponseError(ValueError):
+    """A hook answered something that is not a valid tusd hook response."""
+
+
+def canonical_header(name: str) -> str:
+    """Go's ``http.CanonicalHeaderKey``: ``x-forwarded-for`` -> ``X-Forwarded-For``."""
+    if not name or any(c in name for c in " \t:"):
+        return name
+    return "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
+
+
+def effective_method(request: web.Request) -> str:
+    """The method tusd would report (``X-HTTP-Method-Override`` applies to POST)."""
+    override = request.headers.get("X-HTTP-Method-Override")
+    if override and request.method == "POST":
+        return override.strip().upper()
+    return request.method
+
+
+def remote_addr(request: web.Request) -> str:
+    """``host:port`` of the peer, like Go's ``Request.RemoteAddr`` (``[::1]:port`` for IPv6)."""
+    transport = request.transport
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host, port = str(peer[0]), peer[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return request.remote or ""
+
+
+def http_request_info(request: web.Request | None, method: str | None = None) -> dict[str, Any]:
+    """``HTTPRequest``: method, raw URI (path + query), remote address, every header."""
+    if request is None:  # e.g. post-terminate for an upload the sweeper expired
+        return {"Method": "", "URI": "", "RemoteAddr": "", "Header": {}}
+    header: dict[str, list[str]] = {}
+    for name, value in request.headers.items():
+        header.setdefault(canonical_header(name), []).append(value)
+    return {
+        "Method": method or effective_method(request),
+        "URI": request.raw_path,
+        "RemoteAddr": remote_addr(request),
+        "Header": header,
+    }
+
+
+def storage_info(upload: Upload, driver: str) -> dict[str, str] | None:
+    """``Storage``: where the bytes live (``Path`` for files, ``Bucket``/``Key`` for objects)."""
+    if not upload.location:
+        return None
+    kind = _STORAGE_TYPES.get(driver, driver)
+    if driver == "local":
+        return {"Type": kind, "Path": upload.location}
+    bucket, _, key = upload.location.partition("/")
+    if driver == "azure":
+        return {"Type": kind, "Container": bucket, "Blob": key}
+    return {"Type": kind, "Bucket": bucket, "Key": key}
+
+
+def file_info(upload: Upload, driver: str, *, with_id: bool = True) -> dict[str, Any]:
+    """``Upload`` (tusd's ``FileInfo``). ``with_id=False`` for pre-create, as tusd sends it."""
+    return {
+        "ID": upload.id if with_id else "",
+        # tusd sends 0 (never null) while the length is deferred; SizeIsDeferred tells.
+        "Size": upload.length if upload.length is not None else 0,
+        "SizeIsDeferred": upload.length is None,
+        "Offset": upload.offset,
+        "MetaData": {key: (value or b"").decode("utf-8", "replace")
+                     for key, value in upload.metadata.items()},
+        "IsPartial": upload.is_partial,
+        "IsFinal": upload.is_final,
+        "PartialUploads": list(upload.final_of) if upload.is_final else None,
+        "Storage": storage_info(upload, driver) if with_id else None,
+    }
+
+
+def hook_request(hook_type: str, upload: Upload, request: web.Request | None, driver: str,
+                 method: str | None = None) -> dict[str, Any]:
+    """The JSON body tusd POSTs to an HTTP hook endpoint."""
+    return {
+        "Type": hook_type,
+        "Event": {
+            "Upload": file_info(upload, driver, with_id=hook_type != PRE_CREATE),
+            "HTTPRequest": http_request_info(request, method),
+        },
+    }
+
+
+@dataclass
+class HTTPResponse:
+    status_code: int = 0
+    body: str | None = None
+    header: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_set(self) -> bool:
+        return bool(self.status_code or self.body is not None or self.header)
+
+
+@dataclass
+class FileInfoChanges:
+    id: str | None = None
+    metadata: dict[str, str] | None = None
+    storage: dict[str, str] | None = None
+
+
+@dataclass
+class HookResponse:
+    http_response: HTTPResponse = field(default_factory=HTTPResponse)
+    reject_upload: bool = False
+    reject_termination: bool = False
+    change_file_info: FileInfoChanges = field(default_factory=FileInfoChanges)
+    stop_upload: bool = False
+
+
+def _str_map(value: Any, where: str) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise HookResponseError(f"{where} must be an object of strings")
+    out = {}
+    for key, item in value.items():
+        if isinstance(item, list):  # tolerate Go-style multi-value headers
+            item = ", ".join(str(v) for v in item)
+        if not isinstance(item, str | int | float):
+            raise HookResponseError(f"{where}.{key} must be a string")
+        out[key] = str(item)
+    return out
+
+
+def parse_hook_response(data: Any) -> HookResponse:
+    """Validate a decoded hook response (``None`` or ``{}``: carry on unchanged)."""
+    if data is None:
+        return HookResponse()
+    if not isinstance(data, dict):
+        raise HookResponseError("a hook response must be a JSON object")
+    response = HookResponse()
+    http = data.get("HTTPResponse")
+    if http is not None:
+        if not isinstance(http, dict):
+            raise HookResponseError("HTTPResponse must be an object")
+        status = http.get("StatusCode") or 0
+        if not isinstance(status, int) or isinstance(status, bool) or not (
+                status == 0 or 100 <= status <= 599):
+            raise HookResponseError("HTTPResponse.StatusCode must be an HTTP status code")
+        body = http.get("Body")
+        if body is not None and not isinstance(body, str):
+            raise HookResponseError("HTTPResponse.Body must be a string")
+        response.http_response = HTTPResponse(
+            status, body, _str_map(http.get("Header"), "HTTPResponse.Header") or {})
+    for name, attr in (("RejectUpload", "reject_upload"),
+                       ("RejectTermination", "reject_termination"),
+                       ("StopUpload", "stop_upload")):
+        value = data.get(name)
+        if value is not None and not isinstance(value, bool):
+            raise HookResponseError(f"{name} must be true or false")
+        setattr(response, attr, bool(value))
+    changes = data.get("ChangeFileInfo")
+    if changes is not None:
+        if not isinstance(changes, dict):
+            raise HookResponseError("ChangeFileInfo must be an object")
+        new_id = changes.get("ID")
+        if new_id is not None and not isinstance(new_id, str):
+            raise HookResponseError("ChangeFileInfo.ID must be a string")
+        metadata = _str_map(changes.get("MetaData"), "ChangeFileInfo.MetaData")
+        if metadata is not None:
+            bad = [key for key in metadata if not _METADATA_KEY.fullmatch(key)]
+            if bad:
+                raise HookResponseError(f"ChangeFileInfo.MetaData has invalid keys {bad[:3]}")
+        response.change_file_info = FileInfoChanges(
+            new_id or None, metadata, _str_map(changes.get("Storage"), "ChangeFileInfo.Storage"))
+    return response
