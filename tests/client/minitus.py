@@ -1,0 +1,98 @@
+"""A small but real tus server (aiohttp on 127.0.0.1) for client tests that need to see
+every request or make the server misbehave on purpose: it records each request's
+method and headers, checks ``Upload-Checksum``, and answers the next PATCHes with the
+statuses queued in ``fail_next`` (after reading the body, and keeping nothing)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import itertools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+EXTENSIONS = "creation,creation-defer-length,checksum,termination"
+
+
+@dataclass
+class MiniUpload:
+    length: int | None
+    data: bytearray = field(default_factory=bytearray)
+
+
+@dataclass
+class MiniTus:
+    uploads: dict[str, MiniUpload] = field(default_factory=dict)
+    requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    fail_next: list[int] = field(default_factory=list)
+    url: str = ""
+    _ids: itertools.count[int] = field(default_factory=itertools.count)
+
+    def patches(self) -> list[dict[str, str]]:
+        return [h for m, h in self.requests if m == "PATCH"]
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append((request.method, dict(request.headers)))
+        tus = {"Tus-Resumable": "1.0.0"}
+        upload_id = request.match_info.get("id")
+        if request.method == "OPTIONS":
+            return web.Response(status=204, headers={
+                **tus, "Tus-Version": "1.0.0", "Tus-Extension": EXTENSIONS,
+                "Tus-Checksum-Algorithm": "sha1,md5,sha256"})
+        if request.method == "POST":
+            length = request.headers.get("Upload-Length")
+            new_id = str(next(self._ids))
+            self.uploads[new_id] = MiniUpload(int(length) if length is not None else None)
+            return web.Response(status=201, headers={**tus, "Location": f"/files/{new_id}"})
+        upload = self.uploads.get(upload_id or "")
+        if upload is None:
+            return web.Response(status=404, headers=tus)
+        if request.method == "HEAD":
+            headers = {**tus, "Upload-Offset": str(len(upload.data)), "Cache-Control": "no-store"}
+            if upload.length is None:
+                headers["Upload-Defer-Length"] = "1"
+            else:
+                headers["Upload-Length"] = str(upload.length)
+            return web.Response(status=200, headers=headers)
+        if request.method == "GET":
+            return web.Response(body=bytes(upload.data))
+        if request.method == "DELETE":
+            del self.uploads[upload_id or ""]
+            return web.Response(status=204, headers=tus)
+        # PATCH
+        body = await request.read()
+        if self.fail_next:
+            return web.Response(status=self.fail_next.pop(0), headers=tus, text="injected failure")
+        if int(request.headers["Upload-Offset"]) != len(upload.data):
+            return web.Response(status=409, headers=tus)
+        checksum = request.headers.get("Upload-Checksum")
+        if checksum:
+            algorithm, digest = checksum.split(" ")
+            if base64.b64decode(digest) != hashlib.new(algorithm, body).digest():
+                return web.Response(status=460, headers=tus, text="checksum mismatch")
+        if "Upload-Length" in request.headers:
+            upload.length = int(request.headers["Upload-Length"])
+        upload.data += body
+        return web.Response(status=204, headers={**tus, "Upload-Offset": str(len(upload.data))})
+
+
+@asynccontextmanager
+async def mini_tus() -> AsyncIterator[MiniTus]:
+    """Start a MiniTus on 127.0.0.1 (a free port); ``server.url`` is the creation URL."""
+    server = MiniTus()
+    app = web.Application()
+    app.router.add_route("*", "/files/", server.handle)
+    app.router.add_route("*", "/files/{id}", server.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    server.url = f"http://127.0.0.1:{port}/files/"
+    try:
+        yield server
+    finally:
+        await runner.cleanup()

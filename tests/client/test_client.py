@@ -1,0 +1,241 @@
+"""The async client against the real daemon over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import os
+import threading
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.plugins.daemon import Daemon
+from tusd_py.client import (
+    InMemoryURLStorage,
+    SQLiteURLStorage,
+    SyncTusClient,
+    TusClient,
+    TusClientError,
+    UploadNotFound,
+)
+from tusd_py.client.client import split_ranges
+
+CHUNK = 256 * 1024
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+async def fetch(url: str) -> bytes:
+    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+        assert resp.status == 200, await resp.text()
+        return await resp.read()
+
+
+@pytest.fixture
+def payload(tmp_path: Path) -> tuple[Path, bytes]:
+    data = os.urandom(2 * 1024 * 1024 + 12345)
+    path = tmp_path / "payload.bin"
+    path.write_bytes(data)
+    return path, data
+
+
+async def test_upload_download_info_delete(daemon: Daemon, payload: tuple[Path, bytes],
+                                           tmp_path: Path) -> None:
+    path, data = payload
+    progress: list[tuple[int, int | None]] = []
+    async with TusClient(daemon.url, chunk_size=CHUNK) as client:
+        url = await client.upload(path, metadata={"note": "héllo", "flag": None},
+                                  progress=lambda done, total: progress.append((done, total)))
+        assert url.startswith(daemon.url)
+        assert await fetch(url) == data
+        info = await client.info(url)
+        assert (info.offset, info.length, info.is_complete) == (len(data), len(data), True)
+        assert info.metadata == {"note": "héllo".encode(), "flag": None, "filename": b"payload.bin"}
+        out = tmp_path / "out.bin"
+        assert await client.download(url, out) == len(data)
+        assert out.read_bytes() == data
+        await client.delete(url)
+        with pytest.raises(UploadNotFound):
+            await client.info(url)
+    # progress is monotonic within the upload, ends at the total, and is live (per piece)
+    assert progress[-1] == (len(data), len(data))
+    assert len(progress) > len(data) // CHUNK
+    dones = [d for d, _ in progress]
+    assert dones == sorted(dones)
+
+
+async def test_upload_bytes_and_file_objects(daemon: Daemon) -> None:
+    data = os.urandom(300_000)
+    async with TusClient(daemon.url, chunk_size=100_000) as client:
+        assert await fetch(await client.upload(data)) == data
+        assert await fetch(await client.upload(io.BytesIO(data))) == data
+        empty = await client.upload(b"")
+        info = await client.info(empty)
+        assert (info.offset, info.length) == (0, 0)
+
+
+async def test_checksums_are_sent_when_advertised(daemon: Daemon) -> None:
+    """The daemon advertises sha1; a wrong algorithm choice would be refused (400) and a
+    wrong digest answered 460, so a correct upload with checksums on proves both."""
+    data = os.urandom(700_000)
+    async with TusClient(daemon.url, chunk_size=200_000, checksum="sha256") as client:
+        assert await client.checksum_algorithm() == "sha256"
+        assert await fetch(await client.upload(data)) == data
+    async with TusClient(daemon.url, checksum="crc32") as client:
+        assert await client.checksum_algorithm() is None  # not offered: not sent
+
+
+async def test_resume_across_clients_with_url_storage(daemon: Daemon, payload: tuple[Path, bytes],
+                                                      tmp_path: Path) -> None:
+    path, data = payload
+    storage = SQLiteURLStorage(tmp_path / "urls.db")
+    async with TusClient(daemon.url, chunk_size=CHUNK, url_storage=storage) as first:
+        uploader = first.uploader(path)
+        await uploader.prepare()
+        assert uploader.resumed_from is None
+        for _ in range(3):
+            await uploader.upload_chunk()
+        assert uploader.offset == 3 * CHUNK
+        uploader.close()
+    assert storage.get_url(uploader.key or "") == uploader.url
+    resumed: list[tuple[int, int | None]] = []
+    async with TusClient(daemon.url, chunk_size=CHUNK, url_storage=storage) as second:
+        url = await second.upload(path, on_resume=lambda o, t: resumed.append((o, t)))
+    assert url == uploader.url
+    assert resumed == [(3 * CHUNK, len(data))]
+    assert await fetch(url) == data
+    assert storage.items() == {}  # forgotten once finished
+
+
+async def test_stored_url_that_is_gone_starts_over(daemon: Daemon, payload: tuple[Path, bytes]) -> None:
+    path, data = payload
+    storage = InMemoryURLStorage()
+    async with TusClient(daemon.url, chunk_size=CHUNK, url_storage=storage) as client:
+        uploader = client.uploader(path)
+        await uploader.upload_chunk()
+        uploader.close()
+        await client.delete(uploader.url or "")
+        resumed: list[int] = []
+        url = await client.upload(path, on_resume=lambda o, t: resumed.append(o))
+        assert url != uploader.url and resumed == []
+        assert await fetch(url) == data
+
+
+async def test_explicit_resume(daemon: Daemon, payload: tuple[Path, bytes]) -> None:
+    path, data = payload
+    async with TusClient(daemon.url, chunk_size=CHUNK) as client:
+        uploader = client.uploader(path)
+        await uploader.upload_chunk()
+        await uploader.upload_chunk()
+        uploader.close()
+        assert await client.resume(uploader.url or "", path) == uploader.url
+        assert await fetch(uploader.url or "") == data
+
+
+async def test_parallel_upload(daemon: Daemon, payload: tuple[Path, bytes], tmp_path: Path) -> None:
+    path, data = payload
+    storage = InMemoryURLStorage()
+    totals: list[int] = []
+    async with TusClient(daemon.url, chunk_size=CHUNK, url_storage=storage) as client:
+        url = await client.upload(path, parallel=4, progress=lambda d, t: totals.append(d),
+                                  metadata={"kind": "parallel"})
+        info = await client.info(url)
+    assert info.concat is not None and info.concat.startswith("final;")
+    assert len(info.concat.split(" ")) == 4
+    assert info.metadata["kind"] == b"parallel"
+    assert await fetch(url) == data
+    assert totals[-1] == len(data)
+    assert storage.items() == {}
+
+
+async def test_parallel_parts_resume(daemon: Daemon, payload: tuple[Path, bytes]) -> None:
+    """Parts already stored are picked up where they stopped."""
+    path, data = payload
+    storage = InMemoryURLStorage()
+    async with TusClient(daemon.url, chunk_size=CHUNK, url_storage=storage) as client:
+        fingerprint = client.fingerprinter.for_path(path)  # type: ignore[attr-defined]
+        start, length = split_ranges(len(data), 2)[1]
+        part = client.uploader(data[start:start + length], partial=True,
+                               fingerprint=f"{fingerprint}--part:2/2")
+        await part.upload_chunk()
+        resumed: list[int] = []
+        url = await client.upload(path, parallel=2, on_resume=lambda o, t: resumed.append(o))
+    assert resumed == [CHUNK]
+    assert await fetch(url) == data
+
+
+async def test_deferred_length_from_a_pipe(daemon: Daemon) -> None:
+    data = os.urandom(1_000_000)
+    read_fd, write_fd = os.pipe()
+
+    def feed() -> None:
+        with os.fdopen(write_fd, "wb") as w:
+            for i in range(0, len(data), 70_000):
+                w.write(data[i:i + 70_000])
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    async with TusClient(daemon.url, chunk_size=CHUNK) as client:
+        with os.fdopen(read_fd, "rb") as pipe:
+            uploader = client.uploader(pipe)
+            await uploader.prepare()
+            info = await client.info(uploader.url or "")
+            assert info.deferred and info.length is None
+            url = await uploader.upload()
+        writer.join()
+        info = await client.info(url)
+    assert (info.offset, info.length, info.deferred) == (len(data), len(data), False)
+    assert await fetch(url) == data
+
+
+async def test_deferred_length_ending_on_a_chunk_boundary(daemon: Daemon) -> None:
+    data = os.urandom(2 * CHUNK)
+    read_fd, write_fd = os.pipe()
+    writer = threading.Thread(target=lambda: os.fdopen(write_fd, "wb").write(data))
+    writer.start()
+    async with TusClient(daemon.url, chunk_size=CHUNK) as client:
+        with os.fdopen(read_fd, "rb") as pipe:
+            url = await client.upload(pipe)
+    writer.join()
+    assert await fetch(url) == data
+
+
+def test_sync_wrapper(daemon: Daemon, payload: tuple[Path, bytes], tmp_path: Path) -> None:
+    path, data = payload
+    with SyncTusClient(daemon.url, chunk_size=CHUNK) as client:
+        url = client.upload(path)
+        assert client.info(url).is_complete
+        client.download(url, tmp_path / "copy.bin")
+        assert (tmp_path / "copy.bin").read_bytes() == data
+        client.delete(url)
+        with pytest.raises(UploadNotFound):
+            client.info(url)
+
+
+async def test_errors_are_reported(daemon: Daemon) -> None:
+    async with TusClient(daemon.url, retries=0) as client:
+        with pytest.raises(UploadNotFound):
+            await client.info(daemon.url + "0" * 32)
+        with pytest.raises(TusClientError):
+            await client.download(daemon.url + "0" * 32, io.BytesIO())
+    async with TusClient(f"http://127.0.0.1:{daemon.port + 0}/nope/", retries=0) as client:
+        with pytest.raises(TusClientError):
+            await client.upload(b"abc")
+
+
+def test_split_ranges() -> None:
+    assert split_ranges(10, 3) == [(0, 4), (4, 3), (7, 3)]
+    assert split_ranges(2, 5) == [(0, 1), (1, 1)]
+    assert sum(n for _, n in split_ranges(12345, 7)) == 12345
+
+
+async def test_concurrent_uploads_share_one_client(daemon: Daemon) -> None:
+    blobs = [os.urandom(200_000 + i) for i in range(4)]
+    async with TusClient(daemon.url, chunk_size=64 * 1024) as client:
+        urls = await asyncio.gather(*(client.upload(b) for b in blobs))
+    assert [sha256(await fetch(u)) for u in urls] == [sha256(b) for b in blobs]

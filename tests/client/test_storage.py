@@ -1,0 +1,164 @@
+"""URL storages: the shared interface, tuspy's aliases, and several processes writing at once."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tusd_py.client import FileURLStorage, InMemoryURLStorage, SQLiteURLStorage, URLStorage
+from tusd_py.client.storage import as_url_storage, default_storage_path
+
+PROCESSES = 4
+PER_PROCESS = 40
+
+
+def make_file(tmp_path: Path) -> URLStorage:
+    return FileURLStorage(tmp_path / "urls.json")
+
+
+def make_sqlite(tmp_path: Path) -> URLStorage:
+    return SQLiteURLStorage(tmp_path / "urls.db")
+
+
+def make_memory(tmp_path: Path) -> URLStorage:
+    return InMemoryURLStorage()
+
+
+ALL = [make_file, make_sqlite, make_memory]
+
+
+@pytest.mark.parametrize("make", ALL)
+def test_interface(tmp_path: Path, make: Callable[[Path], URLStorage]) -> None:
+    with make(tmp_path) as storage:
+        assert storage.get_url("a") is None
+        storage.set_url("a", "http://x/files/1")
+        storage.set_url("b", "http://x/files/2")
+        storage.set_url("a", "http://x/files/3")  # replaces
+        assert storage.get_url("a") == "http://x/files/3"
+        storage.remove_url("a")
+        storage.remove_url("a")  # absent: no error
+        assert storage.get_url("a") is None
+        # tuspy's names
+        storage.set_item("c", "http://x/files/4")
+        assert storage.get_item("c") == "http://x/files/4"
+        storage.remove_item("c")
+        assert storage.get_item("c") is None
+        assert storage.items() == {"b": "http://x/files/2"}
+
+
+@pytest.mark.parametrize("make", [make_file, make_sqlite])
+def test_persists_across_instances(tmp_path: Path, make: Callable[[Path], URLStorage]) -> None:
+    with make(tmp_path) as first:
+        first.set_url("size:1--md5:00", "http://x/files/1")
+    with make(tmp_path) as second:
+        assert second.get_url("size:1--md5:00") == "http://x/files/1"
+
+
+def test_file_storage_writes_valid_json_and_uses_lock_file(tmp_path: Path) -> None:
+    storage = FileURLStorage(tmp_path / "sub" / "urls.json")
+    storage.set_url("k", "v")
+    assert json.loads((tmp_path / "sub" / "urls.json").read_text()) == {"k": "v"}
+    assert (tmp_path / "sub" / "urls.json.lock").exists()
+    assert [p.name for p in (tmp_path / "sub").iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_file_storage_survives_a_damaged_file(tmp_path: Path) -> None:
+    (tmp_path / "urls.json").write_text("{not json")
+    storage = FileURLStorage(tmp_path / "urls.json")
+    assert storage.get_url("k") is None
+    storage.set_url("k", "v")
+    assert storage.get_url("k") == "v"
+
+
+def test_sqlite_storage_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    storage = SQLiteURLStorage()
+    storage.set_url("k", "v")
+    assert storage.path == Path("tus_urls.db") and storage.timeout == 5.0
+    busy = storage._conn.execute("PRAGMA busy_timeout").fetchone()[0]
+    assert busy == 5000
+    storage.close()
+    with sqlite3.connect(tmp_path / "tus_urls.db") as conn:
+        assert conn.execute("SELECT url FROM tus_urls WHERE fingerprint='k'").fetchone() == ("v",)
+
+
+def test_default_storage_path_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    assert default_storage_path() == tmp_path / "tusd-py" / "urls.db"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_storage_path() == tmp_path / "home" / ".local" / "share" / "tusd-py" / "urls.db"
+
+
+def test_tuspy_storage_is_accepted(tmp_path: Path) -> None:
+    from tusclient.storage.filestorage import FileStorage
+
+    theirs = FileStorage(str(tmp_path / "tuspy.db"))
+    try:
+        adapted = as_url_storage(theirs)
+        assert adapted is not None
+        adapted.set_url("fp", "http://x/files/1")
+        assert theirs.get_item("fp") == "http://x/files/1"
+        adapted.remove_url("fp")
+        assert theirs.get_item("fp") is None
+    finally:
+        theirs.close()
+    with pytest.raises(TypeError):
+        as_url_storage(object())  # type: ignore[arg-type]
+
+
+# -- several processes at once ---------------------------------------------------------
+
+def _worker(kind: str, path: str, worker: int, barrier: multiprocessing.synchronize.Barrier) -> None:
+    storage: URLStorage = FileURLStorage(path) if kind == "file" else SQLiteURLStorage(path)
+    barrier.wait()  # every process starts writing at the same moment
+    for i in range(PER_PROCESS):
+        storage.set_url(f"w{worker}-{i}", f"http://x/files/{worker}/{i}")
+        if i % 4 == 3:  # and some removals, interleaved with the other processes' writes
+            storage.remove_url(f"w{worker}-{i - 1}")
+        assert storage.get_url(f"w{worker}-{i}") == f"http://x/files/{worker}/{i}"
+    storage.close()
+
+
+@pytest.mark.parametrize("kind", ["file", "sqlite"])
+def test_concurrent_processes_lose_nothing(tmp_path: Path, kind: str) -> None:
+    path = str(tmp_path / ("urls.json" if kind == "file" else "urls.db"))
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(PROCESSES)
+    procs = [ctx.Process(target=_worker, args=(kind, path, w, barrier)) for w in range(PROCESSES)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0] * PROCESSES
+    expected = {
+        f"w{w}-{i}": f"http://x/files/{w}/{i}"
+        for w in range(PROCESSES) for i in range(PER_PROCESS) if i % 4 != 2
+    }
+    storage = FileURLStorage(path) if kind == "file" else SQLiteURLStorage(path)
+    assert storage.items() == expected
+    if kind == "file":
+        assert json.loads(Path(path).read_text()) == expected
+    storage.close()
+
+
+def test_threads_share_one_file_storage(tmp_path: Path) -> None:
+    import threading
+
+    storage = FileURLStorage(tmp_path / "urls.json")
+
+    def write(t: int) -> None:
+        for i in range(25):
+            storage.set_url(f"t{t}-{i}", str(i))
+
+    threads = [threading.Thread(target=write, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(storage.items()) == 100
