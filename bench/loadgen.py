@@ -102,8 +102,11 @@ def add_scenario_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-sync", action="store_true",
                         help="do not os.sync() before each run (by default dirty pages are "
                              "flushed, untimed, so one run's writeback does not bill the next)")
-    parser.add_argument("--keep-uploads", action="store_true",
-                        help="do not DELETE the uploads after each run")
+    parser.add_argument("--cleanup", choices=("large", "all", "none"), default="large",
+                        help="which uploads to DELETE after each run (untimed): 'large' (>= 1 MiB) "
+                             "frees disk without deleting thousands of inodes (on ext4, creating files "
+                             "soon after mass deletions costs ~1 ms of kernel CPU each, which would "
+                             "bill the next many-small run)")
     parser.add_argument("--max-seconds", type=float, default=300.0, help="time limit of one run")
     parser.add_argument("--request-timeout", type=float, default=120.0)
 
@@ -350,11 +353,12 @@ def _classify(exc: BaseException) -> tuple[str, str]:
 
 async def run_once(url: str, scenario: Scenario, payload: Payload, *, pid: int | None = None,
                    label: str = "", run: int = 1, first_index: int = 0, verify_bytes: bool = False,
-                   cleanup: bool = True, sync: bool = True, max_seconds: float = 300.0,
+                   cleanup: str = "large", sync: bool = True, max_seconds: float = 300.0,
                    request_timeout: float = 120.0) -> dict[str, Any]:
     """One timed run of ``scenario`` against the creation URL ``url``."""
     if sync:
         await asyncio.get_running_loop().run_in_executor(None, os.sync)
+    calib_ms = cpu_calibration_ms()
     errors = Errors()
     done: dict[int, str] = {}
     latencies: list[float] = []
@@ -407,7 +411,7 @@ async def run_once(url: str, scenario: Scenario, payload: Payload, *, pid: int |
                         bytes_ok += 1
                     else:
                         errors.add("verify bytes", f"upload {index}: sha256 differs")
-                if cleanup:
+                if cleanup == "all" or (cleanup == "large" and scenario.size >= MiB):
                     await client.delete(location)
             except (TimeoutError, UploadFailed, aiohttp.ClientError, OSError) as exc:
                 kind, detail = _classify(exc)
@@ -427,11 +431,26 @@ async def run_once(url: str, scenario: Scenario, payload: Payload, *, pid: int |
         "uploads_s": round(completed / wall, 1) if wall else None,
         "p50_ms": _ms(percentile(latencies, 50)), "p99_ms": _ms(percentile(latencies, 99)),
         "max_ms": _ms(max(latencies) if latencies else None),
+        "calib_ms": calib_ms,
     }
     result.update(server)
     if server.get("cpu_s") is not None and wall:
         result["cpu_pct"] = round(100 * server["cpu_s"] / wall)
     return result
+
+
+def cpu_calibration_ms() -> float:
+    """Milliseconds for a fixed pure-Python workload (best of 3), taken just before each
+    run: it shows how fast the (shared, virtual) CPU was at the time, so drifting machine
+    speed can be told apart from a server getting slower."""
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        total = 0
+        for i in range(200_000):
+            total += i & 7
+        best = min(best, time.perf_counter() - t0)
+    return round(best * 1000, 2)
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -447,7 +466,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
     summary: dict[str, Any] = {"kind": "summary", "label": runs[0]["label"],
                                "scenario": runs[0]["scenario"], "runs": len(runs)}
-    for key in ("mb_s", "uploads_s", "p50_ms", "p99_ms", "wall_s", "cpu_pct"):
+    for key in ("mb_s", "uploads_s", "p50_ms", "p99_ms", "wall_s", "cpu_pct", "calib_ms"):
         summary[key] = median(key)
     summary["rss_peak_mb"] = max((r.get("rss_peak_mb") or 0 for r in runs), default=None) or None
     summary["errors"] = sum(r["errors"] for r in runs)
@@ -504,7 +523,7 @@ async def _amain(args: argparse.Namespace) -> int:
             for run in range(1, args.repeat + 1):
                 result = await run_once(
                     args.url, scenario, payload, pid=args.pid, label=args.label, run=run,
-                    first_index=index, verify_bytes=args.verify_bytes, cleanup=not args.keep_uploads,
+                    first_index=index, verify_bytes=args.verify_bytes, cleanup=args.cleanup,
                     sync=not args.no_sync, max_seconds=args.max_seconds,
                     request_timeout=args.request_timeout)
                 index += scenario.count

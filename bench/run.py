@@ -3,8 +3,9 @@
 Starts ``bench.baseline_server`` and ``python -m tusd_py serve`` (default config, a temp
 data dir) in turn, never both at once, runs every scenario against each ``--repeat``
 times and prints medians, the tusd-py/baseline ratios, peak RSS and the verdicts against
-the targets of issue 2. By default the servers alternate per round (baseline, tusd-py,
-baseline, tusd-py, ...) so that noise from other work on the machine hits both alike.
+the targets of issue 2. By default the servers alternate per round in ABBA order
+(baseline, tusd-py, tusd-py, baseline, ...; a fresh process and data dir each) so that
+drifting machine speed and noise from other work hit both alike.
 
 Usage:
     .venv/bin/python -m bench.run --repeat 3
@@ -202,7 +203,9 @@ async def bench(args: argparse.Namespace) -> int:
     # sequential: each server runs all its rounds in one process; interleaved (default):
     # one process per server per round, alternating.
     if args.order == "interleaved":
-        plan = [(name, [round_]) for round_ in range(1, args.repeat + 1) for name in servers]
+        # ABBA: A B, B A, A B, ... so neither server always gets the fresher machine.
+        plan = [(name, [round_]) for round_ in range(1, args.repeat + 1)
+                for name in (servers if round_ % 2 else servers[::-1])]
     else:
         plan = [(name, list(range(1, args.repeat + 1))) for name in servers]
     conditions = {
@@ -221,7 +224,7 @@ async def bench(args: argparse.Namespace) -> int:
                         result = await run_once(
                             server.url, scenario, payload, pid=server.pid, label=name, run=round_,
                             first_index=index, verify_bytes=args.verify_bytes,
-                            cleanup=not args.keep_uploads, sync=not args.no_sync,
+                            cleanup=args.cleanup, sync=not args.no_sync,
                             max_seconds=args.max_seconds, request_timeout=args.request_timeout)
                         index += scenario.count
                         runs.setdefault((name, scenario.name), []).append(result)
@@ -229,11 +232,12 @@ async def bench(args: argparse.Namespace) -> int:
                         print(f"  {name:8} {scenario.name:10} run {round_}: "
                               f"{fmt(result['mb_s'])} MB/s {fmt(result['uploads_s'])} uploads/s "
                               f"p99 {fmt(result['p99_ms'])} ms RSS {fmt(result.get('rss_peak_mb'), 0)} MB "
-                              f"errors {result['errors']}", file=sys.stderr)
+                              f"errors {result['errors']} (calib {result['calib_ms']} ms)",
+                              file=sys.stderr)
             finally:
                 server.stop()
-                if not args.keep_data:
-                    shutil.rmtree(server.data_dir, ignore_errors=True)
+                # Data dirs are removed only at the very end: deleting thousands of small
+                # files makes the next server's file creations slow (see --cleanup).
     finally:
         if not args.keep_data:
             shutil.rmtree(work_dir, ignore_errors=True)

@@ -25,7 +25,8 @@ def test_loadgen_against_daemon(daemon: Daemon, tmp_path: Path) -> None:
     out = tmp_path / "results.jsonl"
     proc = subprocess.run(
         [sys.executable, "-m", "bench.loadgen", daemon.url, "--pid", str(daemon.pid), "--label", "tusd-py",
-         "--json-out", str(out), *TINY], cwd=ROOT, capture_output=True, text=True, timeout=60)
+         "--json-out", str(out), "--cleanup", "all", *TINY],
+        cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summaries = {r["scenario"]: r for r in records(out) if r["kind"] == "summary"}
     assert set(summaries) == {"big", "many-small", "parallel"}
@@ -36,8 +37,9 @@ def test_loadgen_against_daemon(daemon: Daemon, tmp_path: Path) -> None:
         assert s["mb_s"] > 0 and s["p99_ms"] >= s["p50_ms"] > 0
         assert 10 < s["rss_peak_mb"] < 1000  # sampled from /proc/<daemon pid>/status
     assert "many-small" in proc.stderr  # the human-readable table
-    # uploads are deleted after each run
-    assert not any((daemon.data_dir / "uploads").glob("*"))
+    # --cleanup all: every upload was DELETEd (termination) after its run
+    assert (daemon.data_dir / "uploads").is_dir()
+    assert not any((daemon.data_dir / "uploads").iterdir())
 
 
 def test_run_compares_baseline_and_tusd(tmp_path: Path) -> None:
