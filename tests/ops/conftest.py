@@ -3,6 +3,7 @@ helpers to drive headless Chromium through playwright-core (Node)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -96,16 +97,24 @@ def proxied(daemon_factory: Callable[..., Daemon]) -> Iterator[tuple[Daemon, Ngi
     nginx.stop()
 
 
-def run_browser(task: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
-    """Run ``browser.mjs`` (playwright-core + Debian chromium) with one JSON task; returns
-    its JSON result."""
+async def run_browser(steps: list[dict[str, Any]], limit: float = 60.0) -> list[dict[str, Any]]:
+    """Run ``browser.mjs`` (playwright-core + Debian chromium) over ``steps``; returns one
+    result per step. Async, so in-process page servers keep serving meanwhile."""
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail("chromium is not installed (scripts/test.sh installs it with apt)")
-    task = {"executablePath": CHROMIUM, **task}
-    proc = subprocess.run(["node", str(BROWSER_SCRIPT), json.dumps(task)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    task = json.dumps({"executablePath": CHROMIUM, "steps": steps})
+    proc = await asyncio.create_subprocess_exec(
+        "node", str(BROWSER_SCRIPT), task, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), limit)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    lines = [line for line in out.decode().splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
-        raise AssertionError(f"browser run failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    result: dict[str, Any] = json.loads(lines[-1])
-    return result
+        raise AssertionError(f"browser run failed ({proc.returncode}):\n{out.decode()}\n{err.decode()}")
+    report: dict[str, Any] = json.loads(lines[-1])
+    results: list[dict[str, Any]] = report["results"]
+    return results

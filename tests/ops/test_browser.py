@@ -1,0 +1,210 @@
+"""Headless Chromium (Debian chromium + playwright-core): the Uppy demo page served by the
+daemon, and uploads from a page on another origin (CORS preflight, exposed tus headers)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.plugins.daemon import ROOT, Daemon, free_port
+from tusd_py.app import ALLOW_HEADERS, EXPOSE_HEADERS
+from tusd_py.web import BUNDLE_PATH, WEB_DIR, add_demo_routes
+
+from .conftest import run_browser
+from .test_metrics import scrape
+
+#: tus over fetch() from the page: create, PATCH half, HEAD, PATCH the rest, OPTIONS.
+#: Every header read here must be exposed by CORS, or the browser hides it.
+FETCH_TUS = """
+const tus = {'Tus-Resumable': '1.0.0'}
+const data = new Uint8Array(args.size)
+for (let i = 0; i < data.length; i++) data[i] = (i * 7) % 251
+const out = {}
+try {
+  let r = await fetch(args.endpoint, {method: 'POST', headers: {...tus,
+      'Upload-Length': String(data.length), 'Upload-Metadata': 'filename ' + btoa('cors.bin')}})
+  out.createStatus = r.status
+  out.location = r.headers.get('Location')
+  out.expires = r.headers.get('Upload-Expires')
+  const patchHeaders = (offset) => ({...tus, 'Upload-Offset': String(offset),
+      'Content-Type': 'application/offset+octet-stream'})
+  r = await fetch(out.location, {method: 'PATCH', headers: patchHeaders(0),
+      body: data.slice(0, args.size / 2)})
+  out.patchStatus = r.status
+  r = await fetch(out.location, {method: 'HEAD', headers: tus})
+  out.headOffset = r.headers.get('Upload-Offset')
+  out.headLength = r.headers.get('Upload-Length')
+  out.headMetadata = r.headers.get('Upload-Metadata')
+  r = await fetch(out.location, {method: 'PATCH', headers: patchHeaders(out.headOffset),
+      body: data.slice(Number(out.headOffset))})
+  out.finalOffset = r.headers.get('Upload-Offset')
+  r = await fetch(args.endpoint, {method: 'OPTIONS'})
+  out.tusVersion = r.headers.get('Tus-Version')
+  out.tusExtension = r.headers.get('Tus-Extension')
+  out.tusMaxSize = r.headers.get('Tus-Max-Size')
+} catch (e) {
+  out.error = String(e)
+}
+return out
+"""
+
+
+def expected_bytes(size: int) -> bytes:
+    return bytes((i * 7) % 251 for i in range(size))
+
+
+@pytest.fixture
+async def page_server() -> AsyncIterator[Callable[..., str]]:
+    """``await``-free factory: ``serve(endpoint, port=None) -> page URL``; the demo page
+    (same vendored files) on its own origin, pointed at ``endpoint``."""
+    runners: list[web.AppRunner] = []
+    pending: list[tuple[web.AppRunner, int]] = []
+
+    def serve(endpoint: str, port: int | None = None) -> str:
+        app = web.Application()
+        add_demo_routes(app, endpoint)
+        runner = web.AppRunner(app, access_log=None)
+        port = port or free_port()
+        pending.append((runner, port))
+        return f"http://127.0.0.1:{port}/"
+
+    async def start() -> None:
+        while pending:
+            runner, port = pending.pop()
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", port).start()
+            runners.append(runner)
+
+    serve.start = start  # type: ignore[attr-defined]
+    yield serve
+    for runner in runners:
+        await runner.cleanup()
+
+
+async def test_uppy_demo_upload(daemon_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """GET / (server.demo) -> Uppy Dashboard; a dropped file is uploaded in 5 MiB chunks,
+    shows complete, and its bytes match on the server."""
+    daemon: Daemon = daemon_factory(env={"TUSD_SERVER__DEMO": "true"})
+    data = os.urandom(6 * 1024 * 1024 + 123)
+    path = tmp_path / "holiday photo.bin"
+    path.write_bytes(data)
+    [result] = await run_browser([{"action": "uppy", "url": daemon.root + "/", "file": str(path)}])
+    assert result["failed"] == []
+    [upload] = result["successful"]
+    assert upload["name"] == path.name and upload["size"] == len(data)
+    assert upload["uploadURL"].startswith(daemon.url)
+    assert result["statusComplete"] is True
+    assert result["links"] == [upload["uploadURL"]]
+    async with aiohttp.ClientSession() as s:
+        async with s.get(upload["uploadURL"]) as r:
+            assert r.status == 200
+            assert await r.read() == data
+            assert path.name in r.headers["Content-Disposition"]
+        m = await scrape(s, daemon)
+        assert m["tusd_requests_total{method=PATCH,status=204}"] == 2  # two chunks
+        assert m["tusd_uploads_finished_total"] == 1
+        async with s.get(daemon.root + BUNDLE_PATH) as r:
+            assert r.headers["Content-Type"].startswith("text/javascript")
+
+
+async def test_demo_is_off_by_default(daemon: Daemon) -> None:
+    async with aiohttp.ClientSession() as s:
+        for path in ("/", BUNDLE_PATH):
+            async with s.get(daemon.root + path) as r:
+                assert r.status == 404
+
+
+async def test_cross_origin_uploads_from_a_browser(daemon: Daemon, page_server) -> None:  # type: ignore[no-untyped-def]
+    """A page on another origin: tus over fetch() (preflights, exposed headers), then the
+    Uppy Dashboard pointed at the daemon's absolute URL."""
+    page = page_server(daemon.url)
+    await page_server.start()
+    size = 200_000
+    file, content = daemon.data_dir.parent / "cross.bin", os.urandom(300_000)
+    await asyncio.to_thread(file.write_bytes, content)
+    fetched, uppy = await run_browser([
+        {"action": "eval", "url": page, "src": FETCH_TUS, "args": {"endpoint": daemon.url, "size": size}},
+        {"action": "uppy", "url": page, "file": str(file)},
+    ])
+    assert "error" not in fetched, fetched
+    assert fetched["createStatus"] == 201
+    assert fetched["location"].startswith(daemon.url)
+    assert fetched["expires"]  # Upload-Expires readable
+    assert fetched["patchStatus"] == 204
+    assert fetched["headOffset"] == str(size // 2)
+    assert fetched["headLength"] == str(size)
+    assert fetched["headMetadata"].startswith("filename ")
+    assert fetched["finalOffset"] == str(size)
+    assert fetched["tusVersion"] == "1.0.0"
+    assert "creation" in fetched["tusExtension"].split(",")
+    assert uppy["failed"] == [] and uppy["statusComplete"] is True
+    async with aiohttp.ClientSession() as s:
+        async with s.get(fetched["location"]) as r:
+            assert await r.read() == expected_bytes(size)
+        async with s.get(uppy["successful"][0]["uploadURL"]) as r:
+            assert await r.read() == content
+        m = await scrape(s, daemon)
+        # The browser preflighted the tus requests (custom headers, PATCH/HEAD/OPTIONS).
+        assert m["tusd_requests_total{method=OPTIONS,status=204}"] >= 3
+
+
+async def test_preflight_answer(daemon: Daemon) -> None:
+    headers = {"Origin": "http://app.example", "Access-Control-Request-Method": "PATCH",
+               "Access-Control-Request-Headers": "tus-resumable,upload-offset,content-type"}
+    async with aiohttp.ClientSession() as s:
+        async with s.options(daemon.url + "0" * 32, headers=headers) as r:
+            assert r.status == 204
+            assert r.headers["Access-Control-Allow-Origin"] == "*"
+            assert "PATCH" in r.headers["Access-Control-Allow-Methods"]
+            assert r.headers["Access-Control-Allow-Headers"] == ALLOW_HEADERS
+            assert int(r.headers["Access-Control-Max-Age"]) == 86400
+            assert "Access-Control-Allow-Credentials" not in r.headers
+        async with s.post(daemon.url, headers={"Origin": "http://app.example",
+                                               "Tus-Resumable": "1.0.0", "Upload-Length": "1"}) as r:
+            exposed = {h.strip() for h in r.headers["Access-Control-Expose-Headers"].split(",")}
+            assert exposed == {h.strip() for h in EXPOSE_HEADERS.split(",")}
+            assert {"Location", "Upload-Offset", "Upload-Length", "Tus-Version", "Tus-Resumable",
+                    "Tus-Max-Size", "Tus-Extension", "Upload-Metadata", "Upload-Defer-Length",
+                    "Upload-Concat", "Upload-Expires"} <= exposed
+
+
+async def test_origin_not_allowed_is_blocked_by_the_browser(daemon_factory, page_server) -> None:  # type: ignore[no-untyped-def]
+    allowed_port, other_port = free_port(), free_port()
+    daemon: Daemon = daemon_factory(env={
+        "TUSD_SERVER__CORS__ALLOWED_ORIGINS": f"http://127.0.0.1:{allowed_port}",
+        "TUSD_SERVER__CORS__MAX_AGE": "10m"})
+    allowed = page_server(daemon.url, allowed_port)
+    other = page_server(daemon.url, other_port)
+    await page_server.start()
+    args = {"endpoint": daemon.url, "size": 1000}
+    ok, blocked = await run_browser([
+        {"action": "eval", "url": allowed, "src": FETCH_TUS, "args": args},
+        {"action": "eval", "url": other, "src": FETCH_TUS, "args": args},
+    ])
+    assert "error" not in ok and ok["finalOffset"] == "1000", ok
+    assert "Failed to fetch" in blocked["error"] and "createStatus" not in blocked
+    async with aiohttp.ClientSession() as s:
+        assert (await scrape(s, daemon))["tusd_uploads_created_total"] == 1
+        async with s.options(daemon.url, headers={
+                "Origin": f"http://127.0.0.1:{allowed_port}",
+                "Access-Control-Request-Method": "POST"}) as r:
+            assert r.headers["Access-Control-Allow-Origin"] == f"http://127.0.0.1:{allowed_port}"
+            assert r.headers["Access-Control-Max-Age"] == "600"
+            assert "Origin" in r.headers.getall("Vary")
+
+
+def test_vendored_bundle_matches_a_fresh_build(tmp_path: Path) -> None:
+    """tusd_py/web/uppy.single.js is what web-src/build.sh makes from the pinned packages."""
+    out = tmp_path / "uppy.single.js"
+    proc = subprocess.run([str(ROOT / "web-src/build.sh"), str(out)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes() == (WEB_DIR / "uppy.single.js").read_bytes()
+    assert 200_000 < out.stat().st_size < 600_000
