@@ -14,7 +14,7 @@ fi
 npm ci --no-audit --no-fund --loglevel=error
 # System packages for tests/ops: nginx (reverse proxy in front of the daemon) and chromium
 # (headless browser tests). Debian's postinst does not start nginx without an init system.
-if ! command -v nginx >/dev/null || ! command -v chromium >/dev/null; then
+if [ ! -x /usr/sbin/nginx ] || [ ! -x /usr/bin/chromium ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx chromium >/dev/null
 fi
