@@ -153,3 +153,10 @@ def test_container_entrypoint_check_config() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "behind_proxy: true" in proc.stdout
     assert "data_dir: /data" in proc.stdout
+
+
+def test_dev_config_turns_the_demo_on() -> None:
+    config = load_config(str(ROOT / "deploy/tusd.dev.yaml"), env={})
+    assert config.server.demo is True and config.server.host == "127.0.0.1"
+    default = load_config(str(ROOT / "config/tusd.yaml"), env={})
+    assert default.server.demo is False
