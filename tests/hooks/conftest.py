@@ -12,7 +12,16 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from tests.plugins.app import TusClientFactory
+from tests.plugins.app import DRIVERS, TusClientFactory
+
+#: Hook behaviour is driver-independent: most tests run on the local driver; tests
+#: marked with ``every_driver`` (Storage info, exactly-once) run on each driver.
+every_driver = pytest.mark.parametrize("storage_config", DRIVERS, indirect=True)
+
+
+@pytest.fixture(params=["local"])
+def storage_config(request: pytest.FixtureRequest) -> dict[str, Any]:
+    return dict(request.getfixturevalue(f"{request.param}_storage_config"))
 
 #: Answer for one hook request: a JSON-able dict (200), or (status, body) to answer raw.
 Answer = dict[str, Any] | tuple[int, str] | None

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient
 from tests.http.helpers import OCTET, TUS, b64, create, head, patch, path_of, upload
 from tests.plugins.daemon import free_port
 
-from .conftest import HookedFactory, Receiver
+from .conftest import HookedFactory, Receiver, every_driver
 
 POST_HOOKS = ["post-create", "post-receive", "post-finish", "post-terminate"]
 
@@ -22,6 +22,20 @@ POST_HOOKS = ["post-create", "post-receive", "post-finish", "post-terminate"]
 def metric(text: str, name: str, hooktype: str) -> float:
     m = re.search(rf'^{name}{{hooktype="{hooktype}"}} ([0-9.e+]+)$', text, re.M)
     return float(m.group(1)) if m else 0.0
+
+
+def check_storage(storage: dict, upload_id: str, storage_config: dict) -> None:
+    """``Storage`` names where the bytes are, as tusd's stores do."""
+    driver = storage_config["driver"]
+    if driver == "local":
+        assert storage["Type"] == "filestore"
+        assert storage["Path"].endswith(upload_id)
+    elif driver == "s3":
+        assert storage["Type"] == "s3store"
+        assert storage["Bucket"] == storage_config["bucket"]
+        assert storage["Key"] == storage_config.get("prefix", "") + upload_id
+    else:
+        assert storage["Type"]
 
 
 async def metrics_text(client: TestClient) -> str:
@@ -83,7 +97,9 @@ async def test_pre_create_payload(hooked: HookedFactory, receiver: Receiver):
     assert call.headers["Idempotency-Key"]
 
 
-async def test_pre_create_changes_id_and_metadata(hooked: HookedFactory, receiver: Receiver):
+@every_driver
+async def test_pre_create_changes_id_and_metadata(hooked: HookedFactory, receiver: Receiver,
+                                                  storage_config):
     receiver.responder = lambda body, request: (
         {"ChangeFileInfo": {"ID": "project-7-upload-1",
                             "MetaData": {"filename": "renamed.txt", "owner": "alice"}},
@@ -102,8 +118,7 @@ async def test_pre_create_changes_id_and_metadata(hooked: HookedFactory, receive
     (created,) = await receiver.wait_for("post-create")
     assert created.upload["ID"] == "project-7-upload-1"
     assert created.upload["MetaData"] == {"filename": "renamed.txt", "owner": "alice"}
-    assert created.upload["Storage"]["Type"] == "filestore"
-    assert created.upload["Storage"]["Path"].endswith("project-7-upload-1")
+    check_storage(created.upload["Storage"], "project-7-upload-1", storage_config)
 
     # The same id again: a clean refusal, and the first upload is untouched.
     r = await client.post("/files/", headers={**TUS, "Upload-Length": "3"})
@@ -208,7 +223,8 @@ async def test_post_receive_stop_upload(hooked: HookedFactory, receiver: Receive
 # -- post-finish: payload, exactly once ---------------------------------------------------
 
 
-async def test_post_finish_payload(hooked: HookedFactory, receiver: Receiver):
+@every_driver
+async def test_post_finish_payload(hooked: HookedFactory, receiver: Receiver, storage_config):
     client = await hooked()
     data = b"hello world"
     path = await upload(client, data, chunk=4, Upload_Metadata=f"filename {b64('h.txt')}")
@@ -219,14 +235,16 @@ async def test_post_finish_payload(hooked: HookedFactory, receiver: Receiver):
     assert (u["Size"], u["Offset"], u["SizeIsDeferred"]) == (11, 11, False)
     assert u["MetaData"] == {"filename": "h.txt"}
     assert (u["IsPartial"], u["IsFinal"], u["PartialUploads"]) == (False, False, None)
-    assert u["Storage"]["Type"] == "filestore"
-    with open(u["Storage"]["Path"], "rb") as fh:  # the receiver can use the bytes at once
-        assert fh.read() == data
+    check_storage(u["Storage"], upload_id, storage_config)
+    if storage_config["driver"] == "local":
+        with open(u["Storage"]["Path"], "rb") as fh:  # the receiver can use the bytes at once
+            assert fh.read() == data
     assert call.http["Method"] == "PATCH"
     assert call.http["URI"] == path
     assert call.http["Header"]["Upload-Offset"] == ["8"]
 
 
+@every_driver
 async def test_post_finish_fires_exactly_once(hooked: HookedFactory, receiver: Receiver):
     client = await hooked()
     path = await upload(client, b"abcdef", chunk=3)
@@ -241,6 +259,7 @@ async def test_post_finish_fires_exactly_once(hooked: HookedFactory, receiver: R
     assert len(receiver.of("post-create")) == 1
 
 
+@every_driver
 async def test_post_finish_once_when_replicas_race(hooked: HookedFactory, receiver: Receiver):
     """Two apps on one data directory race to write the last bytes: one post-finish."""
     replicas = [await hooked(), await hooked()]
@@ -263,6 +282,7 @@ async def test_zero_length_upload_finishes_on_creation(hooked: HookedFactory, re
     assert (call.upload["Size"], call.upload["Offset"]) == (0, 0)
 
 
+@every_driver
 async def test_concatenation_post_finish_only_for_the_final(hooked: HookedFactory,
                                                             receiver: Receiver):
     client = await hooked()
@@ -306,6 +326,7 @@ async def test_unfinished_concatenation_post_finish_once(hooked: HookedFactory,
 # -- post-terminate ---------------------------------------------------------------------
 
 
+@every_driver
 async def test_post_terminate(hooked: HookedFactory, receiver: Receiver):
     client = await hooked()
     path = await create(client, 10)

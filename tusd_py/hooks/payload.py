@@ -95,7 +95,10 @@ def storage_info(upload: Upload, driver: str) -> dict[str, str] | None:
     kind = _STORAGE_TYPES.get(driver, driver)
     if driver == "local":
         return {"Type": kind, "Path": upload.location}
-    bucket, _, key = upload.location.partition("/")
+    location = upload.location
+    if "://" in location:  # s3://bucket/key, gs://bucket/key, ...
+        location = location.split("://", 1)[1]
+    bucket, _, key = location.partition("/")
     if driver == "azure":
         return {"Type": kind, "Container": bucket, "Blob": key}
     return {"Type": kind, "Bucket": bucket, "Key": key}

@@ -1,0 +1,107 @@
+"""In-process Python hooks (``hooks.python: ["pkg.module:function"]``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+
+import pytest
+
+from tests.http.helpers import TUS, b64, create, head, patch, upload
+from tests.plugins.app import TusClientFactory, make_config
+from tusd_py.app import create_app
+from tusd_py.config import ConfigError
+
+from . import sample_hooks
+from .test_http_hooks import metric, metrics_text
+
+MOD = "tests.hooks.sample_hooks"
+
+
+def recorded(upload_id: str, hook_type: str) -> list[tuple[dict, str]]:
+    return [(h, t) for h, t in sample_hooks.RECORDED
+            if h["Type"] == hook_type and h["Event"]["Upload"]["ID"] == upload_id]
+
+
+async def wait_recorded(upload_id: str, hook_type: str, count: int = 1) -> list[tuple[dict, str]]:
+    async with asyncio.timeout(5):
+        while len(recorded(upload_id, hook_type)) < count:
+            await asyncio.sleep(0.01)
+    return recorded(upload_id, hook_type)
+
+
+async def test_bearer_token_recipe(tus_client_factory: TusClientFactory):
+    client = await tus_client_factory(hooks={"python": [f"{MOD}:check_bearer"],
+                                             "enabled": ["pre-create", "pre-access"]})
+    r = await client.post("/files/", headers={**TUS, "Upload-Length": "4"})
+    assert r.status == 401
+    assert await r.text() == '{"error":"invalid token"}'
+    assert r.headers["WWW-Authenticate"] == "Bearer"
+    r = await client.post("/files/", headers={**TUS, "Upload-Length": "4",
+                                              "Authorization": "Bearer forged"})
+    assert r.status == 401
+
+    alice = {"Authorization": "Bearer t-alice"}
+    path = await create(client, 4, Upload_Metadata=f"filename {b64('a.bin')}", **alice)
+    h = await client.head(path, headers={**TUS, **alice})
+    assert h.status == 200
+    assert f"owner {b64('alice')}" in h.headers["Upload-Metadata"]
+    # Bob holds a valid token, but this is not his upload.
+    r = await patch(client, path, 0, b"data", Authorization="Bearer t-bob")
+    assert r.status == 403
+    assert await r.text() == "not your upload"
+    assert (await head(client, path)).status == 403  # no token at all
+    assert (await patch(client, path, 0, b"data", **alice)).status == 204
+
+
+async def test_sync_and_async_callables_get_tusd_payloads(tus_client_factory: TusClientFactory):
+    client = await tus_client_factory(hooks={
+        "python": [f"{MOD}:record", f"{MOD}:record_sync"], "post_receive_interval": 0,
+        "enabled": ["pre-create", "post-create", "post-receive", "post-finish"]})
+    path = await upload(client, b"abcd", chunk=2)
+    upload_id = path.rsplit("/", 1)[1]
+    finished = await wait_recorded(upload_id, "post-finish", 2)
+    threads = {t for _, t in finished}
+    assert threading.current_thread().name in threads  # the async one runs on the loop
+    assert len(threads) == 2  # the sync one in a worker thread
+    hook = finished[0][0]
+    assert hook["Event"]["Upload"]["Offset"] == 4
+    assert hook["Event"]["HTTPRequest"]["Method"] == "PATCH"
+    assert len(await wait_recorded(upload_id, "post-receive", 4)) == 4
+    assert len(recorded(upload_id, "post-create")) == 2
+
+
+async def test_python_hook_may_raise_tus_error(tus_client_factory: TusClientFactory):
+    client = await tus_client_factory(hooks={"python": [f"{MOD}:legal_hold"]})
+    r = await client.post("/files/", headers={**TUS, "Upload-Length": "1",
+                                              "Upload-Metadata": "hold"})
+    assert r.status == 451
+    assert (await r.text()).strip() == "unavailable for legal reasons"
+    await create(client, 1)
+
+
+async def test_failing_python_hook(tus_client_factory: TusClientFactory, caplog):
+    client = await tus_client_factory(hooks={"python": [f"{MOD}:broken"],
+                                             "enabled": ["post-create", "post-finish"]})
+    with caplog.at_level(logging.WARNING, logger="tusd_py.hooks"):
+        await upload(client, b"zz")
+        async with asyncio.timeout(5):
+            while metric(await metrics_text(client), "tusd_hook_errors_total", "post-finish") < 1:
+                await asyncio.sleep(0.01)
+    assert "RuntimeError: boom" in caplog.text
+    client2 = await tus_client_factory(hooks={"python": [f"{MOD}:broken"]})
+    r = await client2.post("/files/", headers={**TUS, "Upload-Length": "1"})
+    assert r.status == 500  # a blocking hook that fails refuses the request
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("no_colon", "not of the form"),
+    ("tests.hooks.does_not_exist:f", "cannot import"),
+    (f"{MOD}:missing", "has no"),
+    (f"{MOD}:NOT_CALLABLE", "not callable"),
+])
+def test_bad_python_hook_is_a_config_error(tmp_path, spec: str, message: str):
+    config = make_config({"driver": "local", "data_dir": str(tmp_path)}, hooks={"python": [spec]})
+    with pytest.raises(ConfigError, match=message):
+        create_app(config)
