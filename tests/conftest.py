@@ -4,4 +4,5 @@ area, registered below) or in the area's own ``conftest.py``."""
 pytest_plugins = [
     "tests.plugins.daemon",
     "tests.plugins.app",
+    "tests.plugins.s3",
 ]

@@ -111,7 +111,6 @@ class ServerConfig(Section):
     #: ``text`` or ``json`` (one JSON object per line).
     log_format: Literal["text", "json"] = "text"
     access_log: bool = True
-
     #: Largest request body: one PATCH, or the body of a creation-with-upload POST
     #: (0: no limit beyond max_size). A bigger Content-Length gets 413 before any byte
     #: is read; a chunked body (no Content-Length) gets 411 while a limit is set.
@@ -129,6 +128,7 @@ class ServerConfig(Section):
     metrics: bool = True
     #: Serve the browser demo (Uppy Dashboard + Tus) at GET /. Keep off in production.
     demo: bool = False
+
     @field_validator("base_path")
     @classmethod
     def _normalise_base_path(cls, value: str) -> str:
@@ -162,6 +162,9 @@ class StorageConfig(Section):
     endpoint_url: str | None = None
     region: str | None = None
     part_size: Size = 8 << 20
+    #: s3: a writer's lease on an upload lasts this long unless renewed (every third of
+    #: it while a PATCH streams); a replica that died is taken over after at most this.
+    lease_duration: Duration = 10.0
     # azure
     container: str | None = None
     connection_string: SecretStr | None = None

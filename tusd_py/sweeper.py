@@ -47,6 +47,9 @@ async def sweep_once(handler: TusHandler, now: float | None = None) -> int:
         finally:
             await handler._release(lease, lock)
         handler.events.terminated(upload, None)
+    extra = await store.sweep_extra(now)  # e.g. S3: abort dangling multipart uploads
+    if extra:
+        log.info("sweeper removed %d stray storage object(s)", extra)
     return deleted
 
 

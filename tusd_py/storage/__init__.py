@@ -14,4 +14,13 @@ def build_store(config: StorageConfig) -> Store:
         from .local import LocalStore
 
         return LocalStore(config.data_dir, fsync=config.fsync)
+    if config.driver == "s3":
+        try:
+            from .s3 import S3Store
+        except ImportError as exc:
+            raise ConfigError(f"storage.driver: s3 needs the s3 extra "
+                              f"(pip install 'tusd-py[s3]'): {exc}") from None
+        return S3Store(config.bucket, prefix=config.prefix, endpoint_url=config.endpoint_url,
+                       region=config.region, part_size=config.part_size,
+                       lease_duration=config.lease_duration)
     raise ConfigError(f"storage.driver: the {config.driver!r} driver is not available in this build")

@@ -164,3 +164,8 @@ class Store(ABC):
     async def download(self, upload: Upload) -> Download:
         """How to read a completed upload (``Capability.DOWNLOAD``)."""
         raise NotImplementedError
+
+    async def sweep_extra(self, now: float) -> int:
+        """Driver-specific cleanup the sweeper runs after deleting expired uploads (S3:
+        abort dangling multipart uploads). Returns how many things were removed."""
+        return 0

@@ -1,0 +1,747 @@
+"""S3 storage driver (aioboto3): stateless replicas over one bucket.
+
+Objects, for an upload ``id`` under ``prefix``:
+
+* ``{prefix}{id}.info``: the record (JSON, see ``s3_info``): tus fields, multipart upload
+  id, published parts, tail location, write lease, revision. The only source of truth;
+  HEAD is one GET of it.
+* ``{prefix}{id}``: the multipart upload while it is being written, then the final object
+  (Content-Type/Content-Disposition from the ``filetype``/``filename`` metadata).
+* ``{prefix}{id}.part`` (alternating with ``{prefix}{id}.part.1``): the incomplete tail,
+  the bytes past the last full part. S3 parts must be at least 5 MiB, so a PATCH that
+  ends mid-part stores its remainder here at commit, before the record that points to
+  it. The next PATCH (on any replica) reads it back and prepends it to the next part.
+  The two slots alternate so the tail the record points to is never overwritten before
+  the record moves on: a crash at any point loses nothing acknowledged.
+
+Writes: ``lock`` takes a lease by compare-and-set of ``.info`` (``If-Match`` on its
+ETag); a lease whose ``until`` has passed (its holder died) is taken over. While a
+PATCH streams, a task renews the lease every ``lease_duration / 3``. Body bytes are
+buffered up to one part (memory per PATCH: about two parts, one filling, one in flight)
+and each full part is uploaded while the body keeps streaming. ``commit`` uploads the
+tail object, then publishes the new parts and offset in one conditional write of the
+record: an acknowledged offset always has its bytes behind it, and a writer whose lease
+was taken over cannot publish (its ETag is stale).
+
+Clocks: lease expiry compares wall clocks of replicas; keep them NTP-synchronised
+(skew well under ``lease_duration``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC
+from typing import Any
+
+import aioboto3
+from botocore.config import Config as BotoConfig
+
+from ..config import ConfigError
+from ..protocol.errors import MismatchedOffset, NotFound, StorageError, UploadBusy
+from .base import Capability, Download, Store, Upload, UploadLock
+from .ids import check_upload_id, is_upload_id
+from .s3_info import (
+    CONFLICT_CODES,
+    NOT_FOUND_CODES,
+    Conflict,
+    Part,
+    decode_upload,
+    dump,
+    encode_upload,
+    error_code,
+    load,
+    object_headers,
+    s3_errors,
+)
+from .s3_sizing import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE, part_size_for
+
+log = logging.getLogger(__name__)
+
+_TAIL_SUFFIXES = (".part", ".part.1")
+_READ_CHUNK = 64 * 1024
+_POLL_MIN, _POLL_MAX = 0.05, 0.5  # lock polling backoff while another replica holds it
+
+
+class S3Store(Store):
+    name = "s3"
+    capabilities = frozenset({
+        Capability.TERMINATE, Capability.CONCATENATE, Capability.CONCATENATE_UNFINISHED,
+        Capability.DEFER_LENGTH, Capability.EXPIRE, Capability.DOWNLOAD,
+    })
+
+    def __init__(self, bucket: str | None, *, prefix: str = "", endpoint_url: str | None = None,
+                 region: str | None = None, part_size: int = 8 << 20,
+                 lease_duration: float = 10.0, max_parts: int = MAX_PARTS,
+                 max_pool_connections: int = 64) -> None:
+        if not bucket:
+            raise ConfigError("storage.bucket: required for the s3 driver")
+        if part_size < MIN_PART_SIZE:
+            raise ConfigError("storage.part_size: must be at least 5MiB for the s3 driver "
+                              "(S3's minimum part size)")
+        if part_size > MAX_PART_SIZE:
+            raise ConfigError("storage.part_size: must be at most 5GiB for the s3 driver")
+        if lease_duration < 1:
+            raise ConfigError("storage.lease_duration: must be at least 1s")
+        self.bucket = bucket
+        self.prefix = prefix
+        self.endpoint_url = endpoint_url
+        self.region = region
+        self.part_size = part_size
+        self.lease_duration = lease_duration
+        self.max_parts = max_parts
+        self._boto_config = BotoConfig(
+            # botocore's standard mode retries throttling, 5xx and connection errors
+            # with exponential backoff and jitter.
+            retries={"mode": "standard", "max_attempts": 5},
+            connect_timeout=5, read_timeout=60, max_pool_connections=max_pool_connections,
+            # Checksums only where S3 requires them: S3-compatible servers differ on the
+            # newer flexible checksums, and parts are verified by their ETags at completion.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            s3={"addressing_style": "path"} if endpoint_url else None,
+        )
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._s3: Any = None
+        #: Locks this process holds, so terminate/concatenate can write under them.
+        self._held: dict[str, S3Lock] = {}
+        #: id -> (ETag of .info, expires_at), so a sweep GETs only records that changed.
+        self._expiry_cache: dict[str, tuple[str, float | None]] = {}
+
+    # -- lifecycle --------------------------------------------------------------
+
+    async def start(self) -> None:
+        session = aioboto3.Session(region_name=self.region)
+        self._stack = contextlib.AsyncExitStack()
+        self._s3 = await self._stack.enter_async_context(
+            session.client("s3", endpoint_url=self.endpoint_url, config=self._boto_config))
+        try:
+            await self.ping()
+        except Exception as exc:  # start anyway; /readyz reports it until it works
+            log.warning("S3 bucket %s is not reachable yet: %s", self.bucket, exc)
+
+    async def stop(self) -> None:
+        for lock in list(self._held.values()):
+            await lock.release()
+        if self._stack is not None:
+            await self._stack.aclose()
+            self._stack = None
+            self._s3 = None
+
+    @property
+    def s3(self) -> Any:
+        if self._s3 is None:
+            raise StorageError("store is not started")
+        return self._s3
+
+    async def ping(self) -> None:
+        async with s3_errors(f"access to bucket {self.bucket}"):
+            await self.s3.head_bucket(Bucket=self.bucket)
+
+    # -- keys ---------------------------------------------------------------------
+
+    def key(self, upload_id: str) -> str:
+        return self.prefix + check_upload_id(upload_id)
+
+    def info_key(self, upload_id: str) -> str:
+        return self.key(upload_id) + ".info"
+
+    def tail_key(self, upload_id: str, slot: int) -> str:
+        return self.key(upload_id) + _TAIL_SUFFIXES[slot]
+
+    def _location(self, upload_id: str) -> str:
+        return f"s3://{self.bucket}/{self.key(upload_id)}"
+
+    # -- the record ---------------------------------------------------------------
+
+    async def read_info(self, upload_id: str) -> tuple[dict[str, Any], str] | None:
+        """(record, ETag), or None if there is no such upload."""
+        async with s3_errors("reading an upload record"):
+            try:
+                r = await self.s3.get_object(Bucket=self.bucket, Key=self.info_key(upload_id))
+            except Exception as exc:
+                if error_code(exc)[0] in NOT_FOUND_CODES:
+                    return None
+                raise
+            async with (body := r["Body"]):
+                data = await body.read()
+        return load(data), r["ETag"]
+
+    async def write_info(self, upload_id: str, state: dict[str, Any], *,
+                         etag: str | None) -> str:
+        """Conditional put of the record: ``If-Match: etag``, or ``If-None-Match: *`` when
+        ``etag`` is None. Returns the new ETag; raises ``Conflict`` if the condition failed."""
+        condition = {"IfMatch": etag} if etag is not None else {"IfNoneMatch": "*"}
+        async with s3_errors("writing an upload record"):
+            try:
+                r = await self.s3.put_object(
+                    Bucket=self.bucket, Key=self.info_key(upload_id), Body=dump(state),
+                    ContentType="application/json", **condition)
+            except Exception as exc:
+                code = error_code(exc)[0]
+                if code in CONFLICT_CODES or (etag is not None and code in NOT_FOUND_CODES):
+                    raise Conflict(code) from None
+                raise
+        return str(r["ETag"])
+
+    async def cas_info(self, upload_id: str, state: dict[str, Any], etag: str,
+                       holder: str | None) -> str:
+        """``write_info`` that survives an ambiguous retry: if the condition failed but
+        the stored record is exactly the revision we wrote, by us, it was our write."""
+        try:
+            return await self.write_info(upload_id, state, etag=etag)
+        except Conflict:
+            current = await self.read_info(upload_id)
+            if (current is not None and holder is not None and current[0].get("rev") == state["rev"]
+                    and (current[0].get("lease") or {}).get("holder") == holder):
+                return current[1]
+            raise
+
+    # -- Store ----------------------------------------------------------------------
+
+    async def create(self, upload: Upload) -> Upload:
+        state = encode_upload(upload)
+        if upload.is_complete:  # zero-length upload: the (empty) object exists at once
+            async with s3_errors("creating an upload"):
+                r = await self.s3.put_object(Bucket=self.bucket, Key=self.key(upload.id), Body=b"",
+                                             **object_headers(upload.metadata))
+            state["object_etag"] = r["ETag"]
+        try:
+            await self.write_info(upload.id, state, etag=None)
+        except Conflict:
+            raise StorageError(f"upload id {upload.id} already exists") from None
+        return upload.copy(location=self._location(upload.id))
+
+    async def get(self, upload_id: str) -> Upload | None:
+        found = await self.read_info(upload_id)
+        if found is None:
+            return None
+        return decode_upload(found[0], self._location(upload_id))
+
+    async def lock(self, upload_id: str, wait: float) -> S3Lock:
+        """Take the upload's lease: CAS of ``.info`` when free or expired, polling until
+        ``wait`` while another request (any replica) holds a live one."""
+        check_upload_id(upload_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        token = uuid.uuid4().hex
+        delay = _POLL_MIN
+        while True:
+            found = await self.read_info(upload_id)
+            if found is None:
+                raise NotFound()
+            state, etag = found
+            lease = state.get("lease")
+            now = time.time()
+            if lease is not None and lease.get("holder") == token:  # our retried write landed
+                return self._locked(upload_id, state, etag, token)
+            if lease is None or lease["until"] <= now:
+                if lease is not None:
+                    log.info("upload %s: taking over an expired lease", upload_id)
+                new = dict(state, lease={"holder": token, "until": now + self.lease_duration},
+                           rev=state["rev"] + 1)
+                try:
+                    etag = await self.write_info(upload_id, new, etag=etag)
+                except Conflict:
+                    continue  # somebody else changed it: look again
+                return self._locked(upload_id, new, etag, token)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise UploadBusy()
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, _POLL_MAX)
+
+    def _locked(self, upload_id: str, state: dict[str, Any], etag: str, token: str) -> S3Lock:
+        lock = S3Lock(self, state, etag, token)
+        self._held[upload_id] = lock
+        return lock
+
+    # -- optional capabilities ----------------------------------------------------
+
+    async def terminate(self, upload_id: str) -> None:
+        lock = self._held.get(upload_id)
+        if lock is not None:
+            await lock.drain()
+            state: dict[str, Any] | None = lock.state
+            lock.terminated = True
+        else:
+            found = await self.read_info(upload_id)
+            state = found[0] if found else None
+        async with s3_errors("terminating an upload"):
+            if state is not None and state.get("mpu"):
+                await self._abort(self.key(upload_id), state["mpu"])
+            keys = [self.info_key(upload_id), self.key(upload_id),
+                    *(self.tail_key(upload_id, slot) for slot in (0, 1))]
+            # The record goes first: once it is gone the upload no longer exists.
+            for key in keys:
+                await self.s3.delete_object(Bucket=self.bucket, Key=key)
+        self._expiry_cache.pop(upload_id, None)
+
+    async def _abort(self, key: str, mpu: str) -> None:
+        try:
+            await self.s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=mpu)
+        except Exception as exc:
+            if error_code(exc)[0] not in ("NoSuchUpload", *NOT_FOUND_CODES):
+                raise
+
+    async def concatenate(self, final: Upload, partials: list[Upload]) -> Upload:
+        """Server-side: UploadPartCopy of each partial (ranges of at most 5 GiB); partials,
+        or remainders, under 5 MiB are read and re-uploaded through a buffer of at most
+        5 MiB, since only the last part may be smaller."""
+        lock = self._held.get(final.id)
+        if lock is None:
+            raise StorageError("concatenate needs the final upload's lock")
+        key = self.key(final.id)
+        headers = object_headers(final.metadata)
+        mpu: str | None = None
+        parts: list[dict[str, Any]] = []
+        buf = bytearray()
+
+        async def start_mpu() -> str:
+            nonlocal mpu
+            if mpu is None:
+                r = await self.s3.create_multipart_upload(Bucket=self.bucket, Key=key, **headers)
+                mpu = str(r["UploadId"])
+            return mpu
+
+        async def flush() -> None:
+            upload_id = await start_mpu()
+            number = len(parts) + 1
+            r = await self.s3.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                          PartNumber=number, Body=bytes(buf))
+            parts.append({"PartNumber": number, "ETag": r["ETag"]})
+            buf.clear()
+
+        async def read_into(source: str, start: int, length: int) -> None:
+            r = await self.s3.get_object(Bucket=self.bucket, Key=source,
+                                         Range=f"bytes={start}-{start + length - 1}")
+            async with (body := r["Body"]):
+                buf.extend(await body.read())
+
+        total = sum(p.offset for p in partials)
+        try:
+            async with s3_errors("concatenating uploads"):
+                for index, partial in enumerate(partials):
+                    source, size, pos = self.key(partial.id), partial.offset, 0
+                    last = index == len(partials) - 1
+                    if buf and size:
+                        take = min(size, MIN_PART_SIZE - len(buf))
+                        await read_into(source, 0, take)
+                        pos = take
+                        if len(buf) >= MIN_PART_SIZE:
+                            await flush()
+                    remaining = size - pos
+                    if not remaining:
+                        continue
+                    if remaining >= MIN_PART_SIZE or (last and not buf and (parts or mpu)):
+                        count = -(-remaining // MAX_PART_SIZE)
+                        step = -(-remaining // count)
+                        upload_id = await start_mpu()
+                        for start in range(pos, size, step):
+                            end = min(start + step, size) - 1
+                            number = len(parts) + 1
+                            r = await self.s3.upload_part_copy(
+                                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                                CopySource={"Bucket": self.bucket, "Key": source},
+                                CopySourceRange=f"bytes={start}-{end}")
+                            parts.append({"PartNumber": number,
+                                          "ETag": r["CopyPartResult"]["ETag"]})
+                    else:
+                        await read_into(source, pos, remaining)
+                if len(parts) + (1 if buf else 0) > self.max_parts:
+                    raise StorageError("too many parts for one S3 object")
+                if mpu is not None:
+                    if buf:
+                        await flush()
+                    r = await self.s3.complete_multipart_upload(
+                        Bucket=self.bucket, Key=key, UploadId=mpu, MultipartUpload={"Parts": parts})
+                else:
+                    r = await self.s3.put_object(Bucket=self.bucket, Key=key, Body=bytes(buf),
+                                                 **headers)
+                object_etag = r["ETag"]
+        except BaseException:
+            if mpu is not None:
+                with contextlib.suppress(Exception):
+                    await self._abort(key, mpu)
+            raise
+        now = time.time()
+        await lock.publish(length=total, offset=total, completed_at=now,
+                           expires_at=final.expires_at, object_etag=object_etag)
+        return lock.upload
+
+    async def expired(self, now: float, limit: int = 1000) -> list[str]:
+        """Records whose ``expires_at`` has passed. One LIST per 1,000 uploads, plus a GET
+        only of records whose ETag changed since the previous sweep."""
+        seen: dict[str, str] = {}
+        async with s3_errors("listing uploads"):
+            paginator = self.s3.get_paginator("list_objects_v2")
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+                for obj in page.get("Contents", ()):
+                    name = obj["Key"][len(self.prefix):]
+                    if name.endswith(".info") and is_upload_id(name[:-5]):
+                        seen[name[:-5]] = obj["ETag"]
+        for stale in set(self._expiry_cache) - set(seen):
+            del self._expiry_cache[stale]
+        changed = [i for i, etag in seen.items() if self._expiry_cache.get(i, ("",))[0] != etag]
+        semaphore = asyncio.Semaphore(8)
+
+        async def refresh(upload_id: str) -> None:
+            async with semaphore:
+                found = await self.read_info(upload_id)
+            if found is not None:
+                self._expiry_cache[upload_id] = (found[1], found[0].get("expires_at"))
+
+        await asyncio.gather(*(refresh(i) for i in changed))
+        out = [i for i, (_, expires_at) in self._expiry_cache.items()
+               if expires_at is not None and expires_at < now]
+        return out[:limit]
+
+    async def sweep_extra(self, now: float) -> int:
+        """Abort multipart uploads nobody owns and delete stray tail objects.
+
+        A multipart upload under the prefix is dangling when its ``.info`` is gone, or
+        names another multipart upload and nobody holds a live lease on it (a writer that
+        died between creating one and recording it). Returns how many objects/uploads
+        were removed.
+        """
+        removed = 0
+        records: dict[str, dict[str, Any] | None] = {}
+
+        async def record(upload_id: str) -> dict[str, Any] | None:
+            if upload_id not in records:
+                found = await self.read_info(upload_id)
+                records[upload_id] = found[0] if found else None
+            return records[upload_id]
+
+        def idle(state: dict[str, Any] | None) -> bool:
+            lease = (state or {}).get("lease")
+            return lease is None or lease["until"] <= now
+
+        grace = self.lease_duration
+        async with s3_errors("sweeping multipart uploads"):
+            paginator = self.s3.get_paginator("list_multipart_uploads")
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+                for mpu in page.get("Uploads", ()):
+                    upload_id = mpu["Key"][len(self.prefix):]
+                    if not is_upload_id(upload_id):
+                        continue
+                    initiated = mpu.get("Initiated")
+                    if initiated is not None and initiated.replace(
+                            tzinfo=initiated.tzinfo or UTC).timestamp() > now - grace:
+                        continue  # just created; its writer records it next
+                    state = await record(upload_id)
+                    if state is not None and (state.get("mpu") == mpu["UploadId"] or not idle(state)):
+                        continue
+                    await self._abort(mpu["Key"], mpu["UploadId"])
+                    log.info("aborted dangling multipart upload for %s", upload_id)
+                    removed += 1
+            paginator = self.s3.get_paginator("list_objects_v2")
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+                for obj in page.get("Contents", ()):
+                    name = obj["Key"][len(self.prefix):]
+                    slot = next((i for i, s in enumerate(_TAIL_SUFFIXES) if name.endswith(s)), None)
+                    if slot is None or not is_upload_id(upload_id := name[:-len(_TAIL_SUFFIXES[slot])]):
+                        continue
+                    if obj["LastModified"].timestamp() > now - grace:
+                        continue
+                    state = await record(upload_id)
+                    tail = (state or {}).get("tail") or {}
+                    if state is not None and (tail.get("key") == obj["Key"] or not idle(state)):
+                        continue
+                    await self.s3.delete_object(Bucket=self.bucket, Key=obj["Key"])
+                    removed += 1
+        return removed
+
+    async def download(self, upload: Upload) -> Download:
+        found = await self.read_info(upload.id)
+        etag = (found[0].get("object_etag") if found else None) or f'"{upload.id}-{upload.offset}"'
+        return S3Download(size=upload.offset, etag=etag,
+                          last_modified=upload.completed_at or upload.created_at,
+                          store=self, key=self.key(upload.id))
+
+
+class S3Download(Download):
+    def __init__(self, *, size: int, etag: str, last_modified: float, store: S3Store,
+                 key: str) -> None:
+        super().__init__(size=size, etag=etag, last_modified=last_modified)
+        self.store = store
+        self.key = key
+
+    async def read(self, start: int, length: int) -> AsyncIterator[bytes]:
+        """Stream ``length`` bytes from ``start``: one ranged GET, passed through."""
+        if length <= 0:
+            return
+        async with s3_errors("reading an upload"):
+            r = await self.store.s3.get_object(Bucket=self.store.bucket, Key=self.key,
+                                               Range=f"bytes={start}-{start + length - 1}")
+            async with (body := r["Body"]):
+                async for chunk in body.iter_chunks(_READ_CHUNK):
+                    yield chunk
+
+
+class S3Lock(UploadLock):
+    """A held lease on one upload, and the write buffer of the request holding it."""
+
+    def __init__(self, store: S3Store, state: dict[str, Any], etag: str, token: str) -> None:
+        self.store = store
+        self.state = state
+        self.etag = etag
+        self.token = token
+        self.upload = decode_upload(state, store._location(state["id"]))
+        self.written = 0
+        self.terminated = False
+        self.released = False
+        #: Set when the lease was taken over (it expired while we could not renew it).
+        self.lost = False
+        self._buf = bytearray()  # the tail, then the body bytes not yet in a part
+        self._loaded = False  # _buf holds the stored tail
+        self._staged: list[Part] = []  # parts uploaded since the last commit
+        self._staged_size = 0
+        self._pending_size = 0
+        self._pending: asyncio.Task[Part] | None = None  # the part being uploaded
+        self._io = asyncio.Lock()  # orders record writes (renewal vs commit)
+        self._renewer = asyncio.get_running_loop().create_task(
+            self._renew(), name=f"s3-lease-{self.upload.id}")
+
+    # -- lease ------------------------------------------------------------------------
+
+    @property
+    def lease_until(self) -> float:
+        return float((self.state.get("lease") or {}).get("until", 0.0))
+
+    def _check_lease(self) -> None:
+        if self.lost or self.released or time.time() > self.lease_until - 0.5:
+            self.lost = True
+            raise UploadBusy("the upload was taken over by another request")
+
+    async def _renew(self) -> None:
+        interval = self.store.lease_duration / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                async with self._io:
+                    if self.released or self.terminated:
+                        return
+                    await self._write_state({})
+            except Conflict:
+                log.warning("upload %s: lease taken over by another request", self.upload.id)
+                self.lost = True
+                return
+            except Exception as exc:
+                log.warning("upload %s: lease renewal failed: %s", self.upload.id, exc)
+                if time.time() > self.lease_until:
+                    self.lost = True
+                    return
+
+    async def _write_state(self, changes: dict[str, Any]) -> None:
+        """CAS the record with ``changes`` and a renewed lease (caller holds ``_io``)."""
+        lease = {"holder": self.token, "until": time.time() + self.store.lease_duration}
+        new = dict(self.state, **changes, lease=lease, rev=self.state["rev"] + 1)
+        self.etag = await self.store.cas_info(self.upload.id, new, self.etag, self.token)
+        self.state = new
+
+    async def publish(self, **changes: Any) -> None:
+        """Write ``changes`` into the record under this lease and refresh ``upload``."""
+        if self.lost:
+            raise UploadBusy("the upload was taken over by another request")
+        async with self._io:
+            try:
+                await self._write_state(changes)
+            except Conflict:
+                self.lost = True
+                raise MismatchedOffset("the upload changed underneath this request") from None
+        self.upload = decode_upload(self.state, self.upload.location)
+
+    # -- writing ----------------------------------------------------------------------
+
+    async def _load_tail(self) -> None:
+        if self._loaded:
+            return
+        tail = self.state.get("tail")
+        self._buf = bytearray()
+        if tail:
+            store = self.store
+            async with s3_errors("reading the incomplete part"):
+                try:
+                    r = await store.s3.get_object(Bucket=store.bucket, Key=tail["key"])
+                except Exception as exc:
+                    if error_code(exc)[0] in NOT_FOUND_CODES:
+                        raise StorageError("the upload's incomplete part object is missing") from None
+                    raise
+                async with (body := r["Body"]):
+                    self._buf.extend(await body.read())
+            if len(self._buf) != tail["size"]:
+                raise StorageError("the upload's incomplete part object has the wrong size")
+        self._loaded = True
+
+    def _next_part_number(self) -> int:
+        return len(self.state["parts"]) + len(self._staged) + (1 if self._pending else 0) + 1
+
+    def _bytes_in_parts(self) -> int:
+        pending = self._pending_size if self._pending else 0
+        return sum(p["size"] for p in self.state["parts"]) + self._staged_size + pending
+
+    def _target(self) -> int:
+        length = self.upload.length
+        return part_size_for(self._next_part_number(), base=self.store.part_size,
+                             length=length, done=self._bytes_in_parts(),
+                             max_parts=self.store.max_parts)
+
+    async def write(self, data: bytes) -> None:
+        if self.lost:
+            raise UploadBusy("the upload was taken over by another request")
+        if not self._loaded:
+            await self._load_tail()
+        self._buf += data
+        self.written += len(data)
+        if len(self._buf) >= MIN_PART_SIZE:
+            target = self._target()
+            while len(self._buf) >= target:
+                await self._cut(target)
+                target = self._target()
+
+    async def _cut(self, size: int) -> None:
+        """Start uploading the first ``size`` bytes of the buffer as the next part."""
+        await self._settle()
+        self._check_lease()
+        await self._ensure_mpu()
+        rest = self._buf[size:]
+        del self._buf[size:]
+        body, self._buf = self._buf, bytearray(rest)
+        number = self._next_part_number()
+        self._pending_size = size
+        self._pending = asyncio.get_running_loop().create_task(self._upload_part(number, body))
+
+    async def _upload_part(self, number: int, body: bytearray) -> Part:
+        store = self.store
+        async with s3_errors("uploading a part"):
+            r = await store.s3.upload_part(Bucket=store.bucket, Key=store.key(self.upload.id),
+                                           UploadId=self.state["mpu"], PartNumber=number, Body=body)
+        return {"n": number, "etag": str(r["ETag"]), "size": len(body)}
+
+    async def _settle(self) -> None:
+        """Wait for the in-flight part, if any, and stage it."""
+        pending = self._pending
+        if pending is None:
+            return
+        try:
+            part = await pending
+        finally:
+            self._pending = None
+        self._staged.append(part)
+        self._staged_size += part["size"]
+
+    async def _ensure_mpu(self) -> None:
+        if self.state.get("mpu"):
+            return
+        store = self.store
+        async with s3_errors("starting a multipart upload"):
+            r = await store.s3.create_multipart_upload(
+                Bucket=store.bucket, Key=store.key(self.upload.id),
+                **object_headers(self.upload.metadata))
+        # Recorded at once, so a crash before the next commit cannot orphan it.
+        await self.publish(mpu=r["UploadId"])
+
+    async def drain(self) -> None:
+        """Let an in-flight part upload finish (or fail) without staging it."""
+        if self._pending is not None:
+            with contextlib.suppress(Exception):
+                await self._pending
+            self._pending = None
+
+    async def commit(self, *, length: int | None = None,
+                     expires_at: float | None = None) -> Upload:
+        if self.lost:
+            raise UploadBusy("the upload was taken over by another request")
+        upload = self.upload
+        new_length = length if length is not None else upload.length
+        new_offset = upload.offset + self.written
+        if new_length is not None and new_offset > new_length:
+            raise StorageError("more bytes than the upload's length")
+        complete = new_length is not None and new_offset == new_length
+        changes: dict[str, Any] = {"length": new_length, "offset": new_offset,
+                                   "expires_at": expires_at}
+        old_tail = self.state.get("tail")
+        if complete or self.written:
+            await self._load_tail()
+            await self._settle()
+            self._check_lease()
+            if complete:
+                changes.update(await self._finish(), completed_at=time.time(), tail=None,
+                               mpu=None, parts=[])
+            else:
+                changes["parts"] = [*self.state["parts"], *self._staged]
+                changes["tail"] = await self._store_tail(old_tail)
+        await self.publish(**changes)
+        self._staged, self._staged_size, self.written = [], 0, 0
+        if old_tail and old_tail != self.state.get("tail"):
+            store = self.store
+            with contextlib.suppress(Exception):  # a leftover is removed by the sweeper
+                await store.s3.delete_object(Bucket=store.bucket, Key=old_tail["key"])
+        if complete:
+            self._buf = bytearray()
+        return self.upload
+
+    async def _store_tail(self, old: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Put the buffer as the tail object, in the slot the record does not point to."""
+        if not self._buf:
+            return None
+        store = self.store
+        slot = 1 if old and old["key"] == store.tail_key(self.upload.id, 0) else 0
+        key = store.tail_key(self.upload.id, slot)
+        async with s3_errors("storing the incomplete part"):
+            await store.s3.put_object(Bucket=store.bucket, Key=key, Body=self._buf)
+        return {"key": key, "size": len(self._buf)}
+
+    async def _finish(self) -> dict[str, Any]:
+        """Make the final object from the published + staged parts and the buffer."""
+        store = self.store
+        key = store.key(self.upload.id)
+        parts = [*self.state["parts"], *self._staged]
+        mpu = self.state.get("mpu")
+        async with s3_errors("completing an upload"):
+            if mpu is None:
+                r = await store.s3.put_object(Bucket=store.bucket, Key=key, Body=self._buf,
+                                              **object_headers(self.upload.metadata))
+                return {"object_etag": r["ETag"]}
+            if self._buf or not parts:
+                number = len(parts) + 1
+                if number > store.max_parts:
+                    raise StorageError("too many parts for one S3 object")
+                parts.append(await self._upload_part(number, self._buf))
+            r = await store.s3.complete_multipart_upload(
+                Bucket=store.bucket, Key=key, UploadId=mpu,
+                MultipartUpload={"Parts": [{"PartNumber": p["n"], "ETag": p["etag"]} for p in parts]})
+        return {"object_etag": r["ETag"]}
+
+    async def rollback(self) -> None:
+        """Forget what this request wrote: staged parts stay unreferenced (they are
+        overwritten by the next part with that number, or dropped at completion)."""
+        await self.drain()
+        self._staged, self._staged_size, self.written = [], 0, 0
+        self._buf = bytearray()
+        self._loaded = False
+
+    async def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        self._renewer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._renewer
+        await self.drain()
+        if self.store._held.get(self.upload.id) is self:
+            del self.store._held[self.upload.id]
+        if self.terminated or self.lost:
+            return
+        new = dict(self.state, lease=None, rev=self.state["rev"] + 1)
+        try:
+            self.etag = await self.store.cas_info(self.upload.id, new, self.etag, None)
+            self.state = new
+        except Exception as exc:  # the lease runs out on its own
+            log.info("upload %s: lease not released (%s); it expires in %.0fs",
+                     self.upload.id, exc, self.store.lease_duration)

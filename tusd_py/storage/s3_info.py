@@ -1,0 +1,153 @@
+"""The ``{prefix}{id}.info`` record of the S3 driver, and S3 error translation.
+
+The record is one small JSON object per upload and the only source of truth: any
+replica can serve any request from it. It holds the tus fields, the multipart upload id
+and the parts published so far, where the incomplete tail part lives, a write lease,
+and a revision counter. Every change is a conditional PutObject (``If-Match`` on the
+ETag; ``If-None-Match: *`` on create), so concurrent writers cannot both succeed.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, TypedDict
+from urllib.parse import quote
+
+import aiohttp
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ..protocol.errors import ServiceUnavailable, StorageError, TusError
+from ..protocol.headers import Metadata, metadata_text
+from .base import Upload
+
+#: S3 error codes meaning "slow down"; botocore's standard retry mode already retried them.
+THROTTLING_CODES = frozenset({
+    "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
+    "TooManyRequestsException", "RequestThrottled", "ProvisionedThroughputExceededException",
+})
+#: A conditional write lost its race (412; 409 when S3 saw two at once).
+CONFLICT_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
+NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+
+_MIME = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}")
+
+
+class Conflict(Exception):
+    """A conditional write failed: the record changed since it was read."""
+
+
+class Part(TypedDict):
+    n: int
+    etag: str
+    size: int
+
+
+def encode_upload(upload: Upload) -> dict[str, Any]:
+    """The tus fields of a record, as stored in ``.info``."""
+    return {
+        "v": 1,
+        "id": upload.id,
+        "length": upload.length,
+        "offset": upload.offset,
+        "metadata": {k: None if v is None else base64.b64encode(v).decode()
+                     for k, v in upload.metadata.items()},
+        "created_at": upload.created_at,
+        "expires_at": upload.expires_at,
+        "is_partial": upload.is_partial,
+        "final_of": list(upload.final_of),
+        "completed_at": upload.completed_at,
+        "mpu": None,  # multipart upload id, once the first full part is written
+        "parts": [],  # published parts: [{"n", "etag", "size"}]
+        "tail": None,  # {"key": ..., "size": ...}: bytes that do not fill a part yet
+        "lease": None,  # {"holder": token, "until": epoch seconds}
+        "object_etag": None,  # ETag of the final object once complete
+        "rev": 0,
+    }
+
+
+def decode_upload(state: dict[str, Any], location: str) -> Upload:
+    return Upload(
+        id=state["id"], length=state["length"], offset=state["offset"],
+        metadata={k: None if v is None else base64.b64decode(v)
+                  for k, v in state["metadata"].items()},
+        created_at=state["created_at"], expires_at=state["expires_at"],
+        is_partial=bool(state["is_partial"]), final_of=tuple(state["final_of"]),
+        completed_at=state["completed_at"], location=location,
+    )
+
+
+def dump(state: dict[str, Any]) -> bytes:
+    return json.dumps(state, separators=(",", ":")).encode()
+
+
+def load(body: bytes) -> dict[str, Any]:
+    state = json.loads(body)
+    if not isinstance(state, dict) or state.get("v") != 1:
+        raise StorageError("unreadable .info record")
+    return state
+
+
+def object_headers(metadata: Metadata) -> dict[str, str]:
+    """ContentType/ContentDisposition for the final object, from tus metadata.
+
+    ``filetype`` becomes the Content-Type when it is a well-formed MIME type; the
+    disposition is always ``attachment`` (objects may be served straight from the
+    bucket, where an inline text/html upload would be a stored XSS)."""
+    headers: dict[str, str] = {}
+    filetype = (metadata_text(metadata, "filetype") or "").strip()
+    if _MIME.fullmatch(filetype):
+        headers["ContentType"] = filetype.lower()
+    else:
+        headers["ContentType"] = "application/octet-stream"
+    filename = metadata_text(metadata, "filename")
+    if filename:
+        name = filename.replace("\\", "/").rsplit("/", 1)[-1][:255]
+        ascii_name = "".join(c if 0x20 <= ord(c) < 0x7F and c not in '"\\' else "_" for c in name)
+        headers["ContentDisposition"] = (
+            f'attachment; filename="{ascii_name}"; filename*=UTF-8\'\'{quote(name, safe="")}')
+    return headers
+
+
+def error_code(exc: BaseException) -> tuple[str, int]:
+    """(code, HTTP status) of a botocore ClientError; ("", 0) for anything else."""
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return "", 0
+    code = str(response.get("Error", {}).get("Code", ""))
+    status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return code, status
+
+
+def translate(exc: BaseException, what: str) -> TusError:
+    """An S3/network failure as the error the client sees (after botocore's retries)."""
+    if isinstance(exc, TusError):
+        return exc
+    code, status = error_code(exc)
+    if code:
+        if code in THROTTLING_CODES or status == 503:
+            return ServiceUnavailable(f"storage is throttling requests ({code}) during {what}; "
+                                      "retry later")
+        if status >= 500:
+            return ServiceUnavailable(f"storage error {code} during {what}; retry later")
+        if code == "NoSuchBucket":
+            return StorageError(f"storage bucket does not exist ({what})")
+        if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
+            return StorageError(f"storage refused {what} ({code}): check credentials and policy")
+        return StorageError(f"storage error {code} during {what}")
+    name = type(exc).__name__
+    return ServiceUnavailable(f"storage unreachable during {what} ({name}); retry later")
+
+
+@asynccontextmanager
+async def s3_errors(what: str) -> AsyncIterator[None]:
+    """Turn anything the S3 client raises into a ``TusError``."""
+    try:
+        yield
+    except (TusError, Conflict):
+        raise
+    except (BotoCoreError, ClientError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+        raise translate(exc, what) from exc
