@@ -28,6 +28,7 @@ class MiniTus:
     uploads: dict[str, MiniUpload] = field(default_factory=dict)
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     fail_next: list[int] = field(default_factory=list)
+    fail_create: list[int] = field(default_factory=list)
     url: str = ""
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
@@ -43,6 +44,8 @@ class MiniTus:
                 **tus, "Tus-Version": "1.0.0", "Tus-Extension": EXTENSIONS,
                 "Tus-Checksum-Algorithm": "sha1,md5,sha256"})
         if request.method == "POST":
+            if self.fail_create:
+                return web.Response(status=self.fail_create.pop(0), headers=tus)
             length = request.headers.get("Upload-Length")
             new_id = str(next(self._ids))
             self.uploads[new_id] = MiniUpload(int(length) if length is not None else None)
@@ -65,7 +68,12 @@ class MiniTus:
         # PATCH
         body = await request.read()
         if self.fail_next:
-            return web.Response(status=self.fail_next.pop(0), headers=tus, text="injected failure")
+            status = self.fail_next.pop(0)
+            if status == 0:  # drop the connection without an answer
+                assert request.transport is not None
+                request.transport.close()
+                return web.Response(status=500)
+            return web.Response(status=status, headers=tus, text="injected failure")
         if int(request.headers["Upload-Offset"]) != len(upload.data):
             return web.Response(status=409, headers=tus)
         checksum = request.headers.get("Upload-Checksum")

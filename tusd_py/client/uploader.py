@@ -418,11 +418,13 @@ class Uploader:
                 piece = await self.source.read_at(offset + sent, n)
                 if not piece:
                     raise TusClientError("the file shrank during the upload")
-            yield piece
-            sent += len(piece)
+            # Everything happens before the yield: aiohttp stops iterating once it has
+            # sent Content-Length bytes, so code after the last yield would never run.
             await self.client.throttle(len(piece))
+            sent += len(piece)
             if progress:
                 progress(offset + sent, self.length)
+            yield piece
 
 
 def _int_header(headers: Mapping[str, str], name: str) -> int | None:

@@ -1,0 +1,118 @@
+"""Retries, backoff and per-chunk checksums, against a real small tus server that
+misbehaves on purpose (tests/client/minitus.py, aiohttp on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import threading
+
+import pytest
+
+from tests.client.minitus import mini_tus
+from tusd_py.client import TusClient, TusResponseError, UploadNotFound
+
+CHUNK = 100_000
+DATA = os.urandom(350_000)  # 4 chunks
+
+
+def pipe_with(data: bytes) -> int:
+    """The read end of a pipe a thread fills with ``data`` and closes."""
+    read_fd, write_fd = os.pipe()
+
+    def feed() -> None:
+        with os.fdopen(write_fd, "wb") as w:
+            w.write(data)
+
+    threading.Thread(target=feed, daemon=True).start()
+    return read_fd
+
+
+def client_for(url: str, **kwargs: object) -> TusClient:
+    return TusClient(url, chunk_size=CHUNK, backoff=0.01, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("status", [503, 500, 423, 409, 460, 0])
+async def test_a_failed_chunk_is_retried_after_a_head(status: int) -> None:
+    async with mini_tus() as server, client_for(server.url) as client:
+        uploader = client.uploader(DATA)
+        await uploader.upload_chunk()  # first chunk fine
+        server.fail_next = [status]
+        url = await uploader.upload()
+        methods = [m for m, _ in server.requests]
+        # the failed PATCH, then a HEAD to learn the offset, then the same chunk again
+        i = methods.index("PATCH", methods.index("PATCH") + 1)
+        assert methods[i:i + 3] == ["PATCH", "HEAD", "PATCH"]
+        patches = server.patches()
+        assert [p["Upload-Offset"] for p in patches] == ["0", "100000", "100000", "200000", "300000"]
+        assert bytes(server.uploads[url.rsplit("/", 1)[1]].data) == DATA
+
+
+async def test_retries_run_out() -> None:
+    async with mini_tus() as server, client_for(server.url, retries=2) as client:
+        server.fail_next = [503] * 5
+        with pytest.raises(TusResponseError) as err:
+            await client.upload(DATA)
+        assert err.value.status == 503
+        assert len(server.patches()) == 3  # the first try and two retries
+
+
+async def test_creation_is_retried_on_503_and_423() -> None:
+    async with mini_tus() as server, client_for(server.url) as client:
+        server.fail_create = [503, 423]
+        url = await client.upload(DATA)
+        assert [m for m, _ in server.requests if m == "POST"] == ["POST"] * 3
+        assert bytes(server.uploads[url.rsplit("/", 1)[1]].data) == DATA
+
+
+async def test_upload_checksum_on_every_chunk() -> None:
+    async with mini_tus() as server, client_for(server.url, checksum="sha1") as client:
+        await client.upload(DATA)
+        patches = server.patches()
+        assert len(patches) == 4
+        for i, headers in enumerate(patches):
+            chunk = DATA[i * CHUNK:(i + 1) * CHUNK]
+            expected = base64.b64encode(hashlib.sha1(chunk).digest()).decode()
+            assert headers["Upload-Checksum"] == f"sha1 {expected}"
+    async with mini_tus() as server, client_for(server.url, checksum=None) as client:
+        await client.upload(DATA)
+        assert all("Upload-Checksum" not in h for h in server.patches())
+
+
+async def test_deferred_length_declared_with_the_last_chunk() -> None:
+    read_fd = pipe_with(DATA[:250_000])
+    async with mini_tus() as server, client_for(server.url) as client:
+        with os.fdopen(read_fd, "rb") as pipe:
+            url = await client.upload(pipe)
+        posts = [h for m, h in server.requests if m == "POST"]
+        assert posts[0]["Upload-Defer-Length"] == "1" and "Upload-Length" not in posts[0]
+        patches = server.patches()
+        assert [p.get("Upload-Length") for p in patches] == [None, None, "250000"]
+        assert bytes(server.uploads[url.rsplit("/", 1)[1]].data) == DATA[:250_000]
+
+
+async def test_a_stream_chunk_is_resent_from_memory_after_a_failure() -> None:
+    read_fd = pipe_with(DATA[:250_000])
+    async with mini_tus() as server, client_for(server.url) as client:
+        server.fail_next = [503, 0]
+        with os.fdopen(read_fd, "rb") as pipe:
+            url = await client.upload(pipe)
+        assert bytes(server.uploads[url.rsplit("/", 1)[1]].data) == DATA[:250_000]
+
+
+async def test_upload_deleted_mid_way() -> None:
+    async with mini_tus() as server, client_for(server.url) as client:
+        uploader = client.uploader(DATA)
+        await uploader.upload_chunk()
+        server.uploads.clear()
+        with pytest.raises(UploadNotFound):
+            await uploader.upload_chunk()
+
+
+def test_backoff_is_exponential_with_jitter() -> None:
+    client = TusClient("http://127.0.0.1:1/files/", backoff=0.5, max_backoff=4.0)
+    for attempt, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (8, 4.0)]:
+        delays = {client.delay(attempt) for _ in range(50)}
+        assert all(ceiling / 2 <= d <= ceiling for d in delays)
+        assert len(delays) > 1  # jittered
