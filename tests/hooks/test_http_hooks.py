@@ -511,3 +511,30 @@ def test_payload_is_json_serialisable_round_trip():
     assert body["Event"]["Upload"]["Storage"] == {"Type": "s3store", "Bucket": "bucket",
                                                   "Key": "some/key"}
     assert body["Event"]["Upload"]["PartialUploads"] == ["p1"]
+
+
+async def test_unreachable_endpoint_is_skipped_for_a_while(hooked: HookedFactory,
+                                                           receiver: Receiver):
+    """After 5 failed deliveries in a row the endpoint is skipped (failing fast, counted)."""
+    from tusd_py.hooks import HOOKS
+    from tusd_py.hooks.http import BREAKER_THRESHOLD, HttpHook
+
+    client = await hooked(http={"url": f"http://127.0.0.1:{free_port()}/hooks"},
+                          enabled=["post-create"], concurrency=1)
+    for _ in range(BREAKER_THRESHOLD + 3):
+        await create(client, 1)
+    async with asyncio.timeout(5):
+        while metric(await metrics_text(client), "tusd_hook_errors_total", "post-create") < 8:
+            await asyncio.sleep(0.02)
+    backend = client.app[HOOKS].backends[0]
+    assert isinstance(backend, HttpHook)
+    assert backend.failures == BREAKER_THRESHOLD  # the last three never tried to connect
+    assert backend.open_until > asyncio.get_running_loop().time()
+    # When the cooldown ends, the next delivery tries again; a success closes the breaker.
+    backend.url, backend.open_until = receiver.url, 0.0
+    path = await create(client, 1)
+    (call,) = await receiver.wait_for("post-create")
+    assert call.upload["ID"] == path.rsplit("/", 1)[1]
+    async with asyncio.timeout(2):
+        while backend.failures:  # reset once the answer is read
+            await asyncio.sleep(0.01)

@@ -23,6 +23,11 @@ log = logging.getLogger(__name__)
 
 #: Largest hook response body read (tusd's default limit is 5 KiB).
 RESPONSE_SIZE_LIMIT = 64 << 10
+#: After this many deliveries in a row failed (network error, timeout, 5xx after every
+#: retry), the endpoint is not called for ``BREAKER_COOLDOWN`` seconds: hooks fail at
+#: once (and are counted) instead of each paying for connects and timeouts.
+BREAKER_THRESHOLD = 5
+BREAKER_COOLDOWN = 5.0
 
 
 class HookError(Exception):
@@ -31,6 +36,10 @@ class HookError(Exception):
 
 class _Retryable(HookError):
     pass
+
+
+class _Unreachable(HookError):
+    """Every attempt failed with a network error, a timeout or a 5xx."""
 
 
 class HttpHook:
@@ -45,6 +54,8 @@ class HttpHook:
         self.forward_headers = tuple(config.forward_headers)
         self.static_headers = {k: v.get_secret_value() for k, v in config.headers.items()}
         self.session: aiohttp.ClientSession | None = None
+        self.failures = 0  # deliveries failed in a row
+        self.open_until = 0.0  # loop time until which the endpoint is skipped
 
     async def start(self) -> None:
         if self.session is None:
@@ -68,6 +79,22 @@ class HttpHook:
         """POST ``payload``; returns the decoded JSON answer (None when empty)."""
         if self.session is None:
             raise HookError("HTTP hook client is not running")
+        loop = asyncio.get_running_loop()
+        if self.open_until > loop.time():
+            raise HookError(f"endpoint skipped for {BREAKER_COOLDOWN:g}s after "
+                            f"{self.failures} failed deliveries in a row")
+        try:
+            result = await self._deliver(payload, forward, key)
+        except _Unreachable:
+            self.failures += 1
+            if self.failures >= BREAKER_THRESHOLD:
+                self.open_until = loop.time() + BREAKER_COOLDOWN
+            raise
+        self.failures = 0
+        return result
+
+    async def _deliver(self, payload: Mapping[str, Any], forward: Mapping[str, str],
+                       key: str) -> Any:
         body = json.dumps(payload, separators=(",", ":")).encode()
         headers = {"Content-Type": "application/json", "Idempotency-Key": key}
         headers.update(self.static_headers)
@@ -78,7 +105,7 @@ class HttpHook:
                 return await self._post(body, headers)
             except _Retryable as exc:
                 if attempt >= self.retries:
-                    raise HookError(f"{exc} (after {attempt + 1} attempt(s))") from None
+                    raise _Unreachable(f"{exc} (after {attempt + 1} attempt(s))") from None
                 delay = self.backoff * (2 ** attempt)
                 attempt += 1
                 log.debug("hook %s: %s; retry %d in %.2fs", payload.get("Type"), exc, attempt, delay)

@@ -56,6 +56,8 @@ log = logging.getLogger("tusd_py.hooks")
 RESPONSE_HEADERS_KEY = web.RequestKey("tusd_hook_response_headers", CIMultiDict[str])
 #: How long a StopUpload answer keeps refusing PATCH requests for that upload.
 STOPPED_TTL = 3600.0
+#: Failures of one hook type are logged at most once per this many seconds (all counted).
+LOG_INTERVAL = 1.0
 
 
 class HookBackend(Protocol):
@@ -127,6 +129,8 @@ class HookListener(UploadListener):
         self._throttles: dict[str, _Throttle] = {}
         #: upload id -> (response to send, until); filled by StopUpload answers.
         self.stopped: dict[str, tuple[HTTPResponse, float]] = {}
+        #: hook type -> (time of the last failure logged, failures not logged since)
+        self._log_state: dict[str, tuple[float, int]] = {}
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -187,9 +191,18 @@ class HookListener(UploadListener):
             raise HookError(str(exc)) from exc
 
     def _failed(self, backend: HookBackend, delivery: Delivery, reason: str) -> None:
-        self.errors.labels(delivery.hook_type).inc()
-        log.warning("%s hook for upload %s failed: %s: %s", delivery.hook_type,
-                    delivery.upload_id or "(new)", backend.describe(), reason)
+        """Count every failure; log at most one line per hook type per LOG_INTERVAL."""
+        hook_type = delivery.hook_type
+        self.errors.labels(hook_type).inc()
+        now = time.monotonic()
+        last, suppressed = self._log_state.get(hook_type, (0.0, 0))
+        if now - last < LOG_INTERVAL and last:
+            self._log_state[hook_type] = (last, suppressed + 1)
+            return
+        self._log_state[hook_type] = (now, 0)
+        more = f" ({suppressed} more failure(s) not logged)" if suppressed else ""
+        log.warning("%s hook for upload %s failed: %s: %s%s", hook_type,
+                    delivery.upload_id or "(new)", backend.describe(), reason, more)
 
     async def _call_blocking(self, backend: HookBackend, delivery: Delivery) -> HookResponse:
         try:
