@@ -122,6 +122,6 @@ def test_cli_killed_and_resumed(node_tus: NodeTus, tmp_path: Path) -> None:
     path.write_bytes(data)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUSD_")}
     env["XDG_DATA_HOME"] = str(tmp_path / "xdg")
-    url, seen, proc = start_and_stop(node_tus.url, path, env, signal.SIGKILL)
+    url, seen, _proc = start_and_stop(node_tus.url, path, env, signal.SIGKILL)
     resume_and_check(node_tus.url, path, data, env, url, seen, download=False)
     assert hashlib.sha256(node_tus.stored(url)).digest() == hashlib.sha256(data).digest()
