@@ -77,7 +77,7 @@ class S3Store(Store):
     def __init__(self, bucket: str | None, *, prefix: str = "", endpoint_url: str | None = None,
                  region: str | None = None, part_size: int = 8 << 20,
                  lease_duration: float = 10.0, max_parts: int = MAX_PARTS,
-                 max_pool_connections: int = 64) -> None:
+                 max_pool_connections: int = 64, retry_attempts: int = 5) -> None:
         if not bucket:
             raise ConfigError("storage.bucket: required for the s3 driver")
         if part_size < MIN_PART_SIZE:
@@ -97,7 +97,7 @@ class S3Store(Store):
         self._boto_config = BotoConfig(
             # botocore's standard mode retries throttling, 5xx and connection errors
             # with exponential backoff and jitter.
-            retries={"mode": "standard", "max_attempts": 5},
+            retries={"mode": "standard", "max_attempts": retry_attempts},
             connect_timeout=5, read_timeout=60, max_pool_connections=max_pool_connections,
             # Checksums only where S3 requires them: S3-compatible servers differ on the
             # newer flexible checksums, and parts are verified by their ETags at completion.
@@ -598,11 +598,11 @@ class S3Lock(UploadLock):
             await self._load_tail()
         self._buf += data
         self.written += len(data)
-        if len(self._buf) >= MIN_PART_SIZE:
+        while len(self._buf) >= MIN_PART_SIZE:
             target = self._target()
-            while len(self._buf) >= target:
-                await self._cut(target)
-                target = self._target()
+            if len(self._buf) < target:
+                break
+            await self._cut(target)
 
     async def _cut(self, size: int) -> None:
         """Start uploading the first ``size`` bytes of the buffer as the next part."""

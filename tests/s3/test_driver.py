@@ -1,0 +1,254 @@
+"""The S3 driver at the contract level, against moto over real HTTP.
+
+Two ``S3Store`` instances on one bucket stand for two replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from tusd_py.config import ConfigError
+from tusd_py.protocol.errors import MismatchedOffset, NotFound, UploadBusy
+from tusd_py.storage.base import Upload
+from tusd_py.storage.ids import new_upload_id
+from tusd_py.storage.s3 import S3Store
+
+MIB = 1 << 20
+PREFIX = "up/"
+
+StoreFactory = Callable[..., Awaitable[S3Store]]
+
+
+@pytest.fixture
+async def make_store(moto_endpoint: str, s3_bucket: str) -> AsyncIterator[StoreFactory]:
+    stores: list[S3Store] = []
+
+    async def factory(**kwargs: Any) -> S3Store:
+        options: dict[str, Any] = {"prefix": PREFIX, "endpoint_url": moto_endpoint,
+                                   "region": "us-east-1", "part_size": 5 * MIB}
+        options.update(kwargs)
+        store = S3Store(s3_bucket, **options)
+        await store.start()
+        stores.append(store)
+        return store
+
+    yield factory
+    for store in stores:
+        await store.stop()
+
+
+async def new_upload(store: S3Store, length: int | None, **fields: Any) -> Upload:
+    return await store.create(Upload(id=new_upload_id(), length=length, created_at=time.time(),
+                                     **fields))
+
+
+async def write(store: S3Store, upload_id: str, data: bytes, *, length: int | None = None,
+                piece: int = 64 * 1024) -> Upload:
+    """One PATCH: lock, stream in 64 KiB chunks (as handlers do), commit, release."""
+    lock = await store.lock(upload_id, 1)
+    try:
+        for i in range(0, len(data), piece):
+            await lock.write(data[i:i + piece])
+        return await lock.commit(length=length)
+    finally:
+        await lock.release()
+
+
+async def read_all(store: S3Store, upload: Upload) -> bytes:
+    download = await store.download(upload)
+    return b"".join([chunk async for chunk in download.read(0, download.size)])
+
+
+def keys(s3_client: Any, bucket: str) -> set[str]:
+    return {o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", ())}
+
+
+def mpus(s3_client: Any, bucket: str) -> list[dict[str, Any]]:
+    return list(s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", ()))
+
+
+def test_part_size_below_5_mib_is_refused_at_start():
+    with pytest.raises(ConfigError, match="at least 5MiB"):
+        S3Store("bucket", part_size=4 * MIB)
+    with pytest.raises(ConfigError, match="bucket"):
+        S3Store(None)
+
+
+async def test_multipart_upload_with_tail_object_across_patches(make_store, s3_client, s3_bucket):
+    store = await make_store()
+    data = os.urandom(12 * MIB + 123)
+    meta = {"filename": "r\u00e9sum\u00e9.pdf".encode(), "filetype": b"application/pdf"}
+    upload = await new_upload(store, len(data), metadata=meta)
+    info_key, tail0, tail1 = (f"{PREFIX}{upload.id}{s}" for s in (".info", ".part", ".part.1"))
+
+    # 3 MiB: less than a part, kept as the tail object
+    up = await write(store, upload.id, data[:3 * MIB])
+    assert up.offset == 3 * MIB
+    assert keys(s3_client, s3_bucket) == {info_key, tail0}
+    assert s3_client.head_object(Bucket=s3_bucket, Key=tail0)["ContentLength"] == 3 * MIB
+    assert mpus(s3_client, s3_bucket) == []
+
+    # +4 MiB: the tail and new bytes make part 1 (5 MiB), 2 MiB stay in the other slot
+    up = await write(store, upload.id, data[3 * MIB:7 * MIB])
+    assert up.offset == 7 * MIB
+    assert keys(s3_client, s3_bucket) == {info_key, tail1}
+    [mpu] = mpus(s3_client, s3_bucket)
+    parts = s3_client.list_parts(Bucket=s3_bucket, Key=f"{PREFIX}{upload.id}",
+                                 UploadId=mpu["UploadId"])["Parts"]
+    assert [p["Size"] for p in parts] == [5 * MIB]
+    assert (await store.get(upload.id)).offset == 7 * MIB  # HEAD: one GET of .info
+
+    # a fresh "replica" finishes it
+    other = await make_store()
+    up = await write(other, upload.id, data[7 * MIB:])
+    assert up.is_complete and up.offset == len(data)
+    assert keys(s3_client, s3_bucket) == {info_key, f"{PREFIX}{upload.id}"}
+    assert mpus(s3_client, s3_bucket) == []
+    head = s3_client.head_object(Bucket=s3_bucket, Key=f"{PREFIX}{upload.id}")
+    assert head["ContentType"] == "application/pdf"
+    assert head["ContentDisposition"] == (
+        "attachment; filename=\"r_sum_.pdf\"; filename*=UTF-8''r%C3%A9sum%C3%A9.pdf")
+    assert head["ETag"].endswith('-3"')  # 5 MiB + 5 MiB + the rest
+    assert await read_all(store, up) == data
+    download = await store.download(up)
+    assert b"".join([c async for c in download.read(5 * MIB - 10, 20)]) == data[5 * MIB - 10:5 * MIB + 10]
+
+
+async def test_small_upload_is_one_put_object(make_store, s3_client, s3_bucket):
+    store = await make_store()
+    upload = await new_upload(store, 10)
+    await write(store, upload.id, b"hello")
+    up = await write(store, upload.id, b"world")
+    assert up.is_complete
+    assert mpus(s3_client, s3_bucket) == []
+    assert await read_all(store, up) == b"helloworld"
+    assert keys(s3_client, s3_bucket) == {f"{PREFIX}{upload.id}.info", f"{PREFIX}{upload.id}"}
+
+
+async def test_parts_grow_when_the_part_count_would_run_out(make_store, s3_client, s3_bucket):
+    # A simulated limit of 2 parts: a 12 MiB upload needs 6 MiB parts, not 5 MiB ones.
+    store = await make_store(max_parts=2)
+    data = os.urandom(12 * MIB)
+    upload = await new_upload(store, len(data))
+    lock = await store.lock(upload.id, 1)
+    for i in range(0, len(data), 64 * 1024):
+        await lock.write(data[i:i + 64 * 1024])
+    await lock._settle()
+    sizes = [p["size"] for p in lock._staged]
+    up = await lock.commit()
+    await lock.release()
+    assert sizes == [6 * MIB, 6 * MIB]
+    assert up.is_complete
+    assert s3_client.head_object(Bucket=s3_bucket, Key=f"{PREFIX}{upload.id}")["ETag"].endswith('-2"')
+    assert await read_all(store, up) == data
+
+
+async def test_deferred_length_parts_grow(make_store, s3_client, s3_bucket):
+    store = await make_store(max_parts=3)  # deferred: 5 MiB, then 10 MiB, then 20 MiB
+    data = os.urandom(16 * MIB)
+    upload = await new_upload(store, None)
+    up = await write(store, upload.id, data[:15 * MIB + 1])
+    [mpu] = mpus(s3_client, s3_bucket)
+    parts = s3_client.list_parts(Bucket=s3_bucket, Key=f"{PREFIX}{upload.id}",
+                                 UploadId=mpu["UploadId"])["Parts"]
+    assert [p["Size"] for p in parts] == [5 * MIB, 10 * MIB]
+    assert up.offset == 15 * MIB + 1 and up.length is None
+    up = await write(store, upload.id, data[15 * MIB + 1:], length=len(data))
+    assert up.is_complete and up.length == len(data)
+    assert await read_all(store, up) == data
+
+
+async def test_rollback_publishes_nothing(make_store):
+    store = await make_store()
+    upload = await new_upload(store, 8 * MIB)
+    await write(store, upload.id, b"a" * MIB)
+    lock = await store.lock(upload.id, 1)
+    await lock.write(b"b" * (6 * MIB))  # a full part was uploaded
+    await lock.rollback()
+    await lock.release()
+    assert (await store.get(upload.id)).offset == MIB
+    up = await write(store, upload.id, b"c" * (7 * MIB))
+    assert await read_all(store, up) == b"a" * MIB + b"c" * (7 * MIB)
+
+
+async def test_lease_excludes_other_replicas_and_is_taken_over_when_expired(make_store):
+    a = await make_store(lease_duration=1.0)
+    b = await make_store(lease_duration=1.0)
+    upload = await new_upload(a, 100)
+    held = await a.lock(upload.id, 0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(UploadBusy):
+        await b.lock(upload.id, 0.3)
+    assert 0.25 < loop.time() - started < 1.0
+    await asyncio.sleep(1.2)  # the renewal keeps a live holder's lease
+    with pytest.raises(UploadBusy):
+        await b.lock(upload.id, 0)
+
+    # The holder stalls (hung process, partition): it stops renewing; its lease expires.
+    held._renewer.cancel()
+    await held.write(b"x" * 10)
+    taken = await b.lock(upload.id, 3)
+    await taken.write(b"y" * 20)
+    assert (await taken.commit()).offset == 20
+
+    # The old holder can publish nothing: its lease is gone, its ETag is stale.
+    with pytest.raises(UploadBusy):
+        await held.commit()
+    held.lost = False
+    held.written = 0
+    with pytest.raises((MismatchedOffset, UploadBusy)):
+        await held.commit(expires_at=time.time() + 60)
+    await held.release()  # must not free the new holder's lease
+    with pytest.raises(UploadBusy):
+        await a.lock(upload.id, 0)
+    await taken.release()
+    up = await write(a, upload.id, b"z" * 80)
+    assert up.is_complete
+    assert await read_all(a, up) == b"y" * 20 + b"z" * 80
+
+
+async def test_lock_of_missing_upload_is_not_found(make_store):
+    store = await make_store()
+    with pytest.raises(NotFound):
+        await store.lock(new_upload_id(), 0)
+    assert await store.get(new_upload_id()) is None
+
+
+async def test_terminate_aborts_and_deletes_everything(make_store, s3_client, s3_bucket):
+    store = await make_store()
+    upload = await new_upload(store, 20 * MIB)
+    await write(store, upload.id, os.urandom(6 * MIB))
+    assert mpus(s3_client, s3_bucket) and keys(s3_client, s3_bucket)
+    lock = await store.lock(upload.id, 1)
+    await store.terminate(upload.id)
+    await lock.release()
+    assert mpus(s3_client, s3_bucket) == []
+    assert keys(s3_client, s3_bucket) == set()
+    assert await store.get(upload.id) is None
+
+
+async def test_expired_lists_only_expired_records(make_store):
+    store = await make_store()
+    now = time.time()
+    old = await new_upload(store, 10, expires_at=now - 5)
+    await new_upload(store, 10, expires_at=now + 3600)
+    await new_upload(store, 10)
+    assert await store.expired(now) == [old.id]
+    assert await store.expired(now) == [old.id]  # second sweep from the ETag cache
+    await write(store, old.id, b"x")  # commit without expires_at: never expires now
+    assert await store.expired(now) == []
+
+
+async def test_zero_length_upload_has_an_empty_object(make_store):
+    store = await make_store()
+    upload = await store.create(Upload(id=new_upload_id(), length=0, created_at=time.time(),
+                                       completed_at=time.time()))
+    assert await read_all(store, upload) == b""
+    assert (await store.download(upload)).size == 0
