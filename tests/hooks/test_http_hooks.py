@@ -538,3 +538,17 @@ async def test_unreachable_endpoint_is_skipped_for_a_while(hooked: HookedFactory
     async with asyncio.timeout(2):
         while backend.failures:  # reset once the answer is read
             await asyncio.sleep(0.01)
+
+
+async def test_readme_auth_recipe_as_http_receiver(hooked: HookedFactory, receiver: Receiver):
+    """The README's recipe function, served over HTTP instead of in-process."""
+    from . import sample_hooks
+
+    receiver.responder = lambda body, request: sample_hooks.check_bearer(body)
+    client = await hooked(enabled=["pre-create", "pre-access"])
+    r = await client.post("/files/", headers={**TUS, "Upload-Length": "2",
+                                              "Authorization": "Bearer wrong"})
+    assert (r.status, await r.text()) == (401, '{"error":"invalid token"}')
+    path = await create(client, 2, Authorization="Bearer t-alice")
+    assert (await patch(client, path, 0, b"ok", Authorization="Bearer t-bob")).status == 403
+    assert (await patch(client, path, 0, b"ok", Authorization="Bearer t-alice")).status == 204
