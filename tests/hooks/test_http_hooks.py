@@ -552,3 +552,13 @@ async def test_readme_auth_recipe_as_http_receiver(hooked: HookedFactory, receiv
     path = await create(client, 2, Authorization="Bearer t-alice")
     assert (await patch(client, path, 0, b"ok", Authorization="Bearer t-bob")).status == 403
     assert (await patch(client, path, 0, b"ok", Authorization="Bearer t-alice")).status == 204
+
+
+async def test_queued_hooks_are_delivered_on_shutdown(hooked: HookedFactory, receiver: Receiver):
+    """Stopping the app drains the queue (up to min(timeout, 5 s)) before it closes."""
+    receiver.delay = 0.2
+    client = await hooked(enabled=["post-finish"], concurrency=1)
+    paths = [await upload(client, b"bye") for _ in range(3)]
+    await client.close()  # runs the app's cleanup: the hooks drain first
+    ids = [c.upload["ID"] for c in receiver.of("post-finish")]
+    assert ids == [p.rsplit("/", 1)[1] for p in paths]
