@@ -141,3 +141,24 @@ async def test_metrics_are_not_exposed_through_the_proxy(proxied: tuple[Daemon, 
         async with s.get(daemon.root + "/metrics") as r:
             assert r.status == 200
             assert "tusd_requests_total" in await r.text()
+
+
+async def test_forwarded_header_forms(proxied: tuple[Daemon, Nginx]) -> None:
+    """What a behind_proxy daemon makes of RFC 7239 Forwarded and X-Forwarded-* (sent to
+    it directly, as another proxy would)."""
+    daemon, _ = proxied
+    cases = [
+        ({"Forwarded": 'for=10.0.0.1;proto=https;host="up.example:8443", proto=http;host=inner'},
+         "https://up.example:8443/files/"),
+        ({"Forwarded": "host=up.example", "X-Forwarded-Host": "ignored.example"},
+         "http://up.example/files/"),
+        ({"X-Forwarded-Proto": "https", "X-Forwarded-Host": "a.example, b.example",
+          "X-Forwarded-Prefix": "/tus/v1/"}, "https://a.example/tus/v1/files/"),
+        ({"X-Forwarded-Proto": "javascript", "X-Forwarded-Host": "bad host/x",
+          "X-Forwarded-Prefix": "/../x?y"}, f"{daemon.root}/files/"),
+    ]
+    async with aiohttp.ClientSession() as s:
+        for headers, expected in cases:
+            location = await create(s, daemon.url, 1, headers)
+            assert location.startswith(expected), (headers, location)
+            assert len(location) == len(expected) + 32
