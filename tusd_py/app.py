@@ -14,6 +14,7 @@ from .events import EventBus
 from .handlers import TusHandler
 from .hooks import setup_hooks
 from .limits import limits_middleware
+from .logs import RequestAnnotator
 from .metrics import Metrics
 from .protocol import TUS_VERSION, TusError
 from .storage import Store, build_store
@@ -143,6 +144,8 @@ def create_app(config: Config, store: Store | None = None,
     # Order (outermost first): metrics see every final status, CORS headers go on
     # errors too, the error middleware turns limit/auth refusals into responses.
     middlewares: list[Callable[..., Awaitable[web.StreamResponse]]] = []
+    if config.server.access_log:
+        events.add(RequestAnnotator())  # upload id / bytes committed, for the access log
     tus_metrics = None
     if config.server.metrics:
         tus_metrics = Metrics(registry, lambda: len(handler.leases), config.server.base_path)

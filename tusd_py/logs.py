@@ -10,6 +10,9 @@ import time
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from .events import UploadListener
+from .storage.base import Upload
+
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
@@ -43,21 +46,44 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     root.setLevel(level.upper())
 
 
+#: Request keys ``RequestAnnotator`` sets for the access log.
+UPLOAD_ID_KEY = "tusd_upload_id"
+RECEIVED_KEY = "tusd_received"
+
+
+class RequestAnnotator(UploadListener):
+    """Tags each request with what it did to an upload, for its access-log line: the id
+    of an upload a POST created, and the bytes a PATCH (or POST with a body) committed."""
+
+    def created(self, upload: Upload, request: web.Request) -> None:
+        request[UPLOAD_ID_KEY] = upload.id
+
+    def progress(self, upload: Upload, request: web.Request, received: int) -> None:
+        request[RECEIVED_KEY] = request.get(RECEIVED_KEY, 0) + received
+
+
 class AccessLogger(AbstractAccessLogger):
-    """``METHOD path status bytes_in bytes_out duration upload_id`` per request.
+    """One line per request: method, path, status, bytes in/out, duration, upload id and
+    the bytes committed to the upload (``received``, when it wrote any).
 
     Only the path is logged (no query string, no headers), so tokens in URLs or
     Authorization headers never reach the logs.
     """
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, duration: float) -> None:
-        upload_id = request.match_info.get("upload_id") if hasattr(request, "match_info") else None
+        upload_id = request.get(UPLOAD_ID_KEY)
+        if upload_id is None and hasattr(request, "match_info"):
+            upload_id = request.match_info.get("upload_id")
+        received = request.get(RECEIVED_KEY)
         bytes_in = request.content_length or 0
+        extra = "" if upload_id is None else f" upload={upload_id}"
+        if received is not None:
+            extra += f" received={received}"
         self.logger.info(
-            "%s %s %s in=%d out=%d %.1fms", request.method, request.path, response.status,
-            bytes_in, response.body_length, duration * 1000,
+            "%s %s %s in=%d out=%d %.1fms%s", request.method, request.path, response.status,
+            bytes_in, response.body_length, duration * 1000, extra,
             extra={"method": request.method, "path": request.path, "status": response.status,
                    "bytes_in": bytes_in, "bytes_out": response.body_length,
-                   "duration_ms": round(duration * 1000, 2), "upload_id": upload_id,
-                   "remote": request.remote},
+                   "received": received, "duration_ms": round(duration * 1000, 2),
+                   "upload_id": upload_id, "remote": request.remote},
         )

@@ -153,10 +153,12 @@ async def test_json_access_log_one_line_per_request_without_secrets(daemon_facto
               if e.get("logger") == "tusd_py.access" and e["path"].startswith("/files")]
     assert [e["method"] for e in access] == ["POST", "PATCH", "HEAD"]  # one line per request
     post, patch_line, head = access
-    assert post["status"] == 201 and post["upload_id"] is None
+    assert post["status"] == 201 and post["upload_id"] == upload_id  # the id it created
+    assert post["received"] is None
     assert patch_line["status"] == 204
     assert patch_line["upload_id"] == upload_id
-    assert patch_line["bytes_in"] == 10
+    assert patch_line["bytes_in"] == 10 and patch_line["received"] == 10
+    assert f"upload={upload_id} received=10" in patch_line["message"]
     assert patch_line["duration_ms"] >= 0
     assert patch_line["path"] == f"/files/{upload_id}"  # no query string
     assert head["status"] == 401 and head["upload_id"] == upload_id
