@@ -47,6 +47,8 @@ from .loadgen import (
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = "baseline"
 TUSD = "tusd-py"
+TUSD_FSYNC = "tusd-py-fsync"  # tusd-py with storage.fsync=true (power-loss durability)
+SERVERS = (BASELINE, TUSD, TUSD_FSYNC)
 
 # Targets of issue 2, as ratios to the baseline in the same sitting.
 TARGET_RATIO = {"big": ("mb_s", 0.85), "many-small": ("uploads_s", 0.5), "parallel": ("mb_s", 0.85)}
@@ -72,8 +74,12 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
+    def is_tusd(self) -> bool:
+        return self.name != BASELINE
+
+    @property
     def url(self) -> str:
-        base = self.extra_env.get("TUSD_SERVER__BASE_PATH", "/files/") if self.name == TUSD else "/files/"
+        base = self.extra_env.get("TUSD_SERVER__BASE_PATH", "/files/") if self.is_tusd else "/files/"
         return f"http://127.0.0.1:{self.port}{base}"
 
     def command(self) -> list[str]:
@@ -86,8 +92,10 @@ class Server:
     def start(self, timeout: float = 30.0) -> Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TUSD_")}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        if self.name == TUSD:
+        if self.is_tusd:
             env.update(self.extra_env)
+        if self.name == TUSD_FSYNC:
+            env["TUSD_STORAGE__FSYNC"] = "true"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         # tusd-py runs in an empty directory so no config/tusd.yaml is picked up: the
@@ -171,18 +179,23 @@ def _mark(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
-def comparison_table(scenarios: list[Scenario], by: dict[tuple[str, str], dict[str, Any]]) -> str:
-    rows = [["scenario", "metric", "baseline", "tusd-py", "ratio", "p99 ms (tusd-py)",
-             "peak RSS MB (base / tusd-py)"]]
+def comparison_table(scenarios: list[Scenario], servers: list[str],
+                     by: dict[tuple[str, str], dict[str, Any]]) -> str:
+    rows = [["scenario", "server", "metric", "baseline", "server", "ratio", "p99 ms",
+             "peak RSS MB (base / server)"]]
     for scenario in scenarios:
-        base, tusd = by.get((BASELINE, scenario.name)), by.get((TUSD, scenario.name))
+        base = by.get((BASELINE, scenario.name))
         key, _ = TARGET_RATIO[scenario.name]
-        ratio, _lines = verdicts(scenario, base, tusd)
-        rows.append([scenario.name, "MB/s" if key == "mb_s" else "uploads/s",
-                     fmt(base.get(key) if base else None), fmt(tusd.get(key) if tusd else None), ratio,
-                     fmt(tusd.get("p99_ms") if tusd else None),
-                     f"{fmt(base.get('rss_peak_mb') if base else None, 0)} / "
-                     f"{fmt(tusd.get('rss_peak_mb') if tusd else None, 0)}"])
+        for name in servers:
+            if name == BASELINE:
+                continue
+            tusd = by.get((name, scenario.name))
+            ratio, _lines = verdicts(scenario, base, tusd)
+            rows.append([scenario.name, name, "MB/s" if key == "mb_s" else "uploads/s",
+                         fmt(base.get(key) if base else None), fmt(tusd.get(key) if tusd else None),
+                         ratio, fmt(tusd.get("p99_ms") if tusd else None),
+                         f"{fmt(base.get('rss_peak_mb') if base else None, 0)} / "
+                         f"{fmt(tusd.get('rss_peak_mb') if tusd else None, 0)}"])
     return format_table(rows)
 
 
@@ -190,8 +203,8 @@ async def bench(args: argparse.Namespace) -> int:
     scenarios = scenarios_from(args)
     servers = [name.strip() for name in args.servers.split(",") if name.strip()]
     for name in servers:
-        if name not in (BASELINE, TUSD):
-            raise SystemExit(f"unknown server {name!r}; choose from {BASELINE}, {TUSD}")
+        if name not in SERVERS:
+            raise SystemExit(f"unknown server {name!r}; choose from {', '.join(SERVERS)}")
     extra_env = parse_env(args.env)
     if args.fsync:
         extra_env["TUSD_STORAGE__FSYNC"] = "true"
@@ -252,6 +265,12 @@ async def bench(args: argparse.Namespace) -> int:
         _ratio, lines = verdicts(scenario, summaries.get((BASELINE, scenario.name)),
                                  summaries.get((TUSD, scenario.name)))
         all_lines.extend(lines)
+        key, _ = TARGET_RATIO[scenario.name]
+        fsync, plain = summaries.get((TUSD_FSYNC, scenario.name)), summaries.get((TUSD, scenario.name))
+        if fsync and fsync.get(key) is not None and plain and plain.get(key):
+            all_lines.append(f"info {scenario.name}: storage.fsync=true gives {fsync[key] / plain[key]:.2f}x "
+                             f"the default's {'MB/s' if key == 'mb_s' else 'uploads/s'} "
+                             f"(p99 {fmt(fsync.get('p99_ms'))} ms)")
         if not is_default(scenario):
             all_lines.append(f"note {scenario.name}: non-standard sizes, verdict is indicative only")
     _emit({"kind": "verdicts", "lines": all_lines, "loadavg_after": os.getloadavg()}, out)
@@ -262,7 +281,7 @@ async def bench(args: argparse.Namespace) -> int:
     print(f"\nmedians of {args.repeat} run(s), {args.order}; tusd-py env: "
           f"{extra_env or 'defaults'}; load average before {conditions['loadavg_before'][0]:.2f}, "
           f"after {os.getloadavg()[0]:.2f}\n", file=sys.stderr)
-    print(comparison_table(scenarios, summaries), file=sys.stderr)
+    print(comparison_table(scenarios, servers, summaries), file=sys.stderr)
     print("\n" + "\n".join(all_lines), file=sys.stderr)
     failed = sum(s["errors"] for s in summaries.values())
     if failed:
@@ -285,7 +304,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_scenario_args(parser)
     parser.add_argument("--servers", default=f"{BASELINE},{TUSD}",
-                        help="which servers to run, in this order")
+                        help=f"which servers to run, in this order, from {', '.join(SERVERS)} "
+                             f"({TUSD_FSYNC}: tusd-py with storage.fsync=true; the targets apply "
+                             f"to {TUSD})")
     parser.add_argument("--order", choices=("interleaved", "sequential"), default="interleaved",
                         help="interleaved: alternate servers per round (a fresh process each); "
                              "sequential: all rounds of one server, then the next")
