@@ -120,7 +120,7 @@ class ServerConfig(Section):
     max_concurrent_uploads: int = Field(default=0, ge=0)
     #: Longest request line and longest header field accepted (aiohttp answers 400 beyond).
     max_header_size: Size = Field(default=16384, ge=1024)
-    #: When set, every tus request (not OPTIONS preflights, /healthz, /readyz, /metrics)
+    #: When set, every tus request (not OPTIONS, /healthz, /readyz, /metrics)
     #: must carry ``Authorization: Bearer <token>``; 401 otherwise. For per-user auth use
     #: a pre-create hook instead (README "Operations").
     auth_token: SecretStr | None = None

@@ -4,8 +4,9 @@ It runs inside the error middleware (its refusals are ``TusError`` values) and o
 requests under ``server.base_path``; health, readiness, metrics and the demo page are
 never refused here. Checks happen before any body byte is read:
 
-- ``server.auth_token``: ``Authorization: Bearer <token>`` on every request except CORS
-  preflights (browsers never send credentials on those); 401 otherwise.
+- ``server.auth_token``: ``Authorization: Bearer <token>`` on every request except OPTIONS
+  (CORS preflights carry no credentials; tus discovery reveals only capabilities); 401
+  otherwise.
 - ``server.max_request_size``: a body with a larger ``Content-Length`` gets 413; a chunked
   body (no length to check up front) gets 411 while a limit is set.
 - ``server.max_concurrent_uploads``: upload bodies received at once by this daemon;
