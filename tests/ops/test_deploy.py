@@ -160,3 +160,26 @@ def test_dev_config_turns_the_demo_on() -> None:
     assert config.server.demo is True and config.server.host == "127.0.0.1"
     default = load_config(str(ROOT / "config/tusd.yaml"), env={})
     assert default.server.demo is False
+
+
+def test_compose_nginx_conf_passes_nginx_t(tmp_path: Path) -> None:
+    """deploy/nginx.conf (compose's) through `nginx -t`, with only what needs the compose
+    network or the nginx image swapped for local stand-ins."""
+    from .conftest import NGINX
+
+    text = (ROOT / "deploy/nginx.conf").read_text()
+    swaps = {"server tusd:8080;": "server 127.0.0.1:9;", "user nginx;": "",
+             "listen 80;": f"listen 127.0.0.1:{free_port()};",
+             "pid /tmp/nginx.pid;": f"pid {tmp_path}/nginx.pid;"}
+    for old, new in swaps.items():
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        text = text.replace("http {", f"http {{\n    {name}_temp_path {tmp_path}/{name};", 1)
+    (tmp_path / "nginx.conf").write_text(text)
+    for name in ("tus-locations.conf", "tus-proxy.conf"):
+        (tmp_path / name).symlink_to(ROOT / "deploy/nginx" / name)
+    proc = subprocess.run([NGINX, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"),
+                           "-e", str(tmp_path / "error.log")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "test is successful" in proc.stderr
