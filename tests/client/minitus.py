@@ -30,6 +30,7 @@ class MiniTus:
     fail_next: list[int] = field(default_factory=list)
     fail_create: list[int] = field(default_factory=list)
     url: str = ""
+    extensions: str = EXTENSIONS
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def patches(self) -> list[dict[str, str]]:
@@ -41,7 +42,7 @@ class MiniTus:
         upload_id = request.match_info.get("id")
         if request.method == "OPTIONS":
             return web.Response(status=204, headers={
-                **tus, "Tus-Version": "1.0.0", "Tus-Extension": EXTENSIONS,
+                **tus, "Tus-Version": "1.0.0", "Tus-Extension": self.extensions,
                 "Tus-Checksum-Algorithm": "sha1,md5,sha256"})
         if request.method == "POST":
             if self.fail_create:

@@ -239,3 +239,12 @@ async def test_concurrent_uploads_share_one_client(daemon: Daemon) -> None:
     async with TusClient(daemon.url, chunk_size=64 * 1024) as client:
         urls = await asyncio.gather(*(client.upload(b) for b in blobs))
     assert [sha256(await fetch(u)) for u in urls] == [sha256(b) for b in blobs]
+
+
+async def test_larger_than_tus_max_size_fails_early(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    daemon = daemon_factory(env={"TUSD_SERVER__MAX_SIZE": "1000"})
+    async with TusClient(daemon.url) as client:
+        assert (await client.server_info()).max_size == 1000
+        with pytest.raises(TusClientError, match="Tus-Max-Size"):
+            await client.upload(b"x" * 1001)
+        assert await fetch(await client.upload(b"y" * 1000)) == b"y" * 1000

@@ -116,3 +116,13 @@ def test_backoff_is_exponential_with_jitter() -> None:
         delays = {client.delay(attempt) for _ in range(50)}
         assert all(ceiling / 2 <= d <= ceiling for d in delays)
         assert len(delays) > 1  # jittered
+
+
+async def test_stream_is_spooled_when_the_server_cannot_defer_the_length() -> None:
+    async with mini_tus() as server, client_for(server.url) as client:
+        server.extensions = "creation,checksum"
+        with os.fdopen(pipe_with(DATA), "rb") as pipe:
+            url = await client.upload(pipe)
+        posts = [h for m, h in server.requests if m == "POST"]
+        assert posts[0]["Upload-Length"] == str(len(DATA))
+        assert bytes(server.uploads[url.rsplit("/", 1)[1]].data) == DATA

@@ -254,12 +254,16 @@ class Uploader:
             raise
         if info.offset is None or info.length != self.length or info.offset > (self.length or 0):
             return None
-        if self.partial and info.concat != "partial":
+        if self.partial != (info.concat == "partial"):
             return None
         return info.offset
 
     async def create(self) -> str:
         """POST a new upload (deferred length for a stream) and remember its URL."""
+        server = await self.client.server_info()
+        if server.max_size is not None and self.length is not None and self.length > server.max_size:
+            raise TusClientError(f"the upload ({self.length} bytes) is larger than the server's "
+                                 f"Tus-Max-Size ({server.max_size} bytes)")
         headers = {}
         if self.length is not None and self.source.seekable:
             headers["Upload-Length"] = str(self.length)
