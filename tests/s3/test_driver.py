@@ -252,3 +252,24 @@ async def test_zero_length_upload_has_an_empty_object(make_store):
                                        completed_at=time.time()))
     assert await read_all(store, upload) == b""
     assert (await store.download(upload)).size == 0
+
+
+async def test_writer_dying_during_completion_is_finished_by_the_next_reader(make_store):
+    """The holder completed the multipart upload and died before recording it."""
+    a = await make_store(lease_duration=1.0)
+    b = await make_store(lease_duration=1.0)
+    data = os.urandom(7 * MIB)
+    upload = await new_upload(a, len(data))
+    lock = await a.lock(upload.id, 1)
+    for i in range(0, len(data), 64 * 1024):
+        await lock.write(data[i:i + 64 * 1024])
+    await lock._settle()
+    # commit() up to CompleteMultipartUpload, then the process is gone (no final record)
+    await lock._finish({"length": len(data), "offset": len(data), "expires_at": None})
+    lock._renewer.cancel()
+    seen = await b.get(upload.id)
+    assert seen is not None and seen.offset == len(data) and not seen.is_complete
+    await asyncio.sleep(1.1)  # the dead holder's lease runs out
+    seen = await b.get(upload.id)  # HEAD on another replica finishes the job
+    assert seen is not None and seen.is_complete
+    assert await read_all(b, seen) == data

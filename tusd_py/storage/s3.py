@@ -220,6 +220,12 @@ class S3Store(Store):
         found = await self.read_info(upload_id)
         if found is None:
             return None
+        if found[0].get("completing") and upload_id not in self._held:
+            try:  # a writer died while completing it: finish the job now
+                await (await self.lock(upload_id, 0)).release()
+                found = await self.read_info(upload_id) or found
+            except UploadBusy:
+                pass
         return decode_upload(found[0], self._location(upload_id))
 
     async def lock(self, upload_id: str, wait: float) -> S3Lock:
@@ -238,7 +244,7 @@ class S3Store(Store):
             lease = state.get("lease")
             now = time.time()
             if lease is not None and lease.get("holder") == token:  # our retried write landed
-                return self._locked(upload_id, state, etag, token)
+                return await self._locked(upload_id, state, etag, token)
             if lease is None or lease["until"] <= now:
                 if lease is not None:
                     log.info("upload %s: taking over an expired lease", upload_id)
@@ -248,16 +254,23 @@ class S3Store(Store):
                     etag = await self.write_info(upload_id, new, etag=etag)
                 except Conflict:
                     continue  # somebody else changed it: look again
-                return self._locked(upload_id, new, etag, token)
+                return await self._locked(upload_id, new, etag, token)
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise UploadBusy()
             await asyncio.sleep(min(delay, remaining))
             delay = min(delay * 2, _POLL_MAX)
 
-    def _locked(self, upload_id: str, state: dict[str, Any], etag: str, token: str) -> S3Lock:
+    async def _locked(self, upload_id: str, state: dict[str, Any], etag: str,
+                      token: str) -> S3Lock:
         lock = S3Lock(self, state, etag, token)
         self._held[upload_id] = lock
+        if state.get("completing"):
+            try:
+                await lock.finish_completion()
+            except BaseException:
+                await lock.release()
+                raise
         return lock
 
     # -- optional capabilities ----------------------------------------------------
@@ -671,8 +684,8 @@ class S3Lock(UploadLock):
             await self._settle()
             self._check_lease()
             if complete:
-                changes.update(await self._finish(), completed_at=time.time(), tail=None,
-                               mpu=None, parts=[])
+                changes.update(await self._finish(changes), completed_at=time.time(),
+                               tail=None, mpu=None, parts=[], completing=None)
             else:
                 changes["parts"] = [*self.state["parts"], *self._staged]
                 changes["tail"] = await self._store_tail(old_tail)
@@ -697,26 +710,52 @@ class S3Lock(UploadLock):
             await store.s3.put_object(Bucket=store.bucket, Key=key, Body=self._buf)
         return {"key": key, "size": len(self._buf)}
 
-    async def _finish(self) -> dict[str, Any]:
+    async def _finish(self, changes: dict[str, Any]) -> dict[str, Any]:
         """Make the final object from the published + staged parts and the buffer."""
         store = self.store
         key = store.key(self.upload.id)
         parts = [*self.state["parts"], *self._staged]
         mpu = self.state.get("mpu")
-        async with s3_errors("completing an upload"):
-            if mpu is None:
+        if mpu is None:
+            async with s3_errors("completing an upload"):
                 r = await store.s3.put_object(Bucket=store.bucket, Key=key, Body=self._buf,
                                               **object_headers(self.upload.metadata))
-                return {"object_etag": r["ETag"]}
-            if self._buf or not parts:
-                number = len(parts) + 1
-                if number > store.max_parts:
-                    raise StorageError("too many parts for one S3 object")
-                parts.append(await self._upload_part(number, self._buf))
-            r = await store.s3.complete_multipart_upload(
-                Bucket=store.bucket, Key=key, UploadId=mpu,
-                MultipartUpload={"Parts": [{"PartNumber": p["n"], "ETag": p["etag"]} for p in parts]})
-        return {"object_etag": r["ETag"]}
+            return {"object_etag": r["ETag"]}
+        if self._buf or not parts:
+            number = len(parts) + 1
+            if number > store.max_parts:
+                raise StorageError("too many parts for one S3 object")
+            parts.append(await self._upload_part(number, self._buf))
+        # Record that every byte is in a part before completing: if the process dies
+        # after CompleteMultipartUpload, the next lock (or HEAD) finishes the job
+        # instead of finding a record that points at a multipart upload that is gone.
+        await self.publish(**changes, parts=parts, tail=None, completing=True)
+        self._staged, self._staged_size = [], 0
+        return {"object_etag": await self._complete_mpu(mpu, parts)}
+
+    async def _complete_mpu(self, mpu: str, parts: list[Part]) -> str:
+        store = self.store
+        key = store.key(self.upload.id)
+        async with s3_errors("completing an upload"):
+            try:
+                r = await store.s3.complete_multipart_upload(
+                    Bucket=store.bucket, Key=key, UploadId=mpu, MultipartUpload={
+                        "Parts": [{"PartNumber": p["n"], "ETag": p["etag"]} for p in parts]})
+            except Exception as exc:
+                if error_code(exc)[0] != "NoSuchUpload":
+                    raise
+                # Completed by a holder that died before recording it?
+                head = await store.s3.head_object(Bucket=store.bucket, Key=key)
+                if head["ContentLength"] != sum(p["size"] for p in parts):
+                    raise StorageError("the upload's multipart upload is gone") from None
+                return str(head["ETag"])
+        return str(r["ETag"])
+
+    async def finish_completion(self) -> None:
+        """Complete a multipart upload whose record says ``completing`` (see ``_finish``)."""
+        etag = await self._complete_mpu(self.state["mpu"], self.state["parts"])
+        await self.publish(completed_at=time.time(), object_etag=etag, mpu=None, parts=[],
+                           completing=None)
 
     async def rollback(self) -> None:
         """Forget what this request wrote: staged parts stay unreferenced (they are
