@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_serializer,
     field_validator,
 )
@@ -82,6 +83,14 @@ class CorsConfig(Section):
     #: How long browsers may cache a preflight answer (Access-Control-Max-Age).
     max_age: Duration = 86400
 
+
+    @field_validator("allow_credentials")
+    @classmethod
+    def _no_credentials_for_any_origin(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and "*" in info.data.get("allowed_origins", []):
+            raise ValueError("needs explicit allowed_origins: with '*' any web site could "
+                             "make requests with the user's credentials")
+        return value
 
 class ServerConfig(Section):
     host: str = "0.0.0.0"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -208,3 +209,25 @@ def test_vendored_bundle_matches_a_fresh_build(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes() == (WEB_DIR / "uppy.single.js").read_bytes()
     assert 200_000 < out.stat().st_size < 600_000
+
+
+async def test_credentials_mode(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    """allow_credentials echoes the allowed origin; '*' with credentials is refused at start-up."""
+    origin = "https://app.example"
+    daemon: Daemon = daemon_factory(env={"TUSD_SERVER__CORS__ALLOWED_ORIGINS": origin,
+                                         "TUSD_SERVER__CORS__ALLOW_CREDENTIALS": "true"})
+    async with aiohttp.ClientSession() as s:
+        async with s.options(daemon.url, headers={"Origin": origin,
+                                                  "Access-Control-Request-Method": "POST"}) as r:
+            assert r.headers["Access-Control-Allow-Origin"] == origin
+            assert r.headers["Access-Control-Allow-Credentials"] == "true"
+        async with s.post(daemon.url, headers={"Origin": "https://evil.example",
+                                               "Tus-Resumable": "1.0.0", "Upload-Length": "1"}) as r:
+            assert "Access-Control-Allow-Origin" not in r.headers
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tusd_py", "check-config",
+        env={**os.environ, "TUSD_SERVER__CORS__ALLOW_CREDENTIALS": "true"},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate()
+    assert proc.returncode == 2
+    assert b"server.cors.allow_credentials" in err and b"explicit allowed_origins" in err
