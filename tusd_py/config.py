@@ -79,6 +79,7 @@ class CorsConfig(Section):
     enabled: bool = True
     #: Origins allowed to call the API from a browser; ``*`` allows any (no credentials).
     allowed_origins: StrList = ["*"]
+    #: Let browsers send cookies / HTTP auth (needs explicit allowed_origins, not ``*``).
     allow_credentials: bool = False
     #: How long browsers may cache a preflight answer (Access-Control-Max-Age).
     max_age: Duration = 86400
