@@ -84,7 +84,6 @@ class CorsConfig(Section):
     #: How long browsers may cache a preflight answer (Access-Control-Max-Age).
     max_age: Duration = 86400
 
-
     @field_validator("allow_credentials")
     @classmethod
     def _no_credentials_for_any_origin(cls, value: bool, info: ValidationInfo) -> bool:
@@ -92,6 +91,7 @@ class CorsConfig(Section):
             raise ValueError("needs explicit allowed_origins: with '*' any web site could "
                              "make requests with the user's credentials")
         return value
+
 
 class ServerConfig(Section):
     host: str = "0.0.0.0"
