@@ -178,9 +178,15 @@ async def _upload_async(args: argparse.Namespace, checksum: str | None) -> int:
                     if kind and "filetype" not in metadata:
                         metadata["filetype"] = kind
                 task = bar.add_task(label, total=None)
+                first = [True]
 
-                def progress(done: int, total: int | None, task: Any = task) -> None:
-                    bar.update(task, completed=done, total=total)
+                def progress(done: int, total: int | None, task: Any = task,
+                             first: list[bool] = first) -> None:
+                    if first[0]:  # a resumed upload starts part-way: no fake rate spike
+                        first[0] = False
+                        bar.reset(task, total=total, completed=done)
+                    else:
+                        bar.update(task, completed=done, total=total)
 
                 def resumed(offset: int, total: int | None) -> None:
                     bar.console.print(f"Resuming upload from offset {offset} of {total}")

@@ -10,9 +10,9 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 from urllib.parse import urljoin
 
 import aiohttp
@@ -28,6 +28,7 @@ __all__ = ["Response", "ServerInfo", "TusClient", "UploadInfo"]
 log = logging.getLogger("tusd_py.client")
 
 TUS_VERSION = "1.0.0"
+T = TypeVar("T")
 DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024
 
 
@@ -327,7 +328,7 @@ class TusClient:
                      forget_when_done=False)
             for i, (start, length) in enumerate(ranges)
         ]
-        await asyncio.gather(*(p.prepare() for p in parts))
+        await _all(p.prepare() for p in parts)
         if on_resume and any(p.resumed_from is not None for p in parts):
             on_resume(sum(p.offset for p in parts), src.length)
         done = [p.offset for p in parts]
@@ -339,7 +340,7 @@ class TusClient:
                     progress(sum(done), src.length)
             return report
 
-        urls = await asyncio.gather(*(p.upload(part_progress(i)) for i, p in enumerate(parts)))
+        urls = await _all(p.upload(part_progress(i)) for i, p in enumerate(parts))
         headers = {"Upload-Concat": "final;" + " ".join(urls)}
         if metadata:
             headers["Upload-Metadata"] = encode_metadata(metadata)
@@ -417,6 +418,16 @@ class TusClient:
         finally:
             if own:
                 out.close()
+
+
+async def _all(coros: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run concurrently; the first failure cancels the others and is raised as is."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(c) for c in coros]
+    except BaseExceptionGroup as group_error:
+        raise group_error.exceptions[0] from None
+    return [t.result() for t in tasks]
 
 
 def _spool(src: Source) -> IO[bytes]:
