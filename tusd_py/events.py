@@ -35,6 +35,10 @@ class UploadListener:
     def progress(self, upload: Upload, request: web.Request, received: int) -> None:
         """After each PATCH commit (``received`` bytes committed by this request)."""
 
+    def receiving(self, upload: Upload, request: web.Request, offset: int) -> None:
+        """While a PATCH body streams, about every ``EventBus.receiving_interval``:
+        ``offset`` counts bytes written but not yet committed."""
+
     def finished(self, upload: Upload, request: web.Request) -> None: ...
 
     def terminated(self, upload: Upload, request: web.Request | None) -> None:
@@ -46,6 +50,8 @@ class EventBus(UploadListener):
 
     def __init__(self) -> None:
         self.listeners: list[UploadListener] = []
+        #: Seconds between ``receiving`` calls during a PATCH body (0: none).
+        self.receiving_interval = 0.0
 
     def add(self, listener: UploadListener) -> None:
         self.listeners.append(listener)
@@ -70,6 +76,10 @@ class EventBus(UploadListener):
     def progress(self, upload: Upload, request: web.Request, received: int) -> None:
         for listener in self.listeners:
             _safely(listener.progress, upload, request, received)
+
+    def receiving(self, upload: Upload, request: web.Request, offset: int) -> None:
+        for listener in self.listeners:
+            _safely(listener.receiving, upload, request, offset)
 
     def finished(self, upload: Upload, request: web.Request) -> None:
         for listener in self.listeners:

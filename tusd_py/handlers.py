@@ -442,6 +442,10 @@ class TusHandler:
             return BadRequest("upload has been interrupted by another request for this upload")
         if reason is StopReason.IDLE:
             return TusError("request body idle timeout", status=408)
+        if reason is StopReason.HOOK:  # post-receive StopUpload (tusd_py.hooks)
+            if isinstance(lease.stop_error, TusError):
+                return lease.stop_error
+            return BadRequest("upload has been stopped by server")
         return BadRequest("request body ended early")
 
     async def _receive(self, request: web.Request, lease: Lease, lock: UploadLock,
@@ -456,6 +460,9 @@ class TusHandler:
         leases = self.leases
         loop = asyncio.get_running_loop()
         received = 0
+        # Listeners that want progress during a long body (post-receive hooks) set it.
+        interval = self.events.receiving_interval
+        next_tick = loop.time() + interval if interval > 0 else None
         try:
             async with asyncio.timeout(None) as scope:
                 lease.scope = scope
@@ -471,6 +478,10 @@ class TusHandler:
                     if hasher is not None:
                         hasher.update(chunk)
                     await lock.write(chunk)
+                    if next_tick is not None and loop.time() >= next_tick:
+                        next_tick = loop.time() + interval
+                        self.events.receiving(lock.upload, request,
+                                              lock.upload.offset + lock.written)
         except TimeoutError:
             if lease.stop_reason is None:
                 lease.stop_reason = StopReason.IDLE

@@ -27,15 +27,18 @@ class StopReason(enum.Enum):
     IDLE = "idle"  # the client sent nothing for idle_timeout
     TAKEN_OVER = "taken-over"  # a newer request for the upload asked for it
     SHUTDOWN = "shutdown"  # the daemon is stopping
+    HOOK = "hook"  # a post-receive hook answered StopUpload (``Lease.stop_error`` is the answer)
 
 
 class Lease:
-    __slots__ = ("last_activity", "released", "scope", "stop_reason", "upload_id")
+    __slots__ = ("last_activity", "released", "scope", "stop_error", "stop_reason", "upload_id")
 
     def __init__(self, upload_id: str, loop: asyncio.AbstractEventLoop) -> None:
         self.upload_id = upload_id
         self.released: asyncio.Future[None] = loop.create_future()
         self.stop_reason: StopReason | None = None
+        #: What the stopped request answers, when the stopper decides (StopReason.HOOK).
+        self.stop_error: Exception | None = None
         #: The writer's timeout scope while it reads the body (None otherwise).
         self.scope: asyncio.Timeout | None = None
         self.last_activity = loop.time()
@@ -60,6 +63,10 @@ class LeaseRegistry:
 
     def __len__(self) -> int:
         return len(self._held)
+
+    def get(self, upload_id: str) -> Lease | None:
+        """The lease of the request writing ``upload_id`` in this process, if any."""
+        return self._held.get(upload_id)
 
     async def acquire(self, upload_id: str) -> Lease:
         loop = asyncio.get_running_loop()
@@ -96,7 +103,7 @@ class LeaseRegistry:
         lease.last_activity = now
         if lease.stop_reason is None:
             return now + self.idle_timeout
-        if lease.stop_reason is StopReason.SHUTDOWN:
+        if lease.stop_reason in (StopReason.SHUTDOWN, StopReason.HOOK):
             return now
         return now + self.takeover_idle
 
