@@ -562,3 +562,40 @@ async def test_queued_hooks_are_delivered_on_shutdown(hooked: HookedFactory, rec
     await client.close()  # runs the app's cleanup: the hooks drain first
     ids = [c.upload["ID"] for c in receiver.of("post-finish")]
     assert ids == [p.rsplit("/", 1)[1] for p in paths]
+
+
+async def slow_body(chunks: int, size: int, pause: float):
+    for _ in range(chunks):
+        yield b"s" * size
+        await asyncio.sleep(pause)
+
+
+async def test_post_receive_during_a_long_patch(hooked: HookedFactory, receiver: Receiver):
+    """One long PATCH (tus-js-client's default) still reports progress as it streams."""
+    client = await hooked(post_receive_interval=0.2)
+    path = await create(client, 1000)
+    r = await client.patch(path, data=slow_body(10, 100, 0.06), headers={
+        **TUS, "Upload-Offset": "0", "Content-Type": OCTET})
+    assert r.status == 204
+    await receiver.settle(0.1)
+    offsets = [c.upload["Offset"] for c in receiver.of("post-receive")]
+    assert 3 <= len(offsets) <= 5, offsets  # ~0.6 s at one per 0.2 s, plus the final one
+    assert offsets == sorted(offsets) and offsets[0] > 0 and offsets[-1] == 1000
+
+
+@every_driver
+async def test_stop_upload_ends_the_running_patch(hooked: HookedFactory, receiver: Receiver):
+    receiver.responder = lambda body, request: (
+        {"StopUpload": True, "HTTPResponse": {"StatusCode": 410, "Body": "project deleted"}}
+        if body["Type"] == "post-receive" else {})
+    client = await hooked(post_receive_interval=0.2)
+    path = await create(client, 100_000)
+    started = time.monotonic()
+    r = await client.patch(path, data=slow_body(100, 100, 0.05), headers={
+        **TUS, "Upload-Offset": "0", "Content-Type": OCTET})
+    assert (r.status, await r.text()) == (410, "project deleted")
+    assert time.monotonic() - started < 2.0  # not the 5 s the body would take
+    offset = int((await head(client, path)).headers["Upload-Offset"])
+    assert 0 < offset < 10_000  # what arrived before the stop is committed
+    r = await patch(client, path, offset, b"more")
+    assert (r.status, await r.text()) == (410, "project deleted")

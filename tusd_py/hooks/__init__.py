@@ -60,7 +60,12 @@ def setup_hooks(app: web.Application, config: Config) -> HookListener | None:
     if listener is None:
         return None
     app[HOOKS] = listener
-    app[EVENTS].add(listener)
+    events = app[EVENTS]
+    events.add(listener)
+    if "post-receive" in listener.enabled and listener.interval > 0:
+        # post-receive also during a long PATCH body, as tusd sends it
+        current = events.receiving_interval
+        events.receiving_interval = min(current, listener.interval) if current else listener.interval
     app.cleanup_ctx.append(_hooks_ctx)
     app.on_response_prepare.append(_add_hook_headers)
     names = ", ".join(backend.describe() for backend in listener.backends)

@@ -290,26 +290,35 @@ class HookListener(UploadListener):
         if POST_TERMINATE in self.enabled:
             self._enqueue(self._delivery(POST_TERMINATE, upload, request))
 
+    def receiving(self, upload: Upload, request: web.Request, offset: int) -> None:
+        """Mid-body progress (uncommitted ``offset``), throttled like ``progress``."""
+        if POST_RECEIVE in self.enabled:
+            self._progress(self._delivery(POST_RECEIVE, upload.copy(offset=offset), request),
+                           complete=False)
+
     def progress(self, upload: Upload, request: web.Request, received: int) -> None:
-        if POST_RECEIVE not in self.enabled:
-            return
-        delivery = self._delivery(POST_RECEIVE, upload, request)
-        throttle = self._throttles.get(upload.id)
+        if POST_RECEIVE in self.enabled:
+            self._progress(self._delivery(POST_RECEIVE, upload, request),
+                           complete=upload.is_complete)
+
+    def _progress(self, delivery: Delivery, *, complete: bool) -> None:
+        upload_id = delivery.upload_id
+        throttle = self._throttles.get(upload_id)
         if self.interval <= 0 or (throttle is None and self.queue is None):
             self._enqueue(delivery)
             return
-        if upload.is_complete:  # the last one goes out now, superseding any pending one
+        if complete:  # the last one goes out now, superseding any pending one
             if throttle is not None:
                 if throttle.timer is not None:
                     throttle.timer.cancel()
-                del self._throttles[upload.id]
+                del self._throttles[upload_id]
             self._enqueue(delivery)
             return
         if throttle is not None:
             throttle.pending = delivery  # the newest offset wins
             return
         self._enqueue(delivery)
-        self._arm(upload.id, _Throttle())
+        self._arm(upload_id, _Throttle())
 
     def _arm(self, upload_id: str, throttle: _Throttle) -> None:
         loop = asyncio.get_running_loop()
@@ -361,12 +370,13 @@ class HookListener(UploadListener):
                 self._stop_upload(delivery.upload_id, response.http_response)
 
     def _stop_upload(self, upload_id: str, response: HTTPResponse) -> None:
-        """StopUpload: end an in-flight PATCH and refuse the next ones (this process)."""
+        """StopUpload: end an in-flight PATCH (it commits what it got and answers the
+        hook's HTTPResponse) and refuse the next ones (in this process)."""
         log.info("post-receive hook stopped upload %s", upload_id)
         now = time.monotonic()
         self.stopped = {k: v for k, v in self.stopped.items() if v[1] > now}
         self.stopped[upload_id] = (response, now + STOPPED_TTL)
-        held = getattr(self.leases, "_held", None)
-        lease = held.get(upload_id) if isinstance(held, dict) else None
+        lease = self.leases.get(upload_id) if self.leases is not None else None
         if lease is not None:
-            lease.stop(StopReason.TAKEN_OVER, asyncio.get_running_loop().time())
+            lease.stop_error = HookRejection(response, 400, "upload has been stopped by server")
+            lease.stop(StopReason.HOOK, asyncio.get_running_loop().time())
