@@ -5,9 +5,11 @@ statuses queued in ``fail_next`` (after reading the body, and keeping nothing)."
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import itertools
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -29,6 +31,8 @@ class MiniTus:
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     fail_next: list[int] = field(default_factory=list)
     fail_create: list[int] = field(default_factory=list)
+    stall_next: float = 0.0  # seconds the next PATCH waits before answering
+    drop_get_after: int | None = None  # the next GET sends this many bytes, then hangs up
     url: str = ""
     extensions: str = EXTENSIONS
     _ids: itertools.count[int] = field(default_factory=itertools.count)
@@ -62,12 +66,15 @@ class MiniTus:
                 headers["Upload-Length"] = str(upload.length)
             return web.Response(status=200, headers=headers)
         if request.method == "GET":
-            return web.Response(body=bytes(upload.data))
+            return await self._get(request, bytes(upload.data))
         if request.method == "DELETE":
             del self.uploads[upload_id or ""]
             return web.Response(status=204, headers=tus)
         # PATCH
         body = await request.read()
+        if self.stall_next:
+            stall, self.stall_next = self.stall_next, 0.0
+            await asyncio.sleep(stall)
         if self.fail_next:
             status = self.fail_next.pop(0)
             if status == 0:  # drop the connection without an answer
@@ -86,6 +93,27 @@ class MiniTus:
             upload.length = int(request.headers["Upload-Length"])
         upload.data += body
         return web.Response(status=204, headers={**tus, "Upload-Offset": str(len(upload.data))})
+
+    async def _get(self, request: web.Request, data: bytes) -> web.StreamResponse:
+        start = 0
+        match = re.fullmatch(r"bytes=(\d+)-", request.headers.get("Range", ""))
+        if match:
+            start = int(match.group(1))
+        response = web.StreamResponse(status=206 if match else 200)
+        response.content_length = len(data) - start
+        if match:
+            response.headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+        await response.prepare(request)
+        if self.drop_get_after is not None:
+            cut, self.drop_get_after = self.drop_get_after, None
+            await response.write(data[start:start + cut])
+            await asyncio.sleep(0.05)
+            assert request.transport is not None
+            request.transport.close()
+            return response
+        await response.write(data[start:])
+        await response.write_eof()
+        return response
 
 
 @asynccontextmanager

@@ -14,12 +14,14 @@ import pytest
 
 from tests.plugins.daemon import Daemon
 from tusd_py.client import (
+    FileURLStorage,
     InMemoryURLStorage,
     SQLiteURLStorage,
     SyncTusClient,
     TusClient,
     TusClientError,
     UploadNotFound,
+    URLStorage,
 )
 from tusd_py.client.client import split_ranges
 
@@ -90,10 +92,13 @@ async def test_checksums_are_sent_when_advertised(daemon: Daemon) -> None:
         assert await client.checksum_algorithm() is None  # not offered: not sent
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "file", "memory"])
 async def test_resume_across_clients_with_url_storage(daemon: Daemon, payload: tuple[Path, bytes],
-                                                      tmp_path: Path) -> None:
+                                                      tmp_path: Path, kind: str) -> None:
     path, data = payload
-    storage = SQLiteURLStorage(tmp_path / "urls.db")
+    storage: URLStorage = {"sqlite": lambda: SQLiteURLStorage(tmp_path / "urls.db"),
+                           "file": lambda: FileURLStorage(tmp_path / "urls.json"),
+                           "memory": InMemoryURLStorage}[kind]()
     async with TusClient(daemon.url, chunk_size=CHUNK, url_storage=storage) as first:
         uploader = first.uploader(path)
         await uploader.prepare()

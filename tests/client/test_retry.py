@@ -7,6 +7,7 @@ import base64
 import hashlib
 import os
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -126,3 +127,22 @@ async def test_stream_is_spooled_when_the_server_cannot_defer_the_length() -> No
         posts = [h for m, h in server.requests if m == "POST"]
         assert posts[0]["Upload-Length"] == str(len(DATA))
         assert bytes(server.uploads[url.rsplit("/", 1)[1]].data) == DATA
+
+
+async def test_a_stalled_server_times_out_and_the_chunk_is_retried() -> None:
+    async with mini_tus() as server, client_for(server.url, timeout=0.3) as client:
+        server.stall_next = 1.0
+        url = await client.upload(DATA)
+        assert [p["Upload-Offset"] for p in server.patches()][:2] == ["0", "0"]
+        assert bytes(server.uploads[url.rsplit("/", 1)[1]].data) == DATA
+
+
+async def test_download_resumes_with_range_after_a_drop(tmp_path: Path) -> None:
+    async with mini_tus() as server, client_for(server.url) as client:
+        url = await client.upload(DATA)
+        server.drop_get_after = 123_456
+        out = tmp_path / "out.bin"
+        assert await client.download(url, out) == len(DATA)
+        assert out.read_bytes() == DATA
+        ranges = [h.get("Range") for m, h in server.requests if m == "GET"]
+        assert ranges == [None, "bytes=123456-"]
