@@ -175,3 +175,15 @@ def test_bad_arguments(daemon: Daemon, cli_env: dict[str, str], tmp_path: Path) 
     assert run_cli("upload", "x", "--url", daemon.url, "--checksum", "crc", env=cli_env).returncode == 2
     missing = run_cli("upload", str(tmp_path / "nope"), "--url", daemon.url, env=cli_env)
     assert missing.returncode == 1 and b"No such file" in missing.stderr
+
+
+def test_several_files_one_missing(daemon: Daemon, tmp_path: Path, cli_env: dict[str, str]) -> None:
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(b"a" * 1000)
+    b.write_bytes(b"b" * 2000)
+    up = run_cli("upload", str(a), str(tmp_path / "missing"), str(b), "--url", daemon.url,
+                 env=cli_env)
+    assert up.returncode == 1
+    urls = up.stdout.decode().split()
+    assert [get(u) for u in urls] == [b"a" * 1000, b"b" * 2000]
+    assert b"missing" in up.stderr

@@ -163,6 +163,7 @@ async def _upload_async(args: argparse.Namespace, checksum: str | None) -> int:
     storage = _storage(args)
     client = _client(args, chunk_size=args.chunk_size, checksum=checksum, url_storage=storage,
                      limit_rate=args.limit_rate)
+    failed = 0
     try:
         with _progress_bar(args.quiet) as bar:
             for name in args.files:
@@ -191,15 +192,23 @@ async def _upload_async(args: argparse.Namespace, checksum: str | None) -> int:
                 def resumed(offset: int, total: int | None) -> None:
                     bar.console.print(f"Resuming upload from offset {offset} of {total}")
 
-                url = await client.upload(source, metadata=metadata, progress=progress,
-                                          parallel=args.parallel, on_resume=resumed)
-                bar.stop_task(task)
+                try:
+                    url = await client.upload(source, metadata=metadata, progress=progress,
+                                              parallel=args.parallel, on_resume=resumed)
+                except (TusClientError, OSError) as exc:
+                    if len(args.files) == 1:
+                        raise
+                    bar.console.print(f"tusd-py: {name}: {exc}")  # go on with the others
+                    failed += 1
+                    continue
+                finally:
+                    bar.stop_task(task)
                 print(url, flush=True)
     finally:
         await client.close()
         if storage is not None:
             storage.close()
-    return 0
+    return 1 if failed else 0
 
 
 def _info(args: argparse.Namespace) -> int:
