@@ -191,6 +191,7 @@ class Uploader:
         self.length: int | None = self.source.length
         self.resumed_from: int | None = None
         self.key: str | None = None
+        self._prepared = False
         self._length_declared = self.source.seekable
         # stream state: the chunk read last and where it starts; whether the stream ended
         self._buffer = b""
@@ -216,6 +217,7 @@ class Uploader:
 
     async def prepare(self) -> str:
         """Resume an explicit or stored upload if the server still has it, else create one."""
+        self._prepared = True
         if self.url is not None:
             info = await self.client.info(self.url)
             if info.offset is None:
@@ -276,6 +278,7 @@ class Uploader:
         resp = await self.client.request("POST", self.client.url, headers, expect=(201,),
                                          what="create upload")
         self.url = self.client.location(resp)
+        self._prepared = True
         self.offset = 0
         self.resumed_from = None
         if self.store_url and self.key is None and self.fingerprint is not None:
@@ -294,7 +297,7 @@ class Uploader:
 
     async def upload(self, progress: Progress | None = None) -> str:
         """Upload everything that is left; returns the upload URL."""
-        if self.url is None:
+        if not self._prepared:
             await self.prepare()
         if progress:
             progress(self.offset, self.length)
@@ -307,7 +310,7 @@ class Uploader:
 
     async def upload_chunk(self, progress: Progress | None = None) -> int:
         """Send at most one chunk; returns the new offset (retries included)."""
-        if self.url is None:
+        if not self._prepared:
             await self.prepare()
         if self.is_complete:
             return self.offset
@@ -343,6 +346,13 @@ class Uploader:
     async def _next_stream_bytes(self) -> bytes:
         """The bytes from ``self.offset`` on, out of the buffered chunk of a stream."""
         end = self._buffer_offset + len(self._buffer)
+        while self.offset > end and not self._eof:
+            # Resuming a stream that starts at byte 0: skip what the server already has.
+            want = min(self.chunk_size, self.offset - end)
+            skipped = await self.source.read_stream(want)
+            self._eof = len(skipped) < want
+            self._buffer, self._buffer_offset = b"", end + len(skipped)
+            end = self._buffer_offset
         if self.offset < self._buffer_offset or self.offset > end:
             raise TusClientError(
                 f"server offset {self.offset} is outside the buffered stream range "
