@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -46,9 +47,17 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     root.setLevel(level.upper())
 
 
-#: Request keys ``RequestAnnotator`` sets for the access log.
-UPLOAD_ID_KEY = "tusd_upload_id"
-RECEIVED_KEY = "tusd_received"
+#: Request keys ``RequestAnnotator`` sets for the access log (typed keys where aiohttp
+#: has them, 3.12+; plain strings before).
+UPLOAD_ID_KEY: Any
+RECEIVED_KEY: Any
+try:
+    from aiohttp.web import RequestKey
+
+    UPLOAD_ID_KEY = RequestKey("tusd_upload_id", str)
+    RECEIVED_KEY = RequestKey("tusd_received", int)
+except ImportError:  # pragma: no cover - older aiohttp
+    UPLOAD_ID_KEY, RECEIVED_KEY = "tusd_upload_id", "tusd_received"
 
 
 class RequestAnnotator(UploadListener):
