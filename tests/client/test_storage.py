@@ -162,3 +162,16 @@ def test_threads_share_one_file_storage(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert len(storage.items()) == 100
+
+
+def test_file_storage_without_fcntl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where fcntl is missing (Windows) the storage still works, locking in-process only."""
+    import tusd_py.client.storage as storage_module
+
+    monkeypatch.setattr(storage_module, "fcntl", None)
+    storage = FileURLStorage(tmp_path / "urls.json")
+    storage.set_url("k", "v")
+    assert storage.get_url("k") == "v"
+    storage.remove_url("k")
+    assert storage.items() == {}
+    assert not (tmp_path / "urls.json.lock").exists()
