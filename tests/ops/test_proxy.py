@@ -136,8 +136,9 @@ async def test_dropped_connection_through_proxy_keeps_bytes_and_resumes(
 async def test_metrics_are_not_exposed_through_the_proxy(proxied: tuple[Daemon, Nginx]) -> None:
     daemon, nginx = proxied
     async with aiohttp.ClientSession() as s:
-        async with s.get(nginx.root + "/metrics") as r:
-            assert r.status == 404
+        for path in ("/metrics", "/uploads/metrics"):
+            async with s.get(nginx.root + path) as r:
+                assert r.status == 404
         async with s.get(daemon.root + "/metrics") as r:
             assert r.status == 200
             assert "tusd_requests_total" in await r.text()
