@@ -183,3 +183,14 @@ def test_compose_nginx_conf_passes_nginx_t(tmp_path: Path) -> None:
                            "-e", str(tmp_path / "error.log")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "test is successful" in proc.stderr
+
+
+@pytest.mark.parametrize("driver", ["local", "s3"])
+def test_compose_environment_builds_the_driver(driver: str) -> None:
+    """The driver the compose file selects is constructed from its settings (not started:
+    the compose network does not exist here). gcs and azure join once their drivers land."""
+    from tusd_py.storage import build_store
+
+    env = compose_json(driver, env={"TUSD_DRIVER": driver})["services"]["tusd"]["environment"]
+    store = build_store(load_config(str(ROOT / "deploy/tusd.yaml"), env=env).storage)
+    assert type(store).__name__ == {"local": "LocalStore", "s3": "S3Store"}[driver]
