@@ -135,7 +135,7 @@ def test_upload_info_download_delete(daemon: Daemon, tmp_path: Path, cli_env: di
     path.write_bytes(data)
     up = run_cli("upload", str(path), "--url", daemon.url, "--chunk-size", "512KiB",
                  "--parallel", "3", "--metadata", "project=demo", "--header", "X-Trace: 1",
-                 "--checksum", "sha256", env=cli_env)
+                 "--checksum", "sha256", "--fingerprint", "full", env=cli_env)
     assert up.returncode == 0, up.stderr.decode()
     url = up.stdout.decode().strip()
     assert url.startswith(daemon.url)

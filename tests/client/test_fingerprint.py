@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from tusclient.fingerprint.fingerprint import Fingerprint as TuspyFingerprint
 
-from tusd_py.client import MD5Fingerprint, SHA256Fingerprint
+from tusd_py.client import FullSHA256Fingerprint, MD5Fingerprint, SHA256Fingerprint
 
 
 @pytest.mark.parametrize("size", [0, 1, 1000, 65535, 65536, 65537, 300_000])
@@ -40,3 +40,14 @@ def test_sha256_fingerprint() -> None:
     changed = bytes([data[0] ^ 1]) + data[1:]  # a byte inside the hashed block
     assert SHA256Fingerprint().get_fingerprint(io.BytesIO(changed)) != fp
     assert SHA256Fingerprint().get_fingerprint(io.BytesIO(data + b"x")) != fp  # the size
+
+
+def test_full_sha256_fingerprint_sees_the_whole_file(tmp_path: Path) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    fp = FullSHA256Fingerprint().for_path(path)
+    assert fp == f"size:{len(data)}--sha256-full:{hashlib.sha256(data).hexdigest()}"
+    tail_changed = data[:-1] + bytes([data[-1] ^ 1])
+    assert FullSHA256Fingerprint().get_fingerprint(io.BytesIO(tail_changed)) != fp
+    assert MD5Fingerprint().get_fingerprint(io.BytesIO(tail_changed)) == MD5Fingerprint().for_path(path)

@@ -4,7 +4,7 @@ uploads through concatenation, retries with backoff. See ``TusClient``."""
 
 from .client import ServerInfo, TusClient, UploadInfo
 from .errors import TusClientError, TusResponseError, UploadNotFound
-from .fingerprint import Fingerprinter, MD5Fingerprint, SHA256Fingerprint
+from .fingerprint import Fingerprinter, FullSHA256Fingerprint, MD5Fingerprint, SHA256Fingerprint
 from .storage import (
     FileURLStorage,
     InMemoryURLStorage,
@@ -22,6 +22,7 @@ __all__ = [
     "FileURLStorage",
     "Fingerprint",
     "Fingerprinter",
+    "FullSHA256Fingerprint",
     "InMemoryURLStorage",
     "MD5Fingerprint",
     "SHA256Fingerprint",

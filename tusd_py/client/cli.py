@@ -14,9 +14,13 @@ from typing import Any
 
 from .client import TusClient
 from .errors import TusClientError
+from .fingerprint import Fingerprinter, FullSHA256Fingerprint, MD5Fingerprint, SHA256Fingerprint
 from .storage import FileURLStorage, SQLiteURLStorage, URLStorage, default_storage_path
 
 __all__ = ["add_commands", "parse_size"]
+
+FINGERPRINTS: dict[str, type[Fingerprinter]] = {
+    "md5": MD5Fingerprint, "sha256": SHA256Fingerprint, "full": FullSHA256Fingerprint}
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 10**3, "kib": 1 << 10, "m": 1 << 20, "mb": 10**6,
           "mib": 1 << 20, "g": 1 << 30, "gb": 10**9, "gib": 1 << 30}
@@ -74,6 +78,9 @@ def add_commands(commands: Any) -> None:
     up.add_argument("--resume-db", metavar="PATH",
                     help=f"URL storage for resuming: SQLite file, or JSON if it ends in .json "
                          f"(default {default_storage_path()})")
+    up.add_argument("--fingerprint", choices=sorted(FINGERPRINTS), default="md5",
+                    help="how a file is recognised for resuming: md5 or sha256 of its size and "
+                         "first 64 KiB (md5 is tuspy's), or full (sha256 of the whole file)")
     up.add_argument("--no-resume", action="store_true", help="neither resume nor remember uploads")
     up.add_argument("--checksum", default="sha1", metavar="ALG|none",
                     help="Upload-Checksum algorithm per chunk when the server offers it "
@@ -162,7 +169,7 @@ def _upload(args: argparse.Namespace) -> int:
 async def _upload_async(args: argparse.Namespace, checksum: str | None) -> int:
     storage = _storage(args)
     client = _client(args, chunk_size=args.chunk_size, checksum=checksum, url_storage=storage,
-                     limit_rate=args.limit_rate)
+                     limit_rate=args.limit_rate, fingerprinter=FINGERPRINTS[args.fingerprint]())
     failed = 0
     try:
         with _progress_bar(args.quiet) as bar:

@@ -2,7 +2,10 @@
 
 The default, :class:`MD5Fingerprint`, is byte-for-byte the fingerprint tuspy computes
 (``size:{size}--md5:{hex md5 of the first 64 KiB}``), so keys are interchangeable with
-tuspy's. :class:`SHA256Fingerprint` is the same shape with SHA-256.
+tuspy's. :class:`SHA256Fingerprint` is the same shape with SHA-256. Both only look at the
+size and the first 64 KiB, so two files that agree there (same-sized files with a long
+common header) share a key; :class:`FullSHA256Fingerprint` hashes the whole file
+(one extra read of it) when that matters.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import os
 from abc import ABC, abstractmethod
 from typing import IO
 
-__all__ = ["BLOCK_SIZE", "Fingerprinter", "MD5Fingerprint", "SHA256Fingerprint"]
+__all__ = ["BLOCK_SIZE", "Fingerprinter", "FullSHA256Fingerprint", "MD5Fingerprint", "SHA256Fingerprint"]
 
 #: How much of the start of a file the fingerprints hash (tuspy's BLOCK_SIZE).
 BLOCK_SIZE = 65536
@@ -61,3 +64,22 @@ class SHA256Fingerprint(_HashFingerprint):
     """``size:{size}--sha256:{hex of the first 64 KiB}``."""
 
     algorithm = "sha256"
+
+
+class FullSHA256Fingerprint(Fingerprinter):
+    """``size:{size}--sha256-full:{hex sha256 of the whole file}``."""
+
+    def get_fingerprint(self, fs: IO[bytes]) -> str:
+        fs.seek(0)
+        hasher = hashlib.sha256()
+        size = 0
+        while block := fs.read(1 << 20):
+            if isinstance(block, str):
+                block = block.encode("utf-8")
+            hasher.update(block)
+            size += len(block)
+        return f"size:{size}--sha256-full:{hasher.hexdigest()}"
+
+    def for_path(self, path: str | os.PathLike[str]) -> str:
+        with open(path, "rb") as fs:
+            return self.get_fingerprint(fs)
