@@ -273,3 +273,18 @@ async def test_writer_dying_during_completion_is_finished_by_the_next_reader(mak
     seen = await b.get(upload.id)  # HEAD on another replica finishes the job
     assert seen is not None and seen.is_complete
     assert await read_all(b, seen) == data
+
+
+async def test_tail_cache_never_serves_another_replicas_tail(make_store):
+    """A keeps its last tail in memory; B later leaves a tail with the same key and size
+    but other bytes. A must notice (the tail's ETag) and read B's from S3."""
+    a = await make_store()
+    b = await make_store()
+    upload = await new_upload(a, 8 * MIB)
+    await write(a, upload.id, b"a" * (2 * MIB))  # tail: .part, 2 MiB
+    assert upload.id in a._tail_cache
+    await write(b, upload.id, b"b" * (4 * MIB))  # part 1 (5 MiB) + tail .part.1, 1 MiB
+    await write(b, upload.id, b"c" * MIB)  # tail: .part again, 2 MiB
+    up = await write(a, upload.id, b"d" * MIB)
+    assert up.is_complete
+    assert await read_all(a, up) == b"a" * (2 * MIB) + b"b" * (4 * MIB) + b"c" * MIB + b"d" * MIB

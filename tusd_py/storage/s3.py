@@ -34,6 +34,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from datetime import UTC
 from typing import Any
@@ -77,7 +78,8 @@ class S3Store(Store):
     def __init__(self, bucket: str | None, *, prefix: str = "", endpoint_url: str | None = None,
                  region: str | None = None, part_size: int = 8 << 20,
                  lease_duration: float = 10.0, max_parts: int = MAX_PARTS,
-                 max_pool_connections: int = 64, retry_attempts: int = 5) -> None:
+                 max_pool_connections: int = 64, retry_attempts: int = 5,
+                 part_concurrency: int = 1) -> None:
         if not bucket:
             raise ConfigError("storage.bucket: required for the s3 driver")
         if part_size < MIN_PART_SIZE:
@@ -94,6 +96,9 @@ class S3Store(Store):
         self.part_size = part_size
         self.lease_duration = lease_duration
         self.max_parts = max_parts
+        #: Parts uploaded at once per PATCH while the body keeps streaming in; memory per
+        #: PATCH is about (1 + part_concurrency) x part size.
+        self.part_concurrency = max(1, part_concurrency)
         self._boto_config = BotoConfig(
             # botocore's standard mode retries throttling, 5xx and connection errors
             # with exponential backoff and jitter.
@@ -109,6 +114,10 @@ class S3Store(Store):
         self._s3: Any = None
         #: Locks this process holds, so terminate/concatenate can write under them.
         self._held: dict[str, S3Lock] = {}
+        #: id -> (ETag, bytes) of tail objects this process wrote last, so a sticky
+        #: client's next PATCH need not read its tail back (bounded: _tail_cache_budget).
+        self._tail_cache: OrderedDict[str, tuple[str, bytearray]] = OrderedDict()
+        self._tail_cache_budget = 4 * part_size
         #: id -> (ETag of .info, expires_at), so a sweep GETs only records that changed.
         self._expiry_cache: dict[str, tuple[str, float | None]] = {}
 
@@ -141,6 +150,17 @@ class S3Store(Store):
     async def ping(self) -> None:
         async with s3_errors(f"access to bucket {self.bucket}"):
             await self.s3.head_bucket(Bucket=self.bucket)
+
+    def _cache_tail(self, upload_id: str, etag: str | None, data: bytearray) -> None:
+        cache = self._tail_cache
+        cache.pop(upload_id, None)
+        if etag is None or len(data) > self._tail_cache_budget:
+            return
+        cache[upload_id] = (etag, data)
+        used = sum(len(d) for _, d in cache.values())
+        while used > self._tail_cache_budget:
+            _, (_, dropped) = cache.popitem(last=False)
+            used -= len(dropped)
 
     # -- keys ---------------------------------------------------------------------
 
@@ -514,8 +534,8 @@ class S3Lock(UploadLock):
         self._loaded = False  # _buf holds the stored tail
         self._staged: list[Part] = []  # parts uploaded since the last commit
         self._staged_size = 0
-        self._pending_size = 0
-        self._pending: asyncio.Task[Part] | None = None  # the part being uploaded
+        #: Parts being uploaded, oldest first, with their sizes.
+        self._pending: list[tuple[asyncio.Task[Part], int]] = []
         self._io = asyncio.Lock()  # orders record writes (renewal vs commit)
         self._renewer = asyncio.get_running_loop().create_task(
             self._renew(), name=f"s3-lease-{self.upload.id}")
@@ -576,7 +596,10 @@ class S3Lock(UploadLock):
             return
         tail = self.state.get("tail")
         self._buf = bytearray()
-        if tail:
+        cached = self.store._tail_cache.pop(self.upload.id, None)
+        if tail and cached is not None and cached[0] == tail.get("etag"):
+            self._buf = cached[1]  # this process wrote it last: no need to read it back
+        elif tail:
             store = self.store
             async with s3_errors("reading the incomplete part"):
                 try:
@@ -592,10 +615,10 @@ class S3Lock(UploadLock):
         self._loaded = True
 
     def _next_part_number(self) -> int:
-        return len(self.state["parts"]) + len(self._staged) + (1 if self._pending else 0) + 1
+        return len(self.state["parts"]) + len(self._staged) + len(self._pending) + 1
 
     def _bytes_in_parts(self) -> int:
-        pending = self._pending_size if self._pending else 0
+        pending = sum(size for _, size in self._pending)
         return sum(p["size"] for p in self.state["parts"]) + self._staged_size + pending
 
     def _target(self) -> int:
@@ -619,15 +642,16 @@ class S3Lock(UploadLock):
 
     async def _cut(self, size: int) -> None:
         """Start uploading the first ``size`` bytes of the buffer as the next part."""
-        await self._settle()
+        while len(self._pending) >= self.store.part_concurrency:
+            await self._settle_one()
         self._check_lease()
         await self._ensure_mpu()
         rest = self._buf[size:]
         del self._buf[size:]
         body, self._buf = self._buf, bytearray(rest)
         number = self._next_part_number()
-        self._pending_size = size
-        self._pending = asyncio.get_running_loop().create_task(self._upload_part(number, body))
+        task = asyncio.get_running_loop().create_task(self._upload_part(number, body))
+        self._pending.append((task, size))
 
     async def _upload_part(self, number: int, body: bytearray) -> Part:
         store = self.store
@@ -636,17 +660,22 @@ class S3Lock(UploadLock):
                                            UploadId=self.state["mpu"], PartNumber=number, Body=body)
         return {"n": number, "etag": str(r["ETag"]), "size": len(body)}
 
-    async def _settle(self) -> None:
-        """Wait for the in-flight part, if any, and stage it."""
-        pending = self._pending
-        if pending is None:
-            return
+    async def _settle_one(self) -> None:
+        """Wait for the oldest in-flight part and stage it."""
+        task, _ = self._pending[0]
         try:
-            part = await pending
-        finally:
-            self._pending = None
+            part = await task
+        except BaseException:
+            await self.drain()
+            raise
+        self._pending.pop(0)
         self._staged.append(part)
         self._staged_size += part["size"]
+
+    async def _settle(self) -> None:
+        """Wait for every in-flight part and stage them, in order."""
+        while self._pending:
+            await self._settle_one()
 
     async def _ensure_mpu(self) -> None:
         if self.state.get("mpu"):
@@ -660,11 +689,11 @@ class S3Lock(UploadLock):
         await self.publish(mpu=r["UploadId"])
 
     async def drain(self) -> None:
-        """Let an in-flight part upload finish (or fail) without staging it."""
-        if self._pending is not None:
+        """Let in-flight part uploads finish (or fail) without staging them."""
+        pending, self._pending = self._pending, []
+        for task, _ in pending:
             with contextlib.suppress(Exception):
-                await self._pending
-            self._pending = None
+                await task
 
     async def commit(self, *, length: int | None = None,
                      expires_at: float | None = None) -> Upload:
@@ -707,8 +736,8 @@ class S3Lock(UploadLock):
         slot = 1 if old and old["key"] == store.tail_key(self.upload.id, 0) else 0
         key = store.tail_key(self.upload.id, slot)
         async with s3_errors("storing the incomplete part"):
-            await store.s3.put_object(Bucket=store.bucket, Key=key, Body=self._buf)
-        return {"key": key, "size": len(self._buf)}
+            r = await store.s3.put_object(Bucket=store.bucket, Key=key, Body=self._buf)
+        return {"key": key, "size": len(self._buf), "etag": r["ETag"]}
 
     async def _finish(self, changes: dict[str, Any]) -> dict[str, Any]:
         """Make the final object from the published + staged parts and the buffer."""
@@ -775,6 +804,10 @@ class S3Lock(UploadLock):
         await self.drain()
         if self.store._held.get(self.upload.id) is self:
             del self.store._held[self.upload.id]
+        tail = self.state.get("tail")
+        if (self._loaded and not (self.written or self.terminated or self.lost) and tail
+                and len(self._buf) == tail["size"]):
+            self.store._cache_tail(self.upload.id, tail.get("etag"), self._buf)
         if self.terminated or self.lost:
             return
         new = dict(self.state, lease=None, rev=self.state["rev"] + 1)
