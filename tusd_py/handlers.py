@@ -11,6 +11,7 @@ import asyncio
 import enum
 import logging
 import time
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -76,6 +77,16 @@ class Outcome(enum.Enum):
     TOO_LARGE = "too-large"  # more bytes than the upload may take
     STOPPED = "stopped"  # idle timeout, takeover or shutdown (see lease.stop_reason)
     CANCELLED = "cancelled"  # the handler task was cancelled (servers that cancel on disconnect)
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What one request's body did to an upload."""
+
+    upload: Upload  # the record after the commit
+    received: int  # bytes committed by this request
+    outcome: Outcome
+    lease: Lease
 
 
 class TusHandler:
@@ -245,13 +256,16 @@ class TusHandler:
             # client learns its URL and committed offset, and can go on with PATCH.
             checksum = parse_checksum(headers.get("Upload-Checksum"), self.algorithms)
             try:
-                upload = await self._write_body(
+                written = await self._write_body(
                     request, upload.id, 0, None,
                     new_hasher(checksum.algorithm) if checksum else None,
                     checksum.digest if checksum else None)
             except TusError as exc:
                 log.info("upload %s: body of creation request not kept: %s", upload.id, exc)
                 upload = await self.store.get(upload.id) or upload
+            else:
+                upload = written.upload
+                await self._after_write(request, written)  # pre-finish may refuse
         response_headers = self._tus_headers(upload)
         response_headers["Location"] = self.upload_url(request, upload.id)
         if has_body:
@@ -360,17 +374,24 @@ class TusHandler:
         assert offset is not None
         declared = parse_uint(headers.get("Upload-Length"), "Upload-Length", required=False)
         checksum = parse_checksum(headers.get("Upload-Checksum"), self.algorithms)
-        upload = await self._write_body(request, upload_id, offset, declared,
-                                        new_hasher(checksum.algorithm) if checksum else None,
-                                        checksum.digest if checksum else None)
+        written = await self._write_body(request, upload_id, offset, declared,
+                                         new_hasher(checksum.algorithm) if checksum else None,
+                                         checksum.digest if checksum else None)
+        await self._after_write(request, written)
+        if written.outcome is not Outcome.COMPLETE:
+            raise self._interrupted(written.lease)
+        upload = written.upload
         response_headers = self._tus_headers(upload)
         response_headers["Upload-Offset"] = str(upload.offset)
         return web.Response(status=204, headers=response_headers)
 
     async def _write_body(self, request: web.Request, upload_id: str, offset: int,
                           declared: int | None, hasher: Hasher | None,
-                          expected_digest: bytes | None = None) -> Upload:
-        """Lock, check, stream the body into the store, commit. Returns the new record."""
+                          expected_digest: bytes | None = None) -> Written:
+        """Lock, check, stream the body into the store, commit what may be kept.
+
+        Refusals (409, 413, 460...) raise; a body that ended early (disconnect, idle,
+        takeover, shutdown) is committed and reported in ``Written.outcome``."""
         content_length = parse_uint(request.headers.get("Content-Length"), "Content-Length",
                                     required=False)
         lease, lock = await self._acquire(upload_id)
@@ -420,18 +441,18 @@ class TusHandler:
             await self._release(lease, lock)
             raise
         await self._release(lease, lock)
+        return Written(upload, received, outcome, lease)
 
-        if outcome is Outcome.CANCELLED:
+    async def _after_write(self, request: web.Request, written: Written) -> None:
+        """Events after a write was committed and its lock released."""
+        if written.outcome is Outcome.CANCELLED:
             raise asyncio.CancelledError()
-        if received:
-            self.events.progress(upload, request, received)
-        if received and upload.is_complete:
-            if not upload.is_partial:
+        upload = written.upload
+        if written.received:
+            self.events.progress(upload, request, written.received)
+            if upload.is_complete and not upload.is_partial:
                 await self.events.pre_finish(upload, request)
                 self.events.finished(upload, request)
-        if outcome is not Outcome.COMPLETE:
-            raise self._interrupted(lease)
-        return upload
 
     @staticmethod
     def _interrupted(lease: Lease) -> TusError:

@@ -51,6 +51,13 @@ class MismatchedOffset(TusError):
     message = "mismatched offset"
 
 
+class UploadExists(TusError):
+    """A create with an id that is taken (ids chosen by a pre-create hook)."""
+
+    status = 409
+    message = "an upload with this id already exists"
+
+
 class SizeExceeded(TusError):
     status = 413
     message = "upload's size exceeded"

@@ -26,7 +26,7 @@ from typing import Any
 
 import aiosqlite
 
-from ..protocol.errors import MismatchedOffset, NotFound, StorageError, UploadBusy
+from ..protocol.errors import MismatchedOffset, NotFound, StorageError, UploadBusy, UploadExists
 from ..protocol.headers import Metadata
 from .base import Capability, Download, Store, Upload, UploadLock
 from .ids import check_upload_id
@@ -152,7 +152,10 @@ class LocalStore(Store):
 
     async def create(self, upload: Upload) -> Upload:
         path = self._path(upload.id)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        except FileExistsError:
+            raise UploadExists() from None
         os.close(fd)
         try:
             await self.db.execute(
