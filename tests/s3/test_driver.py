@@ -288,3 +288,18 @@ async def test_tail_cache_never_serves_another_replicas_tail(make_store):
     up = await write(a, upload.id, b"d" * MIB)
     assert up.is_complete
     assert await read_all(a, up) == b"a" * (2 * MIB) + b"b" * (4 * MIB) + b"c" * MIB + b"d" * MIB
+
+
+async def test_create_with_a_taken_id_is_refused_and_changes_nothing(make_store):
+    from tusd_py.protocol.errors import UploadExists
+
+    store = await make_store()
+    first = await new_upload(store, 3)
+    await write(store, first.id, b"abc")
+    for length, done in ((10, None), (0, time.time())):
+        with pytest.raises(UploadExists):
+            await store.create(Upload(id=first.id, length=length, created_at=time.time(),
+                                      completed_at=done))
+    up = await store.get(first.id)
+    assert up is not None and up.length == 3 and up.is_complete
+    assert await read_all(store, up) == b"abc"

@@ -43,7 +43,13 @@ import aioboto3
 from botocore.config import Config as BotoConfig
 
 from ..config import ConfigError
-from ..protocol.errors import MismatchedOffset, NotFound, StorageError, UploadBusy
+from ..protocol.errors import (
+    MismatchedOffset,
+    NotFound,
+    StorageError,
+    UploadBusy,
+    UploadExists,
+)
 from .base import Capability, Download, Store, Upload, UploadLock
 from .ids import check_upload_id, is_upload_id
 from .s3_info import (
@@ -225,15 +231,24 @@ class S3Store(Store):
 
     async def create(self, upload: Upload) -> Upload:
         state = encode_upload(upload)
+        key = self.key(upload.id)
         if upload.is_complete:  # zero-length upload: the (empty) object exists at once
             async with s3_errors("creating an upload"):
-                r = await self.s3.put_object(Bucket=self.bucket, Key=self.key(upload.id), Body=b"",
-                                             **object_headers(upload.metadata))
+                try:
+                    r = await self.s3.put_object(Bucket=self.bucket, Key=key, Body=b"",
+                                                 IfNoneMatch="*", **object_headers(upload.metadata))
+                except Exception as exc:
+                    if error_code(exc)[0] in CONFLICT_CODES:
+                        raise UploadExists() from None
+                    raise
             state["object_etag"] = r["ETag"]
         try:
             await self.write_info(upload.id, state, etag=None)
         except Conflict:
-            raise StorageError(f"upload id {upload.id} already exists") from None
+            if upload.is_complete:  # the id's other upload had no object yet: not ours
+                with contextlib.suppress(Exception):
+                    await self.s3.delete_object(Bucket=self.bucket, Key=key)
+            raise UploadExists() from None
         return upload.copy(location=self._location(upload.id))
 
     async def get(self, upload_id: str) -> Upload | None:
