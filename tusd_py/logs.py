@@ -36,8 +36,44 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class BufferedStderrHandler(logging.StreamHandler):
+    """Writes records into a 64 KiB buffer instead of one write(2) per line.
+
+    Warnings and errors are flushed at once; everything else within ``flush_interval``
+    (the daemon calls ``flush()`` on a timer) or when the buffer fills. On a busy server
+    this turns thousands of access-log syscalls per second into a few.
+    """
+
+    def __init__(self) -> None:
+        stream = open(sys.stderr.fileno(), "w", buffering=65536, closefd=False,
+                      encoding="utf-8", errors="replace")
+        super().__init__(stream)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(self.format(record) + "\n")
+            if record.levelno >= logging.WARNING:
+                self.stream.flush()
+        except Exception:
+            self.handleError(record)
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self.stream.flush()
+
+
+_handler: BufferedStderrHandler | None = None
+
+
 def setup_logging(level: str = "info", fmt: str = "text") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    global _handler
+    # The daemon logs no caller location, thread or process names: skipping their
+    # lookup makes a log record several times cheaper (one per request in the access log).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    handler = BufferedStderrHandler()
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
@@ -45,6 +81,13 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    _handler = handler
+
+
+def flush_logs() -> None:
+    """Write out buffered log lines (called periodically and at exit)."""
+    if _handler is not None:
+        _handler.flush()
 
 
 #: Request keys ``RequestAnnotator`` sets for the access log (typed keys where aiohttp

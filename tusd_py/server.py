@@ -22,7 +22,7 @@ from aiohttp import web
 
 from .app import create_app, drain_uploads
 from .config import Config
-from .logs import AccessLogger, setup_logging
+from .logs import AccessLogger, flush_logs, setup_logging
 
 log = logging.getLogger("tusd_py")
 
@@ -56,6 +56,7 @@ async def run(config: Config) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    flusher = asyncio.create_task(_flush_logs_every(0.25))
     try:
         await stop.wait()
         log.info("shutting down: no new connections; in-flight uploads get %.0fs",
@@ -64,7 +65,15 @@ async def run(config: Config) -> None:
         await drain_uploads(app)
     finally:
         await runner.cleanup()
+        flusher.cancel()
         log.info("stopped")
+        flush_logs()
+
+
+async def _flush_logs_every(interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        flush_logs()
 
 
 def serve(config: Config) -> None:
@@ -77,3 +86,4 @@ def serve(config: Config) -> None:
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+        flush_logs()

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import time
+from collections import OrderedDict
 from typing import Any
 
 import aiosqlite
@@ -50,6 +51,7 @@ CREATE INDEX IF NOT EXISTS uploads_expires_at ON uploads (expires_at)
 """
 _COLUMNS = "id, length, upload_offset, metadata, created_at, expires_at, is_partial, final_of, completed_at"
 _LOCK_POLL = 0.02  # seconds between flock attempts while another process holds it
+_RECENT_MAX = 4096  # records remembered for lock() (a few hundred bytes each)
 
 
 def _encode_metadata(metadata: Metadata) -> str:
@@ -73,6 +75,15 @@ class LocalStore(Store):
         self.db_path = os.path.join(self.data_dir, "uploads.db")
         self.fsync = fsync
         self._db: aiosqlite.Connection | None = None
+        #: Records this process created or committed, so a PATCH needs no SELECT (see lock()).
+        self._recent: OrderedDict[str, Upload] = OrderedDict()
+
+    def _remember(self, upload: Upload) -> Upload:
+        self._recent[upload.id] = upload
+        self._recent.move_to_end(upload.id)
+        if len(self._recent) > _RECENT_MAX:
+            self._recent.popitem(last=False)
+        return upload
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -168,7 +179,7 @@ class LocalStore(Store):
         except BaseException:
             os.unlink(path)
             raise
-        return upload.copy(location=path)
+        return self._remember(upload.copy(location=path))
 
     async def get(self, upload_id: str) -> Upload | None:
         # execute_fetchall: one hop to the aiosqlite thread (execute + fetch + close would
@@ -176,7 +187,8 @@ class LocalStore(Store):
         rows = await self.db.execute_fetchall(
             f"SELECT {_COLUMNS} FROM uploads WHERE id = ?", (upload_id,))
         for row in rows:
-            return self._row_to_upload(row)
+            return self._remember(self._row_to_upload(row))
+        self._recent.pop(upload_id, None)
         return None
 
     async def lock(self, upload_id: str, wait: float) -> LocalLock:
@@ -186,13 +198,34 @@ class LocalStore(Store):
             raise NotFound() from None
         try:
             await self._flock(fd, wait)
-            upload = await self.get(upload_id)
+            upload = self._recent_if_current(upload_id, fd)
+            if upload is None:
+                upload = await self.get(upload_id)
             if upload is None:  # terminated between open() and flock()
                 raise NotFound()
         except BaseException:
             os.close(fd)
             raise
         return LocalLock(self, fd, upload)
+
+    def _recent_if_current(self, upload_id: str, fd: int) -> Upload | None:
+        """The remembered record, if it provably still matches the database.
+
+        Under the flock nobody else writes. Every offset change of this upload (by any
+        process) is preceded by writing its bytes, and rollbacks and start-up
+        reconciliation cut the file back to the committed offset, so a file whose size
+        equals the remembered offset has that offset in the database too. The other
+        fields are immutable, except the length (a deferred length declared elsewhere:
+        the commit's compare-and-set includes it) and the expiry (an expired-looking
+        record is re-read). Saves one SQLite round trip per PATCH.
+        """
+        upload = self._recent.get(upload_id)
+        if upload is None or (upload.expires_at is not None and upload.expires_at < time.time()):
+            return None
+        st = os.fstat(fd)
+        if st.st_nlink == 0 or st.st_size != upload.offset:
+            return None
+        return upload
 
     @staticmethod
     async def _flock(fd: int, wait: float) -> None:
@@ -215,17 +248,20 @@ class LocalStore(Store):
         completed_at = time.time() if length is not None and new_offset == length else None
         cur = await self.db.execute(
             "UPDATE uploads SET upload_offset = ?, length = ?, expires_at = ?, completed_at = ?"
-            " WHERE id = ? AND upload_offset = ?",
-            (new_offset, length, expires_at, completed_at, upload.id, upload.offset),
+            " WHERE id = ? AND upload_offset = ? AND length IS ?",
+            (new_offset, length, expires_at, completed_at, upload.id, upload.offset,
+             upload.length),
         )
         if cur.rowcount != 1:
-            raise MismatchedOffset("offset changed underneath the lock")
-        return upload.copy(offset=new_offset, length=length, expires_at=expires_at,
-                           completed_at=completed_at)
+            self._recent.pop(upload.id, None)
+            raise MismatchedOffset("upload changed underneath the lock")
+        return self._remember(upload.copy(offset=new_offset, length=length,
+                                          expires_at=expires_at, completed_at=completed_at))
 
     # -- optional capabilities ----------------------------------------------------
 
     async def terminate(self, upload_id: str) -> None:
+        self._recent.pop(upload_id, None)
         await self.db.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
         try:
             os.unlink(self._path(upload_id))
@@ -233,6 +269,7 @@ class LocalStore(Store):
             pass
 
     async def concatenate(self, final: Upload, partials: list[Upload]) -> Upload:
+        self._recent.pop(final.id, None)
         sources = [(self._path(p.id), p.offset) for p in partials]
         size = sum(n for _, n in sources)
         await asyncio.get_running_loop().run_in_executor(
