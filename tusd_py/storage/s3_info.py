@@ -39,6 +39,9 @@ _MIME = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-
 class Conflict(Exception):
     """A conditional write failed: the record changed since it was read."""
 
+    #: The record and ETag found after the failure (None: gone, or not read).
+    current: tuple[dict[str, Any], str] | None = None
+
 
 class Part(TypedDict):
     n: int
