@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.plugins.daemon",
     "tests.plugins.app",
     "tests.plugins.s3",
+    "tests.plugins.azure",
 ]

@@ -175,9 +175,13 @@ class StorageConfig(Section):
     #: s3: a writer's lease on an upload lasts this long unless renewed (every third of
     #: it while a PATCH streams); a replica that died is taken over after at most this.
     lease_duration: Duration = 10.0
-    # azure
+    # azure (part_size: the block size; lease_duration: as for s3)
+    #: Container holding the uploads (it must exist).
     container: str | None = None
+    #: Account connection string; unset: AZURE_STORAGE_CONNECTION_STRING, else account_url.
     connection_string: SecretStr | None = None
+    #: https://<account>.blob.core.windows.net (with a SAS query, or Entra ID sign-in
+    #: through azure-identity) when there is no connection string.
     account_url: str | None = None
 
 

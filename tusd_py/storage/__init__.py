@@ -23,4 +23,23 @@ def build_store(config: StorageConfig) -> Store:
         return S3Store(config.bucket, prefix=config.prefix, endpoint_url=config.endpoint_url,
                        region=config.region, part_size=config.part_size,
                        lease_duration=config.lease_duration)
+    if config.driver == "azure":
+        try:
+            from .azure import AzureStore
+        except ImportError as exc:
+            raise ConfigError(f"storage.driver: azure needs the azure extra "
+                              f"(pip install 'tusd-py[azure]'): {exc}") from None
+        secret = config.connection_string
+        return AzureStore(config.container, prefix=config.prefix,
+                          connection_string=secret.get_secret_value() if secret else None,
+                          account_url=config.account_url, part_size=config.part_size,
+                          lease_duration=config.lease_duration)
+    if config.driver == "gcs":
+        try:
+            from .gcs import GCSStore
+        except ImportError as exc:
+            raise ConfigError(f"storage.driver: gcs needs the gcs extra "
+                              f"(pip install 'tusd-py[gcs]'): {exc}") from None
+        return GCSStore(config.bucket, prefix=config.prefix, endpoint_url=config.endpoint_url,
+                        part_size=config.part_size, lease_duration=config.lease_duration)
     raise ConfigError(f"storage.driver: the {config.driver!r} driver is not available in this build")

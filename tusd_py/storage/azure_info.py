@@ -1,0 +1,172 @@
+"""The ``{prefix}{id}.info`` record of the Azure driver, blob headers, and Azure error
+translation.
+
+The record is one small JSON blob per upload and the only source of truth: any replica
+can serve any request from it. It holds the tus fields, the ids of the blocks staged for
+the upload's blob and published so far (in order), a write lease, and a revision
+counter. Every change is a conditional Put Blob (``If-Match`` on the ETag;
+``If-None-Match: *`` on create), so two writers can never both succeed.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from azure.core.exceptions import AzureError, HttpResponseError
+from azure.storage.blob import BlobBlock, BlockState, ContentSettings
+
+from ..protocol.errors import ServiceUnavailable, StorageError, TusError
+from ..protocol.headers import Metadata, format_metadata, metadata_text
+from .base import Upload
+
+#: The service limits the driver plans with (Azure block blobs).
+MAX_BLOCKS = 50_000  # committed blocks per blob
+MAX_BLOCK_SIZE = 4000 << 20  # bytes per staged block (service version 2019-12-12+)
+#: Azure limits all metadata of a blob to 8 KiB; the tus metadata copy stays below this.
+MAX_METADATA_COPY = 7 << 10
+
+#: Error codes meaning "slow down / try later" (the SDK retried them already).
+BUSY_CODES = frozenset({"ServerBusy", "OperationTimedOut", "InternalError"})
+#: A conditional write lost its race.
+CONFLICT_CODES = frozenset({"ConditionNotMet", "BlobAlreadyExists", "LeaseIdMissing"})
+NOT_FOUND_CODES = frozenset({"BlobNotFound", "ResourceNotFound"})
+#: The service cannot Put Block From URL (Azurite before 3.37, some Azure Stack builds).
+NOT_IMPLEMENTED_CODES = frozenset({"APINotImplemented", "NotImplemented"})
+
+_MIME = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}")
+
+
+class Conflict(Exception):
+    """A conditional write failed: the record changed (or vanished) since it was read."""
+
+
+def encode_upload(upload: Upload) -> dict[str, Any]:
+    """The tus fields of a new record, as stored in ``.info``."""
+    return {
+        "v": 1,
+        "id": upload.id,
+        "length": upload.length,
+        "offset": upload.offset,
+        "metadata": {k: None if v is None else base64.b64encode(v).decode()
+                     for k, v in upload.metadata.items()},
+        "created_at": upload.created_at,
+        "expires_at": upload.expires_at,
+        "is_partial": upload.is_partial,
+        "final_of": list(upload.final_of),
+        "completed_at": upload.completed_at,
+        "blocks": [],  # published block ids, in blob order (uncommitted until completion)
+        "completing": None,  # True between publishing the last block and Put Block List
+        "lease": None,  # {"holder": token, "until": epoch seconds}
+        "blob_etag": None,  # ETag of the final blob once complete
+        "rev": 0,
+    }
+
+
+def decode_upload(state: dict[str, Any], location: str) -> Upload:
+    return Upload(
+        id=state["id"], length=state["length"], offset=state["offset"],
+        metadata={k: None if v is None else base64.b64decode(v)
+                  for k, v in state["metadata"].items()},
+        created_at=state["created_at"], expires_at=state["expires_at"],
+        is_partial=bool(state["is_partial"]), final_of=tuple(state["final_of"]),
+        completed_at=state["completed_at"], location=location,
+    )
+
+
+def dump(state: dict[str, Any]) -> bytes:
+    return json.dumps(state, separators=(",", ":")).encode()
+
+
+def load(body: bytes) -> dict[str, Any]:
+    try:
+        state = json.loads(body)
+    except ValueError:
+        raise StorageError("unreadable .info record") from None
+    if not isinstance(state, dict) or state.get("v") != 1:
+        raise StorageError("unreadable .info record")
+    return state
+
+
+def block_id(token: str, number: int) -> str:
+    """A block id: base64 of a fixed-length string (Azure wants equal lengths per blob).
+
+    ``token`` is the writer's lease token, so blocks staged by a writer that lost its
+    lease can never be mistaken for the blocks of the writer that took over."""
+    return base64.b64encode(f"{token[:12]}{number:08d}".encode()).decode()
+
+
+def blob_headers(metadata: Metadata, upload_id: str) -> tuple[ContentSettings, dict[str, str]]:
+    """(content settings, blob metadata) for the final blob, from tus metadata.
+
+    ``filetype`` becomes the Content-Type when it is a well-formed MIME type; the
+    disposition is always ``attachment`` (blobs may be served straight from the
+    container, where an inline text/html upload would be a stored XSS). The blob's
+    metadata holds the upload id and the tus metadata in its header form."""
+    settings: dict[str, str] = {}
+    filetype = (metadata_text(metadata, "filetype") or "").strip()
+    settings["content_type"] = filetype.lower() if _MIME.fullmatch(filetype) else "application/octet-stream"
+    filename = metadata_text(metadata, "filename")
+    if filename:
+        name = filename.replace("\\", "/").rsplit("/", 1)[-1][:255]
+        ascii_name = "".join(c if 0x20 <= ord(c) < 0x7F and c not in '"\\' else "_" for c in name)
+        settings["content_disposition"] = (
+            f'attachment; filename="{ascii_name}"; filename*=UTF-8\'\'{quote(name, safe="")}')
+    blob_metadata = {"tus_id": upload_id}
+    if metadata:
+        text = format_metadata(metadata)
+        if len(text) <= MAX_METADATA_COPY:
+            blob_metadata["tus_metadata"] = text
+    return ContentSettings(content_type=settings["content_type"],
+                           content_disposition=settings.get("content_disposition")), blob_metadata
+
+
+def block_list(ids: list[str]) -> list[BlobBlock]:
+    """Put Block List entries: each id from the uncommitted blocks, or the committed ones
+    when a writer that died had committed them already."""
+    return [BlobBlock(block_id=ident, state=BlockState.LATEST) for ident in ids]
+
+
+def error_code(exc: BaseException) -> tuple[str, int]:
+    """(Azure error code, HTTP status) of an SDK error; ("", 0) for anything else."""
+    if not isinstance(exc, HttpResponseError):
+        return "", 0
+    code = getattr(exc, "error_code", None)
+    text = str(getattr(code, "value", code) or "")
+    return text, int(exc.status_code or 0)
+
+
+def translate(exc: BaseException, what: str) -> TusError:
+    """An Azure/network failure as the error the client sees (after the SDK's retries)."""
+    if isinstance(exc, TusError):
+        return exc
+    code, status = error_code(exc)
+    if status:
+        label = code or str(status)
+        if code in BUSY_CODES or status in (429, 503) or status >= 500:
+            return ServiceUnavailable(f"storage error {label} during {what}; retry later")
+        if code == "ContainerNotFound":
+            return StorageError(f"storage container does not exist ({what})")
+        if status in (401, 403):
+            return StorageError(f"storage refused {what} ({label}): check the credentials "
+                                "and their permissions")
+        return StorageError(f"storage error {label} during {what}")
+    name = type(exc).__name__
+    return ServiceUnavailable(f"storage unreachable during {what} ({name}); retry later")
+
+
+@asynccontextmanager
+async def azure_errors(what: str) -> AsyncIterator[None]:
+    """Turn anything the Azure client raises into a ``TusError``."""
+    try:
+        yield
+    except (TusError, Conflict):
+        raise
+    except (AzureError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+        raise translate(exc, what) from exc
