@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[all,test]'
+.venv/bin/python -m pip install --quiet -c requirements/constraints.txt -e '.[all,test]'
 npm ci --no-audit --no-fund --loglevel=error
 # System packages for tests/ops: nginx (reverse proxy in front of the daemon) and chromium
 # (headless browser tests). Debian's postinst does not start nginx without an init system.
