@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.plugins.app",
     "tests.plugins.s3",
     "tests.plugins.azure",
+    "tests.plugins.gcs",
 ]

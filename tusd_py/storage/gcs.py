@@ -1,0 +1,639 @@
+"""Google Cloud Storage driver (gcloud-aio-storage): stateless replicas over one bucket.
+
+Objects, for an upload ``id`` under ``prefix``:
+
+* ``{prefix}{id}.info``: the record (JSON, see ``gcs_client``): tus fields, the published
+  part objects, a write lease and a revision. The only source of truth; HEAD is one GET
+  of it. Every change is a conditional write (``ifGenerationMatch`` on the generation
+  read; ``ifGenerationMatch=0`` on create), so two writers can never both succeed.
+* ``{prefix}{id}.p{n:06d}-{random}``: part objects while the upload is written. Names
+  are never reused, so a writer whose lease was taken over (a stalled replica) cannot
+  overwrite a part another writer published; whatever it leaves is unreferenced and
+  swept.
+* ``{prefix}{id}``: the final object, composed from the parts at completion
+  (Content-Type/Content-Disposition from the ``filetype``/``filename`` metadata); the
+  parts are deleted afterwards.
+
+Writes: ``lock`` takes a lease by compare-and-set of ``.info``; a lease whose ``until``
+has passed (its holder died) is taken over. While a PATCH streams, a task renews the
+lease every ``lease_duration / 3``. Body bytes are buffered up to ``part_size`` and each
+full part is uploaded while the body keeps streaming (memory per PATCH: about two parts).
+``commit`` uploads the remainder as a smaller part, then publishes parts and offset in
+one conditional write of the record: an acknowledged offset always has its bytes behind
+it, in any replica, after any crash. The part list stays short: a small last part is
+merged with the next PATCH's small remainder by compose (server-side, no bytes through
+the daemon), and runs of 32 parts are composed into one segment once the list passes 64.
+
+Completion records ``completing`` with the final part list first, then composes (in
+rounds of 32 sources) and records the finished upload; a replica that dies in between
+leaves a record from which the next lock or HEAD finishes the job.
+
+Clocks: lease expiry compares wall clocks of replicas; keep them NTP-synchronised
+(skew well under ``lease_duration``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from datetime import datetime
+from typing import Any, TypedDict
+
+from ..config import ConfigError
+from ..protocol.errors import MismatchedOffset, NotFound, StorageError, UploadBusy, UploadExists
+from .base import Capability, Download, Store, Upload, UploadLock
+from .gcs_client import (
+    COMPOSE_LIMIT,
+    Bucket,
+    Conflict,
+    decode_upload,
+    dump,
+    encode_upload,
+    load,
+    object_headers,
+)
+from .ids import check_upload_id, is_upload_id
+
+log = logging.getLogger(__name__)
+
+MIN_PART_SIZE = 64 << 10
+_POLL_MIN, _POLL_MAX = 0.05, 0.5  # lock polling backoff while another replica holds it
+#: The published part list is compacted (32 parts composed into one) beyond this.
+_MAX_LISTED_PARTS = 2 * COMPOSE_LIMIT
+_DELETE_CONCURRENCY = 8
+
+
+class Part(TypedDict):
+    name: str
+    size: int
+
+
+class GCSStore(Store):
+    name = "gcs"
+    capabilities = frozenset({
+        Capability.TERMINATE, Capability.CONCATENATE, Capability.CONCATENATE_UNFINISHED,
+        Capability.DEFER_LENGTH, Capability.EXPIRE, Capability.DOWNLOAD,
+    })
+
+    def __init__(self, bucket: str | None, *, prefix: str = "", endpoint_url: str | None = None,
+                 part_size: int = 8 << 20, lease_duration: float = 10.0,
+                 retry_attempts: int = 5) -> None:
+        if not bucket:
+            raise ConfigError("storage.bucket: required for the gcs driver")
+        if part_size < MIN_PART_SIZE:
+            raise ConfigError("storage.part_size: must be at least 64KiB for the gcs driver")
+        if lease_duration < 1:
+            raise ConfigError("storage.lease_duration: must be at least 1s")
+        self.bucket = Bucket(bucket, endpoint_url=endpoint_url, attempts=retry_attempts)
+        self.prefix = prefix
+        self.part_size = part_size
+        self.lease_duration = lease_duration
+        #: Locks this process holds, so terminate/concatenate can write under them.
+        self._held: dict[str, GCSLock] = {}
+        #: id -> (generation of .info, expires_at), so a sweep GETs only changed records.
+        self._expiry_cache: dict[str, tuple[str, float | None]] = {}
+
+    # -- lifecycle --------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.bucket.open()
+        try:
+            await self.ping()
+        except Exception as exc:  # start anyway; /readyz reports it until it works
+            log.warning("GCS bucket %s is not reachable yet: %s", self.bucket.name, exc)
+
+    async def stop(self) -> None:
+        for lock in list(self._held.values()):
+            await lock.release()
+        await self.bucket.close()
+
+    async def ping(self) -> None:
+        await self.bucket.bucket_metadata()
+
+    # -- names --------------------------------------------------------------------
+
+    def key(self, upload_id: str) -> str:
+        return self.prefix + check_upload_id(upload_id)
+
+    def info_key(self, upload_id: str) -> str:
+        return self.key(upload_id) + ".info"
+
+    def part_name(self, upload_id: str, index: int) -> str:
+        return f"{self.key(upload_id)}.p{index:06d}-{uuid.uuid4().hex[:12]}"
+
+    def temp_name(self, upload_id: str) -> str:
+        return f"{self.key(upload_id)}.c-{uuid.uuid4().hex[:12]}"
+
+    def _location(self, upload_id: str) -> str:
+        return f"gs://{self.bucket.name}/{self.key(upload_id)}"
+
+    # -- the record ---------------------------------------------------------------
+
+    async def read_info(self, upload_id: str) -> tuple[dict[str, Any], str] | None:
+        """(record, generation), or None if there is no such upload."""
+        found = await self.bucket.read(self.info_key(upload_id), "reading an upload record")
+        if found is None:
+            return None
+        return load(found[0]), found[1]
+
+    async def write_info(self, upload_id: str, state: dict[str, Any], *,
+                         generation: str | None) -> str:
+        """Conditional write of the record (``generation`` None: only if absent).
+        Returns the new generation; raises ``Conflict`` if the condition failed."""
+        return await self.bucket.write(self.info_key(upload_id), dump(state),
+                                       if_generation=generation or "0",
+                                       what="writing an upload record")
+
+    async def cas_info(self, upload_id: str, state: dict[str, Any], generation: str,
+                       holder: str | None) -> str:
+        """``write_info`` that survives an ambiguous retry: if the condition failed but
+        the stored record is exactly the revision we wrote, by us, it was our write."""
+        try:
+            return await self.write_info(upload_id, state, generation=generation)
+        except Conflict:
+            current = await self.read_info(upload_id)
+            if (current is not None and holder is not None and current[0].get("rev") == state["rev"]
+                    and (current[0].get("lease") or {}).get("holder") == holder):
+                return current[1]
+            raise
+
+    # -- Store ----------------------------------------------------------------------
+
+    async def create(self, upload: Upload) -> Upload:
+        state = encode_upload(upload)
+        if upload.is_complete:  # zero-length upload: the (empty) object exists at once
+            r = await self.bucket.put_replacing(self.key(upload.id), b"", what="creating an upload",
+                                                headers=object_headers(upload.metadata))
+            state["object_etag"] = _etag(r)
+        try:
+            await self.write_info(upload.id, state, generation=None)
+        except Conflict:
+            found = await self.bucket.read(self.info_key(upload.id), "creating an upload")
+            if found is None or found[0] != dump(state):  # not our own retried write
+                raise UploadExists() from None
+        return upload.copy(location=self._location(upload.id))
+
+    async def get(self, upload_id: str) -> Upload | None:
+        found = await self.read_info(check_upload_id(upload_id))
+        if found is None:
+            return None
+        if found[0].get("completing") and upload_id not in self._held:
+            try:  # a writer died while completing it: finish the job now
+                await (await self.lock(upload_id, 0)).release()
+                found = await self.read_info(upload_id) or found
+            except UploadBusy:
+                pass
+        return decode_upload(found[0], self._location(upload_id))
+
+    async def lock(self, upload_id: str, wait: float) -> GCSLock:
+        """Take the upload's lease: CAS of ``.info`` when free or expired, polling until
+        ``wait`` while another request (any replica) holds a live one."""
+        check_upload_id(upload_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        token = uuid.uuid4().hex
+        delay = _POLL_MIN
+        while True:
+            found = await self.read_info(upload_id)
+            if found is None:
+                raise NotFound()
+            state, generation = found
+            lease = state.get("lease")
+            now = time.time()
+            if lease is not None and lease.get("holder") == token:  # our retried write landed
+                return await self._locked(upload_id, state, generation, token)
+            if lease is None or lease["until"] <= now:
+                if lease is not None:
+                    log.info("upload %s: taking over an expired lease", upload_id)
+                new = dict(state, lease={"holder": token, "until": now + self.lease_duration},
+                           rev=state["rev"] + 1)
+                try:
+                    generation = await self.write_info(upload_id, new, generation=generation)
+                except Conflict:
+                    continue  # somebody else changed it: look again
+                return await self._locked(upload_id, new, generation, token)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise UploadBusy()
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, _POLL_MAX)
+
+    async def _locked(self, upload_id: str, state: dict[str, Any], generation: str,
+                      token: str) -> GCSLock:
+        lock = GCSLock(self, state, generation, token)
+        self._held[upload_id] = lock
+        if state.get("completing"):
+            try:
+                await lock.finish_completion()
+            except BaseException:
+                await lock.release()
+                raise
+        return lock
+
+    # -- compose / delete helpers ---------------------------------------------------
+
+    async def compose_all(self, upload_id: str, dest: str, sources: list[str], *,
+                          headers: dict[str, str] | None = None,
+                          what: str = "composing an upload") -> dict[str, Any]:
+        """Compose any number of sources into ``dest``: rounds of at most 32 sources
+        into temporary objects, then the final compose. Temporaries are deleted."""
+        temps: list[str] = []
+        try:
+            while len(sources) > COMPOSE_LIMIT:
+                level: list[str] = []
+                for i in range(0, len(sources), COMPOSE_LIMIT):
+                    group = sources[i:i + COMPOSE_LIMIT]
+                    if len(group) == 1:
+                        level.append(group[0])
+                        continue
+                    temp = self.temp_name(upload_id)
+                    temps.append(temp)
+                    await self.bucket.compose(temp, group, what=what)
+                    level.append(temp)
+                sources = level
+            return await self.bucket.compose(dest, sources, what=what, headers=headers)
+        finally:
+            await self.delete_quietly(temps)
+
+    async def delete_quietly(self, names: Iterable[str]) -> None:
+        """Best-effort deletes of objects nothing references any more (leftovers are
+        removed by the sweeper)."""
+        semaphore = asyncio.Semaphore(_DELETE_CONCURRENCY)
+
+        async def one(name: str) -> None:
+            async with semaphore:
+                try:
+                    await self.bucket.delete(name, "deleting an unused object")
+                except Exception as exc:
+                    log.info("could not delete %s (the sweeper will): %s", name, exc)
+
+        await asyncio.gather(*(one(name) for name in names))
+
+    # -- optional capabilities ----------------------------------------------------
+
+    async def terminate(self, upload_id: str) -> None:
+        lock = self._held.get(upload_id)
+        if lock is not None:
+            await lock.drain()
+            lock.terminated = True
+        key = self.key(upload_id)
+        # The record goes first: once it is gone the upload no longer exists.
+        await self.bucket.delete(self.info_key(upload_id), "terminating an upload")
+        names = [item["name"] async for item in self.bucket.list(key + ".", "terminating an upload")]
+        await self.delete_quietly([*names, key])
+        self._expiry_cache.pop(upload_id, None)
+
+    async def concatenate(self, final: Upload, partials: list[Upload]) -> Upload:
+        """Server-side compose of the partials' objects (no byte through the daemon)."""
+        lock = self._held.get(final.id)
+        if lock is None:
+            raise StorageError("concatenate needs the final upload's lock")
+        total = sum(p.offset for p in partials)
+        headers = object_headers(final.metadata)
+        key = self.key(final.id)
+        sources = [self.key(p.id) for p in partials]
+        if sources:
+            r = await self.compose_all(final.id, key, sources, headers=headers,
+                                       what="concatenating uploads")
+        else:
+            r = await self.bucket.put_replacing(key, b"", what="concatenating uploads",
+                                                headers=headers)
+        await lock.publish(length=total, offset=total, completed_at=time.time(),
+                           expires_at=final.expires_at, object_etag=_etag(r))
+        return lock.upload
+
+    async def _records(self) -> dict[str, str]:
+        """id -> generation of every ``.info`` under the prefix (one LIST per 1,000)."""
+        seen: dict[str, str] = {}
+        async for item in self.bucket.list(self.prefix, "listing uploads"):
+            name = item["name"][len(self.prefix):]
+            if name.endswith(".info") and is_upload_id(name[:-5]):
+                seen[name[:-5]] = str(item.get("generation", ""))
+        return seen
+
+    async def expired(self, now: float, limit: int = 1000) -> list[str]:
+        """Records whose ``expires_at`` has passed: one LIST per 1,000 objects, plus a
+        GET only of records whose generation changed since the previous sweep."""
+        seen = await self._records()
+        for stale in set(self._expiry_cache) - set(seen):
+            del self._expiry_cache[stale]
+        changed = [i for i, gen in seen.items() if self._expiry_cache.get(i, ("",))[0] != gen]
+        semaphore = asyncio.Semaphore(8)
+
+        async def refresh(upload_id: str) -> None:
+            async with semaphore:
+                found = await self.read_info(upload_id)
+            if found is not None:
+                self._expiry_cache[upload_id] = (found[1], found[0].get("expires_at"))
+
+        await asyncio.gather(*(refresh(i) for i in changed))
+        out = [i for i, (_, expires_at) in self._expiry_cache.items()
+               if expires_at is not None and expires_at < now]
+        return out[:limit]
+
+    async def sweep_extra(self, now: float) -> int:
+        """Delete objects nothing references: parts and temporaries of uploads that are
+        gone, or that no live writer holds and the record does not list (left by a
+        replica that died or lost its lease mid-PATCH), and final objects without a
+        record. The LIST comes before the records are read, and only objects older than
+        ``lease_duration`` are candidates, so a writer's fresh parts are never taken."""
+        grace = now - self.lease_duration
+        candidates: list[tuple[str, str, bool]] = []  # (object, upload id, is the final object)
+        async for item in self.bucket.list(self.prefix, "sweeping stray objects"):
+            name = item["name"][len(self.prefix):]
+            upload_id, dot, rest = name.partition(".")
+            if not is_upload_id(upload_id) or rest == "info":
+                continue
+            if (updated := _timestamp(item.get("updated"))) is None or updated > grace:
+                continue
+            candidates.append((item["name"], upload_id, not dot))
+        records: dict[str, dict[str, Any] | None] = {}
+        doomed: list[str] = []
+        for name, upload_id, is_final in candidates:
+            if upload_id not in records:
+                found = await self.read_info(upload_id)
+                records[upload_id] = found[0] if found else None
+            state = records[upload_id]
+            if state is None:
+                doomed.append(name)
+                continue
+            if is_final:
+                continue
+            lease = state.get("lease")
+            if lease is not None and lease["until"] > now:
+                continue  # a live writer's parts are not yet listed in the record
+            if name not in {p["name"] for p in state.get("parts", ())}:
+                doomed.append(name)
+        await self.delete_quietly(doomed)
+        return len(doomed)
+
+    async def download(self, upload: Upload) -> Download:
+        found = await self.read_info(upload.id)
+        etag = (found[0].get("object_etag") if found else None) or f'"{upload.id}-{upload.offset}"'
+        return GCSDownload(size=upload.offset, etag=etag,
+                           last_modified=upload.completed_at or upload.created_at,
+                           store=self, key=self.key(upload.id))
+
+
+def _etag(result: dict[str, Any]) -> str:
+    return f'"{result.get("generation") or result.get("etag") or ""}"'
+
+
+def _timestamp(value: Any) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+class GCSDownload(Download):
+    def __init__(self, *, size: int, etag: str, last_modified: float, store: GCSStore,
+                 key: str) -> None:
+        super().__init__(size=size, etag=etag, last_modified=last_modified)
+        self.store = store
+        self.key = key
+
+    async def read(self, start: int, length: int) -> AsyncIterator[bytes]:
+        """Stream ``length`` bytes from ``start``: one ranged GET, passed through."""
+        if length <= 0:
+            return
+        async for chunk in self.store.bucket.stream(self.key, start, start + length - 1,
+                                                    "reading an upload"):
+            yield chunk
+
+
+class GCSLock(UploadLock):
+    """A held lease on one upload, and the write buffer of the request holding it."""
+
+    def __init__(self, store: GCSStore, state: dict[str, Any], generation: str,
+                 token: str) -> None:
+        self.store = store
+        self.state = state
+        self.generation = generation
+        self.token = token
+        self.upload = decode_upload(state, store._location(state["id"]))
+        self.written = 0
+        self.terminated = False
+        self.released = False
+        #: Set when the lease was taken over (it expired while we could not renew it).
+        self.lost = False
+        self._buf = bytearray()  # body bytes not yet in a part
+        self._staged: list[Part] = []  # parts uploaded since the last commit
+        self._pending: list[asyncio.Task[Part]] = []  # at most one part in flight
+        self._io = asyncio.Lock()  # orders record writes (renewal vs commit)
+        self._renewer = asyncio.get_running_loop().create_task(
+            self._renew(), name=f"gcs-lease-{self.upload.id}")
+
+    # -- lease ------------------------------------------------------------------------
+
+    @property
+    def lease_until(self) -> float:
+        return float((self.state.get("lease") or {}).get("until", 0.0))
+
+    def _check_lease(self) -> None:
+        if self.lost or self.released or time.time() > self.lease_until - 0.5:
+            self.lost = True
+            raise UploadBusy("the upload was taken over by another request")
+
+    async def _renew(self) -> None:
+        interval = self.store.lease_duration / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                async with self._io:
+                    if self.released or self.terminated:
+                        return
+                    await self._write_state({})
+            except Conflict:
+                log.warning("upload %s: lease taken over by another request", self.upload.id)
+                self.lost = True
+                return
+            except Exception as exc:
+                log.warning("upload %s: lease renewal failed: %s", self.upload.id, exc)
+                if time.time() > self.lease_until:
+                    self.lost = True
+                    return
+
+    async def _write_state(self, changes: dict[str, Any]) -> None:
+        """CAS the record with ``changes`` and a renewed lease (caller holds ``_io``)."""
+        lease = {"holder": self.token, "until": time.time() + self.store.lease_duration}
+        new = dict(self.state, **changes, lease=lease, rev=self.state["rev"] + 1)
+        self.generation = await self.store.cas_info(self.upload.id, new, self.generation,
+                                                    self.token)
+        self.state = new
+
+    async def publish(self, **changes: Any) -> None:
+        """Write ``changes`` into the record under this lease and refresh ``upload``."""
+        if self.lost:
+            raise UploadBusy("the upload was taken over by another request")
+        async with self._io:
+            try:
+                await self._write_state(changes)
+            except Conflict:
+                self.lost = True
+                raise MismatchedOffset("the upload changed underneath this request") from None
+        self.upload = decode_upload(self.state, self.upload.location)
+
+    # -- writing ----------------------------------------------------------------------
+
+    def _next_index(self) -> int:
+        return len(self.state["parts"]) + len(self._staged) + len(self._pending)
+
+    async def write(self, data: bytes) -> None:
+        if self.lost:
+            raise UploadBusy("the upload was taken over by another request")
+        self._buf += data
+        self.written += len(data)
+        size = self.store.part_size
+        while len(self._buf) >= size:
+            await self._cut(size)
+
+    async def _cut(self, size: int) -> None:
+        """Start uploading the first ``size`` bytes of the buffer as the next part."""
+        while self._pending:
+            await self._settle_one()
+        self._check_lease()
+        body = bytes(memoryview(self._buf)[:size])
+        del self._buf[:size]
+        name = self.store.part_name(self.upload.id, self._next_index())
+        self._pending.append(asyncio.get_running_loop().create_task(self._upload(name, body)))
+
+    async def _upload(self, name: str, body: bytes) -> Part:
+        await self.store.bucket.put(name, body, what="uploading a part")
+        return {"name": name, "size": len(body)}
+
+    async def _settle_one(self) -> None:
+        """Wait for the oldest in-flight part and stage it; 32 staged parts are composed
+        into one (they are not published yet, so the originals go at once)."""
+        try:
+            part = await self._pending[0]
+        except BaseException:
+            await self.drain()
+            raise
+        self._pending.pop(0)
+        self._staged.append(part)
+        if len(self._staged) >= COMPOSE_LIMIT:
+            self._check_lease()
+            staged, self._staged = self._staged, []
+            self._staged = [await self._compose(staged)]
+            await self.store.delete_quietly(p["name"] for p in staged)
+
+    async def _settle(self) -> None:
+        while self._pending:
+            await self._settle_one()
+
+    async def _compose(self, parts: list[Part]) -> Part:
+        name = self.store.part_name(self.upload.id, self._next_index())
+        await self.store.bucket.compose(name, [p["name"] for p in parts],
+                                        what="composing parts")
+        return {"name": name, "size": sum(p["size"] for p in parts)}
+
+    async def drain(self) -> None:
+        """Let in-flight part uploads finish (or fail) without staging them."""
+        pending, self._pending = self._pending, []
+        for task in pending:
+            with contextlib.suppress(Exception):
+                await task
+
+    async def _tidy(self, published: list[Part], new: list[Part]) -> tuple[list[Part], list[str]]:
+        """The part list to publish, kept short by server-side composes; and the objects
+        that become garbage once it is published."""
+        garbage: list[str] = []
+        if (published and new and published[-1]["size"] + new[0]["size"] <= self.store.part_size):
+            # a small last part and a small remainder: merge them
+            merged = await self._compose([published[-1], new[0]])
+            garbage += [published[-1]["name"], new[0]["name"]]
+            parts = [*published[:-1], merged, *new[1:]]
+        else:
+            parts = [*published, *new]
+        while len(parts) > _MAX_LISTED_PARTS:
+            head = parts[:COMPOSE_LIMIT]
+            parts = [await self._compose(head), *parts[COMPOSE_LIMIT:]]
+            garbage += [p["name"] for p in head]
+        return parts, garbage
+
+    async def commit(self, *, length: int | None = None,
+                     expires_at: float | None = None) -> Upload:
+        if self.lost:
+            raise UploadBusy("the upload was taken over by another request")
+        upload = self.upload
+        new_length = length if length is not None else upload.length
+        new_offset = upload.offset + self.written
+        if new_length is not None and new_offset > new_length:
+            raise StorageError("more bytes than the upload's length")
+        complete = new_length is not None and new_offset == new_length
+        changes: dict[str, Any] = {"length": new_length, "offset": new_offset,
+                                   "expires_at": expires_at}
+        garbage: list[str] = []
+        if complete or self.written:
+            await self._settle()
+            if self._buf:  # the remainder becomes a (smaller) part: nothing stays in memory
+                self._check_lease()
+                body, self._buf = bytes(self._buf), bytearray()
+                name = self.store.part_name(self.upload.id, self._next_index())
+                self._staged.append(await self._upload(name, body))
+            self._check_lease()
+            published: list[Part] = self.state["parts"]
+            if complete:
+                changes.update(parts=[*published, *self._staged], completing=True)
+            else:
+                changes["parts"], garbage = await self._tidy(published, self._staged)
+        await self.publish(**changes)
+        self._staged, self.written = [], 0
+        await self.store.delete_quietly(garbage)
+        if complete:
+            await self.finish_completion()
+        return self.upload
+
+    async def finish_completion(self) -> None:
+        """Compose the parts of a record that says ``completing`` into the final object,
+        record the finished upload, then delete the parts."""
+        store = self.store
+        parts: list[Part] = self.state["parts"]
+        headers = object_headers(self.upload.metadata)
+        key = store.key(self.upload.id)
+        self._check_lease()
+        if parts:
+            result = await store.compose_all(self.upload.id, key, [p["name"] for p in parts],
+                                             headers=headers, what="completing an upload")
+        else:
+            result = await store.bucket.put_replacing(key, b"", what="completing an upload",
+                                                      headers=headers)
+        await self.publish(completed_at=time.time(), object_etag=_etag(result), parts=[],
+                           completing=None)
+        await store.delete_quietly(p["name"] for p in parts)
+
+    async def rollback(self) -> None:
+        """Forget what this request wrote; its unpublished parts are deleted."""
+        with contextlib.suppress(Exception):
+            await self._settle()  # let the part in flight land, so it is deleted too
+        staged, self._staged = self._staged, []
+        self.written = 0
+        self._buf = bytearray()
+        await self.store.delete_quietly(p["name"] for p in staged)
+
+    async def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        self._renewer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._renewer
+        await self.drain()
+        if self.store._held.get(self.upload.id) is self:
+            del self.store._held[self.upload.id]
+        if self.terminated or self.lost:
+            return
+        new = dict(self.state, lease=None, rev=self.state["rev"] + 1)
+        try:
+            self.generation = await self.store.cas_info(self.upload.id, new, self.generation, None)
+            self.state = new
+        except Exception as exc:  # the lease runs out on its own
+            log.info("upload %s: lease not released (%s); it expires in %.0fs",
+                     self.upload.id, exc, self.store.lease_duration)

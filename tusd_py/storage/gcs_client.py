@@ -1,0 +1,325 @@
+"""The GCS driver's view of a bucket: gcloud-aio-storage calls with retries, conditional
+writes and error translation; and the ``.info`` record encoding.
+
+Every call is retried on transient failures (connection errors, timeouts, 408, 429 and
+5xx) with exponential backoff and jitter; what still fails becomes a ``TusError``: 503
+with "retry later" for throttling, outages and network errors, 500 with the reason for
+everything else (missing bucket, refused credentials).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import random
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import aiohttp
+from gcloud.aio.storage import Storage
+
+from ..protocol.errors import ServiceUnavailable, StorageError, TusError
+from ..protocol.headers import Metadata, metadata_text
+from .base import Upload
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: GCS compose takes at most this many source objects per request.
+COMPOSE_LIMIT = 32
+TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+_MIME = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}")
+
+
+class Conflict(Exception):
+    """A conditional write failed (412): the object changed since it was read."""
+
+
+class Missing(Exception):
+    """The object (or a compose source) does not exist."""
+
+
+def status_of(exc: BaseException) -> int:
+    return int(getattr(exc, "status", 0) or 0) if isinstance(exc, aiohttp.ClientResponseError) else 0
+
+
+def translate(exc: BaseException, what: str) -> TusError:
+    """A GCS/network failure, after retries, as the error the client sees."""
+    if isinstance(exc, TusError):
+        return exc
+    status = status_of(exc)
+    if status == 429:
+        return ServiceUnavailable(f"storage is throttling requests during {what}; retry later")
+    if status >= 500:
+        return ServiceUnavailable(f"storage error {status} during {what}; retry later")
+    if status in (401, 403):
+        return StorageError(f"storage refused {what} ({status}): check the credentials "
+                            "(GOOGLE_APPLICATION_CREDENTIALS) and the bucket's permissions")
+    if status == 404:
+        return StorageError(f"storage bucket or object not found during {what}")
+    if status:
+        return StorageError(f"storage error {status} during {what}")
+    return ServiceUnavailable(f"storage unreachable during {what} ({type(exc).__name__}); "
+                              "retry later")
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return exc.status in TRANSIENT_STATUSES
+    return isinstance(exc, (aiohttp.ClientError, OSError, TimeoutError))
+
+
+class Bucket:
+    """One bucket through gcloud-aio-storage, with retries (``attempts`` tries per call)."""
+
+    def __init__(self, name: str, *, endpoint_url: str | None, attempts: int = 5,
+                 timeout: float = 120.0, connections: int = 64) -> None:
+        self.name = name
+        self.endpoint_url = endpoint_url
+        self.attempts = max(1, attempts)
+        self.timeout = timeout
+        self.connections = connections
+        self._session: aiohttp.ClientSession | None = None
+        self._storage: Storage | None = None
+
+    async def open(self) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.connections),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60))
+        if self.endpoint_url:
+            # An http:// endpoint is an emulator (no credentials); https:// gets the
+            # usual Google credentials.
+            self._storage = Storage(api_root=self.endpoint_url.rstrip("/"), session=self._session,  # type: ignore[arg-type]
+                                    api_is_dev=self.endpoint_url.startswith("http://"))
+        else:  # STORAGE_EMULATOR_HOST, or Google's default credentials
+            self._storage = Storage(session=self._session)  # type: ignore[arg-type]
+
+    async def close(self) -> None:
+        if self._storage is not None:
+            await self._storage.close()
+            self._storage = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def storage(self) -> Storage:
+        if self._storage is None:
+            raise StorageError("store is not started")
+        return self._storage
+
+    async def call(self, what: str, fn: Callable[[], Awaitable[T]], *,
+                   conflict: bool = False, missing: bool = False) -> T:
+        """Run ``fn`` with retries. 412 raises ``Conflict`` when ``conflict``, 404 raises
+        ``Missing`` when ``missing``; anything else that fails becomes a ``TusError``."""
+        delay = 0.05
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return await fn()
+            except (TusError, Conflict, Missing):
+                raise
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                status = status_of(exc)
+                if status == 412 and conflict:
+                    raise Conflict() from None
+                if status == 404 and missing:
+                    raise Missing() from None
+                if attempt < self.attempts and _transient(exc):
+                    log.info("GCS %s failed (%s), retry %d", what, status or type(exc).__name__,
+                             attempt)
+                    await asyncio.sleep(delay * (0.5 + random.random()))
+                    delay = min(delay * 2, 2.0)
+                    continue
+                raise translate(exc, what) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- objects ------------------------------------------------------------------
+
+    async def read(self, name: str, what: str) -> tuple[bytes, str] | None:
+        """(content, generation) of a small object, or None if it does not exist."""
+
+        async def get() -> tuple[bytes, str]:
+            stream = await self.storage.download_stream(self.name, name, timeout=30)
+            async with stream as response:
+                return await response.read(), response.headers.get("x-goog-generation", "")
+
+        try:
+            return await self.call(what, get, missing=True)
+        except Missing:
+            return None
+
+    async def write(self, name: str, data: bytes, *, if_generation: str, what: str,
+                    content_type: str = "application/json") -> str:
+        """Conditional write (``ifGenerationMatch``; "0": only if absent) as a multipart
+        upload, the form on which both GCS and fake-gcs-server enforce the condition.
+        Returns the new generation; raises ``Conflict`` if the condition failed."""
+
+        async def put() -> dict[str, Any]:
+            return await self.storage.upload(
+                self.name, name, data, content_type=content_type,
+                metadata={"Cache-Control": "no-store"},
+                parameters={"ifGenerationMatch": if_generation},
+                force_resumable_upload=False, timeout=30)
+
+        return str((await self.call(what, put, conflict=True))["generation"])
+
+    async def put(self, name: str, data: bytes, *, what: str,
+                  headers: dict[str, str] | None = None) -> dict[str, Any]:
+        """Upload a new object in one request (``ifGenerationMatch=0``: never overwrites)."""
+        content_type = (headers or {}).get("Content-Type", "application/octet-stream")
+        metadata = {k: v for k, v in (headers or {}).items() if k != "Content-Type"}
+
+        async def put() -> dict[str, Any]:
+            return await self.storage.upload(
+                self.name, name, data, content_type=content_type,
+                metadata=metadata or None, parameters={"ifGenerationMatch": "0"},
+                force_resumable_upload=False, timeout=int(self.timeout))
+
+        try:
+            return await self.call(what, put, conflict=True)
+        except Conflict:  # a retry of a write that landed; names are never reused
+            return await self.call(what, lambda: self.storage.download_metadata(self.name, name))
+
+    async def put_replacing(self, name: str, data: bytes, *, what: str,
+                            headers: dict[str, str]) -> dict[str, Any]:
+        """Upload an object, replacing what is there (final objects)."""
+        metadata = {k: v for k, v in headers.items() if k != "Content-Type"}
+
+        async def put() -> dict[str, Any]:
+            return await self.storage.upload(
+                self.name, name, data, content_type=headers["Content-Type"],
+                metadata=metadata or None, force_resumable_upload=False,
+                timeout=int(self.timeout))
+
+        return await self.call(what, put)
+
+    async def compose(self, dest: str, sources: list[str], *, what: str,
+                      headers: dict[str, str] | None = None) -> dict[str, Any]:
+        """Server-side concatenation of at most 32 sources into ``dest``, with the
+        Content-Type (and Content-Disposition, patched on) of ``headers``."""
+        assert 0 < len(sources) <= COMPOSE_LIMIT
+        content_type = (headers or {}).get("Content-Type", "application/octet-stream")
+
+        async def compose() -> dict[str, Any]:
+            return await self.storage.compose(self.name, dest, sources,
+                                              content_type=content_type, timeout=60)
+
+        result = await self.call(what, compose)
+        disposition = (headers or {}).get("Content-Disposition")
+        if disposition:
+            result = await self.call(what, lambda: self.storage.patch_metadata(
+                self.name, dest, {"contentDisposition": disposition}))
+        return result
+
+    async def delete(self, name: str, what: str) -> bool:
+        """Delete an object; False if it was not there."""
+        try:
+            await self.call(what, lambda: self.storage.delete(self.name, name), missing=True)
+        except Missing:
+            return False
+        return True
+
+    async def list(self, prefix: str, what: str) -> AsyncIterator[dict[str, Any]]:
+        """Every object under ``prefix`` (name, size, generation, updated...), paged."""
+        token = ""
+        while True:
+            params = {"prefix": prefix, "maxResults": "1000"}
+            if token:
+                params["pageToken"] = token
+            page = await self.call(what, lambda p=params: self.storage.list_objects(  # type: ignore[misc]
+                self.name, params=p))
+            for item in page.get("items", ()):
+                yield item
+            token = page.get("nextPageToken") or ""
+            if not token:
+                return
+
+    async def stream(self, name: str, start: int, end: int, what: str,
+                     chunk: int = 64 * 1024) -> AsyncIterator[bytes]:
+        """Bytes ``start..end`` (inclusive) of an object, streamed with one ranged GET."""
+        response = await self.call(what, lambda: self.storage.download_stream(
+            self.name, name, headers={"Range": f"bytes={start}-{end}"}, timeout=60))
+        try:
+            async with response as r:
+                async for data in r.content.iter_chunked(chunk):
+                    yield data
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise translate(exc, what) from exc
+
+    async def bucket_metadata(self) -> dict[str, Any]:
+        return await self.call(f"access to bucket {self.name}",
+                               lambda: self.storage.get_bucket_metadata(self.name, timeout=5))
+
+
+# -- the .info record -----------------------------------------------------------------
+
+
+def encode_upload(upload: Upload) -> dict[str, Any]:
+    """The tus fields of a record, as stored in ``.info``."""
+    return {
+        "v": 1,
+        "id": upload.id,
+        "length": upload.length,
+        "offset": upload.offset,
+        "metadata": {k: None if v is None else base64.b64encode(v).decode()
+                     for k, v in upload.metadata.items()},
+        "created_at": upload.created_at,
+        "expires_at": upload.expires_at,
+        "is_partial": upload.is_partial,
+        "final_of": list(upload.final_of),
+        "completed_at": upload.completed_at,
+        "parts": [],  # published part objects, in order: [{"name", "size"}]
+        "completing": None,  # True while the parts are being composed into the object
+        "lease": None,  # {"holder": token, "until": epoch seconds}
+        "object_etag": None,  # of the final object once complete
+        "rev": 0,
+    }
+
+
+def decode_upload(state: dict[str, Any], location: str) -> Upload:
+    return Upload(
+        id=state["id"], length=state["length"], offset=state["offset"],
+        metadata={k: None if v is None else base64.b64decode(v)
+                  for k, v in state["metadata"].items()},
+        created_at=state["created_at"], expires_at=state["expires_at"],
+        is_partial=bool(state["is_partial"]), final_of=tuple(state["final_of"]),
+        completed_at=state["completed_at"], location=location,
+    )
+
+
+def dump(state: dict[str, Any]) -> bytes:
+    return json.dumps(state, separators=(",", ":")).encode()
+
+
+def load(body: bytes) -> dict[str, Any]:
+    try:
+        state = json.loads(body)
+    except ValueError:
+        state = None
+    if not isinstance(state, dict) or state.get("v") != 1:
+        raise StorageError("unreadable .info record")
+    return state
+
+
+def object_headers(metadata: Metadata) -> dict[str, str]:
+    """Content-Type/Content-Disposition of the final object, from tus metadata.
+
+    ``filetype`` becomes the Content-Type when it is a well-formed MIME type; the
+    disposition is always ``attachment`` (objects may be served straight from the
+    bucket, where an inline text/html upload would be a stored XSS)."""
+    headers: dict[str, str] = {}
+    filetype = (metadata_text(metadata, "filetype") or "").strip()
+    headers["Content-Type"] = filetype.lower() if _MIME.fullmatch(filetype) else \
+        "application/octet-stream"
+    filename = metadata_text(metadata, "filename")
+    if filename:
+        name = filename.replace("\\", "/").rsplit("/", 1)[-1][:255]
+        ascii_name = "".join(c if 0x20 <= ord(c) < 0x7F and c not in '"\\' else "_" for c in name)
+        headers["Content-Disposition"] = (
+            f'attachment; filename="{ascii_name}"; filename*=UTF-8\'\'{quote(name, safe="")}')
+    return headers
