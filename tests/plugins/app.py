@@ -17,7 +17,7 @@ from tusd_py.app import create_app
 from tusd_py.config import Config, load_config
 
 #: Drivers the HTTP protocol suite runs against.
-DRIVERS = ["local", "s3", "azure"]
+DRIVERS = ["local", "s3", "azure", "gcs"]
 
 
 @pytest.fixture
