@@ -50,11 +50,16 @@ class EventBus(UploadListener):
 
     def __init__(self) -> None:
         self.listeners: list[UploadListener] = []
+        #: Listeners that override ``pre_access`` (awaited before every HEAD/PATCH/DELETE/
+        #: GET; empty in most deployments, so the handler skips the call).
+        self.access_checkers: list[UploadListener] = []
         #: Seconds between ``receiving`` calls during a PATCH body (0: none).
         self.receiving_interval = 0.0
 
     def add(self, listener: UploadListener) -> None:
         self.listeners.append(listener)
+        if type(listener).pre_access is not UploadListener.pre_access:
+            self.access_checkers.append(listener)
 
     async def pre_create(self, upload: Upload, request: web.Request) -> Upload:
         for listener in self.listeners:
@@ -62,7 +67,7 @@ class EventBus(UploadListener):
         return upload
 
     async def pre_access(self, upload_id: str, request: web.Request, method: str) -> None:
-        for listener in self.listeners:
+        for listener in self.access_checkers:
             await listener.pre_access(upload_id, request, method)
 
     async def pre_finish(self, upload: Upload, request: web.Request) -> None:

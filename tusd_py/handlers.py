@@ -146,7 +146,7 @@ class TusHandler:
             if upload_id is None or not self.server.download:
                 raise web.HTTPMethodNotAllowed(method, ["POST", "OPTIONS"])
             check_upload_id(upload_id)
-            if self.events.listeners:
+            if self.events.access_checkers:
                 await self.events.pre_access(upload_id, request, method)
             return await self.get(request, upload_id)
         if request.headers.get("Tus-Resumable") != TUS_VERSION:
@@ -156,7 +156,7 @@ class TusHandler:
                 return await self.post(request)
             raise web.HTTPMethodNotAllowed(method, ["POST", "OPTIONS"])
         check_upload_id(upload_id)
-        if self.events.listeners:
+        if self.events.access_checkers:
             await self.events.pre_access(upload_id, request, method)
         if method == "HEAD":
             return await self.head(request, upload_id)
