@@ -123,3 +123,52 @@ def test_parallel_uploads_use_concatenation(daemon: Daemon, tmp_path: Path) -> N
     assert metadata_of(result["url"]) == {"filename": "parallel.bin"}
     got, _ = download(result["url"])
     assert got == want
+
+
+def test_parallel_upload_resumed_after_abort(daemon: Daemon, tmp_path: Path) -> None:
+    """Abort a `parallelUploads: 3` upload mid-way; a new Upload finds the three partial
+    URLs in the FileUrlStorage, resumes each from its server offset and creates the final."""
+    source = tmp_path / "pabort.bin"
+    size = 6 * MiB + 1
+    want = make_file(source, size)
+    storage = str(tmp_path / "tus-urls.json")
+    first = node(mode="abort", endpoint=daemon.url, file=str(source), chunkSize=MiB // 2, parallel=3,
+                 abortAt=2 * MiB, storage=storage)
+    assert first["ok"] and first["aborted"], first
+    partials = first["parallelUploadUrls"]
+    assert len(partials) == 3 and all(partials), first
+    offsets = [int(head(url)["upload-offset"]) for url in partials]
+    lengths = [int(head(url)["upload-length"]) for url in partials]
+    assert sum(lengths) == size
+    assert 0 < sum(offsets) < size, (offsets, lengths)
+
+    second = node(mode="resume", endpoint=daemon.url, file=str(source), chunkSize=MiB // 2, parallel=3,
+                  storage=storage, retryDelays=[200, 1000])
+    assert second["ok"], second
+    assert second["parallelUploadUrls"] == partials  # the same partials, resumed
+    assert second["progress"]["previousUploads"] >= 1
+    final = head(second["url"])
+    assert [urljoin(second["url"], u) for u in final["upload-concat"][len("final;"):].split()] == partials
+    got, _ = download(second["url"])
+    assert got == want
+
+
+@pytest.mark.parametrize("options", [
+    # creation-defer-length: a plain Readable of unknown length; the length arrives with
+    # the last PATCH (tus-js-client 4.3.1 stalled before that last PATCH with an fs.ReadStream
+    # source with uploadLengthDeferred, a client-side limitation, hence a piped stream)
+    {"deferLength": True, "input": "stream"},
+    # creation-with-upload: the first chunk rides on the POST
+    {"dataDuringCreation": True},
+], ids=["defer-length", "creation-with-upload"])
+def test_deferred_length_and_creation_with_upload(daemon: Daemon, tmp_path: Path,
+                                                  options: dict[str, Any]) -> None:
+    source = tmp_path / "x.bin"
+    size = 2 * MiB + 9
+    want = make_file(source, size)
+    result = node(endpoint=daemon.url, file=str(source), chunkSize=MiB, **options)
+    assert result["ok"], result
+    headers = head(result["url"])
+    assert headers["upload-offset"] == headers["upload-length"] == str(size)
+    got, _ = download(result["url"])
+    assert got == want

@@ -10,8 +10,13 @@
 //   uploadUrl   resume this upload URL directly (mode "resume" without storage)
 //   abortAt     mode "abort": abort once this many bytes were sent (mid-PATCH)
 //   metadata    object of Upload-Metadata pairs
+//   input       "file" (default: an fs.ReadStream, seekable), "stream" (a plain Readable
+//               of unknown length) or "buffer"
+//   deferLength         uploadLengthDeferred (creation-defer-length)
+//   dataDuringCreation  uploadDataDuringCreation (creation-with-upload)
 // Prints one JSON line: {ok, url, ...}; exit status 0 when ok.
 import * as fs from 'node:fs'
+import { PassThrough } from 'node:stream'
 import * as tus from 'tus-js-client'
 
 const opts = JSON.parse(process.argv[2] || '{}')
@@ -26,12 +31,16 @@ function done(result) {
 
 const progress = { min: null, max: 0, calls: 0 }
 const retries = []
+const parallel = opts.parallel || 1
 let upload
+let aborting = false
 
 const options = {
   endpoint: opts.endpoint,
   chunkSize,
-  parallelUploads: opts.parallel || 1,
+  parallelUploads: parallel,
+  uploadLengthDeferred: Boolean(opts.deferLength),
+  uploadDataDuringCreation: Boolean(opts.dataDuringCreation),
   metadata: opts.metadata || {},
   retryDelays: opts.retryDelays === undefined ? null : opts.retryDelays,
   storeFingerprintForResuming: Boolean(opts.storage),
@@ -44,10 +53,19 @@ const options = {
     progress.calls += 1
     progress.min = progress.min === null ? sent : Math.min(progress.min, sent)
     progress.max = Math.max(progress.max, sent)
-    if (mode === 'abort' && sent >= opts.abortAt && upload.url) {
+    if (mode === 'abort' && !aborting && sent >= opts.abortAt && (upload.url || parallel > 1)) {
       // abort(false): stop sending (the PATCH in flight is cut) but keep the upload.
+      aborting = true
       upload.abort(false).then(() =>
-        done({ ok: true, aborted: true, url: upload.url, sentAtAbort: sent, total }),
+        done({
+          ok: true,
+          aborted: true,
+          url: upload.url,
+          // tus-js-client keeps the partial uploads' URLs here (read only, for the checks)
+          parallelUploadUrls: upload._parallelUploadUrls ?? null,
+          sentAtAbort: sent,
+          total,
+        }),
       )
     }
   },
@@ -58,6 +76,7 @@ const options = {
     done({
       ok: mode !== 'abort',
       url: upload.url,
+      parallelUploadUrls: upload._parallelUploadUrls ?? null,
       size,
       progress,
       retries,
@@ -68,7 +87,13 @@ const options = {
 if (opts.storage) options.urlStorage = new tus.FileUrlStorage(opts.storage)
 if (opts.uploadUrl) options.uploadUrl = opts.uploadUrl
 
-upload = new tus.Upload(fs.createReadStream(opts.file), options)
+function source() {
+  if (opts.input === 'buffer') return fs.readFileSync(opts.file)
+  if (opts.input === 'stream') return fs.createReadStream(opts.file).pipe(new PassThrough())
+  return fs.createReadStream(opts.file)
+}
+
+upload = new tus.Upload(source(), options)
 
 if (mode === 'resume' && !opts.uploadUrl) {
   const previous = await upload.findPreviousUploads()
