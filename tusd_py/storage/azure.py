@@ -86,17 +86,18 @@ _DOWNLOAD_CHUNK = 2 * MIB
 def block_size_for(used: int, *, base: int, length: int | None, done: int) -> int:
     """The size of the next full block, given ``used`` blocks holding ``done`` bytes.
 
-    Known length: ``max(base, ceil(bytes still to come / blocks left))`` in whole MiB,
+    Known length: ``max(base, ceil(bytes still to come / blocks left))`` (whole MiB
+    when above ``base``),
     so the 50,000 blocks never run out. Deferred length: ``base``, doubling every 4,545
     blocks (eleven tiers reach Azure's 190.7 TiB from any base)."""
     left = MAX_BLOCKS - used - 1  # one block kept for a short last one
     if left <= 0:
         raise SizeExceeded("upload has too many blocks for one Azure blob (50,000)")
     if length is not None:
-        size = max(base, -(-max(length - done, 0) // left))
+        need = -(-max(length - done, 0) // left)
+        size = base if need <= base else -(-need // MIB) * MIB
     else:
         size = base << min(used // (MAX_BLOCKS // 11), 12)
-    size = -(-size // MIB) * MIB
     return min(size, MAX_BLOCK_SIZE)
 
 
@@ -137,6 +138,8 @@ class AzureStore(Store):
         self._held: dict[str, AzureLock] = {}
         #: id -> (ETag of .info, expires_at), so a sweep GETs only records that changed.
         self._expiry_cache: dict[str, tuple[str, float | None]] = {}
+        #: Blob name -> when a sweep first saw it without a record (``sweep_extra``).
+        self._orphans: dict[str, float] = {}
         #: False once the service answered Put Block From URL with "not implemented".
         self.copy_from_url = True
 
@@ -475,31 +478,34 @@ class AzureStore(Store):
     async def sweep_extra(self, now: float) -> int:
         """Delete upload blobs whose record is gone (a terminate that died half-way, or a
         writer that lost its lease and staged a block after the upload was deleted).
-        Blobs younger than ``lease_duration`` are left alone. Returns how many went."""
+
+        A blob is deleted once it has been seen without a record for ``lease_duration``
+        (listings of blobs with only uncommitted blocks carry no usable timestamp, so
+        the first sighting is remembered). Returns how many blobs went."""
         grace = self.lease_duration
         removed = 0
-        names: dict[str, Any] = {}
+        found: dict[str, Any] = {}
         async with azure_errors("sweeping stray blobs"):
             async for item in self.client.list_blobs(name_starts_with=self.prefix or None,
                                                      include=["uncommittedblobs"]):
-                names[item.name] = item
-            for name, item in names.items():
-                upload_id = name[len(self.prefix):]
-                if not is_upload_id(upload_id) or name + ".info" in names:
+                found[item.name] = item
+            orphans = {name for name in found
+                       if is_upload_id(name[len(self.prefix):]) and name + ".info" not in found}
+            self._orphans = {name: self._orphans.get(name, now) for name in orphans}
+            for name, first_seen in list(self._orphans.items()):
+                if now - first_seen < grace:
                     continue
-                modified = item.last_modified or item.creation_time
-                if modified is not None and modified.timestamp() > now - grace:
-                    continue
-                if await self.read_info(upload_id) is not None:
+                if await self.read_info(name[len(self.prefix):]) is not None:
                     continue  # created since the listing
                 try:
                     await self.client.get_blob_client(name).delete_blob()
                 except Exception as exc:
                     if error_code(exc)[1] != 404:
                         raise
-                    continue
-                log.info("deleted stray blob %s", name)
-                removed += 1
+                else:
+                    log.info("deleted stray blob %s", name)
+                    removed += 1
+                del self._orphans[name]
         return removed
 
     async def download(self, upload: Upload) -> Download:
