@@ -436,6 +436,9 @@ async def run_once(url: str, scenario: Scenario, payload: Payload, *, pid: int |
     result.update(server)
     if server.get("cpu_s") is not None and wall:
         result["cpu_pct"] = round(100 * server["cpu_s"] / wall)
+    if server.get("cpu_s") is not None and completed:
+        # server CPU per upload: less sensitive to machine noise than wall-clock rates
+        result["cpu_ms_per_upload"] = round(1000 * server["cpu_s"] / completed, 3)
     return result
 
 
@@ -462,11 +465,12 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
     def median(key: str) -> float | None:
         values = [r[key] for r in runs if r.get(key) is not None]
-        return round(statistics.median(values), 2) if values else None
+        return round(statistics.median(values), 3) if values else None
 
     summary: dict[str, Any] = {"kind": "summary", "label": runs[0]["label"],
                                "scenario": runs[0]["scenario"], "runs": len(runs)}
-    for key in ("mb_s", "uploads_s", "p50_ms", "p99_ms", "wall_s", "cpu_pct", "calib_ms"):
+    for key in ("mb_s", "uploads_s", "p50_ms", "p99_ms", "wall_s", "cpu_pct", "cpu_ms_per_upload",
+                "calib_ms"):
         summary[key] = median(key)
     summary["rss_peak_mb"] = max((r.get("rss_peak_mb") or 0 for r in runs), default=None) or None
     summary["errors"] = sum(r["errors"] for r in runs)
@@ -495,11 +499,12 @@ def fmt(value: float | None, digits: int = 1) -> str:
 
 def summary_table(summaries: list[dict[str, Any]]) -> str:
     rows = [["server", "scenario", "MB/s", "uploads/s", "p50 ms", "p99 ms", "peak RSS MB",
-             "CPU %", "ok/total", "errors"]]
+             "CPU %", "CPU ms/upload", "ok/total", "errors"]]
     for s in summaries:
         rows.append([s["label"], s["scenario"], fmt(s["mb_s"]), fmt(s["uploads_s"]),
                      fmt(s["p50_ms"]), fmt(s["p99_ms"]), fmt(s["rss_peak_mb"], 0),
-                     fmt(s["cpu_pct"], 0), f"{s['offsets_ok']}/{s['attempted']}", str(s["errors"])])
+                     fmt(s["cpu_pct"], 0), fmt(s["cpu_ms_per_upload"], 3),
+                     f"{s['offsets_ok']}/{s['attempted']}", str(s["errors"])])
     return format_table(rows)
 
 
