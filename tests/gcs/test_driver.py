@@ -275,7 +275,7 @@ async def test_sweeper_removes_orphans_only(make_store, gcs_objects, gcs_bucket)
     await lock.write(os.urandom(2 * PART))
     await lock._settle()
     lock._renewer.cancel()  # the writer dies: its staged parts are never published
-    await store.bucket.put(PREFIX + new_upload_id() + ".p000000-abc", b"x", what="test")
+    await store.bucket.put(PREFIX + new_upload_id() + ".p000000-0123456789ab", b"x", what="test")
     before = gcs_objects(gcs_bucket)
     assert await store.sweep_extra(time.time()) == 0  # everything is too young
     removed = await store.sweep_extra(time.time() + 5)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
@@ -65,6 +66,8 @@ _POLL_MIN, _POLL_MAX = 0.05, 0.5  # lock polling backoff while another replica h
 #: The published part list is compacted (32 parts composed into one) beyond this.
 _MAX_LISTED_PARTS = 2 * COMPOSE_LIMIT
 _DELETE_CONCURRENCY = 8
+#: What follows ``{id}.`` in the names of part and temporary objects.
+_TEMP_SUFFIX = re.compile(r"(?:p[0-9]{6}|c)-[0-9a-f]{12}")
 
 
 class Part(TypedDict):
@@ -336,32 +339,32 @@ class GCSStore(Store):
         return out[:limit]
 
     async def sweep_extra(self, now: float) -> int:
-        """Delete objects nothing references: parts and temporaries of uploads that are
-        gone, or that no live writer holds and the record does not list (left by a
-        replica that died or lost its lease mid-PATCH), and final objects without a
-        record. The LIST comes before the records are read, and only objects older than
-        ``lease_duration`` are candidates, so a writer's fresh parts are never taken."""
+        """Delete objects nothing references: parts and temporaries (names this driver
+        makes, ``{id}.p...-{random}`` and ``{id}.c-{random}``) of uploads that are gone,
+        or that no live writer holds and the record does not list (left by a replica
+        that died or lost its lease mid-PATCH). Other objects, final ones included, are
+        never touched. The LIST comes before the records are read, and only objects
+        older than ``lease_duration`` are candidates, so a writer's fresh parts are never
+        taken."""
         grace = now - self.lease_duration
-        candidates: list[tuple[str, str, bool]] = []  # (object, upload id, is the final object)
+        candidates: list[tuple[str, str]] = []  # (object, upload id)
         async for item in self.bucket.list(self.prefix, "sweeping stray objects"):
             name = item["name"][len(self.prefix):]
-            upload_id, dot, rest = name.partition(".")
-            if not is_upload_id(upload_id) or rest == "info":
+            upload_id, _, rest = name.partition(".")
+            if not is_upload_id(upload_id) or not _TEMP_SUFFIX.fullmatch(rest):
                 continue
             if (updated := _timestamp(item.get("updated"))) is None or updated > grace:
                 continue
-            candidates.append((item["name"], upload_id, not dot))
+            candidates.append((item["name"], upload_id))
         records: dict[str, dict[str, Any] | None] = {}
         doomed: list[str] = []
-        for name, upload_id, is_final in candidates:
+        for name, upload_id in candidates:
             if upload_id not in records:
                 found = await self.read_info(upload_id)
                 records[upload_id] = found[0] if found else None
             state = records[upload_id]
             if state is None:
                 doomed.append(name)
-                continue
-            if is_final:
                 continue
             lease = state.get("lease")
             if lease is not None and lease["until"] > now:
