@@ -716,14 +716,18 @@ class S3Lock(UploadLock):
             await self._settle_one()
         self._check_lease()
         await self._ensure_mpu()
-        rest = self._buf[size:]
-        del self._buf[size:]
-        body, self._buf = self._buf, bytearray(rest)
+        # bytes, not the bytearray: aiohttp sends a Content-Length body as value[:length],
+        # a copy for a bytearray but the very object for bytes. The old buffer is freed
+        # at once, so the part is held once while it uploads.
+        with memoryview(self._buf) as view:
+            body = bytes(view[:size])
+            rest = bytearray(view[size:])
+        self._buf = rest
         number = self._next_part_number()
         task = asyncio.get_running_loop().create_task(self._upload_part(number, body))
         self._pending.append((task, size))
 
-    async def _upload_part(self, number: int, body: bytearray) -> Part:
+    async def _upload_part(self, number: int, body: bytes | bytearray) -> Part:
         store = self.store
         async with s3_errors("uploading a part"):
             r = await store.s3.upload_part(Bucket=store.bucket, Key=store.key(self.upload.id),
