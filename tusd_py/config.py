@@ -172,7 +172,7 @@ class StorageConfig(Section):
     endpoint_url: str | None = None
     region: str | None = None
     part_size: Size = 8 << 20
-    #: s3, gcs: a writer's lease on an upload lasts this long unless renewed (every third of
+    #: s3, gcs, azure: a writer's lease on an upload lasts this long unless renewed (every third of
     #: it while a PATCH streams); a replica that died is taken over after at most this.
     lease_duration: Duration = 10.0
     # azure (part_size: the block size; lease_duration: as for s3)
