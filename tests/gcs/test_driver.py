@@ -299,3 +299,24 @@ async def test_missing_bucket_and_unreachable_storage_are_clear_errors(make_stor
             await down.get(new_upload_id())
     finally:
         await down.stop()
+
+
+async def test_deferred_length_declared_zero_completes_with_an_empty_object(make_store):
+    store = await make_store()
+    upload = await new_upload(store, None, metadata={"filename": b"empty.txt"})
+    done = await write(store, upload.id, b"", length=0)
+    assert done.is_complete and done.length == 0
+    assert await read_all(store, done) == b""
+    meta = await store.bucket.storage.download_metadata(store.bucket.name, PREFIX + upload.id)
+    assert meta["contentDisposition"].startswith('attachment; filename="empty.txt"')
+
+
+async def test_an_id_that_exists_is_refused(make_store):
+    from tusd_py.protocol.errors import UploadExists
+
+    store = await make_store()
+    upload = await new_upload(store, 10)
+    with pytest.raises(UploadExists):
+        await store.create(Upload(id=upload.id, length=3, created_at=time.time()))
+    found = await store.get(upload.id)
+    assert found is not None and found.length == 10
