@@ -377,3 +377,29 @@ async def test_unreachable_service_is_503_and_missing_container_500(make_store, 
         assert info.value.status == 503
     finally:
         await dead.stop()
+
+
+async def test_a_waiting_replica_asks_the_holder_to_stop(make_store):
+    """B waits for an upload A holds: A's request is told (``on_takeover_request``),
+    and A's later writes merge over B's request instead of failing."""
+    a = await make_store(lease_duration=3.0)
+    b = await make_store(lease_duration=3.0)
+    upload = await new_upload(a, 100)
+    held = await a.lock(upload.id, 0)
+    asked = asyncio.Event()
+    held.on_takeover_request = asked.set
+    await held.write(b"x" * 10)
+
+    async def stop_when_asked() -> None:
+        await asyncio.wait_for(asked.wait(), 3)
+        await held.commit()  # still ours: the request did not break the lease
+        await held.release()
+
+    stopper = asyncio.create_task(stop_when_asked())
+    taken = await b.lock(upload.id, 5)
+    await stopper
+    assert taken.upload.offset == 10
+    await taken.write(b"y" * 90)
+    up = await taken.commit()
+    await taken.release()
+    assert await read_all(b, up) == b"x" * 10 + b"y" * 90

@@ -42,7 +42,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -257,10 +257,11 @@ class AzureStore(Store):
         state["w"] = uuid.uuid4().hex[:16]
         try:
             return await self.write_info(upload_id, state, etag=etag)
-        except Conflict:
+        except Conflict as exc:
             current = await self.read_info(upload_id)
             if current is not None and current[0].get("w") == state["w"]:
                 return current[1]
+            exc.current = current
             raise
 
     # -- Store ----------------------------------------------------------------------
@@ -302,6 +303,7 @@ class AzureStore(Store):
         deadline = loop.time() + wait
         token = uuid.uuid4().hex
         delay = _POLL_MIN
+        asked = False
         while True:
             found = await self.read_info(upload_id)
             if found is None:
@@ -315,7 +317,7 @@ class AzureStore(Store):
                 if lease is not None:
                     log.info("upload %s: taking over an expired lease", upload_id)
                 new = dict(state, lease={"holder": token, "until": now + self.lease_duration},
-                           rev=state["rev"] + 1)
+                           wanted=None, rev=state["rev"] + 1)
                 try:
                     etag = await self.write_info(upload_id, new, etag=etag)
                 except Conflict:
@@ -324,6 +326,13 @@ class AzureStore(Store):
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise UploadBusy()
+            if not asked and remaining > _POLL_MIN:
+                # Ask the live holder (another process or replica) to stop: a writer
+                # whose client went silent then commits what it has and lets us in.
+                asked = True
+                with contextlib.suppress(Conflict):
+                    await self.write_info(upload_id, dict(state, wanted={"by": token, "at": now}),
+                                          etag=etag)
             await asyncio.sleep(min(delay, remaining))
             delay = min(delay * 2, _POLL_MAX)
 
@@ -552,6 +561,10 @@ class AzureLock(UploadLock):
         #: Blocks being staged, oldest first: (task, id, size).
         self._pending: list[tuple[asyncio.Task[None], str, int]] = []
         self._io = asyncio.Lock()  # orders record writes (renewal vs commit)
+        #: Called (once) when another process or replica asks for this upload; a handler
+        #: sets it to end a stalled request's read early (like an in-process takeover).
+        self.on_takeover_request: Callable[[], None] | None = None
+        self._stop_asked = False
         self._renewer = asyncio.get_running_loop().create_task(
             self._renew(), name=f"azure-lease-{self.upload.id}")
 
@@ -566,15 +579,38 @@ class AzureLock(UploadLock):
             self.lost = True
             raise UploadBusy("the upload was taken over by another request")
 
-    async def _renew(self) -> None:
-        interval = self.store.lease_duration / 3
-        while True:
-            await asyncio.sleep(interval)
+    def _stop_wanted(self) -> None:
+        """Another process or replica waits for this upload: tell our request."""
+        if self._stop_asked:
+            return
+        self._stop_asked = True
+        if self.on_takeover_request is not None:
             try:
+                self.on_takeover_request()
+            except Exception:
+                log.exception("upload %s: takeover callback failed", self.upload.id)
+
+    async def _renew(self) -> None:
+        """Renew the lease every ``lease_duration / 3``; in between, once a second, look
+        for a takeover request if somebody listens for one."""
+        renew_every = self.store.lease_duration / 3
+        tick = min(1.0, renew_every)
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(tick)
+            try:
+                if time.monotonic() - last < renew_every:
+                    if self.on_takeover_request is not None and not self._stop_asked:
+                        found = await self.store.read_info(self.upload.id)
+                        if (found is not None and found[1] != self.etag and found[0].get("wanted")
+                                and (found[0].get("lease") or {}).get("holder") == self.token):
+                            self._stop_wanted()
+                    continue
                 async with self._io:
                     if self.released or self.terminated:
                         return
                     await self._write_state({})
+                last = time.monotonic()
             except Conflict:
                 log.warning("upload %s: lease taken over by another request", self.upload.id)
                 self.lost = True
@@ -585,12 +621,30 @@ class AzureLock(UploadLock):
                     self.lost = True
                     return
 
-    async def _write_state(self, changes: dict[str, Any]) -> None:
-        """CAS the record with ``changes`` and a renewed lease (caller holds ``_io``)."""
-        lease = {"holder": self.token, "until": time.time() + self.store.lease_duration}
-        new = dict(self.state, **changes, lease=lease, rev=self.state["rev"] + 1)
-        self.etag = await self.store.cas_info(self.upload.id, new, self.etag)
-        self.state = new
+    async def _write_state(self, changes: dict[str, Any], *, release: bool = False) -> None:
+        """CAS the record with ``changes`` and a renewed (or, with ``release``, no) lease.
+        The caller holds ``_io``.
+
+        While our lease is live the only other writer of the record is a waiter adding
+        a takeover request (``wanted``); such a conflict is merged (the request noted,
+        our record written over it). Any other conflict means the lease was lost."""
+        for _ in range(5):
+            lease = None if release else {
+                "holder": self.token, "until": time.time() + self.store.lease_duration}
+            new = dict(self.state, **changes, lease=lease, wanted=None, rev=self.state["rev"] + 1)
+            try:
+                self.etag = await self.store.cas_info(self.upload.id, new, self.etag)
+            except Conflict as exc:
+                current = exc.current
+                if current is None or (current[0].get("lease") or {}).get("holder") != self.token:
+                    raise
+                if current[0].get("wanted"):
+                    self._stop_wanted()
+                self.etag = current[1]
+                continue
+            self.state = new
+            return
+        raise Conflict("the record keeps changing")
 
     async def publish(self, **changes: Any) -> None:
         """Write ``changes`` into the record under this lease and refresh ``upload``."""
@@ -748,10 +802,9 @@ class AzureLock(UploadLock):
             del self.store._held[self.upload.id]
         if self.terminated or self.lost:
             return
-        new = dict(self.state, lease=None, rev=self.state["rev"] + 1)
         try:
-            self.etag = await self.store.cas_info(self.upload.id, new, self.etag)
-            self.state = new
+            async with self._io:
+                await self._write_state({}, release=True)
         except Exception as exc:  # the lease runs out on its own
             log.info("upload %s: lease not released (%s); it expires in %.0fs",
                      self.upload.id, exc, self.store.lease_duration)

@@ -46,6 +46,9 @@ _MIME = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-
 class Conflict(Exception):
     """A conditional write failed: the record changed (or vanished) since it was read."""
 
+    #: The record and ETag found after the failure (None: gone, or not read).
+    current: tuple[dict[str, Any], str] | None = None
+
 
 def encode_upload(upload: Upload) -> dict[str, Any]:
     """The tus fields of a new record, as stored in ``.info``."""
