@@ -320,3 +320,50 @@ async def test_an_id_that_exists_is_refused(make_store):
         await store.create(Upload(id=upload.id, length=3, created_at=time.time()))
     found = await store.get(upload.id)
     assert found is not None and found.length == 10
+
+
+async def test_a_waiting_replica_asks_the_holder_to_stop(make_store):
+    """B waits for an upload A holds: A's request is told (``on_takeover_request``),
+    and A's later writes merge over B's request instead of failing."""
+    a = await make_store(lease_duration=3.0)
+    b = await make_store(lease_duration=3.0)
+    upload = await new_upload(a, 100)
+    held = await a.lock(upload.id, 0)
+    asked = asyncio.Event()
+    held.on_takeover_request = asked.set
+    await held.write(b"x" * 10)
+
+    async def stop_when_asked() -> None:
+        await asyncio.wait_for(asked.wait(), 3)
+        await held.commit()  # still ours: the request did not break the lease
+        await held.release()
+
+    stopper = asyncio.create_task(stop_when_asked())
+    taken = await b.lock(upload.id, 5)
+    await stopper
+    assert not held.lost
+    assert taken.upload.offset == 10
+    await taken.write(b"y" * 90)
+    up = await taken.commit()
+    await taken.release()
+    assert await read_all(b, up) == b"x" * 10 + b"y" * 90
+    state = (await b.read_info(upload.id))[0]  # type: ignore[index]
+    assert state["lease"] is None and state["wanted"] is None
+
+
+async def test_a_takeover_request_does_not_break_a_holder_that_is_not_listening(make_store):
+    """Nobody listens for requests on A's lock: B's flag is merged by A's next write, A
+    commits normally and B gets 423 until A releases."""
+    a = await make_store()
+    b = await make_store()
+    upload = await new_upload(a, 20)
+    held = await a.lock(upload.id, 0)
+    await held.write(b"a" * 10)
+    with pytest.raises(UploadBusy):
+        await b.lock(upload.id, 0.3)  # flags .info with "wanted"
+    assert (await held.commit()).offset == 10
+    await held.release()
+    taken = await b.lock(upload.id, 0)
+    await taken.write(b"b" * 10)
+    assert (await taken.commit()).is_complete
+    await taken.release()

@@ -40,7 +40,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import datetime
 from typing import Any, TypedDict
 
@@ -151,19 +151,6 @@ class GCSStore(Store):
                                        if_generation=generation or "0",
                                        what="writing an upload record")
 
-    async def cas_info(self, upload_id: str, state: dict[str, Any], generation: str,
-                       holder: str | None) -> str:
-        """``write_info`` that survives an ambiguous retry: if the condition failed but
-        the stored record is exactly the revision we wrote, by us, it was our write."""
-        try:
-            return await self.write_info(upload_id, state, generation=generation)
-        except Conflict:
-            current = await self.read_info(upload_id)
-            if (current is not None and holder is not None and current[0].get("rev") == state["rev"]
-                    and (current[0].get("lease") or {}).get("holder") == holder):
-                return current[1]
-            raise
-
     # -- Store ----------------------------------------------------------------------
 
     async def create(self, upload: Upload) -> Upload:
@@ -200,6 +187,7 @@ class GCSStore(Store):
         deadline = loop.time() + wait
         token = uuid.uuid4().hex
         delay = _POLL_MIN
+        asked = False
         while True:
             found = await self.read_info(upload_id)
             if found is None:
@@ -213,7 +201,7 @@ class GCSStore(Store):
                 if lease is not None:
                     log.info("upload %s: taking over an expired lease", upload_id)
                 new = dict(state, lease={"holder": token, "until": now + self.lease_duration},
-                           rev=state["rev"] + 1)
+                           wanted=None, rev=state["rev"] + 1)
                 try:
                     generation = await self.write_info(upload_id, new, generation=generation)
                 except Conflict:
@@ -222,6 +210,14 @@ class GCSStore(Store):
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise UploadBusy()
+            if not asked and remaining > _POLL_MIN:
+                # Ask the live holder (another process or replica) to stop: a writer
+                # whose client went silent then commits what it has and lets us in.
+                # Only this flag is added to the latest record (CAS on its generation).
+                asked = True
+                with contextlib.suppress(Conflict):
+                    await self.write_info(upload_id, dict(state, wanted={"by": token, "at": now}),
+                                          generation=generation)
             await asyncio.sleep(min(delay, remaining))
             delay = min(delay * 2, _POLL_MAX)
 
@@ -430,6 +426,10 @@ class GCSLock(UploadLock):
         self._staged: list[Part] = []  # parts uploaded since the last commit
         self._pending: list[asyncio.Task[Part]] = []  # at most one part in flight
         self._io = asyncio.Lock()  # orders record writes (renewal vs commit)
+        #: Called (once) when another process or replica asks for this upload; a handler
+        #: sets it to end a stalled request's read early (like an in-process takeover).
+        self.on_takeover_request: Callable[[], None] | None = None
+        self._stop_asked = False
         self._renewer = asyncio.get_running_loop().create_task(
             self._renew(), name=f"gcs-lease-{self.upload.id}")
 
@@ -444,15 +444,39 @@ class GCSLock(UploadLock):
             self.lost = True
             raise UploadBusy("the upload was taken over by another request")
 
-    async def _renew(self) -> None:
-        interval = self.store.lease_duration / 3
-        while True:
-            await asyncio.sleep(interval)
+    def _stop_wanted(self) -> None:
+        """Another process or replica waits for this upload: tell our request."""
+        if self._stop_asked:
+            return
+        self._stop_asked = True
+        if self.on_takeover_request is not None:
             try:
+                self.on_takeover_request()
+            except Exception:
+                log.exception("upload %s: takeover callback failed", self.upload.id)
+
+    async def _renew(self) -> None:
+        """Renew the lease every ``lease_duration / 3``; in between, once a second, look
+        for a takeover request if somebody listens for one."""
+        renew_every = self.store.lease_duration / 3
+        tick = min(1.0, renew_every)
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(tick)
+            try:
+                if time.monotonic() - last < renew_every:
+                    if self.on_takeover_request is not None and not self._stop_asked:
+                        found = await self.store.read_info(self.upload.id)
+                        if (found is not None and found[1] != self.generation
+                                and found[0].get("wanted")
+                                and (found[0].get("lease") or {}).get("holder") == self.token):
+                            self._stop_wanted()
+                    continue
                 async with self._io:
                     if self.released or self.terminated:
                         return
                     await self._write_state({})
+                last = time.monotonic()
             except Conflict:
                 log.warning("upload %s: lease taken over by another request", self.upload.id)
                 self.lost = True
@@ -463,13 +487,39 @@ class GCSLock(UploadLock):
                     self.lost = True
                     return
 
-    async def _write_state(self, changes: dict[str, Any]) -> None:
-        """CAS the record with ``changes`` and a renewed lease (caller holds ``_io``)."""
-        lease = {"holder": self.token, "until": time.time() + self.store.lease_duration}
-        new = dict(self.state, **changes, lease=lease, rev=self.state["rev"] + 1)
-        self.generation = await self.store.cas_info(self.upload.id, new, self.generation,
-                                                    self.token)
-        self.state = new
+    async def _write_state(self, changes: dict[str, Any], *, release: bool = False) -> None:
+        """CAS the record with ``changes`` and a renewed (with ``release``: no) lease. The
+        caller holds ``_io``.
+
+        A failed condition is looked into: the record we meant to write (a retry of a
+        write whose answer was lost) is ours; a record that still names our lease was
+        changed only by a waiter adding a takeover request (``wanted``), which is noted
+        and written over. Anything else means the lease was lost: ``Conflict``."""
+        for _ in range(5):
+            lease = None if release else {
+                "holder": self.token, "until": time.time() + self.store.lease_duration}
+            new = dict(self.state, **changes, lease=lease, wanted=None, rev=self.state["rev"] + 1)
+            try:
+                self.generation = await self.store.write_info(self.upload.id, new,
+                                                              generation=self.generation)
+            except Conflict:
+                current = await self.store.read_info(self.upload.id)
+                if current is None:
+                    raise
+                holder = (current[0].get("lease") or {}).get("holder")
+                if current[0].get("rev") == new["rev"] and (
+                        holder == self.token if lease else holder is None):
+                    self.generation = current[1]  # our own write had landed
+                elif holder == self.token and current[0].get("rev") == self.state["rev"]:
+                    if current[0].get("wanted"):
+                        self._stop_wanted()
+                    self.generation = current[1]
+                    continue
+                else:
+                    raise
+            self.state = new
+            return
+        raise Conflict()
 
     async def publish(self, **changes: Any) -> None:
         """Write ``changes`` into the record under this lease and refresh ``upload``."""
@@ -633,10 +683,9 @@ class GCSLock(UploadLock):
             del self.store._held[self.upload.id]
         if self.terminated or self.lost:
             return
-        new = dict(self.state, lease=None, rev=self.state["rev"] + 1)
         try:
-            self.generation = await self.store.cas_info(self.upload.id, new, self.generation, None)
-            self.state = new
+            async with self._io:
+                await self._write_state({}, release=True)
         except Exception as exc:  # the lease runs out on its own
             log.info("upload %s: lease not released (%s); it expires in %.0fs",
                      self.upload.id, exc, self.store.lease_duration)
