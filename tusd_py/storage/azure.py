@@ -44,7 +44,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 from azure.core import MatchConditions
 from azure.storage.blob import BlobSasPermissions, ContentSettings, generate_blob_sas
@@ -686,20 +686,22 @@ class AzureLock(UploadLock):
         while self._pending:  # one block in flight while the next one fills
             await self._settle_one()
         self._check_lease()
-        rest = self._buf[size:]
-        del self._buf[size:]
-        body, self._buf = self._buf, bytearray(rest)
+        # bytes, not the bytearray: the SDK and aiohttp slice the body to its length,
+        # a copy for a bytearray but the very object for bytes. The old buffer is freed
+        # at once, so the block is held once while it is staged.
+        with memoryview(self._buf) as view:
+            body = bytes(view[:size])
+            rest = bytearray(view[size:])
+        self._buf = rest
         number = self._numbers
         self._numbers += 1
         ident = block_id(self.token, number)
         task = asyncio.get_running_loop().create_task(self._stage(ident, body))
         self._pending.append((task, ident, len(body)))
 
-    async def _stage(self, ident: str, body: bytearray) -> None:
+    async def _stage(self, ident: str, body: bytes) -> None:
         async with azure_errors("staging a block"):
-            # bytearray works (the SDK sends any buffer); no copy of the block
-            await self.store.blob(self.upload.id).stage_block(ident, cast(bytes, body),
-                                                              length=len(body))
+            await self.store.blob(self.upload.id).stage_block(ident, body, length=len(body))
 
     async def _settle_one(self) -> None:
         """Wait for the oldest in-flight block and stage it."""
