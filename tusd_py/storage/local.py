@@ -31,6 +31,7 @@ from ..protocol.errors import MismatchedOffset, NotFound, StorageError, UploadBu
 from ..protocol.headers import Metadata
 from .base import Capability, Download, Store, Upload, UploadLock
 from .ids import check_upload_id
+from .sqlite_batch import INSERT_COLUMNS, GroupCommit
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ CREATE TABLE IF NOT EXISTS uploads (
 CREATE INDEX IF NOT EXISTS uploads_expires_at ON uploads (expires_at)
     WHERE expires_at IS NOT NULL;
 """
-_COLUMNS = "id, length, upload_offset, metadata, created_at, expires_at, is_partial, final_of, completed_at"
+_COLUMNS = ", ".join(INSERT_COLUMNS)
 _LOCK_POLL = 0.02  # seconds between flock attempts while another process holds it
 _RECENT_MAX = 4096  # records remembered for lock() (a few hundred bytes each)
 
@@ -75,6 +76,7 @@ class LocalStore(Store):
         self.db_path = os.path.join(self.data_dir, "uploads.db")
         self.fsync = fsync
         self._db: aiosqlite.Connection | None = None
+        self._batch: GroupCommit | None = None
         #: Records this process created or committed, so a PATCH needs no SELECT (see lock()).
         self._recent: OrderedDict[str, Upload] = OrderedDict()
 
@@ -96,12 +98,21 @@ class LocalStore(Store):
         await self._db.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
         await self._db.execute("PRAGMA busy_timeout=5000")
         await self._db.executescript(_SCHEMA)
+        self._batch = GroupCommit(self._db)
         await self._reconcile()
 
     async def stop(self) -> None:
+        if self._batch is not None:
+            await self._batch.idle()
         if self._db is not None:
             await self._db.close()
             self._db = None
+
+    @property
+    def batch(self) -> GroupCommit:
+        if self._batch is None:
+            raise StorageError("store is not started")
+        return self._batch
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -169,13 +180,11 @@ class LocalStore(Store):
             raise UploadExists() from None
         os.close(fd)
         try:
-            await self.db.execute(
-                f"INSERT INTO uploads ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            await self.batch.insert(
                 (upload.id, upload.length, upload.offset, _encode_metadata(upload.metadata),
                  upload.created_at, upload.expires_at, int(upload.is_partial),
                  json.dumps(list(upload.final_of)) if upload.final_of else None,
-                 upload.completed_at),
-            )
+                 upload.completed_at))
         except BaseException:
             os.unlink(path)
             raise
@@ -246,13 +255,10 @@ class LocalStore(Store):
         if length is None:
             length = upload.length
         completed_at = time.time() if length is not None and new_offset == length else None
-        cur = await self.db.execute(
-            "UPDATE uploads SET upload_offset = ?, length = ?, expires_at = ?, completed_at = ?"
-            " WHERE id = ? AND upload_offset = ? AND length IS ?",
-            (new_offset, length, expires_at, completed_at, upload.id, upload.offset,
-             upload.length),
-        )
-        if cur.rowcount != 1:
+        matched = await self.batch.compare_and_set(
+            (upload.id, new_offset, length, expires_at, completed_at, upload.offset,
+             upload.length))
+        if not matched:
             self._recent.pop(upload.id, None)
             raise MismatchedOffset("upload changed underneath the lock")
         return self._remember(upload.copy(offset=new_offset, length=length,
@@ -340,9 +346,12 @@ class LocalLock(UploadLock):
                      expires_at: float | None = None) -> Upload:
         if self.store.fsync and self.written and self.fd is not None:
             await asyncio.get_running_loop().run_in_executor(None, os.fsync, self.fd)
-        self.upload = await self.store._commit(
-            self, self.upload.offset + self.written, length, expires_at)
+        new_offset = self.upload.offset + self.written
+        # From here on a rollback leaves the file alone: if this commit fails or its
+        # outcome is unknown (cancelled), bytes past the offset are invisible and harmless,
+        # whereas truncating could cut bytes the database just acknowledged.
         self.written = 0
+        self.upload = await self.store._commit(self, new_offset, length, expires_at)
         return self.upload
 
     async def rollback(self) -> None:
