@@ -52,6 +52,7 @@ from ..protocol.errors import (
 )
 from .base import Capability, Download, Store, Upload, UploadLock
 from .ids import check_upload_id, is_upload_id
+from .s3_buffer import ChunkBuffer, ChunksReader
 from .s3_info import (
     CONFLICT_CODES,
     NOT_FOUND_CODES,
@@ -122,7 +123,7 @@ class S3Store(Store):
         self._held: dict[str, S3Lock] = {}
         #: id -> (ETag, bytes) of tail objects this process wrote last, so a sticky
         #: client's next PATCH need not read its tail back (bounded: _tail_cache_budget).
-        self._tail_cache: OrderedDict[str, tuple[str, bytearray]] = OrderedDict()
+        self._tail_cache: OrderedDict[str, tuple[str, list[bytes], int]] = OrderedDict()
         self._tail_cache_budget = 4 * part_size
         #: id -> (ETag of .info, expires_at), so a sweep GETs only records that changed.
         self._expiry_cache: dict[str, tuple[str, float | None]] = {}
@@ -157,16 +158,17 @@ class S3Store(Store):
         async with s3_errors(f"access to bucket {self.bucket}"):
             await self.s3.head_bucket(Bucket=self.bucket)
 
-    def _cache_tail(self, upload_id: str, etag: str | None, data: bytearray) -> None:
+    def _cache_tail(self, upload_id: str, etag: str | None, data: list[bytes]) -> None:
         cache = self._tail_cache
         cache.pop(upload_id, None)
-        if etag is None or len(data) > self._tail_cache_budget:
+        size = sum(len(c) for c in data)
+        if etag is None or size > self._tail_cache_budget:
             return
-        cache[upload_id] = (etag, data)
-        used = sum(len(d) for _, d in cache.values())
+        cache[upload_id] = (etag, data, size)
+        used = sum(entry[2] for entry in cache.values())
         while used > self._tail_cache_budget:
-            _, (_, dropped) = cache.popitem(last=False)
-            used -= len(dropped)
+            _, (_, _, dropped) = cache.popitem(last=False)
+            used -= dropped
 
     # -- keys ---------------------------------------------------------------------
 
@@ -555,7 +557,7 @@ class S3Lock(UploadLock):
         self.released = False
         #: Set when the lease was taken over (it expired while we could not renew it).
         self.lost = False
-        self._buf = bytearray()  # the tail, then the body bytes not yet in a part
+        self._buf = ChunkBuffer()  # the tail, then the body bytes not yet in a part
         self._loaded = False  # _buf holds the stored tail
         self._staged: list[Part] = []  # parts uploaded since the last commit
         self._staged_size = 0
@@ -665,10 +667,10 @@ class S3Lock(UploadLock):
         if self._loaded:
             return
         tail = self.state.get("tail")
-        self._buf = bytearray()
+        self._buf = ChunkBuffer()
         cached = self.store._tail_cache.pop(self.upload.id, None)
         if tail and cached is not None and cached[0] == tail.get("etag"):
-            self._buf = cached[1]  # this process wrote it last: no need to read it back
+            self._buf = ChunkBuffer(cached[1])  # this process wrote it last: not read back
         elif tail:
             store = self.store
             async with s3_errors("reading the incomplete part"):
@@ -679,7 +681,7 @@ class S3Lock(UploadLock):
                         raise StorageError("the upload's incomplete part object is missing") from None
                     raise
                 async with (body := r["Body"]):
-                    self._buf.extend(await body.read())
+                    self._buf.append(await body.read())
             if len(self._buf) != tail["size"]:
                 raise StorageError("the upload's incomplete part object has the wrong size")
         self._loaded = True
@@ -702,7 +704,7 @@ class S3Lock(UploadLock):
             raise UploadBusy("the upload was taken over by another request")
         if not self._loaded:
             await self._load_tail()
-        self._buf += data
+        self._buf.append(data)
         self.written += len(data)
         while len(self._buf) >= MIN_PART_SIZE:
             target = self._target()
@@ -716,23 +718,19 @@ class S3Lock(UploadLock):
             await self._settle_one()
         self._check_lease()
         await self._ensure_mpu()
-        # bytes, not the bytearray: aiohttp sends a Content-Length body as value[:length],
-        # a copy for a bytearray but the very object for bytes. The old buffer is freed
-        # at once, so the part is held once while it uploads.
-        with memoryview(self._buf) as view:
-            body = bytes(view[:size])
-            rest = bytearray(view[size:])
-        self._buf = rest
+        body = self._buf.take(size)  # the chunks themselves: no copy of the part
         number = self._next_part_number()
         task = asyncio.get_running_loop().create_task(self._upload_part(number, body))
         self._pending.append((task, size))
 
-    async def _upload_part(self, number: int, body: bytes | bytearray) -> Part:
+    async def _upload_part(self, number: int, body: list[bytes]) -> Part:
         store = self.store
+        reader = ChunksReader(body)
         async with s3_errors("uploading a part"):
             r = await store.s3.upload_part(Bucket=store.bucket, Key=store.key(self.upload.id),
-                                           UploadId=self.state["mpu"], PartNumber=number, Body=body)
-        return {"n": number, "etag": str(r["ETag"]), "size": len(body)}
+                                           UploadId=self.state["mpu"], PartNumber=number,
+                                           Body=reader, ContentLength=len(reader))
+        return {"n": number, "etag": str(r["ETag"]), "size": len(reader)}
 
     async def _settle_one(self) -> None:
         """Wait for the oldest in-flight part and stage it."""
@@ -799,7 +797,7 @@ class S3Lock(UploadLock):
             with contextlib.suppress(Exception):  # a leftover is removed by the sweeper
                 await store.s3.delete_object(Bucket=store.bucket, Key=old_tail["key"])
         if complete:
-            self._buf = bytearray()
+            self._buf = ChunkBuffer()
         return self.upload
 
     async def _store_tail(self, old: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -810,8 +808,12 @@ class S3Lock(UploadLock):
         slot = 1 if old and old["key"] == store.tail_key(self.upload.id, 0) else 0
         key = store.tail_key(self.upload.id, slot)
         async with s3_errors("storing the incomplete part"):
-            r = await store.s3.put_object(Bucket=store.bucket, Key=key, Body=self._buf)
+            r = await store.s3.put_object(Bucket=store.bucket, Key=key, Body=self._reader(),
+                                          ContentLength=len(self._buf))
         return {"key": key, "size": len(self._buf), "etag": r["ETag"]}
+
+    def _reader(self) -> ChunksReader:
+        return ChunksReader(self._buf.chunks())
 
     async def _finish(self, changes: dict[str, Any]) -> dict[str, Any]:
         """Make the final object from the published + staged parts and the buffer."""
@@ -821,14 +823,15 @@ class S3Lock(UploadLock):
         mpu = self.state.get("mpu")
         if mpu is None:
             async with s3_errors("completing an upload"):
-                r = await store.s3.put_object(Bucket=store.bucket, Key=key, Body=self._buf,
+                r = await store.s3.put_object(Bucket=store.bucket, Key=key, Body=self._reader(),
+                                              ContentLength=len(self._buf),
                                               **object_headers(self.upload.metadata))
             return {"object_etag": r["ETag"]}
         if self._buf or not parts:
             number = len(parts) + 1
             if number > store.max_parts:
                 raise StorageError("too many parts for one S3 object")
-            parts.append(await self._upload_part(number, self._buf))
+            parts.append(await self._upload_part(number, self._buf.chunks()))
         # Record that every byte is in a part before completing: if the process dies
         # after CompleteMultipartUpload, the next lock (or HEAD) finishes the job
         # instead of finding a record that points at a multipart upload that is gone.
@@ -865,7 +868,7 @@ class S3Lock(UploadLock):
         overwritten by the next part with that number, or dropped at completion)."""
         await self.drain()
         self._staged, self._staged_size, self.written = [], 0, 0
-        self._buf = bytearray()
+        self._buf = ChunkBuffer()
         self._loaded = False
 
     async def release(self) -> None:
@@ -881,7 +884,7 @@ class S3Lock(UploadLock):
         tail = self.state.get("tail")
         if (self._loaded and not (self.written or self.terminated or self.lost) and tail
                 and len(self._buf) == tail["size"]):
-            self.store._cache_tail(self.upload.id, tail.get("etag"), self._buf)
+            self.store._cache_tail(self.upload.id, tail.get("etag"), self._buf.chunks())
         if self.terminated or self.lost:
             return
         try:
