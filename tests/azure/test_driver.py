@@ -403,3 +403,66 @@ async def test_a_waiting_replica_asks_the_holder_to_stop(make_store):
     up = await taken.commit()
     await taken.release()
     assert await read_all(b, up) == b"x" * 10 + b"y" * 90
+
+
+@pytest.fixture
+async def no_copy_from_url_proxy(azurite_port: int) -> AsyncIterator[int]:
+    """A real HTTP reverse proxy in front of Azurite that answers Put Block From URL
+    with 501 APINotImplemented, as Azurite before 3.37 and some Azure Stack builds do."""
+    import aiohttp
+    from aiohttp import web
+    from yarl import URL
+
+    upstream = f"http://127.0.0.1:{azurite_port}"
+    session = aiohttp.ClientSession(auto_decompress=False)
+    refused: list[str] = []
+    hop = {"host", "content-length", "transfer-encoding", "connection", "content-encoding"}
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if request.query.get("comp") == "block" and "x-ms-copy-source" in request.headers:
+            refused.append(request.path)
+            return web.Response(status=501, content_type="application/xml",
+                                headers={"x-ms-error-code": "APINotImplemented"},
+                                text='<?xml version="1.0" encoding="utf-8"?><Error><Code>'
+                                     "APINotImplemented</Code><Message>not here</Message></Error>")
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in hop}
+        async with session.request(request.method, URL(upstream + request.raw_path, encoded=True),
+                                   headers=headers, data=await request.read(),
+                                   skip_auto_headers=["Content-Type", "Accept-Encoding"],
+                                   allow_redirects=False) as r:
+            body = await r.read()
+            out = {k: v for k, v in r.headers.items() if k.lower() not in hop}
+            return web.Response(status=r.status, body=body, headers=out)
+
+    app = web.Application(client_max_size=64 << 20)
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield port
+    finally:
+        assert refused, "the proxy never saw a Put Block From URL"
+        await runner.cleanup()
+        await session.close()
+
+
+async def test_concatenation_falls_back_when_service_answers_api_not_implemented(
+        make_store, no_copy_from_url_proxy):
+    from tests.plugins.azure import connection_string
+
+    store = await make_store(connection_string=connection_string(no_copy_from_url_proxy),
+                             part_size=128 * KIB)
+    parts = [os.urandom(300 * KIB), os.urandom(5)]
+    partials = [await write(store, (await new_upload(store, len(d), is_partial=True)).id, d)
+                for d in parts]
+    final = await new_upload(store, None, final_of=tuple(p.id for p in partials))
+    lock = await store.lock(final.id, 1)
+    try:
+        up = await store.concatenate(final, partials)
+    finally:
+        await lock.release()
+    assert not store.copy_from_url  # learned once, for the rest of the process
+    assert await read_all(store, up) == b"".join(parts)
