@@ -201,6 +201,11 @@ class TusHandler:
         except BaseException:
             self.leases.release(lease)
             raise
+        # A request on another replica wants this upload: yield if our client is idle,
+        # exactly as for a newer request in this process (LeaseRegistry.acquire).
+        takeover_idle = self.server.lock_takeover_idle
+        lock.on_takeover_request = lambda: lease.stop(
+            StopReason.TAKEN_OVER, lease.last_activity + takeover_idle)
         return lease, lock
 
     async def _release(self, lease: Lease, lock: UploadLock) -> None:

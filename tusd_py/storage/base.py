@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
 from ..protocol.headers import Metadata
@@ -86,6 +86,9 @@ class UploadLock(ABC):
     upload: Upload
     #: Bytes written since the lock was taken, not yet committed.
     written: int = 0
+    #: Set by the handler; a driver whose lock spans processes or replicas calls it when
+    #: a request elsewhere asks for this upload (the holder then yields if it is idle).
+    on_takeover_request: Callable[[], None] | None = None
 
     @abstractmethod
     async def write(self, data: bytes) -> None:
