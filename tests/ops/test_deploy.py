@@ -185,12 +185,19 @@ def test_compose_nginx_conf_passes_nginx_t(tmp_path: Path) -> None:
     assert "test is successful" in proc.stderr
 
 
-@pytest.mark.parametrize("driver", ["local", "s3"])
+@pytest.mark.parametrize("driver", ["local", "s3", "gcs", "azure"])
 def test_compose_environment_builds_the_driver(driver: str) -> None:
     """The driver the compose file selects is constructed from its settings (not started:
-    the compose network does not exist here). gcs and azure join once their drivers land."""
+    the compose network does not exist here)."""
     from tusd_py.storage import build_store
 
-    env = compose_json(driver, env={"TUSD_DRIVER": driver})["services"]["tusd"]["environment"]
-    store = build_store(load_config(str(ROOT / "deploy/tusd.yaml"), env=env).storage)
-    assert type(store).__name__ == {"local": "LocalStore", "s3": "S3Store"}[driver]
+    compose_env = {"TUSD_DRIVER": driver}
+    if driver == "gcs":
+        compose_env["TUSD_ENDPOINT_URL"] = "http://fake-gcs:4443"
+    env = compose_json(driver, env=compose_env)["services"]["tusd"]["environment"]
+    config = load_config(str(ROOT / "deploy/tusd.yaml"), env=env)
+    store = build_store(config.storage)
+    assert type(store).__name__ == {"local": "LocalStore", "s3": "S3Store", "gcs": "GCSStore",
+                                    "azure": "AzureStore"}[driver]
+    if driver == "gcs":
+        assert config.storage.endpoint_url == "http://fake-gcs:4443"
