@@ -1,0 +1,345 @@
+"""The Azure driver's write lock (``AzureLock``) and downloads (``AzureDownload``).
+
+See ``tusd_py.storage.azure`` for the design: the lock is a lease in ``.info`` taken and
+renewed by compare-and-set; body bytes become uncommitted blocks of the upload's blob,
+published in the record at each commit and committed as the blob at completion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+
+from azure.core import MatchConditions
+from azure.storage.blob.aio import BlobClient
+
+from ..protocol.errors import MismatchedOffset, SizeExceeded, StorageError, UploadBusy
+from .azure_info import (
+    CONFLICT_CODES,
+    MAX_BLOCK_SIZE,
+    MAX_BLOCKS,
+    Conflict,
+    azure_errors,
+    blob_headers,
+    block_id,
+    block_list,
+    decode_upload,
+    error_code,
+)
+from .base import Download, Upload, UploadLock
+
+if TYPE_CHECKING:
+    from .azure import AzureStore
+
+log = logging.getLogger(__name__)
+
+MIB = 1 << 20
+
+
+def block_size_for(used: int, *, base: int, length: int | None, done: int) -> int:
+    """The size of the next full block, given ``used`` blocks holding ``done`` bytes.
+
+    Known length: ``max(base, ceil(bytes still to come / blocks left))`` (whole MiB
+    when above ``base``),
+    so the 50,000 blocks never run out. Deferred length: ``base``, doubling every 4,545
+    blocks (eleven tiers reach Azure's 190.7 TiB from any base)."""
+    left = MAX_BLOCKS - used - 1  # one block kept for a short last one
+    if left <= 0:
+        raise SizeExceeded("upload has too many blocks for one Azure blob (50,000)")
+    if length is not None:
+        need = -(-max(length - done, 0) // left)
+        size = base if need <= base else -(-need // MIB) * MIB
+    else:
+        size = base << min(used // (MAX_BLOCKS // 11), 12)
+    return min(size, MAX_BLOCK_SIZE)
+
+
+class AzureDownload(Download):
+    def __init__(self, *, size: int, etag: str, last_modified: float, blob: BlobClient) -> None:
+        super().__init__(size=size, etag=etag, last_modified=last_modified)
+        self.blob = blob
+
+    async def read(self, start: int, length: int) -> AsyncIterator[bytes]:
+        """Stream ``length`` bytes from ``start``: ranged GETs of 2 MiB, passed through."""
+        if length <= 0:
+            return
+        async with azure_errors("reading an upload"):
+            downloader = await self.blob.download_blob(offset=start, length=length)
+            async for chunk in downloader.chunks():
+                yield chunk
+
+
+class AzureLock(UploadLock):
+    """A held lease on one upload, and the write buffer of the request holding it."""
+
+    def __init__(self, store: AzureStore, state: dict[str, Any], etag: str, token: str) -> None:
+        self.store = store
+        self.state = state
+        self.etag = etag
+        self.token = token
+        self.upload = decode_upload(state, store._location(state["id"]))
+        self.written = 0
+        self.terminated = False
+        self.released = False
+        #: Set when the lease was taken over (it expired while we could not renew it).
+        self.lost = False
+        self._buf = bytearray()  # body bytes not yet in a block
+        self._numbers = 0  # block ids used under this lease
+        self._staged: list[str] = []  # blocks staged since the last commit, in order
+        self._staged_size = 0
+        #: Blocks being staged, oldest first: (task, id, size).
+        self._pending: list[tuple[asyncio.Task[None], str, int]] = []
+        self._io = asyncio.Lock()  # orders record writes (renewal vs commit)
+        #: Called (once) when another process or replica asks for this upload; a handler
+        #: sets it to end a stalled request's read early (like an in-process takeover).
+        self.on_takeover_request: Callable[[], None] | None = None
+        self._stop_asked = False
+        self._renewer = asyncio.get_running_loop().create_task(
+            self._renew(), name=f"azure-lease-{self.upload.id}")
+
+    # -- lease ------------------------------------------------------------------------
+
+    @property
+    def lease_until(self) -> float:
+        return float((self.state.get("lease") or {}).get("until", 0.0))
+
+    def _check_lease(self) -> None:
+        if self.lost or self.released or time.time() > self.lease_until - 0.5:
+            self.lost = True
+            raise UploadBusy("the upload was taken over by another request")
+
+    def _stop_wanted(self) -> None:
+        """Another process or replica waits for this upload: tell our request."""
+        if self._stop_asked:
+            return
+        self._stop_asked = True
+        if self.on_takeover_request is not None:
+            try:
+                self.on_takeover_request()
+            except Exception:
+                log.exception("upload %s: takeover callback failed", self.upload.id)
+
+    async def _renew(self) -> None:
+        """Renew the lease every ``lease_duration / 3``; in between, once a second, look
+        for a takeover request if somebody listens for one."""
+        renew_every = self.store.lease_duration / 3
+        tick = min(1.0, renew_every)
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(tick)
+            try:
+                if time.monotonic() - last < renew_every:
+                    if self.on_takeover_request is not None and not self._stop_asked:
+                        found = await self.store.read_info(self.upload.id)
+                        if (found is not None and found[1] != self.etag and found[0].get("wanted")
+                                and (found[0].get("lease") or {}).get("holder") == self.token):
+                            self._stop_wanted()
+                    continue
+                async with self._io:
+                    if self.released or self.terminated:
+                        return
+                    await self._write_state({})
+                last = time.monotonic()
+            except Conflict:
+                log.warning("upload %s: lease taken over by another request", self.upload.id)
+                self.lost = True
+                return
+            except Exception as exc:
+                log.warning("upload %s: lease renewal failed: %s", self.upload.id, exc)
+                if time.time() > self.lease_until:
+                    self.lost = True
+                    return
+
+    async def _write_state(self, changes: dict[str, Any], *, release: bool = False) -> None:
+        """CAS the record with ``changes`` and a renewed (or, with ``release``, no) lease.
+        The caller holds ``_io``.
+
+        While our lease is live the only other writer of the record is a waiter adding
+        a takeover request (``wanted``); such a conflict is merged (the request noted,
+        our record written over it). Any other conflict means the lease was lost."""
+        for _ in range(5):
+            lease = None if release else {
+                "holder": self.token, "until": time.time() + self.store.lease_duration}
+            new = dict(self.state, **changes, lease=lease, wanted=None, rev=self.state["rev"] + 1)
+            try:
+                self.etag = await self.store.cas_info(self.upload.id, new, self.etag)
+            except Conflict as exc:
+                current = exc.current
+                if current is None or (current[0].get("lease") or {}).get("holder") != self.token:
+                    raise
+                if current[0].get("wanted"):
+                    self._stop_wanted()
+                self.etag = current[1]
+                continue
+            self.state = new
+            return
+        raise Conflict("the record keeps changing")
+
+    async def publish(self, **changes: Any) -> None:
+        """Write ``changes`` into the record under this lease and refresh ``upload``."""
+        if self.lost:
+            raise UploadBusy("the upload was taken over by another request")
+        async with self._io:
+            try:
+                await self._write_state(changes)
+            except Conflict:
+                self.lost = True
+                raise MismatchedOffset("the upload changed underneath this request") from None
+        self.upload = decode_upload(self.state, self.upload.location)
+
+    # -- writing ----------------------------------------------------------------------
+
+    def _used_blocks(self) -> int:
+        return len(self.state["blocks"]) + len(self._staged) + len(self._pending)
+
+    def _bytes_in_blocks(self) -> int:
+        return self.upload.offset + self.written - len(self._buf)
+
+    def _target(self) -> int:
+        return block_size_for(self._used_blocks(), base=self.store.part_size,
+                              length=self.upload.length, done=self._bytes_in_blocks())
+
+    async def write(self, data: bytes) -> None:
+        if self.lost:
+            raise UploadBusy("the upload was taken over by another request")
+        self._buf += data
+        self.written += len(data)
+        while self._buf:
+            target = self._target()
+            if len(self._buf) < target:
+                break
+            await self._cut(target)
+
+    async def _cut(self, size: int) -> None:
+        """Start staging the first ``size`` bytes of the buffer as the next block."""
+        while self._pending:  # one block in flight while the next one fills
+            await self._settle_one()
+        self._check_lease()
+        # bytes, not the bytearray: the SDK and aiohttp slice the body to its length,
+        # a copy for a bytearray but the very object for bytes. The old buffer is freed
+        # at once, so the block is held once while it is staged.
+        with memoryview(self._buf) as view:
+            body = bytes(view[:size])
+            rest = bytearray(view[size:])
+        self._buf = rest
+        number = self._numbers
+        self._numbers += 1
+        ident = block_id(self.token, number)
+        task = asyncio.get_running_loop().create_task(self._stage(ident, body))
+        self._pending.append((task, ident, len(body)))
+
+    async def _stage(self, ident: str, body: bytes) -> None:
+        async with azure_errors("staging a block"):
+            await self.store.blob(self.upload.id).stage_block(ident, body, length=len(body))
+
+    async def _settle_one(self) -> None:
+        """Wait for the oldest in-flight block and stage it."""
+        task, ident, size = self._pending[0]
+        try:
+            await task
+        except BaseException:
+            await self.drain()
+            raise
+        self._pending.pop(0)
+        self._staged.append(ident)
+        self._staged_size += size
+
+    async def _settle(self) -> None:
+        while self._pending:
+            await self._settle_one()
+
+    async def drain(self) -> None:
+        """Let in-flight stagings finish (or fail) without keeping them."""
+        pending, self._pending = self._pending, []
+        for task, _, _ in pending:
+            with contextlib.suppress(Exception):
+                await task
+
+    async def commit(self, *, length: int | None = None,
+                     expires_at: float | None = None) -> Upload:
+        if self.lost:
+            raise UploadBusy("the upload was taken over by another request")
+        upload = self.upload
+        new_length = length if length is not None else upload.length
+        new_offset = upload.offset + self.written
+        if new_length is not None and new_offset > new_length:
+            raise StorageError("more bytes than the upload's length")
+        complete = new_length is not None and new_offset == new_length
+        changes: dict[str, Any] = {"length": new_length, "offset": new_offset,
+                                   "expires_at": expires_at}
+        if self.written or complete:
+            await self._settle()
+            if self._buf:  # the short block: nothing received is lost across replicas
+                self._check_lease()
+                await self._cut(len(self._buf))
+                await self._settle()
+            self._check_lease()
+            changes["blocks"] = [*self.state["blocks"], *self._staged]
+            if complete:
+                # Published with every block before Put Block List: a crash in between
+                # is finished by the next lock (see finish_completion).
+                await self.publish(**changes, completing=True)
+                self._staged, self._staged_size, self.written = [], 0, 0
+                await self.finish_completion()
+                return self.upload
+        await self.publish(**changes)
+        self._staged, self._staged_size, self.written = [], 0, 0
+        return self.upload
+
+    async def finish_completion(self) -> None:
+        """Commit the record's blocks as the blob (``If-None-Match: *``: a second commit,
+        by a writer that died half-way or lost its lease, cannot replace the blob) and
+        mark the record complete."""
+        store = self.store
+        blob = store.blob(self.upload.id)
+        blocks = list(self.state["blocks"])
+        settings, metadata = blob_headers(self.upload.metadata, self.upload.id)
+        async with azure_errors("completing an upload"):
+            if not blocks:
+                etag = await store.put_empty(self.upload)
+            else:
+                try:
+                    r = await blob.commit_block_list(
+                        block_list(blocks), metadata=metadata, content_settings=settings,
+                        match_condition=MatchConditions.IfMissing)
+                    etag = str(r["etag"])
+                except Exception as exc:
+                    code, status = error_code(exc)
+                    if code not in CONFLICT_CODES and status not in (409, 412):
+                        raise
+                    # Committed already, by a holder that died before recording it?
+                    props = await blob.get_blob_properties()
+                    if props.size != self.state["offset"]:
+                        raise StorageError("the upload's blob exists with another size") from None
+                    etag = str(props.etag)
+        await self.publish(completed_at=time.time(), blob_etag=etag, blocks=[], completing=None)
+
+    async def rollback(self) -> None:
+        """Forget what this request wrote: its staged blocks stay unreferenced (Azure
+        drops uncommitted blocks that are not in the list at completion)."""
+        await self.drain()
+        self._staged, self._staged_size, self.written = [], 0, 0
+        self._buf = bytearray()
+
+    async def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        self._renewer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._renewer
+        await self.drain()
+        if self.store._held.get(self.upload.id) is self:
+            del self.store._held[self.upload.id]
+        if self.terminated or self.lost:
+            return
+        try:
+            async with self._io:
+                await self._write_state({}, release=True)
+        except Exception as exc:  # the lease runs out on its own
+            log.info("upload %s: lease not released (%s); it expires in %.0fs",
+                     self.upload.id, exc, self.store.lease_duration)
