@@ -178,23 +178,23 @@ async def test_rollback_publishes_nothing(make_store):
 
 
 async def test_lease_excludes_other_replicas_and_is_taken_over_when_expired(make_store):
-    a = await make_store(lease_duration=1.0)
-    b = await make_store(lease_duration=1.0)
+    a = await make_store(lease_duration=2.0)
+    b = await make_store(lease_duration=2.0)
     upload = await new_upload(a, 100)
     held = await a.lock(upload.id, 0)
     loop = asyncio.get_running_loop()
     started = loop.time()
     with pytest.raises(UploadBusy):
         await b.lock(upload.id, 0.3)
-    assert 0.25 < loop.time() - started < 1.0
-    await asyncio.sleep(1.2)  # the renewal keeps a live holder's lease
+    assert 0.25 < loop.time() - started < 2.0
+    await asyncio.sleep(2.5)  # the renewal keeps a live holder's lease
     with pytest.raises(UploadBusy):
         await b.lock(upload.id, 0)
 
     # The holder stalls (hung process, partition): it stops renewing; its lease expires.
     held._renewer.cancel()
     await held.write(b"x" * 10)
-    taken = await b.lock(upload.id, 3)
+    taken = await b.lock(upload.id, 5)
     await taken.write(b"y" * 20)
     assert (await taken.commit()).offset == 20
 
