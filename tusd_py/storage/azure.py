@@ -47,6 +47,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from azure.core import MatchConditions
+from azure.core.exceptions import HttpResponseError
 from azure.storage.blob import BlobSasPermissions, ContentSettings, generate_blob_sas
 from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClient, ExponentialRetry
 
@@ -385,41 +386,48 @@ class AzureStore(Store):
 
     async def concatenate(self, final: Upload, partials: list[Upload]) -> Upload:
         """Server-side: Put Block From URL of each partial (ranges of at most 100 MiB),
-        reading the partials through a short read-only SAS, then one Put Block List. If
-        the service cannot copy from a URL (or no SAS can be signed), the ranges go
-        through the daemon instead, at most ``part_size`` at a time."""
+        reading the partials through a short read-only SAS, then one Put Block List.
+
+        Server-side copying is an optimisation: if the service cannot copy from a URL
+        (501 APINotImplemented: remembered for the life of the process), refuses this
+        copy (the SAS could not be verified, an emulator's error...), or no SAS can be
+        signed, the remaining ranges are read and staged again through the daemon, at
+        most ``part_size`` at a time; that path surfaces real failures (a partial gone,
+        the service down) as errors."""
         lock = self._held.get(final.id)
         if lock is None:
             raise StorageError("concatenate needs the final upload's lock")
         total = sum(p.offset for p in partials)
         target = self.blob(final.id)
         ids: list[str] = []
+        server_side = self.copy_from_url
         async with azure_errors("concatenating uploads"):
             if total == 0:
                 etag = await self.put_empty(final)
             else:
-                delegation_key = await self._delegation_key() if self.copy_from_url else None
+                delegation_key = await self._delegation_key() if server_side else None
                 for partial in partials:
                     source = self.blob(partial.id)
-                    url = self._read_sas_url(source, delegation_key) if self.copy_from_url else None
+                    url = self._read_sas_url(source, delegation_key) if server_side else None
                     for start in range(0, partial.offset, _COPY_RANGE):
                         size = min(_COPY_RANGE, partial.offset - start)
                         if url is not None:
-                            number = len(ids)
+                            ident = block_id(lock.token, len(ids))
                             try:
                                 await target.stage_block_from_url(
-                                    block_id(lock.token, number), url, source_offset=start,
-                                    source_length=size)
-                                ids.append(block_id(lock.token, number))
-                                continue
-                            except Exception as exc:
+                                    ident, url, source_offset=start, source_length=size,
+                                    retry_total=1)
+                            except HttpResponseError as exc:
                                 code, status = error_code(exc)
-                                if code not in NOT_IMPLEMENTED_CODES and status != 501:
-                                    raise
-                                log.warning("storage cannot Put Block From URL (%s): concatenation "
-                                            "copies through the daemon", code or status)
-                                self.copy_from_url = False
-                                url = None
+                                if code in NOT_IMPLEMENTED_CODES or status == 501:
+                                    self.copy_from_url = False
+                                log.warning("Put Block From URL failed (%s): concatenation of "
+                                            "%s copies through the daemon",
+                                            f"{status} {code}".strip(), final.id)
+                                server_side, url = False, None
+                            else:
+                                ids.append(ident)
+                                continue
                         await self._copy_through(source, target, lock.token, ids, start, size)
                 if len(ids) > MAX_BLOCKS:
                     raise StorageError("too many blocks for one Azure blob")
