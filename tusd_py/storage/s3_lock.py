@@ -1,0 +1,389 @@
+"""The S3 driver's write lock: a lease in ``.info`` plus the request's part buffer.
+
+See ``tusd_py.storage.s3`` for the object layout. A lock holds the lease (renewed every
+``lease_duration / 3`` while the request streams), buffers body chunks up to a part,
+uploads full parts while the body keeps arriving, stores the incomplete tail at commit
+and publishes everything with one conditional write of the record. A waiter elsewhere
+may flag the record (``wanted``); the holder merges over the flag and tells its request
+through ``on_takeover_request``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..protocol.errors import MismatchedOffset, StorageError, UploadBusy
+from .base import Upload, UploadLock
+from .s3_buffer import ChunkBuffer, ChunksReader
+from .s3_info import (
+    NOT_FOUND_CODES,
+    Conflict,
+    Part,
+    decode_upload,
+    error_code,
+    object_headers,
+    s3_errors,
+)
+from .s3_sizing import MIN_PART_SIZE, part_size_for
+
+if TYPE_CHECKING:
+    from .s3 import S3Store
+
+log = logging.getLogger(__name__)
+
+
+class S3Lock(UploadLock):
+    """A held lease on one upload, and the write buffer of the request holding it."""
+
+    def __init__(self, store: S3Store, state: dict[str, Any], etag: str, token: str) -> None:
+        self.store = store
+        self.state = state
+        self.etag = etag
+        self.token = token
+        self.upload = decode_upload(state, store._location(state["id"]))
+        self.written = 0
+        self.terminated = False
+        self.released = False
+        #: Set when the lease was taken over (it expired while we could not renew it).
+        self.lost = False
+        self._buf = ChunkBuffer()  # the tail, then the body bytes not yet in a part
+        self._loaded = False  # _buf holds the stored tail
+        self._staged: list[Part] = []  # parts uploaded since the last commit
+        self._staged_size = 0
+        #: Parts being uploaded, oldest first, with their sizes.
+        self._pending: list[tuple[asyncio.Task[Part], int]] = []
+        self._io = asyncio.Lock()  # orders record writes (renewal vs commit)
+        #: Called (once) when another process or replica asks for this upload; a handler
+        #: sets it to end a stalled request's read early (like an in-process takeover).
+        self.on_takeover_request: Callable[[], None] | None = None
+        self._stop_asked = False
+        self._renewer = asyncio.get_running_loop().create_task(
+            self._renew(), name=f"s3-lease-{self.upload.id}")
+
+    # -- lease ------------------------------------------------------------------------
+
+    @property
+    def lease_until(self) -> float:
+        return float((self.state.get("lease") or {}).get("until", 0.0))
+
+    def _check_lease(self) -> None:
+        if self.lost or self.released or time.time() > self.lease_until - 0.5:
+            self.lost = True
+            raise UploadBusy("the upload was taken over by another request")
+
+    def _stop_wanted(self) -> None:
+        """Another process or replica waits for this upload: tell our request."""
+        if self._stop_asked:
+            return
+        self._stop_asked = True
+        if self.on_takeover_request is not None:
+            try:
+                self.on_takeover_request()
+            except Exception:
+                log.exception("upload %s: takeover callback failed", self.upload.id)
+
+    async def _renew(self) -> None:
+        """Renew the lease every ``lease_duration / 3``; in between, once a second, look
+        for a takeover request if somebody listens for one."""
+        renew_every = self.store.lease_duration / 3
+        tick = min(1.0, renew_every)
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(tick)
+            try:
+                if time.monotonic() - last < renew_every:
+                    if self.on_takeover_request is not None and not self._stop_asked:
+                        found = await self.store.read_info(self.upload.id)
+                        if found is not None and found[1] != self.etag and found[0].get("wanted") \
+                                and (found[0].get("lease") or {}).get("holder") == self.token:
+                            self._stop_wanted()
+                    continue
+                async with self._io:
+                    if self.released or self.terminated:
+                        return
+                    await self._write_state({})
+                last = time.monotonic()
+            except Conflict:
+                log.warning("upload %s: lease taken over by another request", self.upload.id)
+                self.lost = True
+                return
+            except Exception as exc:
+                log.warning("upload %s: lease renewal failed: %s", self.upload.id, exc)
+                if time.time() > self.lease_until:
+                    self.lost = True
+                    return
+
+    async def _write_state(self, changes: dict[str, Any], *, release: bool = False) -> None:
+        """CAS the record with ``changes`` and a renewed (or, with ``release``, no) lease.
+        The caller holds ``_io``.
+
+        While our lease is live the only other writer of the record is a waiter adding
+        a takeover request (``wanted``); such a conflict is merged (the request noted,
+        our record written over it). Any other conflict means the lease was lost."""
+        for _ in range(5):
+            lease = None if release else {
+                "holder": self.token, "until": time.time() + self.store.lease_duration}
+            new = dict(self.state, **changes, lease=lease, wanted=None, rev=self.state["rev"] + 1)
+            try:
+                self.etag = await self.store.cas_info(self.upload.id, new, self.etag)
+            except Conflict as exc:
+                current = exc.current
+                if current is None or (current[0].get("lease") or {}).get("holder") != self.token:
+                    raise
+                if current[0].get("wanted"):
+                    self._stop_wanted()
+                self.etag = current[1]
+                continue
+            self.state = new
+            return
+        raise Conflict("the record keeps changing")
+
+    async def publish(self, **changes: Any) -> None:
+        """Write ``changes`` into the record under this lease and refresh ``upload``."""
+        if self.lost:
+            raise UploadBusy("the upload was taken over by another request")
+        async with self._io:
+            try:
+                await self._write_state(changes)
+            except Conflict:
+                self.lost = True
+                raise MismatchedOffset("the upload changed underneath this request") from None
+        self.upload = decode_upload(self.state, self.upload.location)
+
+    # -- writing ----------------------------------------------------------------------
+
+    async def _load_tail(self) -> None:
+        if self._loaded:
+            return
+        tail = self.state.get("tail")
+        self._buf = ChunkBuffer()
+        cached = self.store._tail_cache.pop(self.upload.id, None)
+        if tail and cached is not None and cached[0] == tail.get("etag"):
+            self._buf = ChunkBuffer(cached[1])  # this process wrote it last: not read back
+        elif tail:
+            store = self.store
+            async with s3_errors("reading the incomplete part"):
+                try:
+                    r = await store.s3.get_object(Bucket=store.bucket, Key=tail["key"])
+                except Exception as exc:
+                    if error_code(exc)[0] in NOT_FOUND_CODES:
+                        raise StorageError("the upload's incomplete part object is missing") from None
+                    raise
+                async with (body := r["Body"]):
+                    self._buf.append(await body.read())
+            if len(self._buf) != tail["size"]:
+                raise StorageError("the upload's incomplete part object has the wrong size")
+        self._loaded = True
+
+    def _next_part_number(self) -> int:
+        return len(self.state["parts"]) + len(self._staged) + len(self._pending) + 1
+
+    def _bytes_in_parts(self) -> int:
+        pending = sum(size for _, size in self._pending)
+        return sum(p["size"] for p in self.state["parts"]) + self._staged_size + pending
+
+    def _target(self) -> int:
+        length = self.upload.length
+        return part_size_for(self._next_part_number(), base=self.store.part_size,
+                             length=length, done=self._bytes_in_parts(),
+                             max_parts=self.store.max_parts)
+
+    async def write(self, data: bytes) -> None:
+        if self.lost:
+            raise UploadBusy("the upload was taken over by another request")
+        if not self._loaded:
+            await self._load_tail()
+        self._buf.append(data)
+        self.written += len(data)
+        while len(self._buf) >= MIN_PART_SIZE:
+            target = self._target()
+            if len(self._buf) < target:
+                break
+            await self._cut(target)
+
+    async def _cut(self, size: int) -> None:
+        """Start uploading the first ``size`` bytes of the buffer as the next part."""
+        while len(self._pending) >= self.store.part_concurrency:
+            await self._settle_one()
+        self._check_lease()
+        await self._ensure_mpu()
+        body = self._buf.take(size)  # the chunks themselves: no copy of the part
+        number = self._next_part_number()
+        task = asyncio.get_running_loop().create_task(self._upload_part(number, body))
+        self._pending.append((task, size))
+
+    async def _upload_part(self, number: int, body: list[bytes]) -> Part:
+        store = self.store
+        reader = ChunksReader(body)
+        async with s3_errors("uploading a part"):
+            r = await store.s3.upload_part(Bucket=store.bucket, Key=store.key(self.upload.id),
+                                           UploadId=self.state["mpu"], PartNumber=number,
+                                           Body=reader, ContentLength=len(reader))
+        return {"n": number, "etag": str(r["ETag"]), "size": len(reader)}
+
+    async def _settle_one(self) -> None:
+        """Wait for the oldest in-flight part and stage it."""
+        task, _ = self._pending[0]
+        try:
+            part = await task
+        except BaseException:
+            await self.drain()
+            raise
+        self._pending.pop(0)
+        self._staged.append(part)
+        self._staged_size += part["size"]
+
+    async def _settle(self) -> None:
+        """Wait for every in-flight part and stage them, in order."""
+        while self._pending:
+            await self._settle_one()
+
+    async def _ensure_mpu(self) -> None:
+        if self.state.get("mpu"):
+            return
+        store = self.store
+        async with s3_errors("starting a multipart upload"):
+            r = await store.s3.create_multipart_upload(
+                Bucket=store.bucket, Key=store.key(self.upload.id),
+                **object_headers(self.upload.metadata))
+        # Recorded at once, so a crash before the next commit cannot orphan it.
+        await self.publish(mpu=r["UploadId"])
+
+    async def drain(self) -> None:
+        """Let in-flight part uploads finish (or fail) without staging them."""
+        pending, self._pending = self._pending, []
+        for task, _ in pending:
+            with contextlib.suppress(Exception):
+                await task
+
+    async def commit(self, *, length: int | None = None,
+                     expires_at: float | None = None) -> Upload:
+        if self.lost:
+            raise UploadBusy("the upload was taken over by another request")
+        upload = self.upload
+        new_length = length if length is not None else upload.length
+        new_offset = upload.offset + self.written
+        if new_length is not None and new_offset > new_length:
+            raise StorageError("more bytes than the upload's length")
+        complete = new_length is not None and new_offset == new_length
+        changes: dict[str, Any] = {"length": new_length, "offset": new_offset,
+                                   "expires_at": expires_at}
+        old_tail = self.state.get("tail")
+        if complete or self.written:
+            await self._load_tail()
+            await self._settle()
+            self._check_lease()
+            if complete:
+                changes.update(await self._finish(changes), completed_at=time.time(),
+                               tail=None, mpu=None, parts=[], completing=None)
+            else:
+                changes["parts"] = [*self.state["parts"], *self._staged]
+                changes["tail"] = await self._store_tail(old_tail)
+        await self.publish(**changes)
+        self._staged, self._staged_size, self.written = [], 0, 0
+        if old_tail and old_tail != self.state.get("tail"):
+            store = self.store
+            with contextlib.suppress(Exception):  # a leftover is removed by the sweeper
+                await store.s3.delete_object(Bucket=store.bucket, Key=old_tail["key"])
+        if complete:
+            self._buf = ChunkBuffer()
+        return self.upload
+
+    async def _store_tail(self, old: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Put the buffer as the tail object, in the slot the record does not point to."""
+        if not self._buf:
+            return None
+        store = self.store
+        slot = 1 if old and old["key"] == store.tail_key(self.upload.id, 0) else 0
+        key = store.tail_key(self.upload.id, slot)
+        async with s3_errors("storing the incomplete part"):
+            r = await store.s3.put_object(Bucket=store.bucket, Key=key, Body=self._reader(),
+                                          ContentLength=len(self._buf))
+        return {"key": key, "size": len(self._buf), "etag": r["ETag"]}
+
+    def _reader(self) -> ChunksReader:
+        return ChunksReader(self._buf.chunks())
+
+    async def _finish(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Make the final object from the published + staged parts and the buffer."""
+        store = self.store
+        key = store.key(self.upload.id)
+        parts = [*self.state["parts"], *self._staged]
+        mpu = self.state.get("mpu")
+        if mpu is None:
+            async with s3_errors("completing an upload"):
+                r = await store.s3.put_object(Bucket=store.bucket, Key=key, Body=self._reader(),
+                                              ContentLength=len(self._buf),
+                                              **object_headers(self.upload.metadata))
+            return {"object_etag": r["ETag"]}
+        if self._buf or not parts:
+            number = len(parts) + 1
+            if number > store.max_parts:
+                raise StorageError("too many parts for one S3 object")
+            parts.append(await self._upload_part(number, self._buf.chunks()))
+        # Record that every byte is in a part before completing: if the process dies
+        # after CompleteMultipartUpload, the next lock (or HEAD) finishes the job
+        # instead of finding a record that points at a multipart upload that is gone.
+        await self.publish(**changes, parts=parts, tail=None, completing=True)
+        self._staged, self._staged_size = [], 0
+        return {"object_etag": await self._complete_mpu(mpu, parts)}
+
+    async def _complete_mpu(self, mpu: str, parts: list[Part]) -> str:
+        store = self.store
+        key = store.key(self.upload.id)
+        async with s3_errors("completing an upload"):
+            try:
+                r = await store.s3.complete_multipart_upload(
+                    Bucket=store.bucket, Key=key, UploadId=mpu, MultipartUpload={
+                        "Parts": [{"PartNumber": p["n"], "ETag": p["etag"]} for p in parts]})
+            except Exception as exc:
+                if error_code(exc)[0] != "NoSuchUpload":
+                    raise
+                # Completed by a holder that died before recording it?
+                head = await store.s3.head_object(Bucket=store.bucket, Key=key)
+                if head["ContentLength"] != sum(p["size"] for p in parts):
+                    raise StorageError("the upload's multipart upload is gone") from None
+                return str(head["ETag"])
+        return str(r["ETag"])
+
+    async def finish_completion(self) -> None:
+        """Complete a multipart upload whose record says ``completing`` (see ``_finish``)."""
+        etag = await self._complete_mpu(self.state["mpu"], self.state["parts"])
+        await self.publish(completed_at=time.time(), object_etag=etag, mpu=None, parts=[],
+                           completing=None)
+
+    async def rollback(self) -> None:
+        """Forget what this request wrote: staged parts stay unreferenced (they are
+        overwritten by the next part with that number, or dropped at completion)."""
+        await self.drain()
+        self._staged, self._staged_size, self.written = [], 0, 0
+        self._buf = ChunkBuffer()
+        self._loaded = False
+
+    async def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        self._renewer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._renewer
+        await self.drain()
+        if self.store._held.get(self.upload.id) is self:
+            del self.store._held[self.upload.id]
+        tail = self.state.get("tail")
+        if (self._loaded and not (self.written or self.terminated or self.lost) and tail
+                and len(self._buf) == tail["size"]):
+            self.store._cache_tail(self.upload.id, tail.get("etag"), self._buf.chunks())
+        if self.terminated or self.lost:
+            return
+        try:
+            async with self._io:
+                await self._write_state({}, release=True)
+        except Exception as exc:  # the lease runs out on its own
+            log.info("upload %s: lease not released (%s); it expires in %.0fs",
+                     self.upload.id, exc, self.store.lease_duration)
