@@ -183,6 +183,9 @@ class StorageConfig(Section):
     #: https://<account>.blob.core.windows.net (with a SAS query, or Entra ID sign-in
     #: through azure-identity) when there is no connection string.
     account_url: str | None = None
+    #: Create the container (private) at start-up if it does not exist; needs the
+    #: permission to (off: a missing container is reported by /readyz and as 500s).
+    create_container: bool = False
 
 
 class ExpirationConfig(Section):

@@ -129,3 +129,22 @@ async def test_driver_from_environment_connection_string(daemon_factory, azure_s
             assert r.status == 204
         async with http.get(location) as r:
             assert await r.read() == b"hello"
+
+
+async def test_create_container_at_start(azure_app_factory, azure_container,
+                                         azurite_connection_string):
+    """``storage.create_container``: a missing container is created (once; an existing
+    one is left alone)."""
+    from azure.storage.blob import BlobServiceClient
+
+    name = f"{azure_container}-new"
+    client = await azure_app_factory(storage={"container": name, "create_container": True})
+    try:
+        assert (await client.get("/readyz")).status == 200
+        path = await upload(client, b"made it")
+        assert await download(client, path) == b"made it"
+        again = await azure_app_factory(storage={"container": name, "create_container": True})
+        assert (await head(again, path)).headers["Upload-Offset"] == "7"
+    finally:
+        with BlobServiceClient.from_connection_string(azurite_connection_string) as service:
+            service.delete_container(name)

@@ -33,7 +33,8 @@ def build_store(config: StorageConfig) -> Store:
         return AzureStore(config.container, prefix=config.prefix,
                           connection_string=secret.get_secret_value() if secret else None,
                           account_url=config.account_url, part_size=config.part_size,
-                          lease_duration=config.lease_duration)
+                          lease_duration=config.lease_duration,
+                          create_container=config.create_container)
     if config.driver == "gcs":
         try:
             from .gcs import GCSStore

@@ -97,7 +97,7 @@ class AzureStore(Store):
     def __init__(self, container: str | None, *, connection_string: str | None = None,
                  account_url: str | None = None, credential: Any = None, prefix: str = "",
                  part_size: int = 8 << 20, lease_duration: float = 10.0,
-                 env: Mapping[str, str] | None = None) -> None:
+                 create_container: bool = False, env: Mapping[str, str] | None = None) -> None:
         if not container:
             raise ConfigError("storage.container: required for the azure driver")
         if part_size < 64 << 10 or part_size > MAX_BLOCK_SIZE:
@@ -114,6 +114,7 @@ class AzureStore(Store):
         self.prefix = prefix
         self.part_size = part_size
         self.lease_duration = lease_duration
+        self.create_container = create_container
         self._connection_string = connection_string
         self._account_url = account_url
         self._credential = credential
@@ -161,9 +162,21 @@ class AzureStore(Store):
             self._service = BlobServiceClient(self._account_url or "", credential=credential, **options)
         self._container = self._service.get_container_client(self.container)
         try:
+            if self.create_container:
+                await self._create_container()
             await self.ping()
         except Exception as exc:  # start anyway; /readyz reports it until it works
             log.warning("Azure container %s is not reachable yet: %s", self.container, exc)
+
+    async def _create_container(self) -> None:
+        """Create the (private) container unless it exists (``storage.create_container``)."""
+        async with azure_errors(f"creating container {self.container}"):
+            try:
+                await self.client.create_container()
+                log.info("created Azure container %s", self.container)
+            except HttpResponseError as exc:
+                if error_code(exc)[0] != "ContainerAlreadyExists" and error_code(exc)[1] != 409:
+                    raise
 
     async def stop(self) -> None:
         for lock in list(self._held.values()):
