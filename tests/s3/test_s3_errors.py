@@ -20,6 +20,8 @@ from tusd_py.storage.s3 import S3Store
 MIB = 1 << 20
 SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
              b"<Message>Please reduce your request rate.</Message></Error>")
+INTERNAL_ERROR = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InternalError</Code>'
+                  b"<Message>We encountered an internal error.</Message></Error>")
 _HOP = {"host", "content-length", "transfer-encoding", "connection"}
 
 
@@ -32,6 +34,10 @@ class ThrottlingProxy:
         self.rule: Callable[[web.Request], bool] = lambda request: False
         self.failures = 0
         self.refused = 0
+        #: Requests matching ``lose_rule`` are carried out, then answered 500 (``lose`` times).
+        self.lose_rule: Callable[[web.Request], bool] = lambda request: False
+        self.lose = 0
+        self.lost = 0
         self.session: aiohttp.ClientSession | None = None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -39,6 +45,15 @@ class ThrottlingProxy:
             self.failures -= 1 if self.failures > 0 else 0
             self.refused += 1
             return web.Response(status=503, body=SLOW_DOWN, content_type="application/xml")
+        response = await self.forward(request)
+        if self.lose and response.status < 300 and self.lose_rule(request):
+            # The write happened, but the client never learns it: botocore retries it.
+            self.lose -= 1
+            self.lost += 1
+            return web.Response(status=500, body=INTERNAL_ERROR, content_type="application/xml")
+        return response
+
+    async def forward(self, request: web.Request) -> web.Response:
         assert self.session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         async with self.session.request(request.method, self.upstream + request.path_qs,
@@ -115,3 +130,32 @@ async def test_readyz_503_while_s3_answers_5xx(aiohttp_client, s3_storage_config
     assert (await client.get("/readyz")).status == 200
     r = await client.post("/files/", headers={**TUS, "Upload-Length": "1"})
     assert r.status == 201
+
+
+def is_conditional_record_write(request: web.Request) -> bool:
+    return (request.method == "PUT" and request.path.endswith(".info")
+            and "If-Match" in request.headers)
+
+
+async def test_lost_responses_to_conditional_writes_are_recognised(
+        aiohttp_client, s3_storage_config, proxy):
+    """Every conditional write of a record succeeds but its answer is lost: botocore's
+    retry then fails its If-Match (the ETag moved). The lease holder token and the
+    per-write nonce show the write was ours, so nothing is refused or lost."""
+    throttle, endpoint = proxy
+    client = await client_for(aiohttp_client, s3_storage_config, endpoint)
+    data = os.urandom(7 * MIB)
+    path = await create(client, len(data))
+    throttle.lose_rule, throttle.lose = is_conditional_record_write, 1000
+    r = await patch(client, path, 0, data[:6 * MIB])  # lease, MPU record, commit, release
+    assert r.status == 204, await r.text()
+    r = await patch(client, path, 6 * MIB, data[6 * MIB:])  # + completing, completed
+    assert r.status == 204, await r.text()
+    assert throttle.lost >= 8
+    throttle.lose = 0
+    assert await download(client, path) == data
+    r = await head(client, path)
+    assert r.headers["Upload-Offset"] == str(len(data))
+    # the lease was released too: another request gets the upload at once
+    r = await client.delete(path, headers=TUS)
+    assert r.status == 204
