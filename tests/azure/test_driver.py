@@ -96,6 +96,18 @@ def test_configuration_errors(monkeypatch):
     assert store._connection_string == "from-env"
 
 
+def test_block_runs_keep_the_record_small():
+    from tusd_py.storage.azure_info import block_id, block_ids, block_runs
+
+    a, b = "a" * 32, "b" * 32
+    runs = block_runs([], a, [0, 1, 2])
+    runs = block_runs(runs, a, [5, 6])  # after a rollback dropped 3 and 4
+    runs = block_runs(runs, b, [0])
+    assert runs == [["a" * 12, 0, 3], ["a" * 12, 5, 2], ["b" * 12, 0, 1]]
+    assert block_ids(runs) == [block_id(a, n) for n in (0, 1, 2, 5, 6)] + [block_id(b, 0)]
+    assert len({len(i) for i in block_ids(runs)}) == 1  # Azure wants equal lengths
+
+
 def test_block_sizes_grow_when_blocks_would_run_out():
     assert block_size_for(0, base=8 * MIB, length=100 * MIB, done=0) == 8 * MIB
     # 1 TiB in 8 MiB blocks would need 131,072 blocks: blocks grow to fit 50,000
@@ -124,6 +136,8 @@ async def test_blocks_across_patches_and_replicas_then_one_commit(make_store, az
     up = await write(other, upload.id, data[300 * KIB:600 * KIB])
     assert up.offset == 600 * KIB
     assert block_sizes(azure_container_client, name)[1] == [256 * KIB, 44 * KIB, 256 * KIB, 44 * KIB]
+    state, _ = await store.read_info(upload.id)
+    assert [run[1:] for run in state["blocks"]] == [[0, 2], [0, 2]]  # one run per PATCH
 
     up = await write(store, upload.id, data[600 * KIB:])
     assert up.is_complete and up.offset == len(data)
@@ -316,9 +330,10 @@ async def _noop() -> None:
 class AzureLockProbe:
     @staticmethod
     async def commit_blocks(lock: Any) -> None:
-        from tusd_py.storage.azure_info import block_list
+        from tusd_py.storage.azure_info import block_ids, block_list
 
-        await lock.store.blob(lock.upload.id).commit_block_list(block_list(lock.state["blocks"]))
+        await lock.store.blob(lock.upload.id).commit_block_list(
+            block_list(block_ids(lock.state["blocks"])))
 
 
 async def test_concatenation_copies_server_side(make_store, azure_container_client):

@@ -64,7 +64,7 @@ def encode_upload(upload: Upload) -> dict[str, Any]:
         "is_partial": upload.is_partial,
         "final_of": list(upload.final_of),
         "completed_at": upload.completed_at,
-        "blocks": [],  # published block ids, in blob order (uncommitted until completion)
+        "blocks": [],  # published blocks in blob order, as runs (see block_runs)
         "completing": None,  # True between publishing the last block and Put Block List
         "lease": None,  # {"holder": token, "until": epoch seconds}
         "blob_etag": None,  # ETag of the final blob once complete
@@ -103,6 +103,33 @@ def block_id(token: str, number: int) -> str:
     ``token`` is the writer's lease token, so blocks staged by a writer that lost its
     lease can never be mistaken for the blocks of the writer that took over."""
     return base64.b64encode(f"{token[:12]}{number:08d}".encode()).decode()
+
+
+def block_runs(runs: list[list[Any]], token: str, numbers: list[int]) -> list[list[Any]]:
+    """``runs`` with the blocks ``numbers`` of writer ``token`` appended.
+
+    The record lists its blocks as runs ``[token[:12], first number, count]`` (the ids
+    are ``block_id(token, n)``): one run per PATCH instead of one id per block, so the
+    record of an upload with thousands of blocks stays small (it is rewritten at each
+    commit and lease renewal)."""
+    out = [list(run) for run in runs]
+    key = token[:12]
+    for number in numbers:
+        last = out[-1] if out else None
+        if last is not None and last[0] == key and last[1] + last[2] == number:
+            last[2] += 1
+        else:
+            out.append([key, number, 1])
+    return out
+
+
+def block_ids(runs: list[list[Any]]) -> list[str]:
+    """Every block id of ``runs``, in order."""
+    return [block_id(key, n) for key, first, count in runs for n in range(first, first + count)]
+
+
+def block_count(runs: list[list[Any]]) -> int:
+    return sum(int(run[2]) for run in runs)
 
 
 def blob_headers(metadata: Metadata, upload_id: str) -> tuple[ContentSettings, dict[str, str]]:

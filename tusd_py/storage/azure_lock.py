@@ -25,8 +25,11 @@ from .azure_info import (
     Conflict,
     azure_errors,
     blob_headers,
+    block_count,
     block_id,
+    block_ids,
     block_list,
+    block_runs,
     decode_upload,
     error_code,
 )
@@ -89,10 +92,10 @@ class AzureLock(UploadLock):
         self.lost = False
         self._buf = bytearray()  # body bytes not yet in a block
         self._numbers = 0  # block ids used under this lease
-        self._staged: list[str] = []  # blocks staged since the last commit, in order
+        self._staged: list[int] = []  # numbers of the blocks staged since the last commit
         self._staged_size = 0
         #: Blocks being staged, oldest first: (task, id, size).
-        self._pending: list[tuple[asyncio.Task[None], str, int]] = []
+        self._pending: list[tuple[asyncio.Task[None], int, int]] = []
         self._io = asyncio.Lock()  # orders record writes (renewal vs commit)
         #: Called (once) when another process or replica asks for this upload; a handler
         #: sets it to end a stalled request's read early (like an in-process takeover).
@@ -194,7 +197,7 @@ class AzureLock(UploadLock):
     # -- writing ----------------------------------------------------------------------
 
     def _used_blocks(self) -> int:
-        return len(self.state["blocks"]) + len(self._staged) + len(self._pending)
+        return block_count(self.state["blocks"]) + len(self._staged) + len(self._pending)
 
     def _bytes_in_blocks(self) -> int:
         return self.upload.offset + self.written - len(self._buf)
@@ -228,9 +231,9 @@ class AzureLock(UploadLock):
         self._buf = rest
         number = self._numbers
         self._numbers += 1
-        ident = block_id(self.token, number)
-        task = asyncio.get_running_loop().create_task(self._stage(ident, body))
-        self._pending.append((task, ident, len(body)))
+        task = asyncio.get_running_loop().create_task(
+            self._stage(block_id(self.token, number), body))
+        self._pending.append((task, number, len(body)))
 
     async def _stage(self, ident: str, body: bytes) -> None:
         async with azure_errors("staging a block"):
@@ -238,14 +241,14 @@ class AzureLock(UploadLock):
 
     async def _settle_one(self) -> None:
         """Wait for the oldest in-flight block and stage it."""
-        task, ident, size = self._pending[0]
+        task, number, size = self._pending[0]
         try:
             await task
         except BaseException:
             await self.drain()
             raise
         self._pending.pop(0)
-        self._staged.append(ident)
+        self._staged.append(number)
         self._staged_size += size
 
     async def _settle(self) -> None:
@@ -278,7 +281,7 @@ class AzureLock(UploadLock):
                 await self._cut(len(self._buf))
                 await self._settle()
             self._check_lease()
-            changes["blocks"] = [*self.state["blocks"], *self._staged]
+            changes["blocks"] = block_runs(self.state["blocks"], self.token, self._staged)
             if complete:
                 # Published with every block before Put Block List: a crash in between
                 # is finished by the next lock (see finish_completion).
@@ -296,7 +299,7 @@ class AzureLock(UploadLock):
         mark the record complete."""
         store = self.store
         blob = store.blob(self.upload.id)
-        blocks = list(self.state["blocks"])
+        blocks = block_ids(self.state["blocks"])
         settings, metadata = blob_headers(self.upload.metadata, self.upload.id)
         async with azure_errors("completing an upload"):
             if not blocks:
