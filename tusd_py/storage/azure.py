@@ -125,6 +125,8 @@ class AzureStore(Store):
         self._held: dict[str, AzureLock] = {}
         #: id -> (ETag of .info, expires_at), so a sweep GETs only records that changed.
         self._expiry_cache: dict[str, tuple[str, float | None]] = {}
+        #: (user delegation key, its expiry), reused for SAS signing (Entra ID sign-in).
+        self._delegation: tuple[Any, datetime] | None = None
         #: Blob name -> when a sweep first saw it without a record (``sweep_extra``).
         self._orphans: dict[str, float] = {}
         #: False once the service answered Put Block From URL with "not implemented".
@@ -389,13 +391,18 @@ class AzureStore(Store):
             return None
         if not hasattr(service.credential, "get_token"):
             return None
+        now = datetime.now(UTC)
+        cached = self._delegation
+        if cached is not None and cached[1] > now + timedelta(hours=1):
+            return cached[0]  # valid for at least as long as the SAS made from it
         try:
-            now = datetime.now(UTC)
-            return await service.get_user_delegation_key(now - timedelta(minutes=5),
-                                                         now + timedelta(hours=1))
+            expiry = now + timedelta(hours=6)
+            key = await service.get_user_delegation_key(now - timedelta(minutes=5), expiry)
         except Exception as exc:
             log.info("no user delegation key (%s): concatenation copies through the daemon", exc)
             return None
+        self._delegation = (key, expiry)
+        return key
 
     async def concatenate(self, final: Upload, partials: list[Upload]) -> Upload:
         """Server-side: Put Block From URL of each partial (ranges of at most 100 MiB),
