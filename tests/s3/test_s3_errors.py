@@ -82,9 +82,10 @@ def is_part_upload(request: web.Request) -> bool:
     return request.method == "PUT" and "partNumber" in request.query
 
 
-async def client_for(aiohttp_client: Any, config: dict[str, Any], endpoint: str) -> Any:
+async def client_for(aiohttp_client: Any, config: dict[str, Any], endpoint: str,
+                     retry_attempts: int = 3) -> Any:
     store = S3Store(config["bucket"], prefix=config["prefix"], endpoint_url=endpoint,
-                    region="us-east-1", part_size=5 * MIB, retry_attempts=3)
+                    region="us-east-1", part_size=5 * MIB, retry_attempts=retry_attempts)
     return await aiohttp_client(create_app(make_config(config), store=store))
 
 
@@ -121,7 +122,7 @@ async def test_persistent_throttling_is_503_with_a_clear_message_then_resumes(
 
 async def test_readyz_503_while_s3_answers_5xx(aiohttp_client, s3_storage_config, proxy):
     throttle, endpoint = proxy
-    client = await client_for(aiohttp_client, s3_storage_config, endpoint)
+    client = await client_for(aiohttp_client, s3_storage_config, endpoint, retry_attempts=1)
     assert (await client.get("/readyz")).status == 200
     throttle.rule, throttle.failures = (lambda request: True), -1
     r = await client.get("/readyz")
