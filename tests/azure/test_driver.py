@@ -272,7 +272,17 @@ async def test_expired_lists_only_expired_records(make_store):
     await new_upload(store, 10, expires_at=now + 3600)
     await new_upload(store, 10)
     assert await store.expired(now) == [old.id]
+    reads = 0
+    read_info = store.read_info
+
+    async def counting(upload_id: str) -> Any:
+        nonlocal reads
+        reads += 1
+        return await read_info(upload_id)
+
+    store.read_info = counting  # type: ignore[method-assign]
     assert await store.expired(now) == [old.id]  # second sweep from the ETag cache
+    assert reads == 0
     await write(store, old.id, b"x")  # commit without expires_at: never expires now
     assert await store.expired(now) == []
 

@@ -480,7 +480,7 @@ class AzureStore(Store):
             async for item in self.client.list_blobs(name_starts_with=self.prefix or None):
                 name = item.name[len(self.prefix):]
                 if name.endswith(".info") and is_upload_id(name[:-5]):
-                    seen[name[:-5]] = str(item.etag)
+                    seen[name[:-5]] = str(item.etag).strip('"')  # listings drop the quotes
         for stale in set(self._expiry_cache) - set(seen):
             del self._expiry_cache[stale]
         changed = [i for i, etag in seen.items() if self._expiry_cache.get(i, ("",))[0] != etag]
@@ -490,7 +490,7 @@ class AzureStore(Store):
             async with semaphore:
                 found = await self.read_info(upload_id)
             if found is not None:
-                self._expiry_cache[upload_id] = (found[1], found[0].get("expires_at"))
+                self._expiry_cache[upload_id] = (found[1].strip('"'), found[0].get("expires_at"))
 
         await asyncio.gather(*(refresh(i) for i in changed))
         out = [i for i, (_, expires_at) in self._expiry_cache.items()
