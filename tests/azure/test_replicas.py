@@ -157,3 +157,35 @@ async def test_kill_9_mid_upload_then_resume_on_the_other_replica(
     committed, uncommitted = blob.get_block_list("all")
     assert sum(block.size for block in committed) == len(data) and uncommitted == []
     assert blob_names(azure_container_client) == {name, name + ".info"}
+
+
+async def test_stalled_writer_on_one_replica_yields_to_a_client_on_the_other(replicas, http):
+    """The client's connection to A went silent (no FIN); it reconnects to B. B flags the
+    upload in .info, A's request yields (it was idle) and commits what it had: B answers
+    within lock_wait instead of 423 until A's 30 s idle timeout."""
+    a, b = replicas
+    data = os.urandom(300_000)
+    path = await create(http, a, len(data))
+    reader, writer = await asyncio.open_connection("127.0.0.1", a.port)
+    writer.write((f"PATCH {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nTus-Resumable: 1.0.0\r\n"
+                  f"Upload-Offset: 0\r\nContent-Type: {OCTET}\r\n"
+                  f"Content-Length: {len(data)}\r\n\r\n").encode() + data[:100_000])
+    await writer.drain()
+    await asyncio.sleep(0.5)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    headers = {**TUS, "Upload-Offset": "0", "Content-Type": OCTET}
+    async with http.patch(b.root + path, data=data, headers=headers) as r:
+        status = r.status
+    elapsed = loop.time() - started
+    assert status == 409, status  # A committed the 100,000 bytes it had, then let B in
+    assert elapsed < 3.0, elapsed  # server.lock_wait: no 423
+    response = await asyncio.wait_for(reader.read(1000), 5)
+    assert response.startswith(b"HTTP/1.1 400"), response[:100]
+    writer.close()
+    offset = await offset_of(http, b, path)
+    assert offset == 100_000
+    headers["Upload-Offset"] = str(offset)
+    async with http.patch(b.root + path, data=data[offset:], headers=headers) as r:
+        assert r.status == 204
+    assert await fetch(http, a, path) == data
