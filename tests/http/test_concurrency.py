@@ -84,7 +84,14 @@ async def test_dropped_connection_with_checksum_keeps_nothing(tus):
     writer.transport.abort()
     await asyncio.sleep(0.2)
     assert (await head(tus, path)).headers["Upload-Offset"] == "0"
-    assert (await patch(tus, path, 0, b"y" * 1000)).status == 204
+    # Object-store drivers release their lease with a network round trip: a client that
+    # comes back at once may see 423 for a moment, and retries as tus clients do.
+    for _ in range(30):
+        r = await patch(tus, path, 0, b"y" * 1000)
+        if r.status != 423:
+            break
+        await asyncio.sleep(0.5)
+    assert r.status == 204
 
 
 async def test_stalled_writer_hands_over_to_reconnecting_client(tus_client_factory):
