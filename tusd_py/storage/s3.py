@@ -14,7 +14,8 @@ Objects, for an upload ``id`` under ``prefix``:
   The two slots alternate so the tail the record points to is never overwritten before
   the record moves on: a crash at any point loses nothing acknowledged.
 
-Writes: ``lock`` takes a lease by compare-and-set of ``.info`` (``If-Match`` on its
+Writes (the lease protocol is shared with the other object stores, see ``leased``):
+``lock`` takes a lease by compare-and-set of ``.info`` (``If-Match`` on its
 ETag); a lease whose ``until`` has passed (its holder died) is taken over. While a
 PATCH streams, a task renews the lease every ``lease_duration / 3``. Body bytes are
 buffered up to one part (memory per PATCH: about two parts, one filling, one in flight)
@@ -36,7 +37,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from datetime import UTC
@@ -47,13 +47,12 @@ from botocore.config import Config as BotoConfig
 
 from ..config import ConfigError
 from ..protocol.errors import (
-    NotFound,
     StorageError,
-    UploadBusy,
     UploadExists,
 )
-from .base import Capability, Download, Store, Upload
+from .base import Capability, Download, Upload
 from .ids import check_upload_id, is_upload_id
+from .leased import LeasedStore
 from .s3_info import (
     CONFLICT_CODES,
     NOT_FOUND_CODES,
@@ -75,11 +74,12 @@ log = logging.getLogger(__name__)
 
 _TAIL_SUFFIXES = (".part", ".part.1")
 _READ_CHUNK = 64 * 1024
-_POLL_MIN, _POLL_MAX = 0.05, 0.5  # lock polling backoff while another replica holds it
 
 
-class S3Store(Store):
+class S3Store(LeasedStore[S3Lock]):
     name = "s3"
+    lock_class = S3Lock
+    _log = log
     capabilities = frozenset({
         Capability.TERMINATE, Capability.CONCATENATE, Capability.CONCATENATE_UNFINISHED,
         Capability.DEFER_LENGTH, Capability.EXPIRE, Capability.DOWNLOAD,
@@ -219,20 +219,8 @@ class S3Store(Store):
                 raise
         return str(r["ETag"])
 
-    async def cas_info(self, upload_id: str, state: dict[str, Any], etag: str) -> str:
-        """``write_info`` with ``If-Match`` that survives an ambiguous retry (the first
-        attempt landed, its response was lost, the retry failed its condition): every
-        write carries a fresh nonce ``w``, so the stored record shows whether it was ours.
-        A real conflict raises ``Conflict`` carrying the current (record, ETag)."""
-        state["w"] = uuid.uuid4().hex[:16]
-        try:
-            return await self.write_info(upload_id, state, etag=etag)
-        except Conflict as exc:
-            current = await self.read_info(upload_id)
-            if current is not None and current[0].get("w") == state["w"]:
-                return current[1]
-            exc.current = current
-            raise
+    def decode_record(self, state: dict[str, Any]) -> Upload:
+        return decode_upload(state, self._location(state["id"]))
 
     # -- Store ----------------------------------------------------------------------
 
@@ -257,71 +245,6 @@ class S3Store(Store):
                     await self.s3.delete_object(Bucket=self.bucket, Key=key)
             raise UploadExists() from None
         return upload.copy(location=self._location(upload.id))
-
-    async def get(self, upload_id: str) -> Upload | None:
-        found = await self.read_info(upload_id)
-        if found is None:
-            return None
-        if found[0].get("completing") and upload_id not in self._held:
-            try:  # a writer died while completing it: finish the job now
-                await (await self.lock(upload_id, 0)).release()
-                found = await self.read_info(upload_id) or found
-            except UploadBusy:
-                pass
-        return decode_upload(found[0], self._location(upload_id))
-
-    async def lock(self, upload_id: str, wait: float) -> S3Lock:
-        """Take the upload's lease: CAS of ``.info`` when free or expired, polling until
-        ``wait`` while another request (any replica) holds a live one."""
-        check_upload_id(upload_id)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        token = uuid.uuid4().hex
-        delay = _POLL_MIN
-        asked = False
-        while True:
-            found = await self.read_info(upload_id)
-            if found is None:
-                raise NotFound()
-            state, etag = found
-            lease = state.get("lease")
-            now = time.time()
-            if lease is not None and lease.get("holder") == token:  # our retried write landed
-                return await self._locked(upload_id, state, etag, token)
-            if lease is None or lease["until"] <= now:
-                if lease is not None:
-                    log.info("upload %s: taking over an expired lease", upload_id)
-                new = dict(state, lease={"holder": token, "until": now + self.lease_duration},
-                           wanted=None, rev=state["rev"] + 1)
-                try:
-                    etag = await self.write_info(upload_id, new, etag=etag)
-                except Conflict:
-                    continue  # somebody else changed it: look again
-                return await self._locked(upload_id, new, etag, token)
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise UploadBusy()
-            if not asked and remaining > _POLL_MIN:
-                # Ask the live holder (another process or replica) to stop: a writer
-                # whose client went silent then commits what it has and lets us in.
-                asked = True
-                with contextlib.suppress(Conflict):
-                    await self.write_info(upload_id, dict(state, wanted={"by": token, "at": now}),
-                                          etag=etag)
-            await asyncio.sleep(min(delay, remaining))
-            delay = min(delay * 2, _POLL_MAX)
-
-    async def _locked(self, upload_id: str, state: dict[str, Any], etag: str,
-                      token: str) -> S3Lock:
-        lock = S3Lock(self, state, etag, token)
-        self._held[upload_id] = lock
-        if state.get("completing"):
-            try:
-                await lock.finish_completion()
-            except BaseException:
-                await lock.release()
-                raise
-        return lock
 
     # -- optional capabilities ----------------------------------------------------
 

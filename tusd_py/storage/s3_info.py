@@ -23,6 +23,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ..protocol.errors import ServiceUnavailable, StorageError, TusError
 from ..protocol.headers import Metadata, metadata_text
 from .base import Upload
+from .leased import Conflict
 
 #: S3 error codes meaning "slow down"; botocore's standard retry mode already retried them.
 THROTTLING_CODES = frozenset({
@@ -34,13 +35,6 @@ CONFLICT_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
 _MIME = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}")
-
-
-class Conflict(Exception):
-    """A conditional write failed: the record changed since it was read."""
-
-    #: The record and ETag found after the failure (None: gone, or not read).
-    current: tuple[dict[str, Any], str] | None = None
 
 
 class Part(TypedDict):

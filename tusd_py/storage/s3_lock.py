@@ -14,17 +14,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..protocol.errors import MismatchedOffset, StorageError, UploadBusy
-from .base import Upload, UploadLock
+from ..protocol.errors import StorageError, UploadBusy
+from .base import Upload
+from .leased import LeasedLock
 from .s3_buffer import ChunkBuffer, ChunksReader
 from .s3_info import (
     NOT_FOUND_CODES,
-    Conflict,
     Part,
-    decode_upload,
     error_code,
     object_headers,
     s3_errors,
@@ -37,123 +35,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class S3Lock(UploadLock):
+class S3Lock(LeasedLock["S3Store"]):
     """A held lease on one upload, and the write buffer of the request holding it."""
 
+    _log = log
+
     def __init__(self, store: S3Store, state: dict[str, Any], etag: str, token: str) -> None:
-        self.store = store
-        self.state = state
-        self.etag = etag
-        self.token = token
-        self.upload = decode_upload(state, store._location(state["id"]))
-        self.written = 0
-        self.terminated = False
-        self.released = False
-        #: Set when the lease was taken over (it expired while we could not renew it).
-        self.lost = False
         self._buf = ChunkBuffer()  # the tail, then the body bytes not yet in a part
         self._loaded = False  # _buf holds the stored tail
         self._staged: list[Part] = []  # parts uploaded since the last commit
         self._staged_size = 0
         #: Parts being uploaded, oldest first, with their sizes.
         self._pending: list[tuple[asyncio.Task[Part], int]] = []
-        self._io = asyncio.Lock()  # orders record writes (renewal vs commit)
-        #: Called (once) when another process or replica asks for this upload; a handler
-        #: sets it to end a stalled request's read early (like an in-process takeover).
-        self.on_takeover_request: Callable[[], None] | None = None
-        self._stop_asked = False
-        self._renewer = asyncio.get_running_loop().create_task(
-            self._renew(), name=f"s3-lease-{self.upload.id}")
-
-    # -- lease ------------------------------------------------------------------------
-
-    @property
-    def lease_until(self) -> float:
-        return float((self.state.get("lease") or {}).get("until", 0.0))
-
-    def _check_lease(self) -> None:
-        if self.lost or self.released or time.time() > self.lease_until - 0.5:
-            self.lost = True
-            raise UploadBusy("the upload was taken over by another request")
-
-    def _stop_wanted(self) -> None:
-        """Another process or replica waits for this upload: tell our request."""
-        if self._stop_asked:
-            return
-        self._stop_asked = True
-        if self.on_takeover_request is not None:
-            try:
-                self.on_takeover_request()
-            except Exception:
-                log.exception("upload %s: takeover callback failed", self.upload.id)
-
-    async def _renew(self) -> None:
-        """Renew the lease every ``lease_duration / 3``; in between, once a second, look
-        for a takeover request if somebody listens for one."""
-        renew_every = self.store.lease_duration / 3
-        tick = min(1.0, renew_every)
-        last = time.monotonic()
-        while True:
-            await asyncio.sleep(tick)
-            try:
-                if time.monotonic() - last < renew_every:
-                    if self.on_takeover_request is not None and not self._stop_asked:
-                        found = await self.store.read_info(self.upload.id)
-                        if found is not None and found[1] != self.etag and found[0].get("wanted") \
-                                and (found[0].get("lease") or {}).get("holder") == self.token:
-                            self._stop_wanted()
-                    continue
-                async with self._io:
-                    if self.released or self.terminated:
-                        return
-                    await self._write_state({})
-                last = time.monotonic()
-            except Conflict:
-                log.warning("upload %s: lease taken over by another request", self.upload.id)
-                self.lost = True
-                return
-            except Exception as exc:
-                log.warning("upload %s: lease renewal failed: %s", self.upload.id, exc)
-                if time.time() > self.lease_until:
-                    self.lost = True
-                    return
-
-    async def _write_state(self, changes: dict[str, Any], *, release: bool = False) -> None:
-        """CAS the record with ``changes`` and a renewed (or, with ``release``, no) lease.
-        The caller holds ``_io``.
-
-        While our lease is live the only other writer of the record is a waiter adding
-        a takeover request (``wanted``); such a conflict is merged (the request noted,
-        our record written over it). Any other conflict means the lease was lost."""
-        for _ in range(5):
-            lease = None if release else {
-                "holder": self.token, "until": time.time() + self.store.lease_duration}
-            new = dict(self.state, **changes, lease=lease, wanted=None, rev=self.state["rev"] + 1)
-            try:
-                self.etag = await self.store.cas_info(self.upload.id, new, self.etag)
-            except Conflict as exc:
-                current = exc.current
-                if current is None or (current[0].get("lease") or {}).get("holder") != self.token:
-                    raise
-                if current[0].get("wanted"):
-                    self._stop_wanted()
-                self.etag = current[1]
-                continue
-            self.state = new
-            return
-        raise Conflict("the record keeps changing")
-
-    async def publish(self, **changes: Any) -> None:
-        """Write ``changes`` into the record under this lease and refresh ``upload``."""
-        if self.lost:
-            raise UploadBusy("the upload was taken over by another request")
-        async with self._io:
-            try:
-                await self._write_state(changes)
-            except Conflict:
-                self.lost = True
-                raise MismatchedOffset("the upload changed underneath this request") from None
-        self.upload = decode_upload(self.state, self.upload.location)
+        super().__init__(store, state, etag, token)
 
     # -- writing ----------------------------------------------------------------------
 
@@ -365,25 +259,8 @@ class S3Lock(UploadLock):
         self._buf = ChunkBuffer()
         self._loaded = False
 
-    async def release(self) -> None:
-        if self.released:
-            return
-        self.released = True
-        self._renewer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._renewer
-        await self.drain()
-        if self.store._held.get(self.upload.id) is self:
-            del self.store._held[self.upload.id]
+    def _released(self) -> None:
         tail = self.state.get("tail")
         if (self._loaded and not (self.written or self.terminated or self.lost) and tail
                 and len(self._buf) == tail["size"]):
             self.store._cache_tail(self.upload.id, tail.get("etag"), self._buf.chunks())
-        if self.terminated or self.lost:
-            return
-        try:
-            async with self._io:
-                await self._write_state({}, release=True)
-        except Exception as exc:  # the lease runs out on its own
-            log.info("upload %s: lease not released (%s); it expires in %.0fs",
-                     self.upload.id, exc, self.store.lease_duration)

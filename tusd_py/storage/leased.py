@@ -1,0 +1,337 @@
+"""The write lease shared by the object-store drivers (S3, GCS, Azure).
+
+Each upload's record (``.info``) carries its lease: ``lease`` ({``holder``: a random
+token, ``until``: wall-clock expiry}), ``wanted`` (a waiter's takeover request) and
+``rev`` (bumped by every write under a lease). Every change of the record is a
+compare-and-set on the tag the store returned when it was read (an ETag, or a GCS
+generation), so two writers can never both succeed.
+
+* ``LeasedStore.lock`` takes the lease by CAS when it is free or expired (its holder
+  died), polls with backoff while another request (any replica) holds a live one, and
+  once flags the record ``wanted`` so a live holder elsewhere yields.
+* ``LeasedLock`` renews the lease every ``lease_duration / 3`` while a request streams,
+  notices a ``wanted`` flag naming its lease (``on_takeover_request``, called once), and
+  writes the record by CAS, merging over a concurrent ``wanted`` flag.
+
+A driver implements the record I/O (``read_info``, ``write_info``, ``decode_record``),
+its lock class (``lock_class``, with ``drain`` and ``finish_completion``: completing an
+upload whose record says ``completing``) and, if its writes carry no nonce, how to
+recognise its own landed write (``stamp``/``own_write``, GCS).
+
+Clocks: lease expiry compares wall clocks of replicas; keep them NTP-synchronised
+(skew well under ``lease_duration``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from abc import abstractmethod
+from collections.abc import Callable
+from typing import Any, ClassVar, Generic, TypeVar
+
+from ..protocol.errors import MismatchedOffset, NotFound, UploadBusy
+from .base import Store, Upload, UploadLock
+from .ids import check_upload_id
+
+__all__ = ["POLL_MAX", "POLL_MIN", "Conflict", "LeasedLock", "LeasedStore", "Record"]
+
+POLL_MIN, POLL_MAX = 0.05, 0.5  # lock polling backoff while another replica holds it
+
+#: A record and the tag (ETag or generation) it was read with.
+Record = tuple[dict[str, Any], str]
+
+S = TypeVar("S", bound="LeasedStore[Any]")
+L = TypeVar("L", bound="LeasedLock[Any]")
+
+
+class Conflict(Exception):
+    """A conditional write failed: the record changed (or vanished) since it was read."""
+
+    #: The record and tag found after the failure (None: gone, or not read).
+    current: Record | None = None
+
+
+def _holder(state: dict[str, Any]) -> Any:
+    return (state.get("lease") or {}).get("holder")
+
+
+class LeasedLock(UploadLock, Generic[S]):
+    """A held lease on one upload; a driver's lock adds the write buffer around it."""
+
+    #: Logger of the driver's lock module (lease warnings are logged under its name).
+    _log: ClassVar[logging.Logger] = logging.getLogger(__name__)
+
+    def __init__(self, store: S, state: dict[str, Any], etag: str, token: str) -> None:
+        self.store = store
+        self.state = state
+        #: The record's tag as last read or written (ETag; generation for GCS).
+        self.etag = etag
+        self.token = token
+        self.upload = store.decode_record(state)
+        self.written = 0
+        self.terminated = False
+        self.released = False
+        #: Set when the lease was taken over (it expired while we could not renew it).
+        self.lost = False
+        self._io = asyncio.Lock()  # orders record writes (renewal vs commit)
+        #: Called (once) when another process or replica asks for this upload; a handler
+        #: sets it to end a stalled request's read early (like an in-process takeover).
+        self.on_takeover_request: Callable[[], None] | None = None
+        self._stop_asked = False
+        self._renewer = asyncio.get_running_loop().create_task(
+            self._renew(), name=f"{store.name}-lease-{self.upload.id}")
+
+    # -- what a driver implements -------------------------------------------------------
+
+    @abstractmethod
+    async def drain(self) -> None:
+        """Let in-flight uploads of body bytes finish (or fail)."""
+
+    @abstractmethod
+    async def finish_completion(self) -> None:
+        """Finish an upload whose record says ``completing`` (its writer died half-way)."""
+
+    def _released(self) -> None:
+        """Called by ``release`` once the lock is no longer held, before the lease is
+        given back (S3 keeps its tail in memory here)."""
+
+    def _merges(self, current: dict[str, Any]) -> bool:
+        """Whether a conflicting ``current`` record was changed only by a waiter adding
+        ``wanted`` (so it is written over). Default: it still names our lease."""
+        return bool(_holder(current) == self.token)
+
+    # -- lease ------------------------------------------------------------------------
+
+    @property
+    def lease_until(self) -> float:
+        return float((self.state.get("lease") or {}).get("until", 0.0))
+
+    def _check_lease(self) -> None:
+        if self.lost or self.released or time.time() > self.lease_until - 0.5:
+            self.lost = True
+            raise UploadBusy("the upload was taken over by another request")
+
+    def _stop_wanted(self) -> None:
+        """Another process or replica waits for this upload: tell our request."""
+        if self._stop_asked:
+            return
+        self._stop_asked = True
+        if self.on_takeover_request is not None:
+            try:
+                self.on_takeover_request()
+            except Exception:
+                self._log.exception("upload %s: takeover callback failed", self.upload.id)
+
+    async def _renew(self) -> None:
+        """Renew the lease every ``lease_duration / 3``; in between, once a second, look
+        for a takeover request if somebody listens for one."""
+        renew_every = self.store.lease_duration / 3
+        tick = min(1.0, renew_every)
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(tick)
+            try:
+                if time.monotonic() - last < renew_every:
+                    if self.on_takeover_request is not None and not self._stop_asked:
+                        found = await self.store.read_info(self.upload.id)
+                        if (found is not None and found[1] != self.etag and found[0].get("wanted")
+                                and _holder(found[0]) == self.token):
+                            self._stop_wanted()
+                    continue
+                async with self._io:
+                    if self.released or self.terminated:
+                        return
+                    await self._write_state({})
+                last = time.monotonic()
+            except Conflict:
+                self._log.warning("upload %s: lease taken over by another request",
+                                  self.upload.id)
+                self.lost = True
+                return
+            except Exception as exc:
+                self._log.warning("upload %s: lease renewal failed: %s", self.upload.id, exc)
+                if time.time() > self.lease_until:
+                    self.lost = True
+                    return
+
+    async def _write_state(self, changes: dict[str, Any], *, release: bool = False) -> None:
+        """CAS the record with ``changes`` and a renewed (or, with ``release``, no) lease.
+        The caller holds ``_io``.
+
+        While our lease is live the only other writer of the record is a waiter adding
+        a takeover request (``wanted``); such a conflict is merged (the request noted,
+        our record written over it). Any other conflict means the lease was lost."""
+        for _ in range(5):
+            lease = None if release else {
+                "holder": self.token, "until": time.time() + self.store.lease_duration}
+            new = dict(self.state, **changes, lease=lease, wanted=None, rev=self.state["rev"] + 1)
+            try:
+                self.etag = await self.store.cas_info(self.upload.id, new, self.etag)
+            except Conflict as exc:
+                current = exc.current
+                if current is None or not self._merges(current[0]):
+                    raise
+                if current[0].get("wanted"):
+                    self._stop_wanted()
+                self.etag = current[1]
+                continue
+            self.state = new
+            return
+        raise Conflict("the record keeps changing")
+
+    async def publish(self, **changes: Any) -> None:
+        """Write ``changes`` into the record under this lease and refresh ``upload``."""
+        if self.lost:
+            raise UploadBusy("the upload was taken over by another request")
+        async with self._io:
+            try:
+                await self._write_state(changes)
+            except Conflict:
+                self.lost = True
+                raise MismatchedOffset("the upload changed underneath this request") from None
+        self.upload = self.store.decode_record(self.state)
+
+    async def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        self._renewer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._renewer
+        await self.drain()
+        if self.store._held.get(self.upload.id) is self:
+            del self.store._held[self.upload.id]
+        self._released()
+        if self.terminated or self.lost:
+            return
+        try:
+            async with self._io:
+                await self._write_state({}, release=True)
+        except Exception as exc:  # the lease runs out on its own
+            self._log.info("upload %s: lease not released (%s); it expires in %.0fs",
+                           self.upload.id, exc, self.store.lease_duration)
+
+
+class LeasedStore(Store, Generic[L]):
+    """A store whose uploads are written under a lease in their record."""
+
+    #: The driver's lock class, made by ``lock`` as ``lock_class(store, state, etag, token)``.
+    lock_class: ClassVar[type[LeasedLock[Any]]]
+    #: Logger of the driver's store module.
+    _log: ClassVar[logging.Logger] = logging.getLogger(__name__)
+    lease_duration: float
+    #: Locks this process holds, so terminate/concatenate can write under them.
+    _held: dict[str, L]
+
+    # -- what a driver implements -------------------------------------------------------
+
+    @abstractmethod
+    async def read_info(self, upload_id: str) -> Record | None:
+        """(record, tag), or None if there is no such upload."""
+
+    @abstractmethod
+    async def write_info(self, upload_id: str, state: dict[str, Any], *,
+                         etag: str | None) -> str:
+        """Conditional write of the record: only over ``etag``, or (None) only if absent.
+        Returns the new tag; raises ``Conflict`` if the condition failed."""
+
+    @abstractmethod
+    def decode_record(self, state: dict[str, Any]) -> Upload:
+        """The upload a record describes (with the driver's location)."""
+
+    def stamp(self, state: dict[str, Any]) -> None:
+        """Mark a record about to be written so ``own_write`` can recognise it: a fresh
+        nonce ``w`` (S3, Azure)."""
+        state["w"] = uuid.uuid4().hex[:16]
+
+    def own_write(self, written: dict[str, Any], current: dict[str, Any]) -> bool:
+        """Whether ``current`` (read after a failed condition) is ``written`` itself: an
+        earlier attempt landed, its answer was lost and the retry failed the condition."""
+        return bool(current.get("w") == written["w"])
+
+    # -- the record ---------------------------------------------------------------------
+
+    async def cas_info(self, upload_id: str, state: dict[str, Any], etag: str) -> str:
+        """``write_info`` over ``etag`` that survives an ambiguous retry (see
+        ``own_write``). A real conflict raises ``Conflict`` carrying the current
+        (record, tag)."""
+        self.stamp(state)
+        try:
+            return await self.write_info(upload_id, state, etag=etag)
+        except Conflict as exc:
+            current = await self.read_info(upload_id)
+            if current is not None and self.own_write(state, current[0]):
+                return current[1]
+            exc.current = current
+            raise
+
+    # -- Store ----------------------------------------------------------------------------
+
+    async def get(self, upload_id: str) -> Upload | None:
+        found = await self.read_info(check_upload_id(upload_id))
+        if found is None:
+            return None
+        if found[0].get("completing") and upload_id not in self._held:
+            try:  # a writer died while completing it: finish the job now
+                await (await self.lock(upload_id, 0)).release()
+                found = await self.read_info(upload_id) or found
+            except UploadBusy:
+                pass
+        return self.decode_record(found[0])
+
+    async def lock(self, upload_id: str, wait: float) -> L:
+        """Take the upload's lease: CAS of ``.info`` when free or expired, polling until
+        ``wait`` while another request (any replica) holds a live one."""
+        check_upload_id(upload_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        token = uuid.uuid4().hex
+        delay = POLL_MIN
+        asked = False
+        while True:
+            found = await self.read_info(upload_id)
+            if found is None:
+                raise NotFound()
+            state, etag = found
+            lease = state.get("lease")
+            now = time.time()
+            if lease is not None and lease.get("holder") == token:  # our retried write landed
+                return await self._locked(upload_id, state, etag, token)
+            if lease is None or lease["until"] <= now:
+                if lease is not None:
+                    self._log.info("upload %s: taking over an expired lease", upload_id)
+                new = dict(state, lease={"holder": token, "until": now + self.lease_duration},
+                           wanted=None, rev=state["rev"] + 1)
+                try:
+                    etag = await self.write_info(upload_id, new, etag=etag)
+                except Conflict:
+                    continue  # somebody else changed it: look again
+                return await self._locked(upload_id, new, etag, token)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise UploadBusy()
+            if not asked and remaining > POLL_MIN:
+                # Ask the live holder (another process or replica) to stop: a writer
+                # whose client went silent then commits what it has and lets us in.
+                # Only this flag is added to the latest record (CAS on its tag).
+                asked = True
+                with contextlib.suppress(Conflict):
+                    await self.write_info(upload_id, dict(state, wanted={"by": token, "at": now}),
+                                          etag=etag)
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, POLL_MAX)
+
+    async def _locked(self, upload_id: str, state: dict[str, Any], etag: str, token: str) -> L:
+        lock: L = self.lock_class(self, state, etag, token)  # type: ignore[assignment]
+        self._held[upload_id] = lock
+        if state.get("completing"):
+            try:
+                await lock.finish_completion()
+            except BaseException:
+                await lock.release()
+                raise
+        return lock
