@@ -14,11 +14,12 @@ Objects, for an upload ``id`` under ``prefix``:
   (Content-Type/Content-Disposition from the ``filetype``/``filename`` metadata); the
   parts are deleted afterwards.
 
-Writes: ``lock`` takes a lease by compare-and-set of ``.info``; a lease whose ``until``
-has passed (its holder died) is taken over. While a PATCH streams, a task renews the
-lease every ``lease_duration / 3``. Body bytes are buffered up to ``part_size`` and each
-full part is uploaded while the body keeps streaming (memory per PATCH: about two parts).
-``commit`` uploads the remainder as a smaller part, then publishes parts and offset in
+Writes (the lease protocol is shared, see ``leased``): ``lock`` takes a lease by
+compare-and-set of ``.info``; a lease whose ``until`` has passed (its holder died) is
+taken over. While a PATCH streams, a task renews the lease every ``lease_duration / 3``.
+Body bytes are buffered up to ``part_size`` and each full part is uploaded while the
+body keeps streaming (memory per PATCH: about two parts). ``commit`` uploads the
+remainder as a smaller part, then publishes parts and offset in
 one conditional write of the record: an acknowledged offset always has its bytes behind
 it, in any replica, after any crash. The part list stays short: a small last part is
 merged with the next PATCH's small remainder by compose (server-side, no bytes through
@@ -40,13 +41,13 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from datetime import datetime
 from typing import Any, TypedDict
 
 from ..config import ConfigError
-from ..protocol.errors import MismatchedOffset, NotFound, StorageError, UploadBusy, UploadExists
-from .base import Capability, Download, Store, Upload, UploadLock
+from ..protocol.errors import StorageError, UploadBusy, UploadExists
+from .base import Capability, Download, Upload
 from .gcs_client import (
     COMPOSE_LIMIT,
     Bucket,
@@ -58,11 +59,11 @@ from .gcs_client import (
     object_headers,
 )
 from .ids import check_upload_id, is_upload_id
+from .leased import LeasedLock, LeasedStore, holder_of
 
 log = logging.getLogger(__name__)
 
 MIN_PART_SIZE = 64 << 10
-_POLL_MIN, _POLL_MAX = 0.05, 0.5  # lock polling backoff while another replica holds it
 #: The published part list is compacted (32 parts composed into one) beyond this.
 _MAX_LISTED_PARTS = 2 * COMPOSE_LIMIT
 _DELETE_CONCURRENCY = 8
@@ -75,8 +76,9 @@ class Part(TypedDict):
     size: int
 
 
-class GCSStore(Store):
+class GCSStore(LeasedStore["GCSLock"]):
     name = "gcs"
+    _log = log
     capabilities = frozenset({
         Capability.TERMINATE, Capability.CONCATENATE, Capability.CONCATENATE_UNFINISHED,
         Capability.DEFER_LENGTH, Capability.EXPIRE, Capability.DOWNLOAD,
@@ -144,12 +146,22 @@ class GCSStore(Store):
         return load(found[0]), found[1]
 
     async def write_info(self, upload_id: str, state: dict[str, Any], *,
-                         generation: str | None) -> str:
-        """Conditional write of the record (``generation`` None: only if absent).
-        Returns the new generation; raises ``Conflict`` if the condition failed."""
+                         etag: str | None) -> str:
+        """Conditional write of the record (``etag``: the generation read; None: only if
+        absent). Returns the new generation; raises ``Conflict`` if the condition failed."""
         return await self.bucket.write(self.info_key(upload_id), dump(state),
-                                       if_generation=generation or "0",
+                                       if_generation=etag or "0",
                                        what="writing an upload record")
+
+    def decode_record(self, state: dict[str, Any]) -> Upload:
+        return decode_upload(state, self._location(state["id"]))
+
+    def stamp(self, state: dict[str, Any]) -> None:
+        """No nonce: a landed write is recognised by its revision and lease holder."""
+
+    def own_write(self, written: dict[str, Any], current: dict[str, Any]) -> bool:
+        return bool(current.get("rev") == written["rev"]
+                    and holder_of(current) == holder_of(written))
 
     # -- Store ----------------------------------------------------------------------
 
@@ -160,78 +172,12 @@ class GCSStore(Store):
                                                 headers=object_headers(upload.metadata))
             state["object_etag"] = _etag(r)
         try:
-            await self.write_info(upload.id, state, generation=None)
+            await self.write_info(upload.id, state, etag=None)
         except Conflict:
             found = await self.bucket.read(self.info_key(upload.id), "creating an upload")
             if found is None or found[0] != dump(state):  # not our own retried write
                 raise UploadExists() from None
         return upload.copy(location=self._location(upload.id))
-
-    async def get(self, upload_id: str) -> Upload | None:
-        found = await self.read_info(check_upload_id(upload_id))
-        if found is None:
-            return None
-        if found[0].get("completing") and upload_id not in self._held:
-            try:  # a writer died while completing it: finish the job now
-                await (await self.lock(upload_id, 0)).release()
-                found = await self.read_info(upload_id) or found
-            except UploadBusy:
-                pass
-        return decode_upload(found[0], self._location(upload_id))
-
-    async def lock(self, upload_id: str, wait: float) -> GCSLock:
-        """Take the upload's lease: CAS of ``.info`` when free or expired, polling until
-        ``wait`` while another request (any replica) holds a live one."""
-        check_upload_id(upload_id)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        token = uuid.uuid4().hex
-        delay = _POLL_MIN
-        asked = False
-        while True:
-            found = await self.read_info(upload_id)
-            if found is None:
-                raise NotFound()
-            state, generation = found
-            lease = state.get("lease")
-            now = time.time()
-            if lease is not None and lease.get("holder") == token:  # our retried write landed
-                return await self._locked(upload_id, state, generation, token)
-            if lease is None or lease["until"] <= now:
-                if lease is not None:
-                    log.info("upload %s: taking over an expired lease", upload_id)
-                new = dict(state, lease={"holder": token, "until": now + self.lease_duration},
-                           wanted=None, rev=state["rev"] + 1)
-                try:
-                    generation = await self.write_info(upload_id, new, generation=generation)
-                except Conflict:
-                    continue  # somebody else changed it: look again
-                return await self._locked(upload_id, new, generation, token)
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise UploadBusy()
-            if not asked and remaining > _POLL_MIN:
-                # Ask the live holder (another process or replica) to stop: a writer
-                # whose client went silent then commits what it has and lets us in.
-                # Only this flag is added to the latest record (CAS on its generation).
-                asked = True
-                with contextlib.suppress(Conflict):
-                    await self.write_info(upload_id, dict(state, wanted={"by": token, "at": now}),
-                                          generation=generation)
-            await asyncio.sleep(min(delay, remaining))
-            delay = min(delay * 2, _POLL_MAX)
-
-    async def _locked(self, upload_id: str, state: dict[str, Any], generation: str,
-                      token: str) -> GCSLock:
-        lock = GCSLock(self, state, generation, token)
-        self._held[upload_id] = lock
-        if state.get("completing"):
-            try:
-                await lock.finish_completion()
-            except BaseException:
-                await lock.release()
-                raise
-        return lock
 
     # -- compose / delete helpers ---------------------------------------------------
 
@@ -407,131 +353,22 @@ class GCSDownload(Download):
             yield chunk
 
 
-class GCSLock(UploadLock):
+class GCSLock(LeasedLock[GCSStore]):
     """A held lease on one upload, and the write buffer of the request holding it."""
+
+    _log = log
 
     def __init__(self, store: GCSStore, state: dict[str, Any], generation: str,
                  token: str) -> None:
-        self.store = store
-        self.state = state
-        self.generation = generation
-        self.token = token
-        self.upload = decode_upload(state, store._location(state["id"]))
-        self.written = 0
-        self.terminated = False
-        self.released = False
-        #: Set when the lease was taken over (it expired while we could not renew it).
-        self.lost = False
         self._buf = bytearray()  # body bytes not yet in a part
         self._staged: list[Part] = []  # parts uploaded since the last commit
         self._pending: list[asyncio.Task[Part]] = []  # at most one part in flight
-        self._io = asyncio.Lock()  # orders record writes (renewal vs commit)
-        #: Called (once) when another process or replica asks for this upload; a handler
-        #: sets it to end a stalled request's read early (like an in-process takeover).
-        self.on_takeover_request: Callable[[], None] | None = None
-        self._stop_asked = False
-        self._renewer = asyncio.get_running_loop().create_task(
-            self._renew(), name=f"gcs-lease-{self.upload.id}")
+        super().__init__(store, state, generation, token)
 
-    # -- lease ------------------------------------------------------------------------
-
-    @property
-    def lease_until(self) -> float:
-        return float((self.state.get("lease") or {}).get("until", 0.0))
-
-    def _check_lease(self) -> None:
-        if self.lost or self.released or time.time() > self.lease_until - 0.5:
-            self.lost = True
-            raise UploadBusy("the upload was taken over by another request")
-
-    def _stop_wanted(self) -> None:
-        """Another process or replica waits for this upload: tell our request."""
-        if self._stop_asked:
-            return
-        self._stop_asked = True
-        if self.on_takeover_request is not None:
-            try:
-                self.on_takeover_request()
-            except Exception:
-                log.exception("upload %s: takeover callback failed", self.upload.id)
-
-    async def _renew(self) -> None:
-        """Renew the lease every ``lease_duration / 3``; in between, once a second, look
-        for a takeover request if somebody listens for one."""
-        renew_every = self.store.lease_duration / 3
-        tick = min(1.0, renew_every)
-        last = time.monotonic()
-        while True:
-            await asyncio.sleep(tick)
-            try:
-                if time.monotonic() - last < renew_every:
-                    if self.on_takeover_request is not None and not self._stop_asked:
-                        found = await self.store.read_info(self.upload.id)
-                        if (found is not None and found[1] != self.generation
-                                and found[0].get("wanted")
-                                and (found[0].get("lease") or {}).get("holder") == self.token):
-                            self._stop_wanted()
-                    continue
-                async with self._io:
-                    if self.released or self.terminated:
-                        return
-                    await self._write_state({})
-                last = time.monotonic()
-            except Conflict:
-                log.warning("upload %s: lease taken over by another request", self.upload.id)
-                self.lost = True
-                return
-            except Exception as exc:
-                log.warning("upload %s: lease renewal failed: %s", self.upload.id, exc)
-                if time.time() > self.lease_until:
-                    self.lost = True
-                    return
-
-    async def _write_state(self, changes: dict[str, Any], *, release: bool = False) -> None:
-        """CAS the record with ``changes`` and a renewed (with ``release``: no) lease. The
-        caller holds ``_io``.
-
-        A failed condition is looked into: the record we meant to write (a retry of a
-        write whose answer was lost) is ours; a record that still names our lease was
-        changed only by a waiter adding a takeover request (``wanted``), which is noted
-        and written over. Anything else means the lease was lost: ``Conflict``."""
-        for _ in range(5):
-            lease = None if release else {
-                "holder": self.token, "until": time.time() + self.store.lease_duration}
-            new = dict(self.state, **changes, lease=lease, wanted=None, rev=self.state["rev"] + 1)
-            try:
-                self.generation = await self.store.write_info(self.upload.id, new,
-                                                              generation=self.generation)
-            except Conflict:
-                current = await self.store.read_info(self.upload.id)
-                if current is None:
-                    raise
-                holder = (current[0].get("lease") or {}).get("holder")
-                if current[0].get("rev") == new["rev"] and (
-                        holder == self.token if lease else holder is None):
-                    self.generation = current[1]  # our own write had landed
-                elif holder == self.token and current[0].get("rev") == self.state["rev"]:
-                    if current[0].get("wanted"):
-                        self._stop_wanted()
-                    self.generation = current[1]
-                    continue
-                else:
-                    raise
-            self.state = new
-            return
-        raise Conflict()
-
-    async def publish(self, **changes: Any) -> None:
-        """Write ``changes`` into the record under this lease and refresh ``upload``."""
-        if self.lost:
-            raise UploadBusy("the upload was taken over by another request")
-        async with self._io:
-            try:
-                await self._write_state(changes)
-            except Conflict:
-                self.lost = True
-                raise MismatchedOffset("the upload changed underneath this request") from None
-        self.upload = decode_upload(self.state, self.upload.location)
+    def _merges(self, current: dict[str, Any]) -> bool:
+        """Without a nonce, only a record that still names our lease at our revision was
+        changed by a waiter alone (our own landed write is found by ``own_write``)."""
+        return bool(holder_of(current) == self.token and current.get("rev") == self.state["rev"])
 
     # -- writing ----------------------------------------------------------------------
 
@@ -671,21 +508,5 @@ class GCSLock(UploadLock):
         self._buf = bytearray()
         await self.store.delete_quietly(p["name"] for p in staged)
 
-    async def release(self) -> None:
-        if self.released:
-            return
-        self.released = True
-        self._renewer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._renewer
-        await self.drain()
-        if self.store._held.get(self.upload.id) is self:
-            del self.store._held[self.upload.id]
-        if self.terminated or self.lost:
-            return
-        try:
-            async with self._io:
-                await self._write_state({}, release=True)
-        except Exception as exc:  # the lease runs out on its own
-            log.info("upload %s: lease not released (%s); it expires in %.0fs",
-                     self.upload.id, exc, self.store.lease_duration)
+
+GCSStore.lock_class = GCSLock

@@ -25,6 +25,7 @@ from gcloud.aio.storage import Storage
 from ..protocol.errors import ServiceUnavailable, StorageError, TusError
 from ..protocol.headers import Metadata, metadata_text
 from .base import Upload
+from .leased import Conflict
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,6 @@ T = TypeVar("T")
 COMPOSE_LIMIT = 32
 TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _MIME = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}")
-
-
-class Conflict(Exception):
-    """A conditional write failed (412): the object changed since it was read."""
 
 
 class Missing(Exception):

@@ -37,7 +37,7 @@ from ..protocol.errors import MismatchedOffset, NotFound, UploadBusy
 from .base import Store, Upload, UploadLock
 from .ids import check_upload_id
 
-__all__ = ["POLL_MAX", "POLL_MIN", "Conflict", "LeasedLock", "LeasedStore", "Record"]
+__all__ = ["POLL_MAX", "POLL_MIN", "Conflict", "LeasedLock", "LeasedStore", "Record", "holder_of"]
 
 POLL_MIN, POLL_MAX = 0.05, 0.5  # lock polling backoff while another replica holds it
 
@@ -55,7 +55,7 @@ class Conflict(Exception):
     current: Record | None = None
 
 
-def _holder(state: dict[str, Any]) -> Any:
+def holder_of(state: dict[str, Any]) -> Any:
     return (state.get("lease") or {}).get("holder")
 
 
@@ -102,7 +102,7 @@ class LeasedLock(UploadLock, Generic[S]):
     def _merges(self, current: dict[str, Any]) -> bool:
         """Whether a conflicting ``current`` record was changed only by a waiter adding
         ``wanted`` (so it is written over). Default: it still names our lease."""
-        return bool(_holder(current) == self.token)
+        return bool(holder_of(current) == self.token)
 
     # -- lease ------------------------------------------------------------------------
 
@@ -139,7 +139,7 @@ class LeasedLock(UploadLock, Generic[S]):
                     if self.on_takeover_request is not None and not self._stop_asked:
                         found = await self.store.read_info(self.upload.id)
                         if (found is not None and found[1] != self.etag and found[0].get("wanted")
-                                and _holder(found[0]) == self.token):
+                                and holder_of(found[0]) == self.token):
                             self._stop_wanted()
                     continue
                 async with self._io:
