@@ -10,16 +10,17 @@ Blobs, for an upload ``id`` under ``prefix``:
   with the blob's Content-Type/Content-Disposition (from ``filetype``/``filename``) and
   metadata. No byte is ever copied twice.
 
-Writes: ``lock`` takes a lease by compare-and-set of ``.info`` (``If-Match`` on its
-ETag); a lease whose ``until`` has passed (its holder died) is taken over. While a
-PATCH streams, a task renews the lease every ``lease_duration / 3``. Body bytes are
-buffered up to one block (``part_size``) and each full block is staged while the body
-keeps streaming (memory per PATCH: about two blocks, one filling, one in flight).
-``commit`` stages the bytes that do not fill a block as a smaller block, then publishes
-the new block ids and offset in one conditional write of the record: an acknowledged
-offset always has its bytes behind it, on every replica, and a writer whose lease was
-taken over cannot publish (its ETag is stale). Block ids embed the writer's lease token,
-so a stale writer's blocks can never be committed by anybody.
+Writes (the lease protocol is shared, see ``leased``): ``lock`` takes a lease by
+compare-and-set of ``.info`` (``If-Match`` on its ETag); a lease whose ``until`` has
+passed (its holder died) is taken over. While a PATCH streams, a task renews the lease
+every ``lease_duration / 3``. Body bytes are buffered up to one block (``part_size``)
+and each full block is staged while the body keeps streaming (memory per PATCH: about
+two blocks, one filling, one in flight). ``commit`` stages the bytes that do not fill a
+block as a smaller block, then publishes the new block ids and offset in one conditional
+write of the record: an acknowledged offset always has its bytes behind it, on every
+replica, and a writer whose lease was taken over cannot publish (its ETag is stale).
+Block ids embed the writer's lease token, so a stale writer's blocks can never be
+committed by anybody.
 
 Completion is crash-safe: the record is first published with every block and
 ``completing``; then Put Block List runs with ``If-None-Match: *``; then the record is
@@ -37,11 +38,9 @@ Clocks: lease expiry compares wall clocks of replicas; keep them NTP-synchronise
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
-import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -52,7 +51,7 @@ from azure.storage.blob import BlobSasPermissions, ContentSettings, generate_blo
 from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClient, ExponentialRetry
 
 from ..config import ConfigError
-from ..protocol.errors import NotFound, StorageError, UploadBusy, UploadExists
+from ..protocol.errors import StorageError, UploadExists
 from .azure_info import (
     CONFLICT_CODES,
     MAX_BLOCK_SIZE,
@@ -71,8 +70,9 @@ from .azure_info import (
     load,
 )
 from .azure_lock import AzureDownload, AzureLock, block_size_for
-from .base import Capability, Download, Store, Upload
+from .base import Capability, Download, Upload
 from .ids import check_upload_id, is_upload_id
+from .leased import LeasedStore
 
 __all__ = ["AzureDownload", "AzureLock", "AzureStore", "block_size_for"]
 
@@ -80,15 +80,16 @@ log = logging.getLogger(__name__)
 
 MIB = 1 << 20
 CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
-_POLL_MIN, _POLL_MAX = 0.05, 0.5  # lock polling backoff while another replica holds it
 #: Concatenation copies each partial in server-side ranges of at most this (Put Block
 #: From URL takes 100 MiB on every service version, 4000 MiB on recent ones).
 _COPY_RANGE = 100 * MIB
 _DOWNLOAD_CHUNK = 2 * MIB
 
 
-class AzureStore(Store):
+class AzureStore(LeasedStore[AzureLock]):
     name = "azure"
+    lock_class = AzureLock
+    _log = log
     capabilities = frozenset({
         Capability.TERMINATE, Capability.CONCATENATE, Capability.CONCATENATE_UNFINISHED,
         Capability.DEFER_LENGTH, Capability.EXPIRE, Capability.DOWNLOAD,
@@ -250,20 +251,8 @@ class AzureStore(Store):
                 raise
         return str(r["etag"])
 
-    async def cas_info(self, upload_id: str, state: dict[str, Any], etag: str) -> str:
-        """``write_info`` with ``If-Match`` that survives an ambiguous retry (the first
-        attempt landed, its response was lost, the SDK's retry failed the condition):
-        every write carries a fresh nonce ``w``, so the stored record shows whether it
-        was ours."""
-        state["w"] = uuid.uuid4().hex[:16]
-        try:
-            return await self.write_info(upload_id, state, etag=etag)
-        except Conflict as exc:
-            current = await self.read_info(upload_id)
-            if current is not None and current[0].get("w") == state["w"]:
-                return current[1]
-            exc.current = current
-            raise
+    def decode_record(self, state: dict[str, Any]) -> Upload:
+        return decode_upload(state, self._location(state["id"]))
 
     # -- Store ----------------------------------------------------------------------
 
@@ -283,71 +272,6 @@ class AzureStore(Store):
             r = await self.blob(upload.id).upload_blob(
                 b"", overwrite=True, metadata=metadata, content_settings=settings)
         return str(r["etag"])
-
-    async def get(self, upload_id: str) -> Upload | None:
-        found = await self.read_info(upload_id)
-        if found is None:
-            return None
-        if found[0].get("completing") and upload_id not in self._held:
-            try:  # a writer died while completing it: finish the job now
-                await (await self.lock(upload_id, 0)).release()
-                found = await self.read_info(upload_id) or found
-            except UploadBusy:
-                pass
-        return decode_upload(found[0], self._location(upload_id))
-
-    async def lock(self, upload_id: str, wait: float) -> AzureLock:
-        """Take the upload's lease: CAS of ``.info`` when free or expired, polling until
-        ``wait`` while another request (any replica) holds a live one."""
-        check_upload_id(upload_id)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        token = uuid.uuid4().hex
-        delay = _POLL_MIN
-        asked = False
-        while True:
-            found = await self.read_info(upload_id)
-            if found is None:
-                raise NotFound()
-            state, etag = found
-            lease = state.get("lease")
-            now = time.time()
-            if lease is not None and lease.get("holder") == token:  # our retried write landed
-                return await self._locked(upload_id, state, etag, token)
-            if lease is None or lease["until"] <= now:
-                if lease is not None:
-                    log.info("upload %s: taking over an expired lease", upload_id)
-                new = dict(state, lease={"holder": token, "until": now + self.lease_duration},
-                           wanted=None, rev=state["rev"] + 1)
-                try:
-                    etag = await self.write_info(upload_id, new, etag=etag)
-                except Conflict:
-                    continue  # somebody else changed it: look again
-                return await self._locked(upload_id, new, etag, token)
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise UploadBusy()
-            if not asked and remaining > _POLL_MIN:
-                # Ask the live holder (another process or replica) to stop: a writer
-                # whose client went silent then commits what it has and lets us in.
-                asked = True
-                with contextlib.suppress(Conflict):
-                    await self.write_info(upload_id, dict(state, wanted={"by": token, "at": now}),
-                                          etag=etag)
-            await asyncio.sleep(min(delay, remaining))
-            delay = min(delay * 2, _POLL_MAX)
-
-    async def _locked(self, upload_id: str, state: dict[str, Any], etag: str,
-                      token: str) -> AzureLock:
-        lock = AzureLock(self, state, etag, token)
-        self._held[upload_id] = lock
-        if state.get("completing"):
-            try:
-                await lock.finish_completion()
-            except BaseException:
-                await lock.release()
-                raise
-        return lock
 
     # -- optional capabilities ----------------------------------------------------
 

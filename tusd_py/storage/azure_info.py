@@ -25,6 +25,7 @@ from azure.storage.blob import BlobBlock, BlockState, ContentSettings
 from ..protocol.errors import ServiceUnavailable, StorageError, TusError
 from ..protocol.headers import Metadata, format_metadata, metadata_text
 from .base import Upload
+from .leased import Conflict
 
 #: The service limits the driver plans with (Azure block blobs).
 MAX_BLOCKS = 50_000  # committed blocks per blob
@@ -41,13 +42,6 @@ NOT_FOUND_CODES = frozenset({"BlobNotFound", "ResourceNotFound"})
 NOT_IMPLEMENTED_CODES = frozenset({"APINotImplemented", "NotImplemented"})
 
 _MIME = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}")
-
-
-class Conflict(Exception):
-    """A conditional write failed: the record changed (or vanished) since it was read."""
-
-    #: The record and ETag found after the failure (None: gone, or not read).
-    current: tuple[dict[str, Any], str] | None = None
 
 
 def encode_upload(upload: Upload) -> dict[str, Any]:

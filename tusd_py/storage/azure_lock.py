@@ -11,18 +11,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from azure.core import MatchConditions
 from azure.storage.blob.aio import BlobClient
 
-from ..protocol.errors import MismatchedOffset, SizeExceeded, StorageError, UploadBusy
+from ..protocol.errors import SizeExceeded, StorageError, UploadBusy
 from .azure_info import (
     CONFLICT_CODES,
     MAX_BLOCK_SIZE,
     MAX_BLOCKS,
-    Conflict,
     azure_errors,
     blob_headers,
     block_count,
@@ -30,10 +29,10 @@ from .azure_info import (
     block_ids,
     block_list,
     block_runs,
-    decode_upload,
     error_code,
 )
-from .base import Download, Upload, UploadLock
+from .base import Download, Upload
+from .leased import LeasedLock
 
 if TYPE_CHECKING:
     from .azure import AzureStore
@@ -76,123 +75,19 @@ class AzureDownload(Download):
                 yield chunk
 
 
-class AzureLock(UploadLock):
+class AzureLock(LeasedLock["AzureStore"]):
     """A held lease on one upload, and the write buffer of the request holding it."""
 
+    _log = log
+
     def __init__(self, store: AzureStore, state: dict[str, Any], etag: str, token: str) -> None:
-        self.store = store
-        self.state = state
-        self.etag = etag
-        self.token = token
-        self.upload = decode_upload(state, store._location(state["id"]))
-        self.written = 0
-        self.terminated = False
-        self.released = False
-        #: Set when the lease was taken over (it expired while we could not renew it).
-        self.lost = False
         self._buf = bytearray()  # body bytes not yet in a block
         self._numbers = 0  # block ids used under this lease
         self._staged: list[int] = []  # numbers of the blocks staged since the last commit
         self._staged_size = 0
         #: Blocks being staged, oldest first: (task, id, size).
         self._pending: list[tuple[asyncio.Task[None], int, int]] = []
-        self._io = asyncio.Lock()  # orders record writes (renewal vs commit)
-        #: Called (once) when another process or replica asks for this upload; a handler
-        #: sets it to end a stalled request's read early (like an in-process takeover).
-        self.on_takeover_request: Callable[[], None] | None = None
-        self._stop_asked = False
-        self._renewer = asyncio.get_running_loop().create_task(
-            self._renew(), name=f"azure-lease-{self.upload.id}")
-
-    # -- lease ------------------------------------------------------------------------
-
-    @property
-    def lease_until(self) -> float:
-        return float((self.state.get("lease") or {}).get("until", 0.0))
-
-    def _check_lease(self) -> None:
-        if self.lost or self.released or time.time() > self.lease_until - 0.5:
-            self.lost = True
-            raise UploadBusy("the upload was taken over by another request")
-
-    def _stop_wanted(self) -> None:
-        """Another process or replica waits for this upload: tell our request."""
-        if self._stop_asked:
-            return
-        self._stop_asked = True
-        if self.on_takeover_request is not None:
-            try:
-                self.on_takeover_request()
-            except Exception:
-                log.exception("upload %s: takeover callback failed", self.upload.id)
-
-    async def _renew(self) -> None:
-        """Renew the lease every ``lease_duration / 3``; in between, once a second, look
-        for a takeover request if somebody listens for one."""
-        renew_every = self.store.lease_duration / 3
-        tick = min(1.0, renew_every)
-        last = time.monotonic()
-        while True:
-            await asyncio.sleep(tick)
-            try:
-                if time.monotonic() - last < renew_every:
-                    if self.on_takeover_request is not None and not self._stop_asked:
-                        found = await self.store.read_info(self.upload.id)
-                        if (found is not None and found[1] != self.etag and found[0].get("wanted")
-                                and (found[0].get("lease") or {}).get("holder") == self.token):
-                            self._stop_wanted()
-                    continue
-                async with self._io:
-                    if self.released or self.terminated:
-                        return
-                    await self._write_state({})
-                last = time.monotonic()
-            except Conflict:
-                log.warning("upload %s: lease taken over by another request", self.upload.id)
-                self.lost = True
-                return
-            except Exception as exc:
-                log.warning("upload %s: lease renewal failed: %s", self.upload.id, exc)
-                if time.time() > self.lease_until:
-                    self.lost = True
-                    return
-
-    async def _write_state(self, changes: dict[str, Any], *, release: bool = False) -> None:
-        """CAS the record with ``changes`` and a renewed (or, with ``release``, no) lease.
-        The caller holds ``_io``.
-
-        While our lease is live the only other writer of the record is a waiter adding
-        a takeover request (``wanted``); such a conflict is merged (the request noted,
-        our record written over it). Any other conflict means the lease was lost."""
-        for _ in range(5):
-            lease = None if release else {
-                "holder": self.token, "until": time.time() + self.store.lease_duration}
-            new = dict(self.state, **changes, lease=lease, wanted=None, rev=self.state["rev"] + 1)
-            try:
-                self.etag = await self.store.cas_info(self.upload.id, new, self.etag)
-            except Conflict as exc:
-                current = exc.current
-                if current is None or (current[0].get("lease") or {}).get("holder") != self.token:
-                    raise
-                if current[0].get("wanted"):
-                    self._stop_wanted()
-                self.etag = current[1]
-                continue
-            self.state = new
-            return
-        raise Conflict("the record keeps changing")
-
-    async def publish(self, **changes: Any) -> None:
-        """Write ``changes`` into the record under this lease and refresh ``upload``."""
-        if self.lost:
-            raise UploadBusy("the upload was taken over by another request")
-        async with self._io:
-            try:
-                await self._write_state(changes)
-            except Conflict:
-                self.lost = True
-                raise MismatchedOffset("the upload changed underneath this request") from None
-        self.upload = decode_upload(self.state, self.upload.location)
+        super().__init__(store, state, etag, token)
 
     # -- writing ----------------------------------------------------------------------
 
@@ -327,22 +222,3 @@ class AzureLock(UploadLock):
         await self.drain()
         self._staged, self._staged_size, self.written = [], 0, 0
         self._buf = bytearray()
-
-    async def release(self) -> None:
-        if self.released:
-            return
-        self.released = True
-        self._renewer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._renewer
-        await self.drain()
-        if self.store._held.get(self.upload.id) is self:
-            del self.store._held[self.upload.id]
-        if self.terminated or self.lost:
-            return
-        try:
-            async with self._io:
-                await self._write_state({}, release=True)
-        except Exception as exc:  # the lease runs out on its own
-            log.info("upload %s: lease not released (%s); it expires in %.0fs",
-                     self.upload.id, exc, self.store.lease_duration)
