@@ -450,16 +450,7 @@ class GCSLock(LeasedLock[GCSStore]):
 
     async def commit(self, *, length: int | None = None,
                      expires_at: float | None = None) -> Upload:
-        if self.lost:
-            raise UploadBusy("the upload was taken over by another request")
-        upload = self.upload
-        new_length = length if length is not None else upload.length
-        new_offset = upload.offset + self.written
-        if new_length is not None and new_offset > new_length:
-            raise StorageError("more bytes than the upload's length")
-        complete = new_length is not None and new_offset == new_length
-        changes: dict[str, Any] = {"length": new_length, "offset": new_offset,
-                                   "expires_at": expires_at}
+        changes, complete = self._commit_changes(length, expires_at)
         garbage: list[str] = []
         if complete or self.written:
             await self._settle()

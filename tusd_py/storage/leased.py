@@ -33,7 +33,7 @@ from abc import abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar, Generic, TypeVar
 
-from ..protocol.errors import MismatchedOffset, NotFound, UploadBusy
+from ..protocol.errors import MismatchedOffset, NotFound, StorageError, UploadBusy
 from .base import Store, Upload, UploadLock
 from .ids import check_upload_id
 
@@ -194,6 +194,20 @@ class LeasedLock(UploadLock, Generic[S]):
                 self.lost = True
                 raise MismatchedOffset("the upload changed underneath this request") from None
         self.upload = self.store.decode_record(self.state)
+
+    def _commit_changes(self, length: int | None,
+                        expires_at: float | None) -> tuple[dict[str, Any], bool]:
+        """The record fields a commit of what this request wrote publishes (length,
+        offset, expiry), and whether they complete the upload."""
+        if self.lost:
+            raise UploadBusy("the upload was taken over by another request")
+        upload = self.upload
+        new_length = length if length is not None else upload.length
+        new_offset = upload.offset + self.written
+        if new_length is not None and new_offset > new_length:
+            raise StorageError("more bytes than the upload's length")
+        complete = new_length is not None and new_offset == new_length
+        return {"length": new_length, "offset": new_offset, "expires_at": expires_at}, complete
 
     async def release(self) -> None:
         if self.released:
