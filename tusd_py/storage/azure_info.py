@@ -25,7 +25,9 @@ from azure.storage.blob import BlobBlock, BlockState, ContentSettings
 from ..protocol.errors import ServiceUnavailable, StorageError, TusError
 from ..protocol.headers import Metadata, format_metadata, metadata_text
 from .base import Upload
-from .leased import Conflict
+from .leased import Conflict, new_record
+from .leased import decode_upload as decode_upload  # re-exported for the driver
+from .leased import dump as dump
 
 #: The service limits the driver plans with (Azure block blobs).
 MAX_BLOCKS = 50_000  # committed blocks per blob
@@ -45,40 +47,13 @@ _MIME = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-
 
 
 def encode_upload(upload: Upload) -> dict[str, Any]:
-    """The tus fields of a new record, as stored in ``.info``."""
-    return {
-        "v": 1,
-        "id": upload.id,
-        "length": upload.length,
-        "offset": upload.offset,
-        "metadata": {k: None if v is None else base64.b64encode(v).decode()
-                     for k, v in upload.metadata.items()},
-        "created_at": upload.created_at,
-        "expires_at": upload.expires_at,
-        "is_partial": upload.is_partial,
-        "final_of": list(upload.final_of),
-        "completed_at": upload.completed_at,
-        "blocks": [],  # published blocks in blob order, as runs (see block_runs)
-        "completing": None,  # True between publishing the last block and Put Block List
-        "lease": None,  # {"holder": token, "until": epoch seconds}
-        "blob_etag": None,  # ETag of the final blob once complete
-        "rev": 0,
-    }
-
-
-def decode_upload(state: dict[str, Any], location: str) -> Upload:
-    return Upload(
-        id=state["id"], length=state["length"], offset=state["offset"],
-        metadata={k: None if v is None else base64.b64decode(v)
-                  for k, v in state["metadata"].items()},
-        created_at=state["created_at"], expires_at=state["expires_at"],
-        is_partial=bool(state["is_partial"]), final_of=tuple(state["final_of"]),
-        completed_at=state["completed_at"], location=location,
+    """A new record for ``upload`` (see ``leased.new_record``), as stored in ``.info``."""
+    return new_record(
+        upload,
+        blocks=[],  # published blocks in blob order, as runs (see block_runs)
+        completing=None,  # True between publishing the last block and Put Block List
+        blob_etag=None,  # ETag of the final blob once complete
     )
-
-
-def dump(state: dict[str, Any]) -> bytes:
-    return json.dumps(state, separators=(",", ":")).encode()
 
 
 def load(body: bytes) -> dict[str, Any]:

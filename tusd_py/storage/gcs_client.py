@@ -10,7 +10,6 @@ everything else (missing bucket, refused credentials).
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import random
@@ -25,7 +24,9 @@ from gcloud.aio.storage import Storage
 from ..protocol.errors import ServiceUnavailable, StorageError, TusError
 from ..protocol.headers import Metadata, metadata_text
 from .base import Upload
-from .leased import Conflict
+from .leased import Conflict, new_record
+from .leased import decode_upload as decode_upload  # re-exported for the driver
+from .leased import dump as dump
 
 log = logging.getLogger(__name__)
 
@@ -257,40 +258,13 @@ class Bucket:
 
 
 def encode_upload(upload: Upload) -> dict[str, Any]:
-    """The tus fields of a record, as stored in ``.info``."""
-    return {
-        "v": 1,
-        "id": upload.id,
-        "length": upload.length,
-        "offset": upload.offset,
-        "metadata": {k: None if v is None else base64.b64encode(v).decode()
-                     for k, v in upload.metadata.items()},
-        "created_at": upload.created_at,
-        "expires_at": upload.expires_at,
-        "is_partial": upload.is_partial,
-        "final_of": list(upload.final_of),
-        "completed_at": upload.completed_at,
-        "parts": [],  # published part objects, in order: [{"name", "size"}]
-        "completing": None,  # True while the parts are being composed into the object
-        "lease": None,  # {"holder": token, "until": epoch seconds}
-        "object_etag": None,  # of the final object once complete
-        "rev": 0,
-    }
-
-
-def decode_upload(state: dict[str, Any], location: str) -> Upload:
-    return Upload(
-        id=state["id"], length=state["length"], offset=state["offset"],
-        metadata={k: None if v is None else base64.b64decode(v)
-                  for k, v in state["metadata"].items()},
-        created_at=state["created_at"], expires_at=state["expires_at"],
-        is_partial=bool(state["is_partial"]), final_of=tuple(state["final_of"]),
-        completed_at=state["completed_at"], location=location,
+    """A new record for ``upload`` (see ``leased.new_record``), as stored in ``.info``."""
+    return new_record(
+        upload,
+        parts=[],  # published part objects, in order: [{"name", "size"}]
+        completing=None,  # True while the parts are being composed into the object
+        object_etag=None,  # of the final object once complete
     )
-
-
-def dump(state: dict[str, Any]) -> bytes:
-    return json.dumps(state, separators=(",", ":")).encode()
 
 
 def load(body: bytes) -> dict[str, Any]:

@@ -9,7 +9,6 @@ ETag; ``If-None-Match: *`` on create), so concurrent writers cannot both succeed
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 from collections.abc import AsyncIterator
@@ -23,7 +22,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ..protocol.errors import ServiceUnavailable, StorageError, TusError
 from ..protocol.headers import Metadata, metadata_text
 from .base import Upload
-from .leased import Conflict
+from .leased import Conflict, new_record
+from .leased import decode_upload as decode_upload  # re-exported for the driver
+from .leased import dump as dump
 
 #: S3 error codes meaning "slow down"; botocore's standard retry mode already retried them.
 THROTTLING_CODES = frozenset({
@@ -44,41 +45,14 @@ class Part(TypedDict):
 
 
 def encode_upload(upload: Upload) -> dict[str, Any]:
-    """The tus fields of a record, as stored in ``.info``."""
-    return {
-        "v": 1,
-        "id": upload.id,
-        "length": upload.length,
-        "offset": upload.offset,
-        "metadata": {k: None if v is None else base64.b64encode(v).decode()
-                     for k, v in upload.metadata.items()},
-        "created_at": upload.created_at,
-        "expires_at": upload.expires_at,
-        "is_partial": upload.is_partial,
-        "final_of": list(upload.final_of),
-        "completed_at": upload.completed_at,
-        "mpu": None,  # multipart upload id, once the first full part is written
-        "parts": [],  # published parts: [{"n", "etag", "size"}]
-        "tail": None,  # {"key": ..., "size": ...}: bytes that do not fill a part yet
-        "lease": None,  # {"holder": token, "until": epoch seconds}
-        "object_etag": None,  # ETag of the final object once complete
-        "rev": 0,
-    }
-
-
-def decode_upload(state: dict[str, Any], location: str) -> Upload:
-    return Upload(
-        id=state["id"], length=state["length"], offset=state["offset"],
-        metadata={k: None if v is None else base64.b64decode(v)
-                  for k, v in state["metadata"].items()},
-        created_at=state["created_at"], expires_at=state["expires_at"],
-        is_partial=bool(state["is_partial"]), final_of=tuple(state["final_of"]),
-        completed_at=state["completed_at"], location=location,
+    """A new record for ``upload`` (see ``leased.new_record``), as stored in ``.info``."""
+    return new_record(
+        upload,
+        mpu=None,  # multipart upload id, once the first full part is written
+        parts=[],  # published parts: [{"n", "etag", "size"}]
+        tail=None,  # {"key": ..., "size": ...}: bytes that do not fill a part yet
+        object_etag=None,  # ETag of the final object once complete
     )
-
-
-def dump(state: dict[str, Any]) -> bytes:
-    return json.dumps(state, separators=(",", ":")).encode()
 
 
 def load(body: bytes) -> dict[str, Any]:
