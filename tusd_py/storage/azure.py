@@ -37,7 +37,6 @@ Clocks: lease expiry compares wall clocks of replicas; keep them NTP-synchronise
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
@@ -405,21 +404,7 @@ class AzureStore(LeasedStore[AzureLock]):
                 name = item.name[len(self.prefix):]
                 if name.endswith(".info") and is_upload_id(name[:-5]):
                     seen[name[:-5]] = str(item.etag).strip('"')  # listings drop the quotes
-        for stale in set(self._expiry_cache) - set(seen):
-            del self._expiry_cache[stale]
-        changed = [i for i, etag in seen.items() if self._expiry_cache.get(i, ("",))[0] != etag]
-        semaphore = asyncio.Semaphore(8)
-
-        async def refresh(upload_id: str) -> None:
-            async with semaphore:
-                found = await self.read_info(upload_id)
-            if found is not None:
-                self._expiry_cache[upload_id] = (found[1].strip('"'), found[0].get("expires_at"))
-
-        await asyncio.gather(*(refresh(i) for i in changed))
-        out = [i for i, (_, expires_at) in self._expiry_cache.items()
-               if expires_at is not None and expires_at < now]
-        return out[:limit]
+        return await self._expired_among(seen, now, limit, tag_of=lambda etag: etag.strip('"'))
 
     async def sweep_extra(self, now: float) -> int:
         """Delete upload blobs whose record is gone (a terminate that died half-way, or a

@@ -264,21 +264,7 @@ class GCSStore(LeasedStore["GCSLock"]):
         """Records whose ``expires_at`` has passed: one LIST per 1,000 objects, plus a
         GET only of records whose generation changed since the previous sweep."""
         seen = await self._records()
-        for stale in set(self._expiry_cache) - set(seen):
-            del self._expiry_cache[stale]
-        changed = [i for i, gen in seen.items() if self._expiry_cache.get(i, ("",))[0] != gen]
-        semaphore = asyncio.Semaphore(8)
-
-        async def refresh(upload_id: str) -> None:
-            async with semaphore:
-                found = await self.read_info(upload_id)
-            if found is not None:
-                self._expiry_cache[upload_id] = (found[1], found[0].get("expires_at"))
-
-        await asyncio.gather(*(refresh(i) for i in changed))
-        out = [i for i, (_, expires_at) in self._expiry_cache.items()
-               if expires_at is not None and expires_at < now]
-        return out[:limit]
+        return await self._expired_among(seen, now, limit)
 
     async def sweep_extra(self, now: float) -> int:
         """Delete objects nothing references: parts and temporaries (names this driver

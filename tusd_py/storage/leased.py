@@ -18,6 +18,10 @@ its lock class (``lock_class``, with ``drain`` and ``finish_completion``: comple
 upload whose record says ``completing``) and, if its writes carry no nonce, how to
 recognise its own landed write (``stamp``/``own_write``, GCS).
 
+Also shared: the record's tus fields (``new_record``, ``decode_upload``, ``dump``), the
+commit prologue (``LeasedLock._commit_changes``) and the expiry sweep over a listing of
+the records (``LeasedStore._expired_among``).
+
 Clocks: lease expiry compares wall clocks of replicas; keep them NTP-synchronised
 (skew well under ``lease_duration``).
 """
@@ -280,6 +284,8 @@ class LeasedStore(Store, Generic[L]):
     lease_duration: float
     #: Locks this process holds, so terminate/concatenate can write under them.
     _held: dict[str, L]
+    #: id -> (tag of .info, expires_at), so a sweep GETs only records that changed.
+    _expiry_cache: dict[str, tuple[str, float | None]]
 
     # -- what a driver implements -------------------------------------------------------
 
@@ -324,6 +330,28 @@ class LeasedStore(Store, Generic[L]):
             raise
 
     # -- Store ----------------------------------------------------------------------------
+
+    async def _expired_among(self, seen: dict[str, str], now: float, limit: int, *,
+                             tag_of: Callable[[str], str] = str) -> list[str]:
+        """``expired`` from a listing of the records, ``seen`` (id -> tag as listed): a
+        GET only of records whose tag changed since the previous sweep (``tag_of``: the
+        listed form of a tag ``read_info`` returns)."""
+        for stale in set(self._expiry_cache) - set(seen):
+            del self._expiry_cache[stale]
+        changed = [i for i, etag in seen.items() if self._expiry_cache.get(i, ("",))[0] != etag]
+        semaphore = asyncio.Semaphore(8)
+
+        async def refresh(upload_id: str) -> None:
+            async with semaphore:
+                found = await self.read_info(upload_id)
+            if found is not None:
+                self._expiry_cache[upload_id] = (tag_of(found[1]), found[0].get("expires_at"))
+
+        await asyncio.gather(*(refresh(i) for i in changed))
+        out = [i for i, (_, expires_at) in self._expiry_cache.items()
+               if expires_at is not None and expires_at < now]
+        return out[:limit]
+
 
     async def get(self, upload_id: str) -> Upload | None:
         found = await self.read_info(check_upload_id(upload_id))
