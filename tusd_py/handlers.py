@@ -78,6 +78,7 @@ class Written:
     received: int  # bytes committed by this request
     outcome: Outcome
     lease: Lease
+    completed: bool  # this request's commit finished the upload (bytes or a declared length)
 
 
 class TusHandler:
@@ -282,6 +283,8 @@ class TusHandler:
         ids = [self._partial_id(request, url) for url in urls]
         partials = []
         for upload_id in ids:
+            if self.events.access_checkers:  # the caller may only use partials it may access
+                await self.events.pre_access(upload_id, request, "POST")
             partial = await self.store.get(upload_id)
             if partial is None:
                 raise BadRequest(f"partial upload {upload_id} not found")
@@ -393,6 +396,7 @@ class TusHandler:
         lease, lock = await self._acquire(upload_id)
         try:
             upload = lock.upload
+            was_complete = upload.is_complete
             self._check_alive(upload)
             if upload.is_final:
                 raise Forbidden("modifying a final upload is not allowed")
@@ -437,7 +441,7 @@ class TusHandler:
             await self._release(lease, lock)
             raise
         await self._release(lease, lock)
-        return Written(upload, received, outcome, lease)
+        return Written(upload, received, outcome, lease, upload.is_complete and not was_complete)
 
     async def _after_write(self, request: web.Request, written: Written) -> None:
         """Events after a write was committed and its lock released."""
@@ -446,9 +450,10 @@ class TusHandler:
         upload = written.upload
         if written.received:
             self.events.progress(upload, request, written.received)
-            if upload.is_complete and not upload.is_partial:
-                await self.events.pre_finish(upload, request)
-                self.events.finished(upload, request)
+        # Also a zero-byte PATCH declaring Upload-Length == offset completes an upload.
+        if written.completed and not upload.is_partial:
+            await self.events.pre_finish(upload, request)
+            self.events.finished(upload, request)
 
     @staticmethod
     def _interrupted(lease: Lease) -> TusError:
