@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, TypeVar
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -108,8 +108,11 @@ class TusClient:
     5xx, 423 and 409 are retried up to ``retries`` times with exponential backoff
     (``backoff * 2**n``, capped at ``max_backoff``) and jitter. ``url_storage`` (any
     :class:`URLStorage`, or a tuspy storage) makes uploads resumable across processes,
-    keyed by ``fingerprinter`` (tuspy's MD5 fingerprint by default) and the endpoint.
-    ``limit_rate`` caps the upload rate in bytes per second.
+    keyed by ``fingerprinter`` (tuspy's MD5 fingerprint by default) and the endpoint;
+    an entry tuspy wrote (under the bare fingerprint) for a URL on this endpoint's origin
+    is resumed too, and ``tuspy_keys=True`` stores new entries under the bare
+    fingerprint so that tuspy can resume them. ``limit_rate`` caps the upload rate in
+    bytes per second.
     """
 
     def __init__(self, url: str, *, headers: Mapping[str, str] | None = None,
@@ -118,7 +121,7 @@ class TusClient:
                  timeout: float = 30.0, url_storage: URLStorage | TuspyStorage | None = None,
                  fingerprinter: Fingerprinter | None = None,
                  session: aiohttp.ClientSession | None = None,
-                 limit_rate: float | None = None) -> None:
+                 limit_rate: float | None = None, tuspy_keys: bool = False) -> None:
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
         self.url = url
@@ -132,6 +135,7 @@ class TusClient:
         self.url_storage = as_url_storage(url_storage)
         self.fingerprinter = fingerprinter or MD5Fingerprint()
         self.limit_rate = limit_rate
+        self.tuspy_keys = tuspy_keys
         self._session = session
         self._own_session = session is None
         self._server_info: ServerInfo | None = None
@@ -164,8 +168,28 @@ class TusClient:
     # -- plumbing ---------------------------------------------------------------------
 
     def storage_key(self, fingerprint: str) -> str:
-        """The URL storage key: the file's fingerprint, scoped to this endpoint."""
-        return f"{fingerprint}--endpoint:{self.url}"
+        """The URL storage key new uploads are stored under: the file's fingerprint scoped
+        to this endpoint (the same file may be uploaded to two servers), or with
+        ``tuspy_keys`` the bare fingerprint, as tuspy stores it."""
+        return fingerprint if self.tuspy_keys else f"{fingerprint}--endpoint:{self.url}"
+
+    def lookup_keys(self, fingerprint: str) -> list[str]:
+        """Where a stored upload of ``fingerprint`` is looked for, in order: under our
+        endpoint-scoped key, then under the bare fingerprint (tuspy's key; such an entry
+        is used only if :meth:`same_origin` says its URL is on this server)."""
+        return [f"{fingerprint}--endpoint:{self.url}", fingerprint]
+
+    def same_origin(self, url: str) -> bool:
+        """Whether ``url`` has the endpoint's scheme, host and port."""
+        def origin(u: str) -> tuple[str, str | None, int | None]:
+            parts = urlsplit(u)
+            scheme = parts.scheme.lower()
+            try:
+                port = parts.port or {"http": 80, "https": 443}.get(scheme)
+            except ValueError:
+                port = None
+            return scheme, parts.hostname, port
+        return origin(url) == origin(self.url)
 
     def location(self, resp: Response) -> str:
         location = resp.headers.get("Location")

@@ -233,15 +233,19 @@ class Uploader:
             assert storage is not None
             if self.fingerprint is None:
                 self.fingerprint = await self.source.fingerprint(self.client.fingerprinter)
-            self.key = self.client.storage_key(self.fingerprint)
-            stored = await asyncio.to_thread(storage.get_url, self.key)
-            if stored:
+            for key in self.client.lookup_keys(self.fingerprint):
+                stored = await asyncio.to_thread(storage.get_url, key)
+                if not stored:
+                    continue
+                if key == self.fingerprint and not self.client.same_origin(stored):
+                    continue  # tuspy's entry for another server: neither ours to use nor to drop
                 offset = await self._check_stored(stored)
                 if offset is not None:
+                    self.key = key  # removed under the key it was found under when done
                     self.url, self.offset, self.resumed_from = stored, offset, offset
                     log.info("resuming %s from offset %d of %s", stored, offset, self.length)
                     return stored
-                await asyncio.to_thread(storage.remove_url, self.key)
+                await asyncio.to_thread(storage.remove_url, key)
         return await self.create()
 
     async def _check_stored(self, url: str) -> int | None:
@@ -281,7 +285,7 @@ class Uploader:
         self._prepared = True
         self.offset = 0
         self.resumed_from = None
-        if self.store_url and self.key is None and self.fingerprint is not None:
+        if self.store_url and self.fingerprint is not None:
             self.key = self.client.storage_key(self.fingerprint)
         if self.store_url and self.key is not None:
             assert self.client.url_storage is not None
