@@ -1,7 +1,8 @@
 """A small but real tus server (aiohttp on 127.0.0.1) for client tests that need to see
 every request or make the server misbehave on purpose: it records each request's
-method and headers, checks ``Upload-Checksum``, and answers the next PATCHes with the
-statuses queued in ``fail_next`` (after reading the body, and keeping nothing)."""
+method and headers, checks ``Upload-Checksum``, answers the next PATCHes with the
+statuses queued in ``fail_next`` (after reading the body, and keeping nothing), and
+answers 410 for the upload ids in ``gone``."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ class MiniTus:
     fail_create: list[int] = field(default_factory=list)
     stall_next: float = 0.0  # seconds the next PATCH waits before answering
     drop_get_after: int | None = None  # the next GET sends this many bytes, then hangs up
+    gone: set[str] = field(default_factory=set)  # upload ids answering 410 (expired)
     url: str = ""
     extensions: str = EXTENSIONS
     _ids: itertools.count[int] = field(default_factory=itertools.count)
@@ -55,6 +57,8 @@ class MiniTus:
             new_id = str(next(self._ids))
             self.uploads[new_id] = MiniUpload(int(length) if length is not None else None)
             return web.Response(status=201, headers={**tus, "Location": f"/files/{new_id}"})
+        if upload_id in self.gone:
+            return web.Response(status=410, headers=tus)
         upload = self.uploads.get(upload_id or "")
         if upload is None:
             return web.Response(status=404, headers=tus)

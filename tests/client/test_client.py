@@ -253,3 +253,37 @@ async def test_larger_than_tus_max_size_fails_early(daemon_factory) -> None:  # 
         with pytest.raises(TusClientError, match="Tus-Max-Size"):
             await client.upload(b"x" * 1001)
         assert await fetch(await client.upload(b"y" * 1000)) == b"y" * 1000
+
+
+async def test_expired_uploads_start_over(daemon_factory, payload: tuple[Path, bytes]) -> None:  # type: ignore[no-untyped-def]
+    """The daemon answers 410 for an upload idle past expiration.after (until its sweep):
+    mid-upload (a PATCH) and at resume time (the HEAD of a stored URL) alike, the client
+    drops the stored URL and starts over with a new upload."""
+    daemon = daemon_factory(env={"TUSD_EXPIRATION__AFTER": "1s",
+                                 "TUSD_EXPIRATION__SWEEP_INTERVAL": "1h"})
+    path, data = payload
+    storage = InMemoryURLStorage()
+    async with TusClient(daemon.url, chunk_size=CHUNK, url_storage=storage, backoff=0.01) as client:
+        uploader = client.uploader(path)
+        await uploader.upload_chunk()
+        first = uploader.url or ""
+        await asyncio.sleep(1.5)
+        with pytest.raises(UploadNotFound) as gone:
+            await client.info(first)
+        assert gone.value.status == 410
+        url = await uploader.upload()  # the next PATCH gets 410
+        uploader.close()
+        assert uploader.restarted and url != first
+        assert await fetch(url) == data
+        assert storage.items() == {}
+
+        stale = client.uploader(path)
+        await stale.upload_chunk()
+        stale.close()
+        assert storage.items() == {stale.key: stale.url}
+        await asyncio.sleep(1.5)
+        resumed: list[int] = []
+        url = await client.upload(path, on_resume=lambda o, t: resumed.append(o))
+        assert resumed == [] and url != stale.url
+        assert await fetch(url) == data
+        assert storage.items() == {}

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.client.minitus import mini_tus
-from tusd_py.client import TusClient, TusResponseError, UploadNotFound
+from tests.client.minitus import MiniTus, mini_tus
+from tusd_py.client import InMemoryURLStorage, TusClient, TusResponseError, UploadNotFound
 
 CHUNK = 100_000
 DATA = os.urandom(350_000)  # 4 chunks
@@ -103,13 +103,85 @@ async def test_a_stream_chunk_is_resent_from_memory_after_a_failure() -> None:
         assert bytes(server.uploads[url.rsplit("/", 1)[1]].data) == DATA[:250_000]
 
 
-async def test_upload_deleted_mid_way() -> None:
+def upload_id(url: str | None) -> str:
+    assert url is not None
+    return url.rsplit("/", 1)[1]
+
+
+def lose(server: MiniTus, upload_id: str, status: int) -> None:
+    """The server loses an upload: it was terminated (404) or expired (410)."""
+    if status == 404:
+        del server.uploads[upload_id]
+    else:
+        server.gone.add(upload_id)
+
+
+@pytest.mark.parametrize("status", [404, 410])
+async def test_an_upload_lost_mid_way_starts_over_once(status: int) -> None:
+    storage = InMemoryURLStorage()
+    async with mini_tus() as server, client_for(server.url, url_storage=storage) as client:
+        lost: list[str] = []
+        after: list[tuple[int, dict[str, str]]] = []
+
+        def progress(done: int, total: int | None) -> None:
+            if lost:
+                after.append((done, storage.items()))
+            elif done >= 2 * CHUNK:
+                lost.append(next(iter(server.uploads)))
+                lose(server, lost[0], status)
+
+        url = await client.upload(DATA, progress=progress)
+        first = server.url + lost[0]
+        assert url != first
+        assert [m for m, _ in server.requests].count("POST") == 2  # one fresh creation
+        assert bytes(server.uploads[url.rsplit("/", 1)[1]].data) == DATA
+        # back to zero, and from then on the storage only knows the new upload
+        restart = [i for i, (done, _) in enumerate(after) if done == 0]
+        assert restart, after
+        assert all(set(items.values()) == {url} for _, items in after[restart[0]:])
+        assert storage.items() == {}  # forgotten once finished
+
+
+async def test_an_upload_lost_twice_is_not_restarted_again() -> None:
+    storage = InMemoryURLStorage()
+    async with mini_tus() as server, client_for(server.url, url_storage=storage) as client:
+        uploader = client.uploader(DATA)
+        await uploader.upload_chunk()
+        lose(server, upload_id(uploader.url), 410)
+        assert await uploader.upload_chunk() == CHUNK  # started over: the first chunk again
+        assert uploader.restarted and uploader.resumed_from is None
+        lose(server, upload_id(uploader.url), 404)
+        with pytest.raises(UploadNotFound) as err:
+            await uploader.upload_chunk()
+        assert err.value.status == 404
+        assert [m for m, _ in server.requests].count("POST") == 2
+
+
+async def test_an_explicit_url_that_is_lost_is_not_replaced() -> None:
     async with mini_tus() as server, client_for(server.url) as client:
         uploader = client.uploader(DATA)
         await uploader.upload_chunk()
-        server.uploads.clear()
-        with pytest.raises(UploadNotFound):
-            await uploader.upload_chunk()
+        server.gone.add(upload_id(uploader.url))
+        with pytest.raises(UploadNotFound) as err:
+            await client.resume(uploader.url or "", DATA)
+        assert err.value.status == 410
+        assert [m for m, _ in server.requests].count("POST") == 1
+
+
+async def test_a_stored_url_answering_410_at_resume_starts_over() -> None:
+    storage = InMemoryURLStorage()
+    async with mini_tus() as server, client_for(server.url, url_storage=storage) as client:
+        first = client.uploader(DATA)
+        await first.upload_chunk()
+        assert first.url is not None and storage.items() == {first.key: first.url}
+        server.gone.add(upload_id(first.url))
+        resumed: list[int] = []
+        url = await client.upload(DATA, on_resume=lambda o, t: resumed.append(o))
+        assert url != first.url and resumed == []
+        methods = [m for m, _ in server.requests]
+        assert methods[methods.index("POST") + 2:][:2] == ["HEAD", "POST"]  # 410, then new
+        assert bytes(server.uploads[url.rsplit("/", 1)[1]].data) == DATA
+        assert storage.items() == {}
 
 
 def test_backoff_is_exponential_with_jitter() -> None:

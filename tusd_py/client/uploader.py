@@ -169,6 +169,12 @@ class Uploader:
     most one chunk (retrying network errors, 5xx, 423, 409 and 460 with backoff, and
     re-reading the server's offset with HEAD before every retry), ``await upload()`` does
     the rest. ``resumed_from`` is the offset an existing upload was picked up at.
+
+    If the server loses the upload part-way (404/410 on a PATCH or HEAD: it expired or
+    was terminated), its URL storage entry is removed and the upload starts over once,
+    from zero, with a new POST; ``restarted`` tells it happened. An upload given by an
+    explicit ``url`` (and a stream whose first bytes are no longer buffered) is not
+    restarted: :class:`UploadNotFound` is raised.
     """
 
     def __init__(self, client: TusClient, source: Any, *, url: str | None = None,
@@ -191,6 +197,8 @@ class Uploader:
         self.length: int | None = self.source.length
         self.resumed_from: int | None = None
         self.key: str | None = None
+        self.restart_when_lost = url is None
+        self.restarted = False
         self._prepared = False
         self._length_declared = self.source.seekable
         # stream state: the chunk read last and where it starts; whether the stream ended
@@ -318,6 +326,34 @@ class Uploader:
             await self.prepare()
         if self.is_complete:
             return self.offset
+        try:
+            return await self._send_chunk(progress)
+        except UploadNotFound as exc:
+            if not await self._start_over(exc):
+                raise
+        if progress:
+            progress(self.offset, self.length)
+        if self.is_complete:
+            return self.offset
+        return await self._send_chunk(progress)
+
+    async def _start_over(self, error: UploadNotFound) -> bool:
+        """The server lost the upload: forget it and create a new one, once."""
+        if not self.restart_when_lost or self.restarted:
+            return False
+        if not self.source.seekable and self._buffer_offset != 0:
+            return False  # the stream's first bytes are gone
+        self.restarted = True
+        log.warning("%s no longer exists on the server (HTTP %s); starting over from zero",
+                    self.url, error.status)
+        await self.forget()
+        self.key = None
+        if not self.source.seekable:
+            self.length, self._length_declared = None, False
+        await self.create()
+        return True
+
+    async def _send_chunk(self, progress: Progress | None) -> int:
         attempt = 0
         while True:
             try:
