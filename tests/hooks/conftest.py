@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
+import urllib.parse
+import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -113,3 +117,57 @@ def hooked(tus_client_factory: TusClientFactory, receiver: Receiver) -> HookedFa
         return await tus_client_factory(**sections)
 
     return factory
+
+
+def metric(text: str, name: str, hooktype: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``hooktype`` and ``labels``."""
+    wanted = {"hooktype": hooktype, **labels}
+    total = 0.0
+    for m in re.finditer(rf"^{name}{{([^}}]*)}} ([0-9.e+]+)$", text, re.M):
+        have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        if all(have.get(k) == v for k, v in wanted.items()):
+            total += float(m.group(2))
+    return total
+
+
+def expected_storage(upload_id: str, storage_config: dict[str, Any]) -> dict[str, str]:
+    """The ``Storage`` object tusd's store of the same kind would send for this upload."""
+    driver = storage_config["driver"]
+    key = storage_config.get("prefix", "") + upload_id
+    if driver == "local":  # no InfoPath: the local driver has no .info file
+        path = os.path.join(storage_config["data_dir"], "uploads", upload_id)
+        return {"Type": "filestore", "Path": path}
+    if driver == "azure":
+        return {"Type": "azurestore", "Container": storage_config["container"], "Key": key}
+    kind = {"s3": "s3store", "gcs": "gcsstore"}[driver]
+    return {"Type": kind, "Bucket": storage_config["bucket"], "Key": key}
+
+
+StoredBytes = Callable[[dict[str, str]], bytes]
+
+
+@pytest.fixture
+def stored_bytes(request: pytest.FixtureRequest, storage_config: dict[str, Any]) -> StoredBytes:
+    """Read the object a ``Storage`` object names, with the store's own client: what a
+    receiver would do with it."""
+
+    def read(storage: dict[str, str]) -> bytes:
+        driver = storage_config["driver"]
+        if driver == "local":
+            with open(storage["Path"], "rb") as fh:
+                return fh.read()
+        if driver == "s3":
+            s3 = request.getfixturevalue("s3_client")
+            return bytes(s3.get_object(Bucket=storage["Bucket"], Key=storage["Key"])["Body"].read())
+        if driver == "gcs":
+            name = urllib.parse.quote(storage["Key"], safe="")
+            url = f"{storage_config['endpoint_url']}/storage/v1/b/{storage['Bucket']}/o/{name}?alt=media"
+            with urllib.request.urlopen(url, timeout=10) as r:
+                return bytes(r.read())
+        from azure.storage.blob import ContainerClient
+
+        with ContainerClient.from_connection_string(storage_config["connection_string"],
+                                                    storage["Container"]) as container:
+            return bytes(container.download_blob(storage["Key"]).readall())
+
+    return read

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from tusd_py.protocol import TusError
@@ -50,6 +51,22 @@ def legal_hold(hook: dict[str, Any]) -> None:
     """Refuse by raising TusError (Python hooks only)."""
     if hook["Type"] == "pre-create" and "hold" in hook["Event"]["Upload"]["MetaData"]:
         raise TusError("unavailable for legal reasons", status=451)
+
+
+#: Set when ``slow_pre_create`` returns; the daemon flag of each thread it ran on.
+SLOW_DONE = threading.Event()
+SLOW_THREADS: list[bool] = []
+
+
+def slow_pre_create(hook: dict[str, Any]) -> dict[str, Any] | None:
+    """With metadata ``slow``: answers after 0.6 s (past a 0.2 s timeout), and its late
+    answer would change the id and add a header, if anything still listened."""
+    if hook["Type"] != "pre-create" or "slow" not in hook["Event"]["Upload"]["MetaData"]:
+        return None
+    SLOW_THREADS.append(threading.current_thread().daemon)
+    time.sleep(0.6)
+    SLOW_DONE.set()
+    return {"ChangeFileInfo": {"ID": "late-choice"}, "HTTPResponse": {"Header": {"X-Late": "1"}}}
 
 
 def broken(hook: dict[str, Any]) -> None:

@@ -13,29 +13,18 @@ from aiohttp.test_utils import TestClient
 
 from tests.http.helpers import OCTET, TUS, b64, create, head, patch, path_of, upload
 from tests.plugins.daemon import free_port
+from tusd_py.hooks.payload import idempotency_key
 
-from .conftest import HookedFactory, Receiver, every_driver
+from .conftest import (
+    HookedFactory,
+    Receiver,
+    StoredBytes,
+    every_driver,
+    expected_storage,
+    metric,
+)
 
 POST_HOOKS = ["post-create", "post-receive", "post-finish", "post-terminate"]
-
-
-def metric(text: str, name: str, hooktype: str) -> float:
-    m = re.search(rf'^{name}{{hooktype="{hooktype}"}} ([0-9.e+]+)$', text, re.M)
-    return float(m.group(1)) if m else 0.0
-
-
-def check_storage(storage: dict, upload_id: str, storage_config: dict) -> None:
-    """``Storage`` names where the bytes are, as tusd's stores do."""
-    driver = storage_config["driver"]
-    if driver == "local":
-        assert storage["Type"] == "filestore"
-        assert storage["Path"].endswith(upload_id)
-    elif driver == "s3":
-        assert storage["Type"] == "s3store"
-        assert storage["Bucket"] == storage_config["bucket"]
-        assert storage["Key"] == storage_config.get("prefix", "") + upload_id
-    else:
-        assert storage["Type"]
 
 
 async def metrics_text(client: TestClient) -> str:
@@ -70,7 +59,13 @@ async def test_pre_create_rejection_defaults_to_tusd_message(hooked: HookedFacto
     client = await hooked()
     r = await client.post("/files/", headers={**TUS, "Upload-Length": "5"})
     assert r.status == 400
-    assert await r.text() == "upload has been rejected by server"
+    assert await r.text() == "upload creation has been rejected by server\n"  # tusd's words
+    assert r.headers["Content-Type"] == "text/plain; charset=utf-8"
+    # An empty Body is no body, as in tusd (its default stays); a status alone is kept.
+    receiver.responder = lambda body, request: {"RejectUpload": True,
+                                                "HTTPResponse": {"StatusCode": 402, "Body": ""}}
+    r = await client.post("/files/", headers={**TUS, "Upload-Length": "5"})
+    assert (r.status, await r.text()) == (402, "upload creation has been rejected by server\n")
 
 
 async def test_pre_create_payload(hooked: HookedFactory, receiver: Receiver):
@@ -118,7 +113,7 @@ async def test_pre_create_changes_id_and_metadata(hooked: HookedFactory, receive
     (created,) = await receiver.wait_for("post-create")
     assert created.upload["ID"] == "project-7-upload-1"
     assert created.upload["MetaData"] == {"filename": "renamed.txt", "owner": "alice"}
-    check_storage(created.upload["Storage"], "project-7-upload-1", storage_config)
+    assert created.upload["Storage"] == expected_storage("project-7-upload-1", storage_config)
 
     # The same id again: a clean refusal, and the first upload is untouched.
     r = await client.post("/files/", headers={**TUS, "Upload-Length": "3"})
@@ -136,11 +131,15 @@ async def test_pre_create_invalid_id_is_refused(hooked: HookedFactory, receiver:
 
 
 async def test_pre_create_receiver_down_fails_closed(hooked: HookedFactory, caplog):
+    """As tusd: a pre-create hook that cannot be called refuses the POST with 500 (tus
+    clients retry 5xx). The client learns why in one line; the log has the details."""
     client = await hooked(http={"url": f"http://127.0.0.1:{free_port()}/hooks"})
     with caplog.at_level(logging.WARNING, logger="tusd_py.hooks"):
         r = await client.post("/files/", headers={**TUS, "Upload-Length": "3"})
     assert r.status == 500
-    assert await r.text() == "pre-create hook failed\n"
+    assert await r.text() == "pre-create hook failed: hook endpoint unavailable\n"
+    assert r.headers["Tus-Resumable"] == "1.0.0"
+    assert "Location" not in r.headers
     assert re.search(r"pre-create hook for upload \w+ failed: HTTP hook http://127.0.0.1:\d+/hooks: "
                      r"ClientConnectorError", caplog.text)
     assert metric(await metrics_text(client), "tusd_hook_errors_total", "pre-create") == 1
@@ -150,9 +149,10 @@ async def test_pre_create_bad_answers_are_hook_errors(hooked: HookedFactory, rec
     answers = iter([(404, "nope"), (200, "not json"), (200, '{"RejectUpload": "yes"}')])
     receiver.responder = lambda body, request: next(answers)
     client = await hooked()
-    for _ in range(3):
+    for reason in ("hook endpoint answered 404", "invalid hook response",
+                   "invalid hook response"):
         r = await client.post("/files/", headers={**TUS, "Upload-Length": "3"})
-        assert r.status == 500
+        assert (r.status, await r.text()) == (500, f"pre-create hook failed: {reason}\n")
     assert metric(await metrics_text(client), "tusd_hook_errors_total", "pre-create") == 3
 
 
@@ -205,18 +205,21 @@ async def test_post_receive_is_throttled(hooked: HookedFactory, receiver: Receiv
     assert calls[2].upload["Offset"] == 200
 
 
-async def test_post_receive_stop_upload(hooked: HookedFactory, receiver: Receiver):
+@pytest.mark.parametrize("http, status, text", [
+    ({"StatusCode": 400, "Body": "project deleted"}, 400, "project deleted"),
+    (None, 400, "upload has been stopped by server\n"),  # tusd's default
+])
+async def test_post_receive_stop_upload(hooked: HookedFactory, receiver: Receiver,
+                                        http: dict | None, status: int, text: str):
     receiver.responder = lambda body, request: (
-        {"StopUpload": True, "HTTPResponse": {"StatusCode": 400, "Body": "project deleted"}}
-        if body["Type"] == "post-receive" else {})
+        {"StopUpload": True, "HTTPResponse": http} if body["Type"] == "post-receive" else {})
     client = await hooked(post_receive_interval=0)
     path = await create(client, 10)
     assert (await patch(client, path, 0, b"12345")).status == 204
     await receiver.wait_for("post-receive")
     await receiver.settle(0.1)
     r = await patch(client, path, 5, b"67890")
-    assert r.status == 400
-    assert await r.text() == "project deleted"
+    assert (r.status, await r.text()) == (status, text)
     assert (await head(client, path)).headers["Upload-Offset"] == "5"
 
 
@@ -224,7 +227,8 @@ async def test_post_receive_stop_upload(hooked: HookedFactory, receiver: Receive
 
 
 @every_driver
-async def test_post_finish_payload(hooked: HookedFactory, receiver: Receiver, storage_config):
+async def test_post_finish_payload(hooked: HookedFactory, receiver: Receiver, storage_config,
+                                   stored_bytes: StoredBytes):
     client = await hooked()
     data = b"hello world"
     path = await upload(client, data, chunk=4, Upload_Metadata=f"filename {b64('h.txt')}")
@@ -235,10 +239,8 @@ async def test_post_finish_payload(hooked: HookedFactory, receiver: Receiver, st
     assert (u["Size"], u["Offset"], u["SizeIsDeferred"]) == (11, 11, False)
     assert u["MetaData"] == {"filename": "h.txt"}
     assert (u["IsPartial"], u["IsFinal"], u["PartialUploads"]) == (False, False, None)
-    check_storage(u["Storage"], upload_id, storage_config)
-    if storage_config["driver"] == "local":
-        with open(u["Storage"]["Path"], "rb") as fh:  # the receiver can use the bytes at once
-            assert fh.read() == data
+    assert u["Storage"] == expected_storage(upload_id, storage_config)
+    assert stored_bytes(u["Storage"]) == data  # the receiver can use the bytes at once
     assert call.http["Method"] == "PATCH"
     assert call.http["URI"] == path
     assert call.http["Header"]["Upload-Offset"] == ["8"]
@@ -371,8 +373,15 @@ async def test_receiver_down_uploads_still_succeed(hooked: HookedFactory, caplog
     assert metric(text, "tusd_hook_errors_total", "post-create") == 1
     assert metric(text, "tusd_hook_errors_total", "post-receive") == 2
     assert metric(text, "tusd_hook_invocations_total", "post-finish") == 1
-    assert "post-finish hook for upload" in caplog.text
-    assert "ClientConnectorError" in caplog.text and "after 2 attempt(s)" in caplog.text
+    # Every lost event is counted by reason, and logged with its upload id.
+    for hook_type, count in (("post-create", 1), ("post-receive", 2), ("post-finish", 1)):
+        assert metric(text, "tusd_hook_dropped_total", hook_type, reason="failed") == count
+        assert metric(text, "tusd_hook_dropped_total", hook_type) == count
+    upload_id = path.rsplit("/", 1)[1]
+    assert re.search(rf"post-finish hook for upload {upload_id} dropped \(failed\): "
+                     r"HTTP hook http://127\.0\.0\.1:\d+/hooks: ClientConnectorError.*"
+                     r"\(after 2 attempt\(s\)\)", caplog.text)
+    assert f"post-create hook for upload {upload_id} dropped (failed)" in caplog.text
 
 
 async def test_slow_receiver_does_not_slow_uploads(hooked: HookedFactory, receiver: Receiver,
@@ -396,12 +405,14 @@ async def test_full_queue_drops_and_counts(hooked: HookedFactory, receiver: Rece
     client = await hooked(http={"timeout": 2}, enabled=["post-create"], queue_size=2,
                           concurrency=1)
     with caplog.at_level(logging.WARNING, logger="tusd_py.hooks"):
-        for _ in range(6):
-            await create(client, 1)
+        paths = [await create(client, 1) for _ in range(6)]
     text = await metrics_text(client)
     # One in flight, two queued, three dropped.
+    assert metric(text, "tusd_hook_dropped_total", "post-create", reason="queue_full") == 3
     assert metric(text, "tusd_hook_dropped_total", "post-create") == 3
-    assert "deliveries already queued" in caplog.text
+    for path in paths[3:]:
+        assert (f"post-create hook for upload {path.rsplit('/', 1)[1]} dropped (queue_full): "
+                "2 deliveries already queued") in caplog.text
     receiver.delay = 0
 
 
@@ -430,6 +441,20 @@ async def test_pre_finish_adds_headers_or_rejects(hooked: HookedFactory, receive
     assert await r.text() == "virus found"
     await receiver.settle()
     assert len(receiver.of("post-finish")) == 1  # a rejected finish is not reported
+
+
+@pytest.mark.parametrize("answer, status", [
+    ({"HTTPResponse": {"StatusCode": 422}}, 422),
+    ({"RejectUpload": True}, 400),  # not in tusd (it ignores RejectUpload in pre-finish)
+])
+async def test_pre_finish_rejection_without_body(hooked: HookedFactory, receiver: Receiver,
+                                                 answer: dict, status: int):
+    """tusd has no default body for pre-finish: it sends the hook's HTTPResponse as given."""
+    receiver.responder = lambda body, request: answer if body["Type"] == "pre-finish" else {}
+    client = await hooked(enabled=["pre-finish"])
+    path = await create(client, 3)
+    r = await patch(client, path, 0, b"abc")
+    assert (r.status, await r.text()) == (status, "")
 
 
 async def test_pre_access_denies_other_users(hooked: HookedFactory, receiver: Receiver):
@@ -529,6 +554,9 @@ async def test_unreachable_endpoint_is_skipped_for_a_while(hooked: HookedFactory
     backend = client.app[HOOKS].backends[0]
     assert isinstance(backend, HttpHook)
     assert backend.failures == BREAKER_THRESHOLD  # the last three never tried to connect
+    text = await metrics_text(client)
+    assert metric(text, "tusd_hook_dropped_total", "post-create", reason="failed") == 5
+    assert metric(text, "tusd_hook_dropped_total", "post-create", reason="circuit_open") == 3
     assert backend.open_until > asyncio.get_running_loop().time()
     # When the cooldown ends, the next delivery tries again; a success closes the breaker.
     backend.url, backend.open_until = receiver.url, 0.0
@@ -599,3 +627,115 @@ async def test_stop_upload_ends_the_running_patch(hooked: HookedFactory, receive
     assert 0 < offset < 10_000  # what arrived before the stop is committed
     r = await patch(client, path, offset, b"more")
     assert (r.status, await r.text()) == (410, "project deleted")
+
+
+# -- delivery guarantees: Idempotency-Key, shutdown ---------------------------------------
+
+
+@every_driver
+async def test_idempotency_key_is_one_per_event_across_retries_and_replicas(
+        hooked: HookedFactory, receiver: Receiver):
+    """Replica A creates the upload, replica B completes it; B's first post-finish attempt
+    gets a 503. Both attempts carry the key A would compute from its own read of the
+    record, so a receiver de-duplicating on it sees the completion once."""
+    from tusd_py.app import STORE
+
+    post_finish_attempts = 0
+
+    def respond(body, request):
+        nonlocal post_finish_attempts
+        if body["Type"] == "pre-create" and "fixed" in body["Event"]["Upload"]["MetaData"]:
+            return {"ChangeFileInfo": {"ID": "reused-id"}}
+        if body["Type"] == "post-finish":
+            post_finish_attempts += 1
+            if post_finish_attempts == 1:
+                return (503, "busy")
+        return {}
+
+    receiver.responder = respond
+    http = {"retries": 1, "backoff": 0}
+    a, b = await hooked(http=http), await hooked(http=http)
+    path = await create(a, 6)
+    upload_id = path.rsplit("/", 1)[1]
+    assert (await patch(a, path, 0, b"abc")).status == 204
+    assert (await patch(b, path, 3, b"def")).status == 204
+    finished = await receiver.wait_for("post-finish", 2)
+    keys = {c.headers["Idempotency-Key"] for c in finished}
+    record = await a.app[STORE].get(upload_id)
+    assert record is not None
+    assert keys == {idempotency_key("post-finish", record)}
+    # One key per event: other hook types and other offsets get other keys.
+    (created,) = receiver.of("post-create")
+    received = {c.upload["Offset"]: c.headers["Idempotency-Key"]
+                for c in receiver.of("post-receive")}
+    assert sorted(received) == [3, 6] and len(set(received.values())) == 2
+    assert created.headers["Idempotency-Key"] not in keys | set(received.values())
+
+    # An id a hook reuses after a DELETE is another upload: another key.
+    created_keys = []
+    for _ in range(2):
+        fixed = await create(a, 1, Upload_Metadata="fixed")
+        assert fixed.endswith("/reused-id")
+        created_keys.append((await receiver.wait_for("post-create", len(created_keys) + 2))[-1]
+                            .headers["Idempotency-Key"])
+        assert (await a.delete(fixed, headers=TUS)).status == 204
+    assert created_keys[0] != created_keys[1]
+
+
+async def test_shutdown_drain_is_bounded_and_counts_what_it_abandons(
+        hooked: HookedFactory, receiver: Receiver, caplog):
+    """At shutdown queued post-finish deliveries get up to the drain time (here 1 s: the
+    hook timeout); what is still queued or in flight then is counted and logged by id."""
+    from tusd_py.app import REGISTRY
+
+    receiver.delay = 0.6
+    client = await hooked(http={"timeout": 1}, enabled=["post-finish"], concurrency=1)
+    ids = [(await upload(client, b"bye")).rsplit("/", 1)[1] for _ in range(4)]
+    registry = client.app[REGISTRY]
+    with caplog.at_level(logging.WARNING, logger="tusd_py.hooks"):
+        started = time.monotonic()
+        await client.close()
+        elapsed = time.monotonic() - started
+    assert elapsed < 2.0, elapsed
+    dropped = registry.get_sample_value(
+        "tusd_hook_dropped_total", {"hooktype": "post-finish", "reason": "shutdown"})
+    logged = re.findall(r"post-finish hook for upload (\w+) dropped \(shutdown\)", caplog.text)
+    assert dropped == len(logged) and 2 <= len(logged) <= 3, caplog.text
+    assert len(set(logged)) == len(logged) and set(logged) <= set(ids)
+    delivered = set(ids) - set(logged)
+    assert delivered <= {c.upload["ID"] for c in receiver.of("post-finish")}
+    assert re.search(rf"shutdown drain ended after 1\.\ds with {len(logged)} delivery",
+                     caplog.text)
+
+
+async def test_pending_post_receive_is_sent_at_shutdown(hooked: HookedFactory,
+                                                        receiver: Receiver):
+    """The newest progress held back by the throttle is delivered in the shutdown drain."""
+    client = await hooked(enabled=["post-receive"], post_receive_interval=30)
+    path = await create(client, 10)
+    for offset in (0, 3, 6):
+        assert (await patch(client, path, offset, b"xyz")).status == 204
+    await receiver.wait_for("post-receive")
+    await receiver.settle(0.1)
+    assert [c.upload["Offset"] for c in receiver.of("post-receive")] == [3]
+    await client.close()
+    assert [c.upload["Offset"] for c in receiver.of("post-receive")] == [3, 9]
+
+
+async def test_shutdown_cut_short_still_counts_what_it_abandons(
+        hooked: HookedFactory, receiver: Receiver, caplog):
+    """The daemon's own shutdown deadline may cancel the drain: nothing goes uncounted."""
+    from tusd_py.hooks import HOOKS
+
+    receiver.delay = 5
+    client = await hooked(http={"timeout": 10}, enabled=["post-finish"], concurrency=1)
+    ids = [(await upload(client, b"x")).rsplit("/", 1)[1] for _ in range(2)]
+    await receiver.wait_for("post-finish")  # one in flight, one queued
+    with caplog.at_level(logging.WARNING, logger="tusd_py.hooks"):
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(client.app[HOOKS].stop(drain=10), 0.3)
+    text = await metrics_text(client)
+    assert metric(text, "tusd_hook_dropped_total", "post-finish", reason="shutdown") == 2
+    logged = re.findall(r"post-finish hook for upload (\w+) dropped \(shutdown\)", caplog.text)
+    assert sorted(logged) == sorted(ids)
+    receiver.delay = 0

@@ -5,16 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 
 import pytest
 
-from tests.http.helpers import TUS, b64, create, head, patch, upload
+from tests.http.helpers import TUS, b64, create, head, patch, path_of, upload
 from tests.plugins.app import TusClientFactory, make_config
 from tusd_py.app import create_app
 from tusd_py.config import ConfigError
+from tusd_py.hooks import HOOKS
+from tusd_py.hooks.python import PythonHook
 
 from . import sample_hooks
-from .test_http_hooks import metric, metrics_text
+from .conftest import metric
+from .test_http_hooks import metrics_text
 
 MOD = "tests.hooks.sample_hooks"
 
@@ -64,7 +68,8 @@ async def test_sync_and_async_callables_get_tusd_payloads(tus_client_factory: Tu
     finished = await wait_recorded(upload_id, "post-finish", 2)
     threads = {t for _, t in finished}
     assert threading.current_thread().name in threads  # the async one runs on the loop
-    assert len(threads) == 2  # the sync one in a worker thread
+    assert len(threads) == 2  # the sync one in a thread of its own
+    assert f"tusd-hook {MOD}:record_sync" in threads
     hook = finished[0][0]
     assert hook["Event"]["Upload"]["Offset"] == 4
     assert hook["Event"]["HTTPRequest"]["Method"] == "PATCH"
@@ -92,7 +97,40 @@ async def test_failing_python_hook(tus_client_factory: TusClientFactory, caplog)
     assert "RuntimeError: boom" in caplog.text
     client2 = await tus_client_factory(hooks={"python": [f"{MOD}:broken"]})
     r = await client2.post("/files/", headers={**TUS, "Upload-Length": "1"})
-    assert r.status == 500  # a blocking hook that fails refuses the request
+    # A blocking hook that fails refuses the request: one line, no traceback, no details.
+    assert (r.status, await r.text()) == (500, "pre-create hook failed: hook raised an error\n")
+
+
+async def test_timed_out_sync_hook_runs_on_but_its_answer_is_ignored(
+        tus_client_factory: TusClientFactory, caplog):
+    """A plain function cannot be interrupted: after its timeout the request gets 500 at
+    once, the function finishes in its (daemon) thread, and what it returns is dropped."""
+    sample_hooks.SLOW_DONE.clear()
+    sample_hooks.SLOW_THREADS.clear()
+    client = await tus_client_factory(hooks={"python": [f"{MOD}:slow_pre_create"],
+                                             "http": {"timeout": 0.2}})
+    with caplog.at_level(logging.WARNING, logger="tusd_py.hooks"):
+        started = time.monotonic()
+        r = await client.post("/files/", headers={**TUS, "Upload-Length": "1",
+                                                  "Upload-Metadata": "slow"})
+        assert (r.status, await r.text()) == (500, "pre-create hook failed: hook timed out\n")
+        assert time.monotonic() - started < 0.5
+        assert not sample_hooks.SLOW_DONE.is_set()  # still running in its thread
+        # Meanwhile the next request gets its own answer, not the late one.
+        r = await client.post("/files/", headers={**TUS, "Upload-Length": "1"})
+        assert r.status == 201 and "X-Late" not in r.headers
+        assert path_of(r.headers["Location"]) != "/files/late-choice"
+        assert await asyncio.to_thread(sample_hooks.SLOW_DONE.wait, 5)
+        backend = client.app[HOOKS].backends[0]
+        assert isinstance(backend, PythonHook)
+        async with asyncio.timeout(2):
+            while backend.late < 1:
+                await asyncio.sleep(0.01)
+    assert sample_hooks.SLOW_THREADS == [True]
+    assert (await head(client, "/files/late-choice")).status == 404
+    assert f"Python hook {MOD}:slow_pre_create for pre-create of upload (new) returned after" \
+        in caplog.text and "its answer is ignored" in caplog.text
+    assert metric(await metrics_text(client), "tusd_hook_errors_total", "pre-create") == 1
 
 
 @pytest.mark.parametrize("spec, message", [

@@ -15,7 +15,7 @@ from aiohttp import web
 from ..config import Config
 from .http import HookError, HttpHook
 from .listener import RESPONSE_HEADERS_KEY, HookBackend, HookListener, HookRejection
-from .payload import HOOK_TYPES, hook_request, parse_hook_response
+from .payload import HOOK_TYPES, hook_request, idempotency_key, parse_hook_response
 from .python import HookLoadError, PythonHook
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "HookRejection",
     "build_listener",
     "hook_request",
+    "idempotency_key",
     "parse_hook_response",
     "setup_hooks",
 ]
@@ -73,11 +74,16 @@ def setup_hooks(app: web.Application, config: Config) -> HookListener | None:
     return listener
 
 
+#: Longest wait at shutdown for queued post-* deliveries (after in-flight uploads ended);
+#: what is still undelivered then is counted and logged as dropped (reason ``shutdown``).
+SHUTDOWN_DRAIN = 5.0
+
+
 async def _hooks_ctx(app: web.Application) -> AsyncIterator[None]:
     listener = app[HOOKS]
     await listener.start()
     yield
-    await listener.stop(drain=min(5.0, max(listener.config.http.timeout, 1.0)))
+    await listener.stop(drain=min(SHUTDOWN_DRAIN, max(listener.config.http.timeout, 1.0)))
 
 
 async def _add_hook_headers(request: web.Request, response: web.StreamResponse) -> None:

@@ -3,8 +3,9 @@
 One POST per hook with the JSON ``HookRequest`` body; a 2xx answer's body (JSON, may be
 empty) is the ``HookResponse``. Network errors, timeouts and 5xx answers are retried
 ``retries`` times with exponential backoff; a 4xx answer is final. Each delivery carries
-an ``Idempotency-Key`` header that stays the same across its retries, so a receiver can
-drop a duplicate caused by a retry after a lost answer.
+an ``Idempotency-Key`` header derived from the event (``payload.idempotency_key``): the
+same on every retry and on every replica, so a receiver can drop a duplicate caused by a
+retry after a lost answer.
 """
 
 from __future__ import annotations
@@ -28,18 +29,37 @@ RESPONSE_SIZE_LIMIT = 64 << 10
 #: once (and are counted) instead of each paying for connects and timeouts.
 BREAKER_THRESHOLD = 5
 BREAKER_COOLDOWN = 5.0
+#: What a client is told about an answer that is not a hook response.
+INVALID_RESPONSE = "invalid hook response"
 
 
 class HookError(Exception):
-    """A hook could not be delivered or answered badly (after every retry)."""
+    """A hook could not be delivered or answered badly (after every retry).
+
+    ``str(error)`` is for the log (it may name the endpoint); ``public`` is the short
+    reason a client is told when the failure refuses its request (no URL, no details).
+    """
+
+    public = "hook failed"
+
+    def __init__(self, message: str, public: str | None = None) -> None:
+        super().__init__(message)
+        if public is not None:
+            self.public = public
 
 
 class _Retryable(HookError):
     pass
 
 
-class _Unreachable(HookError):
+class HookUnavailable(HookError):
     """Every attempt failed with a network error, a timeout or a 5xx."""
+
+    public = "hook endpoint unavailable"
+
+
+class CircuitOpen(HookUnavailable):
+    """The endpoint is skipped for a while after failing ``BREAKER_THRESHOLD`` times in a row."""
 
 
 class HttpHook:
@@ -81,11 +101,11 @@ class HttpHook:
             raise HookError("HTTP hook client is not running")
         loop = asyncio.get_running_loop()
         if self.open_until > loop.time():
-            raise HookError(f"endpoint skipped for {BREAKER_COOLDOWN:g}s after "
-                            f"{self.failures} failed deliveries in a row")
+            raise CircuitOpen(f"endpoint skipped for {BREAKER_COOLDOWN:g}s after "
+                              f"{self.failures} failed deliveries in a row")
         try:
             result = await self._deliver(payload, forward, key)
-        except _Unreachable:
+        except HookUnavailable:
             self.failures += 1
             if self.failures >= BREAKER_THRESHOLD:
                 self.open_until = loop.time() + BREAKER_COOLDOWN
@@ -105,7 +125,7 @@ class HttpHook:
                 return await self._post(body, headers)
             except _Retryable as exc:
                 if attempt >= self.retries:
-                    raise _Unreachable(f"{exc} (after {attempt + 1} attempt(s))") from None
+                    raise HookUnavailable(f"{exc} (after {attempt + 1} attempt(s))") from None
                 delay = self.backoff * (2 ** attempt)
                 attempt += 1
                 log.debug("hook %s: %s; retry %d in %.2fs", payload.get("Type"), exc, attempt, delay)
@@ -125,12 +145,13 @@ class HttpHook:
         if status >= 500:
             raise _Retryable(f"endpoint answered {status}")
         if not 200 <= status < 300:
-            raise HookError(f"endpoint answered {status}")
+            raise HookError(f"endpoint answered {status}", f"hook endpoint answered {status}")
         if len(content) > RESPONSE_SIZE_LIMIT:
-            raise HookError(f"hook response larger than {RESPONSE_SIZE_LIMIT} bytes")
+            raise HookError(f"hook response larger than {RESPONSE_SIZE_LIMIT} bytes",
+                            INVALID_RESPONSE)
         if not content.strip():
             return None
         try:
             return json.loads(content)
         except (ValueError, UnicodeDecodeError):
-            raise HookError("hook response is not JSON") from None
+            raise HookError("hook response is not JSON", INVALID_RESPONSE) from None

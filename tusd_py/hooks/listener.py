@@ -7,10 +7,23 @@ the request with 500, as tusd does: authorisation must not fail open.
 
 Notification hooks (post-create, post-receive, post-finish, post-terminate) are queued
 and delivered by a few background workers: the request never waits for them and their
-failures never reach the client. The queue is bounded; when a receiver is so slow that it
-fills, further events are dropped, logged and counted. post-receive is throttled to one
-event per ``post_receive_interval`` per upload (the newest offset wins; the event that
-completes an upload is sent at once).
+failures never reach the client. post-receive is throttled to one event per
+``post_receive_interval`` per upload (the newest offset wins; the event that completes an
+upload is sent at once).
+
+Delivery of notifications is at most once per event: an event that cannot be delivered is
+dropped, never re-sent later. Each drop is counted in ``tusd_hook_dropped_total{hooktype,
+reason}`` and logged with the upload id (post-receive drops: at most one line per second):
+
+- ``queue_full``: the bounded queue was full (a receiver slower than the upload rate);
+- ``failed``: the backend failed (after its retries) or answered something invalid;
+- ``circuit_open``: the HTTP endpoint is being skipped after failing repeatedly;
+- ``shutdown``: still queued or in flight when the shutdown drain ended;
+- ``not_running``: the event came after the hooks stopped (or before they started).
+
+A crash of the daemon loses what is queued without a trace (nothing is persisted).
+Every delivery carries an ``Idempotency-Key`` derived from the event (``idempotency_key``),
+the same on each retry and on each replica, so a receiver can drop repeats.
 """
 
 from __future__ import annotations
@@ -21,7 +34,7 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -34,8 +47,9 @@ from ..leases import LeaseRegistry, StopReason
 from ..protocol.errors import TusError
 from ..storage.base import Store, Upload
 from ..storage.ids import is_upload_id
-from .http import HookError
+from .http import CircuitOpen, HookError
 from .payload import (
+    ACCESS_DENIED_BODY,
     POST_CREATE,
     POST_FINISH,
     POST_RECEIVE,
@@ -43,10 +57,13 @@ from .payload import (
     PRE_ACCESS,
     PRE_CREATE,
     PRE_FINISH,
+    REJECTED_BODY,
+    STOPPED_BODY,
     HookResponse,
     HookResponseError,
     HTTPResponse,
     hook_request,
+    idempotency_key,
     parse_hook_response,
 )
 
@@ -56,8 +73,12 @@ log = logging.getLogger("tusd_py.hooks")
 RESPONSE_HEADERS_KEY = web.RequestKey("tusd_hook_response_headers", CIMultiDict[str])
 #: How long a StopUpload answer keeps refusing PATCH requests for that upload.
 STOPPED_TTL = 3600.0
-#: Failures of one hook type are logged at most once per this many seconds (all counted).
+#: Failures of one hook type are logged at most once per this many seconds (all counted);
+#: for notifications this applies to post-receive only (other drops are each logged).
 LOG_INTERVAL = 1.0
+NOTIFICATIONS = (POST_CREATE, POST_RECEIVE, POST_FINISH, POST_TERMINATE)
+#: Why a notification was dropped (the ``reason`` label of ``tusd_hook_dropped_total``).
+DROP_REASONS = ("queue_full", "failed", "circuit_open", "shutdown", "not_running")
 
 
 class HookBackend(Protocol):
@@ -74,26 +95,30 @@ class HookBackend(Protocol):
 
 
 class HookRejection(TusError):
-    """A hook refused the request: its status, body and headers go to the client verbatim."""
+    """A hook refused the request: its status, body and headers go to the client verbatim.
+
+    As tusd merges them: the hook's ``StatusCode`` (else ``status``), its ``Body`` if not
+    empty (else ``default_body``), and ``Content-Type: text/plain`` unless it set one.
+    """
 
     def __init__(self, response: HTTPResponse, status: int, default_body: str) -> None:
-        body = response.body if response.body is not None else default_body
+        body = response.body or default_body
         headers = dict(response.header)
         if not any(k.lower() == "content-type" for k in headers):
             headers["Content-Type"] = "text/plain; charset=utf-8"
-        super().__init__(body.strip() or default_body,
+        super().__init__(body.strip() or f"refused by hook ({response.status_code or status})",
                          status=response.status_code or status, headers=headers)
         #: Sent as is by the error middleware (no trailing newline added).
         self.body = body
 
 
-@dataclass
+@dataclass(eq=False)
 class Delivery:
     hook_type: str
     upload_id: str
     payload: dict[str, Any]
     forward: dict[str, str]
-    key: str = field(default_factory=lambda: uuid.uuid4().hex)
+    key: str
 
 
 @dataclass
@@ -119,13 +144,18 @@ class HookListener(UploadListener):
         self.invocations = Counter("tusd_hook_invocations_total", "Hook calls, per hook type.",
                                    ["hooktype"], registry=registry)
         self.dropped = Counter("tusd_hook_dropped_total",
-                               "Notification hooks dropped because the delivery queue was full.",
-                               ["hooktype"], registry=registry)
+                               "Notification hooks (post-*) not delivered, per hook type and "
+                               "reason.", ["hooktype", "reason"], registry=registry)
         for hook_type in self.enabled:
             self.errors.labels(hook_type)
             self.invocations.labels(hook_type)
+            if hook_type in NOTIFICATIONS:
+                for reason in DROP_REASONS:
+                    self.dropped.labels(hook_type, reason)
         self.queue: asyncio.Queue[Delivery] | None = None
         self.workers: list[asyncio.Task[None]] = []
+        #: Deliveries a worker is working on (counted as dropped if shutdown cuts them off).
+        self.in_flight: set[Delivery] = set()
         self._throttles: dict[str, _Throttle] = {}
         #: upload id -> (response to send, until); filled by StopUpload answers.
         self.stopped: dict[str, tuple[HTTPResponse, float]] = {}
@@ -142,23 +172,45 @@ class HookListener(UploadListener):
                         for i in range(self.config.concurrency)]
 
     async def stop(self, drain: float = 5.0) -> None:
-        """Deliver what is queued for up to ``drain`` seconds, then stop."""
+        """Deliver what is queued (and the pending throttled post-receive events) for up
+        to ``drain`` seconds, then stop; what is left is counted and logged as dropped,
+        also when the shutdown's own deadline cancels the wait."""
         for throttle in self._throttles.values():
             if throttle.timer is not None:
                 throttle.timer.cancel()
+            if throttle.pending is not None:
+                self._enqueue(throttle.pending)
         self._throttles.clear()
-        if self.queue is not None and drain > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.queue.join(), drain)
-        for task in self.workers:
-            task.cancel()
-        for task in self.workers:
+        queue, workers = self.queue, self.workers
+        started = time.monotonic()
+        try:
+            if queue is not None and drain > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(queue.join(), drain)
+        finally:
+            self._abandon(queue, f"{time.monotonic() - started:.1f}s")
+        for task in workers:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self.workers = []
-        self.queue = None
         for backend in self.backends:
             await backend.close()
+
+    def _abandon(self, queue: asyncio.Queue[Delivery] | None, drained: str) -> None:
+        """End the workers; count and log every delivery still in flight or queued."""
+        left = list(self.in_flight)
+        self.in_flight.clear()
+        for task in self.workers:
+            task.cancel()
+        self.workers = []
+        self.queue = None
+        while queue is not None and not queue.empty():
+            left.append(queue.get_nowait())
+        if left:
+            log.warning("hooks: shutdown drain ended after %s with %d delivery(ies) "
+                        "undelivered", drained, len(left))
+        for delivery in left:
+            self._drop(delivery, "shutdown",
+                       f"still queued or in flight when the shutdown drain ended ({drained})")
 
     # -- calling backends --------------------------------------------------------------
 
@@ -169,46 +221,68 @@ class HookListener(UploadListener):
                 if name in request.headers}
 
     def _delivery(self, hook_type: str, upload: Upload, request: web.Request | None,
-                  method: str | None = None) -> Delivery:
+                  method: str | None = None, key_extra: str = "") -> Delivery:
         return Delivery(hook_type, upload.id,
                         hook_request(hook_type, upload, request, self.driver, method),
-                        self._forward(request))
+                        self._forward(request), idempotency_key(hook_type, upload, key_extra))
 
     async def _call(self, backend: HookBackend, delivery: Delivery) -> HookResponse:
-        """One backend, one hook: counted; raises HookError/HookResponseError/TusError."""
+        """One backend, one hook: counted. Raises HookError (every failure, with a
+        ``public`` reason) or TusError (a Python hook refusing)."""
         self.invocations.labels(delivery.hook_type).inc()
         try:
             answer = await backend.invoke(delivery.payload, forward=delivery.forward,
                                           key=delivery.key)
             return parse_hook_response(answer)
-        except (HookError, HookResponseError) as exc:
-            self._failed(backend, delivery, str(exc))
-            raise
         except TusError:
             raise
+        except HookError:
+            self.errors.labels(delivery.hook_type).inc()
+            raise
+        except HookResponseError as exc:
+            self.errors.labels(delivery.hook_type).inc()
+            raise HookError(str(exc), "invalid hook response") from None
         except Exception as exc:
-            self._failed(backend, delivery, f"{type(exc).__name__}: {exc}")
-            raise HookError(str(exc)) from exc
+            self.errors.labels(delivery.hook_type).inc()
+            raise HookError(f"{type(exc).__name__}: {exc}", "hook raised an error") from exc
 
-    def _failed(self, backend: HookBackend, delivery: Delivery, reason: str) -> None:
-        """Count every failure; log at most one line per hook type per LOG_INTERVAL."""
-        hook_type = delivery.hook_type
-        self.errors.labels(hook_type).inc()
+    def _log_limited(self, hook_type: str, message: str, *args: object) -> None:
+        """Log at most one line per hook type per LOG_INTERVAL (noting how many were not)."""
         now = time.monotonic()
         last, suppressed = self._log_state.get(hook_type, (0.0, 0))
         if now - last < LOG_INTERVAL and last:
             self._log_state[hook_type] = (last, suppressed + 1)
             return
         self._log_state[hook_type] = (now, 0)
-        more = f" ({suppressed} more failure(s) not logged)" if suppressed else ""
-        log.warning("%s hook for upload %s failed: %s: %s%s", hook_type,
-                    delivery.upload_id or "(new)", backend.describe(), reason, more)
+        more = f" ({suppressed} more not logged)" if suppressed else ""
+        log.warning(message + "%s", *args, more)
+
+    def _failed(self, backend: HookBackend, delivery: Delivery, reason: str) -> None:
+        """A blocking hook failed (its request is refused with 500): logged, rate-limited."""
+        self._log_limited(delivery.hook_type, "%s hook for upload %s failed: %s: %s",
+                          delivery.hook_type, delivery.upload_id or "(new)",
+                          backend.describe(), reason)
+
+    def _drop(self, delivery: Delivery, reason: str, detail: str) -> None:
+        """A notification will not be delivered: counted by reason and logged with its
+        upload id (every post-create/finish/terminate; post-receive rate-limited). Also an
+        error of its hook type (a failed call already counted itself as one)."""
+        self.dropped.labels(delivery.hook_type, reason).inc()
+        if reason not in ("failed", "circuit_open"):
+            self.errors.labels(delivery.hook_type).inc()
+        message = "%s hook for upload %s dropped (%s): %s"
+        args = (delivery.hook_type, delivery.upload_id, reason, detail)
+        if delivery.hook_type == POST_RECEIVE:
+            self._log_limited(delivery.hook_type, message, *args)
+        else:
+            log.warning(message, *args)
 
     async def _call_blocking(self, backend: HookBackend, delivery: Delivery) -> HookResponse:
         try:
             return await self._call(backend, delivery)
-        except (HookError, HookResponseError):
-            raise TusError(f"{delivery.hook_type} hook failed", status=500) from None
+        except HookError as exc:
+            self._failed(backend, delivery, str(exc))
+            raise TusError(f"{delivery.hook_type} hook failed: {exc.public}", status=500) from None
 
     # -- blocking hooks -------------------------------------------------------------------
 
@@ -219,8 +293,7 @@ class HookListener(UploadListener):
             delivery = self._delivery(PRE_CREATE, upload, request)
             response = await self._call_blocking(backend, delivery)
             if response.reject_upload:
-                raise HookRejection(response.http_response, 400,
-                                    "upload has been rejected by server")
+                raise HookRejection(response.http_response, 400, REJECTED_BODY)
             changes = response.change_file_info
             if changes.id is not None and changes.id != upload.id:
                 if not is_upload_id(changes.id):
@@ -245,7 +318,8 @@ class HookListener(UploadListener):
             response = await self._call_blocking(backend, self._delivery(PRE_FINISH, upload, request))
             http = response.http_response
             if response.reject_upload or http.status_code >= 400:
-                raise HookRejection(http, 400, "upload has been rejected by server")
+                # tusd has no default body here: the hook's HTTPResponse as it is.
+                raise HookRejection(http, 400, "")
             self._add_response_headers(request, http)
 
     async def pre_access(self, upload_id: str, request: web.Request, method: str) -> None:
@@ -253,7 +327,7 @@ class HookListener(UploadListener):
             stopped = self.stopped.get(upload_id)
             if stopped is not None:
                 if stopped[1] > time.monotonic():
-                    raise HookRejection(stopped[0], 400, "upload has been stopped by server")
+                    raise HookRejection(stopped[0], 400, STOPPED_BODY)
                 del self.stopped[upload_id]
         if PRE_ACCESS not in self.enabled:
             return
@@ -261,12 +335,13 @@ class HookListener(UploadListener):
         if upload is None:
             return  # the handler answers 404
         for backend in self.backends:
-            response = await self._call_blocking(
-                backend, self._delivery(PRE_ACCESS, upload, request, method))
+            delivery = self._delivery(PRE_ACCESS, upload, request, method,
+                                      key_extra=uuid.uuid4().hex)  # one per request
+            response = await self._call_blocking(backend, delivery)
             http = response.http_response
             if (response.reject_upload or http.status_code >= 400
                     or (method == "DELETE" and response.reject_termination)):
-                raise HookRejection(http, 403, "access denied")
+                raise HookRejection(http, 403, ACCESS_DENIED_BODY)
 
     @staticmethod
     def _add_response_headers(request: web.Request, response: HTTPResponse) -> None:
@@ -293,12 +368,13 @@ class HookListener(UploadListener):
     def receiving(self, upload: Upload, request: web.Request, offset: int) -> None:
         """Mid-body progress (uncommitted ``offset``), throttled like ``progress``."""
         if POST_RECEIVE in self.enabled:
-            self._progress(self._delivery(POST_RECEIVE, upload.copy(offset=offset), request),
-                           complete=False)
+            self._progress(self._delivery(POST_RECEIVE, upload.copy(offset=offset), request,
+                                          key_extra=str(offset)), complete=False)
 
     def progress(self, upload: Upload, request: web.Request, received: int) -> None:
         if POST_RECEIVE in self.enabled:
-            self._progress(self._delivery(POST_RECEIVE, upload, request),
+            self._progress(self._delivery(POST_RECEIVE, upload, request,
+                                          key_extra=str(upload.offset)),
                            complete=upload.is_complete)
 
     def _progress(self, delivery: Delivery, *, complete: bool) -> None:
@@ -334,37 +410,40 @@ class HookListener(UploadListener):
 
     def _enqueue(self, delivery: Delivery) -> None:
         if self.queue is None:
-            log.warning("%s hook for upload %s dropped: hooks are not running",
-                        delivery.hook_type, delivery.upload_id)
-            self.dropped.labels(delivery.hook_type).inc()
+            self._drop(delivery, "not_running", "hooks are not running")
             return
         try:
             self.queue.put_nowait(delivery)
         except asyncio.QueueFull:
-            self.dropped.labels(delivery.hook_type).inc()
-            self.errors.labels(delivery.hook_type).inc()
-            log.warning("%s hook for upload %s dropped: %d deliveries already queued",
-                        delivery.hook_type, delivery.upload_id, self.queue.qsize())
+            self._drop(delivery, "queue_full",
+                       f"{self.queue.qsize()} deliveries already queued")
 
     async def _worker(self) -> None:
         assert self.queue is not None
         queue = self.queue
         while True:
             delivery = await queue.get()
+            self.in_flight.add(delivery)
             try:
                 await self._deliver(delivery)
             except Exception:  # never let a worker die
                 log.exception("hook delivery failed unexpectedly")
             finally:
+                self.in_flight.discard(delivery)
                 queue.task_done()
 
     async def _deliver(self, delivery: Delivery) -> None:
         for backend in self.backends:
             try:
                 response = await self._call(backend, delivery)
-            except (HookError, HookResponseError, TusError) as exc:
-                if isinstance(exc, TusError):
-                    self._failed(backend, delivery, f"raised {exc.status} {exc.message}")
+            except HookError as exc:
+                reason = "circuit_open" if isinstance(exc, CircuitOpen) else "failed"
+                self._drop(delivery, reason, f"{backend.describe()}: {exc}")
+                continue
+            except TusError as exc:  # a Python hook refusing a notification: a failure
+                self.errors.labels(delivery.hook_type).inc()
+                self._drop(delivery, "failed",
+                           f"{backend.describe()}: raised {exc.status} {exc.message}")
                 continue
             if delivery.hook_type == POST_RECEIVE and response.stop_upload:
                 self._stop_upload(delivery.upload_id, response.http_response)
@@ -378,5 +457,5 @@ class HookListener(UploadListener):
         self.stopped[upload_id] = (response, now + STOPPED_TTL)
         lease = self.leases.get(upload_id) if self.leases is not None else None
         if lease is not None:
-            lease.stop_error = HookRejection(response, 400, "upload has been stopped by server")
+            lease.stop_error = HookRejection(response, 400, STOPPED_BODY)
             lease.stop(StopReason.HOOK, asyncio.get_running_loop().time())

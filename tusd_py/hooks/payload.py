@@ -15,6 +15,7 @@ unchanged::
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,15 @@ HOOK_TYPES = (PRE_CREATE, POST_CREATE, POST_RECEIVE, PRE_FINISH, POST_FINISH, PO
               PRE_ACCESS)
 #: Hooks whose answer decides the request (awaited; a failure refuses the request).
 BLOCKING = frozenset({PRE_CREATE, PRE_FINISH, PRE_ACCESS})
+
+#: Default bodies of refusals, as tusd words them (its ``ErrUploadRejectedByServer`` and
+#: ``ErrUploadStoppedByServer``, without the ``ERR_...:`` code prefix no other refusal of
+#: this daemon carries either). tusd has no pre-finish default: it sends the hook's
+#: ``HTTPResponse`` as given (an empty body if it has none), and so do we.
+REJECTED_BODY = "upload creation has been rejected by server\n"
+STOPPED_BODY = "upload has been stopped by server\n"
+#: Not in tusd (pre-access is ours).
+ACCESS_DENIED_BODY = "access denied\n"
 
 #: tusd's names for the storage types, by our driver name.
 _STORAGE_TYPES = {"local": "filestore", "s3": "s3store", "gcs": "gcsstore", "azure": "azurestore"}
@@ -89,18 +99,24 @@ def http_request_info(request: web.Request | None, method: str | None = None) ->
 
 
 def storage_info(upload: Upload, driver: str) -> dict[str, str] | None:
-    """``Storage``: where the bytes live (``Path`` for files, ``Bucket``/``Key`` for objects)."""
+    """``Storage``: where the bytes live, with the keys tusd's store of that kind sends.
+
+    filestore ``{Type, Path}``; s3store and gcsstore ``{Type, Bucket, Key}``; azurestore
+    ``{Type, Container, Key}``. tusd's filestore also sends ``InfoPath`` (its ``.info``
+    file); the local driver keeps its records in SQLite and has no such file, so the key
+    is left out rather than pointing at something a receiver cannot read as an info file.
+    """
     if not upload.location:
         return None
     kind = _STORAGE_TYPES.get(driver, driver)
     if driver == "local":
         return {"Type": kind, "Path": upload.location}
     location = upload.location
-    if "://" in location:  # s3://bucket/key, gs://bucket/key, ...
+    if "://" in location:  # s3://bucket/key, gs://bucket/key, azure://container/key
         location = location.split("://", 1)[1]
     bucket, _, key = location.partition("/")
     if driver == "azure":
-        return {"Type": kind, "Container": bucket, "Blob": key}
+        return {"Type": kind, "Container": bucket, "Key": key}
     return {"Type": kind, "Bucket": bucket, "Key": key}
 
 
@@ -131,6 +147,19 @@ def hook_request(hook_type: str, upload: Upload, request: web.Request | None, dr
             "HTTPRequest": http_request_info(request, method),
         },
     }
+
+
+def idempotency_key(hook_type: str, upload: Upload, extra: str = "") -> str:
+    """The ``Idempotency-Key`` of one event: the same on every retry and on every replica.
+
+    Derived from the hook type, the upload id and its creation time (stored in the upload's
+    record, so every replica reads the same value; it tells apart two uploads that had the
+    same hook-chosen id one after the other), plus ``extra`` for events that happen more
+    than once per upload (post-receive: the offset; pre-access: one value per request).
+    """
+    created_us = round(upload.created_at * 1_000_000)
+    seed = f"{hook_type}\n{upload.id}\n{created_us}\n{extra}"
+    return hashlib.sha256(seed.encode()).hexdigest()[:32]
 
 
 @dataclass

@@ -2,23 +2,41 @@
 
 A hook callable takes the hook request (the same dict an HTTP hook receives as JSON) and
 returns a hook response dict in the same format, or None to carry on unchanged. It may be
-a plain function (run in a worker thread, so it cannot stall the event loop) or a
-coroutine function (awaited on the loop: it must not block). In a blocking hook
-(pre-create, pre-finish, pre-access) it may also raise ``TusError`` to refuse the request
-with that status and message.
+a plain function (run in a thread, so it cannot stall the event loop) or a coroutine
+function (awaited on the loop: it must not block). In a blocking hook (pre-create,
+pre-finish, pre-access) it may also raise ``TusError`` to refuse the request with that
+status and message.
+
+Timeouts (``hooks.http.timeout``): a coroutine hook is cancelled. A plain function cannot
+be stopped from outside: its thread runs on until the function returns, and whatever it
+returns then is dropped (logged; the request it was called for has already been answered
+with 500, or the post-* event counted as dropped). Each callable gets at most
+``THREADS`` threads at once, so hung calls cannot pile up threads without bound; further
+calls wait for one (within their timeout). The threads are daemon threads outside the
+loop's default executor: a hung hook neither starves the storage drivers' executor work
+(fsync, concatenation) nor keeps the daemon from exiting.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import importlib
 import inspect
+import logging
+import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..config import ConfigError
 from .http import HookError
+
+log = logging.getLogger("tusd_py.hooks")
+
+#: Threads one plain-function hook may occupy at once (running or hung after a timeout).
+THREADS = 32
 
 
 class HookLoadError(ConfigError):
@@ -51,6 +69,9 @@ class PythonHook:
         self.fn = load_callable(spec)
         self.is_async = inspect.iscoroutinefunction(self.fn)
         self.timeout = timeout or None
+        self.threads = asyncio.Semaphore(THREADS)
+        #: Calls that returned after their timeout (their answers were dropped).
+        self.late = 0
 
     async def start(self) -> None:
         return None
@@ -67,9 +88,43 @@ class PythonHook:
         try:
             if self.is_async:
                 return await asyncio.wait_for(self.fn(arg), self.timeout)
-            result = await asyncio.wait_for(asyncio.to_thread(self.fn, arg), self.timeout)
+            result = await asyncio.wait_for(self._in_thread(arg), self.timeout)
             if inspect.isawaitable(result):  # a sync wrapper returning a coroutine
                 return await asyncio.wait_for(result, self.timeout)
             return result
         except TimeoutError:
-            raise HookError(f"no answer within {self.timeout:g}s") from None
+            raise HookError(f"no answer within {self.timeout:g}s", "hook timed out") from None
+
+    async def _in_thread(self, arg: dict[str, Any]) -> Any:
+        """``fn(arg)`` on a daemon thread; if the caller stops waiting (timeout), the
+        thread's late result is dropped and only logged."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        started = time.monotonic()
+        what = f"{arg.get('Type')} of upload {arg['Event']['Upload'].get('ID') or '(new)'}"
+
+        def settle(result: Any, error: BaseException | None) -> None:
+            self.threads.release()
+            if future.cancelled():  # the call timed out: nobody uses this answer
+                self.late += 1
+                log.warning("%s for %s returned after %.1fs, past its timeout; its answer "
+                            "is ignored", self.describe(), what, time.monotonic() - started)
+            elif error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+        def run() -> None:
+            result, error = None, None
+            try:
+                result = self.fn(arg)
+            except Exception as exc:
+                error = exc
+            except BaseException as exc:  # SystemExit & co. must not end the daemon
+                error = RuntimeError(f"{type(exc).__name__} raised")
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(settle, result, error)
+
+        await self.threads.acquire()
+        threading.Thread(target=run, name=f"tusd-hook {self.spec}", daemon=True).start()
+        return await future
