@@ -3,6 +3,8 @@ including a client killed mid-upload (SIGKILL) and interrupted (SIGINT), then re
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import hashlib
 import json
 import os
@@ -18,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.plugins.daemon import Daemon
-from tusd_py.client import SQLiteURLStorage
+from tusd_py.client import FileURLStorage, SQLiteURLStorage, TusClient, URLStorage
 
 SIZE = 4 * 1024 * 1024 + 777
 
@@ -165,9 +167,14 @@ def test_upload_info_download_delete(daemon: Daemon, tmp_path: Path, cli_env: di
 
 def test_upload_from_stdin(daemon: Daemon, cli_env: dict[str, str]) -> None:
     data = os.urandom(700_000)
-    up = run_cli("upload", "-", "--url", daemon.url, "--chunk-size", "256KiB", env=cli_env, stdin=data)
+    up = run_cli("upload", "-", "--url", daemon.url, "--chunk-size", "256KiB",
+                 "--metadata", "project=pipe", env=cli_env, stdin=data)
     assert up.returncode == 0, up.stderr.decode()
-    assert get(up.stdout.decode().strip()) == data
+    url = up.stdout.decode().strip()
+    assert get(url) == data
+    # no filename from sys.stdin's pseudo-name "<stdin>"; given metadata still goes
+    metadata = head(url)["Upload-Metadata"]
+    assert metadata == "project " + base64.b64encode(b"pipe").decode()
 
 
 def test_bad_arguments(daemon: Daemon, cli_env: dict[str, str], tmp_path: Path) -> None:
@@ -187,3 +194,88 @@ def test_several_files_one_missing(daemon: Daemon, tmp_path: Path, cli_env: dict
     urls = up.stdout.decode().split()
     assert [get(u) for u in urls] == [b"a" * 1000, b"b" * 2000]
     assert b"missing" in up.stderr
+
+
+def start_with_library(endpoint: str, path: Path, storage: URLStorage, chunks: int = 2,
+                       ) -> tuple[str, int]:
+    """Upload the first ``chunks`` chunks of ``path`` with the library into ``storage``
+    (under the key the CLI uses) and stop; returns (upload URL, offset)."""
+    async def run() -> tuple[str, int]:
+        async with TusClient(endpoint, chunk_size=128 * 1024, url_storage=storage) as client:
+            uploader = client.uploader(path)
+            for _ in range(chunks):
+                await uploader.upload_chunk()
+            uploader.close()
+            assert uploader.url is not None
+            return uploader.url, uploader.offset
+    try:
+        return asyncio.run(run())
+    finally:
+        storage.close()
+
+
+@pytest.mark.parametrize("name", ["resume.sqlite", "resume.json"])
+def test_resume_db(daemon: Daemon, big_file: tuple[Path, bytes], cli_env: dict[str, str],
+                   tmp_path: Path, name: str) -> None:
+    """--resume-db PATH: SQLite, or FileURLStorage (JSON) when PATH ends in .json."""
+    path, data = big_file
+    db = tmp_path / name
+    def open_db() -> URLStorage:
+        return FileURLStorage(db) if name.endswith(".json") else SQLiteURLStorage(db)
+    url, offset = start_with_library(daemon.url, path, open_db())
+    if name.endswith(".json"):
+        assert list(json.loads(db.read_text()).values()) == [url]
+    up = run_cli("upload", str(path), "--url", daemon.url, "--resume-db", str(db), "-q", env=cli_env)
+    assert up.returncode == 0, up.stderr.decode()
+    assert f"Resuming upload from offset {offset} of {SIZE}" in up.stderr.decode()
+    assert up.stdout.decode().strip() == url
+    assert hashlib.sha256(get(url)).hexdigest() == hashlib.sha256(data).hexdigest()
+    storage = open_db()
+    assert storage.items() == {}
+    storage.close()
+    assert not (Path(cli_env["XDG_DATA_HOME"]) / "tusd-py").exists()  # the default was not used
+
+
+def test_no_resume(daemon: Daemon, big_file: tuple[Path, bytes], cli_env: dict[str, str]) -> None:
+    path, data = big_file
+    db = Path(cli_env["XDG_DATA_HOME"]) / "tusd-py" / "urls.db"
+    url, _ = start_with_library(daemon.url, path, SQLiteURLStorage(db))
+    seen: set[str] = set()
+    for _ in range(2):  # nothing resumed, nothing remembered
+        up = run_cli("upload", str(path), "--url", daemon.url, "--no-resume", "-q", env=cli_env)
+        assert up.returncode == 0, up.stderr.decode()
+        assert b"Resuming" not in up.stderr
+        new = up.stdout.decode().strip()
+        assert new != url and new not in seen
+        seen.add(new)
+        assert get(new) == data
+    storage = SQLiteURLStorage(db)
+    assert list(storage.items().values()) == [url]  # the stored upload is left as it was
+    storage.close()
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def test_progress_bar_on_a_terminal(daemon: Daemon, tmp_path: Path, cli_env: dict[str, str]) -> None:
+    """rich's console forced to a terminal (TTY_COMPATIBLE/TTY_INTERACTIVE): the live bar
+    shows percentage, bytes, rate and ETA on stderr; stdout (a pipe) has only the URL."""
+    data = os.urandom(3_000_000)
+    path = tmp_path / "bar.bin"
+    path.write_bytes(data)
+    env = {**cli_env, "TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1", "COLUMNS": "160"}
+    up = run_cli("upload", str(path), "--url", daemon.url, "--chunk-size", "256KiB",
+                 "--limit-rate", "2MiB", env=env)
+    assert up.returncode == 0, up.stderr.decode()
+    url = up.stdout.decode().strip()
+    assert url.startswith(daemon.url) and get(url) == data
+    err = up.stderr.decode()
+    assert ANSI.search(err)  # drawn as a terminal
+    text = ANSI.sub("", err)
+    percents = {int(p) for p in re.findall(r"(\d+)%", text)}
+    assert 100 in percents and any(0 < p < 100 for p in percents), text  # live, not only the end
+    assert "bar.bin" in text and "3.0/3.0 MB" in text
+    assert re.search(r"\d+(\.\d+)? [kM]B/s", text), text
+    assert re.search(r"\d:\d\d:\d\d", text), text  # ETA
+    quiet = run_cli("upload", str(path), "--url", daemon.url, "-q", "--no-resume", env=env)
+    assert quiet.returncode == 0 and "%" not in quiet.stderr.decode()

@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -246,7 +247,7 @@ async def test_concurrent_uploads_share_one_client(daemon: Daemon) -> None:
     assert [sha256(await fetch(u)) for u in urls] == [sha256(b) for b in blobs]
 
 
-async def test_larger_than_tus_max_size_fails_early(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_larger_than_tus_max_size_fails_early(daemon_factory: Callable[..., Daemon]) -> None:
     daemon = daemon_factory(env={"TUSD_SERVER__MAX_SIZE": "1000"})
     async with TusClient(daemon.url) as client:
         assert (await client.server_info()).max_size == 1000
@@ -255,7 +256,8 @@ async def test_larger_than_tus_max_size_fails_early(daemon_factory) -> None:  # 
         assert await fetch(await client.upload(b"y" * 1000)) == b"y" * 1000
 
 
-async def test_expired_uploads_start_over(daemon_factory, payload: tuple[Path, bytes]) -> None:  # type: ignore[no-untyped-def]
+async def test_expired_uploads_start_over(daemon_factory: Callable[..., Daemon],
+                                          payload: tuple[Path, bytes]) -> None:
     """The daemon answers 410 for an upload idle past expiration.after (until its sweep):
     mid-upload (a PATCH) and at resume time (the HEAD of a stored URL) alike, the client
     drops the stored URL and starts over with a new upload."""

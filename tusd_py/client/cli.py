@@ -130,15 +130,23 @@ def _progress_bar(quiet: bool) -> Any:
         BarColumn,
         DownloadColumn,
         Progress,
+        TaskProgressColumn,
         TextColumn,
         TimeRemainingColumn,
         TransferSpeedColumn,
     )
 
     console = Console(stderr=True)
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
-                    TransferSpeedColumn(), TimeRemainingColumn(), console=console,
-                    disable=quiet, transient=False)
+    # rich would send what is printed to stdout (the upload URLs) to the bar's console,
+    # stderr: right for a terminal, wrong when stdout is a pipe or a file.
+    try:
+        stdout_is_tty = sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        stdout_is_tty = False
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
+                    DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+                    console=console, disable=quiet, transient=False,
+                    redirect_stdout=stdout_is_tty)
 
 
 def _storage(args: argparse.Namespace) -> URLStorage | None:

@@ -103,7 +103,9 @@ class Source:
             return cls(io.BytesIO(bytes(source)), owned=True)
         if hasattr(source, "read"):
             name = getattr(source, "name", None)
-            return cls(source, name=os.path.basename(name) if isinstance(name, str) else None)
+            if not isinstance(name, str) or (name.startswith("<") and name.endswith(">")):
+                name = None  # a descriptor number, or a pseudo-name such as "<stdin>"
+            return cls(source, name=os.path.basename(name) if name else None)
         raise TypeError(f"cannot upload {type(source).__name__}")
 
     def part(self, base: int, length: int) -> Source:
