@@ -4,6 +4,9 @@ Two LocalStore instances on one directory stand in for two daemon processes."""
 
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 
 from tusd_py.protocol.errors import MismatchedOffset
@@ -66,3 +69,64 @@ async def test_terminated_elsewhere_is_not_found(stores):
     await lock.release()
     with pytest.raises(NotFound):
         await a.lock("u3", 1)
+
+
+
+@pytest.fixture
+async def started(tmp_path):
+    """``await started(store)`` starts a store and stops it at teardown, pass or fail
+    (an unclosed aiosqlite connection would keep the test process alive)."""
+    stores: list[LocalStore] = []
+
+    async def start(store: LocalStore) -> LocalStore:
+        await store.start()
+        stores.append(store)
+        return store
+
+    yield start
+    for store in stores:
+        await store.stop()
+
+
+class RacingStore(LocalStore):
+    """Start-up reconcile that lets another process commit between its listing and its
+    flock (the window a second daemon on the same directory can hit)."""
+
+    other: LocalStore
+
+    async def _reconcile_one(self, upload_id: str, listed_offset: int) -> bool:
+        await write(self.other, upload_id, b"b" * 100)  # acknowledged elsewhere meanwhile
+        return await super()._reconcile_one(upload_id, listed_offset)
+
+
+async def test_reconcile_never_cuts_bytes_committed_by_another_process(tmp_path, started):
+    a = await started(LocalStore(str(tmp_path)))
+    await a.create(Upload(id="u4", length=1000))
+    await write(a, "u4", b"a" * 100)
+    racing = RacingStore(str(tmp_path))
+    racing.other = a
+    await started(racing)  # lists offset 100 with a file of 100: then a commits 200
+    assert (await a.get("u4")).offset == 200
+    assert (tmp_path / "uploads" / "u4").stat().st_size == 200
+    # An unacknowledged tail (a crash mid-PATCH) is still cut at the next start.
+    with open(tmp_path / "uploads" / "u4", "ab") as f:
+        f.write(b"x" * 50)
+    b = await started(LocalStore(str(tmp_path)))
+    assert (tmp_path / "uploads" / "u4").stat().st_size == 200
+    lock = await b.lock("u4", 1)
+    assert lock.upload.offset == 200
+    await lock.release()
+
+
+async def test_old_files_without_a_record_are_removed_at_start(tmp_path, started):
+    a = await started(LocalStore(str(tmp_path)))
+    await a.create(Upload(id="kept", length=3))
+    await write(a, "kept", b"abc")  # complete, old: kept (it has a record)
+    uploads = tmp_path / "uploads"
+    for name in ("orphan", "fresh-orphan", "not.an.id"):
+        (uploads / name).write_bytes(b"zz")
+    old = time.time() - 7200
+    for name in ("orphan", "kept", "not.an.id"):
+        os.utime(uploads / name, (old, old))
+    await started(LocalStore(str(tmp_path)))
+    assert sorted(os.listdir(uploads)) == ["fresh-orphan", "kept", "not.an.id"]

@@ -30,7 +30,7 @@ import aiosqlite
 from ..protocol.errors import MismatchedOffset, NotFound, StorageError, UploadBusy, UploadExists
 from ..protocol.headers import Metadata
 from .base import Capability, Download, Store, Upload, UploadLock
-from .ids import check_upload_id
+from .ids import check_upload_id, is_upload_id
 from .sqlite_batch import INSERT_COLUMNS, GroupCommit
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ CREATE INDEX IF NOT EXISTS uploads_expires_at ON uploads (expires_at)
 _COLUMNS = ", ".join(INSERT_COLUMNS)
 _LOCK_POLL = 0.02  # seconds between flock attempts while another process holds it
 _RECENT_MAX = 4096  # records remembered for lock() (a few hundred bytes each)
+_ORPHAN_AGE = 3600.0  # seconds before a file without a record is considered orphaned
 
 
 def _encode_metadata(metadata: Metadata) -> str:
@@ -133,31 +134,67 @@ class LocalStore(Store):
         died before the commit, or a checksum failed); they are dropped so the file and
         the record agree and the client resumes from the offset HEAD reports.
         """
-        async with self.db.execute(
-            "SELECT id, upload_offset FROM uploads WHERE completed_at IS NULL"
-        ) as cur:
-            rows = await cur.fetchall()
+        rows = await self.db.execute_fetchall(
+            "SELECT id, upload_offset FROM uploads WHERE completed_at IS NULL")
         trimmed = 0
         for upload_id, offset in rows:
-            path = self._path(upload_id)
-            try:
-                fd = os.open(path, os.O_RDWR)
-            except FileNotFoundError:
-                log.warning("upload %s has a record but no file", upload_id)
-                continue
+            trimmed += await self._reconcile_one(upload_id, offset)
+        if trimmed:
+            log.info("reconciled %d upload file(s) longer than their committed offset", trimmed)
+        await self._remove_orphan_files({row[0] for row in rows})
+
+    async def _reconcile_one(self, upload_id: str, listed_offset: int) -> bool:
+        """Cut one upload's file back to its committed offset; True if it was longer."""
+        try:
+            fd = os.open(self._path(upload_id), os.O_RDWR)
+        except FileNotFoundError:
+            log.warning("upload %s has a record but no file", upload_id)
+            return False
+        try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                os.close(fd)  # another live process is writing it: not ours to fix
-                continue
-            try:
-                if os.fstat(fd).st_size > offset:
-                    os.ftruncate(fd, offset)
-                    trimmed += 1
-            finally:
-                os.close(fd)
-        if trimmed:
-            log.info("reconciled %d upload file(s) longer than their committed offset", trimmed)
+                return False  # another live process is writing it: not ours to fix
+            if os.fstat(fd).st_size <= listed_offset:
+                return False
+            # Under the flock, re-read: another process sharing this directory may have
+            # committed more bytes since the listing (cutting to the listed offset would
+            # drop acknowledged bytes).
+            rows = await self.db.execute_fetchall(
+                "SELECT upload_offset FROM uploads WHERE id = ?", (upload_id,))
+            if not rows or os.fstat(fd).st_size <= rows[0][0]:
+                return False
+            os.ftruncate(fd, rows[0][0])
+            return True
+        finally:
+            os.close(fd)
+
+    async def _remove_orphan_files(self, unfinished: set[str]) -> None:
+        """Delete files with no record: left by a kill -9 between a create's file and its
+        row, or between a terminate's row delete and its unlink. Only files older than
+        ``_ORPHAN_AGE`` go, so another live process's create in flight is never touched."""
+        cutoff = time.time() - _ORPHAN_AGE
+        candidates = []
+        with os.scandir(self.upload_dir) as entries:
+            for entry in entries:
+                if (entry.name not in unfinished and is_upload_id(entry.name)
+                        and entry.stat().st_mtime < cutoff):
+                    candidates.append(entry.name)
+        removed = 0
+        for start in range(0, len(candidates), 500):
+            batch = candidates[start:start + 500]
+            rows = await self.db.execute_fetchall(
+                f"SELECT id FROM uploads WHERE id IN ({','.join('?' * len(batch))})", batch)
+            known = {row[0] for row in rows}
+            for name in batch:
+                if name not in known:
+                    try:
+                        os.unlink(os.path.join(self.upload_dir, name))
+                        removed += 1
+                    except FileNotFoundError:
+                        pass
+        if removed:
+            log.info("removed %d upload file(s) with no record", removed)
 
     # -- records ----------------------------------------------------------------
 
