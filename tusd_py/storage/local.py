@@ -162,9 +162,10 @@ class LocalStore(Store):
             # drop acknowledged bytes).
             rows = await self.db.execute_fetchall(
                 "SELECT upload_offset FROM uploads WHERE id = ?", (upload_id,))
-            if not rows or os.fstat(fd).st_size <= rows[0][0]:
+            committed = next((int(row[0]) for row in rows), None)
+            if committed is None or os.fstat(fd).st_size <= committed:
                 return False
-            os.ftruncate(fd, rows[0][0])
+            os.ftruncate(fd, committed)
             return True
         finally:
             os.close(fd)
