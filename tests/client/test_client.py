@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -289,3 +290,26 @@ async def test_expired_uploads_start_over(daemon_factory: Callable[..., Daemon],
         assert resumed == [] and url != stale.url
         assert await fetch(url) == data
         assert storage.items() == {}
+
+
+async def test_another_writer_advances_the_offset_between_chunks(
+        daemon: Daemon, payload: tuple[Path, bytes], caplog: pytest.LogCaptureFixture) -> None:
+    """A second writer moves the server's offset on: the daemon answers our next PATCH 409,
+    the client re-reads the offset with HEAD and carries on from there."""
+    path, data = payload
+    async with TusClient(daemon.url, chunk_size=CHUNK, backoff=0.01) as client, \
+            TusClient(daemon.url, chunk_size=CHUNK) as other_client:
+        ours = client.uploader(path)
+        assert await ours.upload_chunk() == CHUNK
+        other = other_client.uploader(path, url=ours.url)
+        await other.prepare()
+        await other.upload_chunk()
+        assert await other.upload_chunk() == 3 * CHUNK
+        other.close()
+        with caplog.at_level(logging.INFO, logger="tusd_py.client"):
+            assert await ours.upload_chunk() == 4 * CHUNK  # from 3 chunks, not 2
+        conflicts = [r.getMessage() for r in caplog.records if "HTTP 409" in r.getMessage()]
+        assert len(conflicts) == 1 and f"at {CHUNK} failed" in conflicts[0]
+        url = await ours.upload()
+        ours.close()
+    assert sha256(await fetch(url)) == sha256(data)
