@@ -230,8 +230,16 @@ class TusHandler:
             raise SizeExceeded("maximum upload size exceeded")
 
         has_body = _has_body(request)
+        checksum = None
         if has_body:
+            # Refuse a bad creation-with-upload request before anything exists.
             _check_offset_content_type(request)
+            checksum = parse_checksum(headers.get("Upload-Checksum"), self.algorithms)
+            body_length = parse_uint(headers.get("Content-Length"), "Content-Length",
+                                     required=False)
+            limit = length if length is not None else self.server.max_size or None
+            if body_length is not None and limit is not None and body_length > limit:
+                raise SizeExceeded()
         upload = Upload(
             id=new_upload_id(), length=length, offset=0, metadata=metadata, created_at=now,
             expires_at=self._next_expiry(now, length == 0),
@@ -251,7 +259,6 @@ class TusHandler:
             # creation-with-upload: the body is the first PATCH. Whatever happens to it
             # (checksum mismatch, a dropped connection), the upload exists and the
             # client learns its URL and committed offset, and can go on with PATCH.
-            checksum = parse_checksum(headers.get("Upload-Checksum"), self.algorithms)
             try:
                 written = await self._write_body(
                     request, upload.id, 0, None,

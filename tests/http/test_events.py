@@ -13,7 +13,7 @@ from tusd_py.events import EventBus, UploadListener
 from tusd_py.protocol.errors import TusError
 from tusd_py.storage.base import Upload
 
-from .helpers import TUS, create, head, patch, path_of
+from .helpers import OCTET, TUS, checksum, create, head, patch, path_of
 
 
 class Recorder(UploadListener):
@@ -21,9 +21,13 @@ class Recorder(UploadListener):
 
     def __init__(self) -> None:
         self.finished_ids: list[str] = []
+        self.created_ids: list[str] = []
         self.pre_finished: list[str] = []
         self.accessed: list[tuple[str, str]] = []
         self.denied: set[str] = set()
+
+    def created(self, upload: Upload, request: web.Request) -> None:
+        self.created_ids.append(upload.id)
 
     async def pre_finish(self, upload: Upload, request: web.Request) -> None:
         self.pre_finished.append(upload.id)
@@ -86,3 +90,22 @@ async def test_final_concatenation_checks_access_to_each_partial(recorded):
     assert r.status == 201
     got = await client.get(path_of(r.headers["Location"]))
     assert await got.read() == b"alice's secret"
+
+
+@pytest.mark.parametrize("headers, status", [
+    ({"Upload-Length": "3", "Upload-Checksum": "crc32 AAAA"}, 400),  # unknown algorithm
+    ({"Upload-Length": "3", "Upload-Checksum": "sha1 not-base64!"}, 400),
+    ({"Upload-Length": "2"}, 413),  # the body is longer than the upload
+])
+async def test_refused_creation_with_upload_creates_nothing(recorded, headers, status):
+    client, recorder = recorded
+    r = await client.post("/files/", data=b"abc", headers={**TUS, "Content-Type": OCTET, **headers})
+    assert r.status == status, await r.text()
+    assert "Location" not in r.headers
+    assert recorder.created_ids == []
+    # A matching checksum on the same request shape is accepted (the check is not blanket).
+    r = await client.post("/files/", data=b"abc", headers={
+        **TUS, "Content-Type": OCTET, "Upload-Length": "3",
+        "Upload-Checksum": checksum("sha1", b"abc")})
+    assert r.status == 201 and r.headers["Upload-Offset"] == "3"
+    assert len(recorder.created_ids) == 1 and recorder.finished_ids == recorder.created_ids
