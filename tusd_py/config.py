@@ -107,7 +107,7 @@ class ServerConfig(Section):
     #: Checksum algorithms accepted in Upload-Checksum.
     checksum_algorithms: StrList = list(ALGORITHMS)
     #: A PATCH whose body sends nothing for this long is ended (bytes so far are kept).
-    idle_timeout: Duration = 30.0
+    idle_timeout: Annotated[Duration, Field(gt=0)] = 30.0
     #: How long a request waits for an upload another request is writing, before 423.
     lock_wait: Duration = 3.0
     #: A writer idle for this long gives its upload up to a newer request at once
@@ -358,7 +358,9 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None,
         lines = []
         for err in exc.errors():
             key = ".".join(str(p) for p in err["loc"])
-            origin = sources.get(key) or (f"file {config_file}" if config_file else "defaults")
+            origin = sources.get(key) or next(
+                (src for dotted, src in sources.items() if dotted.startswith(key + ".")),
+                f"file {config_file}" if config_file else "defaults")
             message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
             lines.append(f"  {key}: {message} (from {origin})")
         raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None

@@ -64,6 +64,8 @@ def test_env_forms(tmp_path):
     ({"TUSD_EXPIRATION__AFTER": "soon"}, "not a duration"),
     ({"TUSD_SERVER__CHECKSUM_ALGORITHMS": "sha1,crc32"}, "crc32"),
     ({"TUSD_SERVER__BASE_PATH": "files"}, "server.base_path"),
+    ({"TUSD_SERVR__PORT": "1"}, "servr: unknown key (from env TUSD_SERVR__PORT)"),
+    ({"TUSD_SERVER__IDLE_TIMEOUT": "0"}, "server.idle_timeout: Input should be greater than 0"),
 ])
 def test_bad_values_are_named(env, needle):
     with pytest.raises(ConfigError) as err:
