@@ -143,3 +143,22 @@ def test_bad_python_hook_is_a_config_error(tmp_path, spec: str, message: str):
     config = make_config({"driver": "local", "data_dir": str(tmp_path)}, hooks={"python": [spec]})
     with pytest.raises(ConfigError, match=message):
         create_app(config)
+
+
+async def test_sync_hook_threads_are_reused_and_bounded(monkeypatch):
+    """Threads start on demand and are reused; at most THREADS run (or hang) at once."""
+    from tusd_py.hooks import python as python_hooks
+
+    monkeypatch.setattr(python_hooks, "THREADS", 3)
+    hook = PythonHook(f"{MOD}:record_sync", 5)
+    payload = {"Type": "post-create", "Event": {"Upload": {"ID": "t1"}, "HTTPRequest": {}}}
+    for _ in range(20):
+        await hook.invoke(payload, forward={}, key="k")
+    assert hook.threads.started == 1
+    slow = PythonHook(f"{MOD}:slow_pre_create", 5)
+    pre = {"Type": "pre-create", "Event": {"Upload": {"ID": "", "MetaData": {"slow": ""}},
+                                           "HTTPRequest": {}}}
+    started = time.monotonic()
+    await asyncio.gather(*(slow.invoke(pre, forward={}, key="k") for _ in range(6)))
+    assert slow.threads.started == 3  # six calls of 0.6 s, three at a time
+    assert time.monotonic() - started >= 1.2

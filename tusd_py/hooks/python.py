@@ -11,10 +11,10 @@ Timeouts (``hooks.http.timeout``): a coroutine hook is cancelled. A plain functi
 be stopped from outside: its thread runs on until the function returns, and whatever it
 returns then is dropped (logged; the request it was called for has already been answered
 with 500, or the post-* event counted as dropped). Each callable gets at most
-``THREADS`` threads at once, so hung calls cannot pile up threads without bound; further
-calls wait for one (within their timeout). The threads are daemon threads outside the
-loop's default executor: a hung hook neither starves the storage drivers' executor work
-(fsync, concatenation) nor keeps the daemon from exiting.
+``THREADS`` threads at once (started on demand, then reused), so hung calls cannot pile up
+threads without bound; further calls wait for one (within their timeout). The threads are
+daemon threads outside the loop's default executor: a hung hook neither starves the
+storage drivers' executor work (fsync, concatenation) nor keeps the daemon from exiting.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import copy
 import importlib
 import inspect
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -37,6 +38,43 @@ log = logging.getLogger("tusd_py.hooks")
 
 #: Threads one plain-function hook may occupy at once (running or hung after a timeout).
 THREADS = 32
+
+
+class _DaemonThreads:
+    """A minimal thread pool of daemon threads, started on demand and reused.
+
+    Unlike ``concurrent.futures`` (and so ``asyncio.to_thread``), its threads are daemon
+    threads the interpreter does not wait for at exit, and they belong to one hook only.
+    The caller bounds the jobs outstanding (running or hung); a new thread is started
+    only when no thread is free, so there are never more threads than that bound.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.jobs: queue.SimpleQueue[tuple[Callable[[], Any], Callable[[Any], None]]] = (
+            queue.SimpleQueue())
+        self.lock = threading.Lock()
+        self.free = 0  # threads done with their job, waiting for the next one
+        self.started = 0
+
+    def submit(self, job: Callable[[], Any], done: Callable[[Any], None]) -> None:
+        """Run ``job()`` on a thread, then ``done(its result)`` once that thread counts
+        as free again (so a caller woken by ``done`` can reuse it at once)."""
+        with self.lock:
+            if self.free:
+                self.free -= 1
+            else:
+                self.started += 1
+                threading.Thread(target=self._work, name=self.name, daemon=True).start()
+        self.jobs.put((job, done))
+
+    def _work(self) -> None:
+        while True:
+            job, done = self.jobs.get()
+            outcome = job()  # a job catches its own exceptions
+            with self.lock:
+                self.free += 1
+            done(outcome)
 
 
 class HookLoadError(ConfigError):
@@ -69,7 +107,8 @@ class PythonHook:
         self.fn = load_callable(spec)
         self.is_async = inspect.iscoroutinefunction(self.fn)
         self.timeout = timeout or None
-        self.threads = asyncio.Semaphore(THREADS)
+        self.slots = asyncio.Semaphore(THREADS)
+        self.threads = _DaemonThreads(f"tusd-hook {spec}")
         #: Calls that returned after their timeout (their answers were dropped).
         self.late = 0
 
@@ -104,7 +143,7 @@ class PythonHook:
         what = f"{arg.get('Type')} of upload {arg['Event']['Upload'].get('ID') or '(new)'}"
 
         def settle(result: Any, error: BaseException | None) -> None:
-            self.threads.release()
+            self.slots.release()
             if future.cancelled():  # the call timed out: nobody uses this answer
                 self.late += 1
                 log.warning("%s for %s returned after %.1fs, past its timeout; its answer "
@@ -114,17 +153,18 @@ class PythonHook:
             else:
                 future.set_result(result)
 
-        def run() -> None:
-            result, error = None, None
+        def run() -> tuple[Any, BaseException | None]:
             try:
-                result = self.fn(arg)
+                return self.fn(arg), None
             except Exception as exc:
-                error = exc
+                return None, exc
             except BaseException as exc:  # SystemExit & co. must not end the daemon
-                error = RuntimeError(f"{type(exc).__name__} raised")
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                loop.call_soon_threadsafe(settle, result, error)
+                return None, RuntimeError(f"{type(exc).__name__} raised")
 
-        await self.threads.acquire()
-        threading.Thread(target=run, name=f"tusd-hook {self.spec}", daemon=True).start()
+        def done(outcome: tuple[Any, BaseException | None]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(settle, *outcome)
+
+        await self.slots.acquire()
+        self.threads.submit(run, done)
         return await future
