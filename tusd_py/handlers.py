@@ -18,7 +18,15 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from .config import Config
-from .download import download_headers, stream_download
+from .download import (
+    FileDownload,
+    Unsatisfiable,
+    download_headers,
+    file_etag,
+    requested_range,
+    stream_download,
+    unsatisfiable,
+)
 from .events import EventBus
 from .leases import Lease, LeaseRegistry, StopReason
 from .protocol import (
@@ -551,9 +559,14 @@ class TusHandler:
         source = await self.store.download(upload)
         headers = download_headers(upload.metadata)
         headers["Tus-Resumable"] = TUS_VERSION
-        if source.path is not None:
-            return web.FileResponse(source.path, headers=headers)
-        return await stream_download(request, source, headers)
+        if source.path is None:
+            return await stream_download(request, source, headers)
+        etag, mtime = file_etag(source.path)
+        try:
+            byte_range = requested_range(request.headers, source.size, etag, mtime)
+        except Unsatisfiable:
+            raise unsatisfiable(source.size) from None
+        return FileDownload(source.path, byte_range, headers)
 
 
 def _has_body(request: web.Request) -> bool:

@@ -7,6 +7,8 @@ import os
 import time
 from email.utils import parsedate_to_datetime
 
+import pytest
+
 from .helpers import OCTET, TUS, b64, checksum, create, download, head, patch, path_of, upload
 
 ALL_EXTENSIONS = ("creation,creation-with-upload,creation-defer-length,expiration,checksum,"
@@ -394,6 +396,60 @@ async def test_download_headers_and_range(tus):
     assert r.headers["Content-Range"] == f"bytes 100-199/{len(data)}"
     r = await tus.get(path, headers={"Range": "bytes=-10"})
     assert await r.read() == data[-10:]
+
+
+@pytest.mark.parametrize("range_header, status, part", [
+    ("bytes=0-0", 206, slice(0, 1)),
+    ("bytes=990-5000", 206, slice(990, 1000)),  # last byte past the end: up to the end
+    ("bytes=-5000", 206, slice(0, 1000)),  # suffix longer than the upload: all of it
+    ("BYTES=5-", 206, slice(5, 1000)),
+    ("bytes=0-1,4-5", 200, slice(None)),  # several ranges: ignored, the whole upload
+    ("items=0-1", 200, slice(None)),  # another unit: ignored
+    ("bytes=abc", 200, slice(None)),  # bad syntax: ignored
+    ("bytes=5-4", 200, slice(None)),  # last < first: an invalid spec, ignored
+    ("bytes=-0", 416, None),  # a zero-length suffix selects nothing
+    ("bytes=1000-", 416, None),  # first byte past the end
+])
+async def test_download_range_edge_cases(tus, range_header, status, part):
+    data = bytes(range(250)) * 4
+    path = await upload(tus, data)
+    r = await tus.get(path, headers={"Range": range_header})
+    assert r.status == status, (range_header, r.status)
+    body = await r.read()
+    if status == 416:
+        assert r.headers["Content-Range"] == "bytes */1000"
+    else:
+        assert body == data[part]
+        assert ("Content-Range" in r.headers) == (status == 206)
+
+
+async def test_download_if_range_and_conditional_get(tus):
+    data = b"0123456789" * 100
+    path = await upload(tus, data)
+    r = await tus.get(path)
+    etag, modified = r.headers["ETag"], r.headers["Last-Modified"]
+    r = await tus.get(path, headers={"Range": "bytes=10-19", "If-Range": etag})
+    assert r.status == 206 and await r.read() == data[10:20]
+    r = await tus.get(path, headers={"Range": "bytes=10-19", "If-Range": '"another"'})
+    assert r.status == 200 and await r.read() == data
+    r = await tus.get(path, headers={"Range": "bytes=10-19", "If-Range": modified})
+    assert r.status == 206 and await r.read() == data[10:20]
+    r = await tus.get(path, headers={"Range": "bytes=10-19",
+                                     "If-Range": "Mon, 01 Jan 2001 00:00:00 GMT"})
+    assert r.status == 200 and await r.read() == data
+    r = await tus.get(path, headers={"If-None-Match": etag})
+    assert r.status == 304 and await r.read() == b""
+
+
+async def test_download_keeps_the_charset_of_a_safe_type(tus):
+    meta = f"filetype {b64('text/plain; charset=UTF-8')}"
+    path = await upload(tus, "héllo".encode(), Upload_Metadata=meta)
+    r = await tus.get(path)
+    assert r.headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert r.headers["Content-Disposition"] == "inline"
+    meta = f"filetype {b64('text/html; charset=utf-8')}"
+    path = await upload(tus, b"<p>", Upload_Metadata=meta)
+    assert (await tus.get(path)).headers["Content-Type"] == "application/octet-stream"
 
 
 async def test_download_of_unsafe_type_is_attachment_octet_stream(tus):
