@@ -186,8 +186,36 @@ class TusHandler:
         upload = await self.store.get(upload_id)
         if upload is None:
             raise NotFound()
+        if upload.is_final and not upload.is_complete and _expired(upload, time.time()):
+            return await self.prolong_final(upload)
         self._check_alive(upload)
         return upload
+
+    async def final_lives_until(self, final: Upload, now: float) -> float | None:
+        """An unfinished final (concatenation-unfinished) lives as long as its partials:
+        the latest expiry among them, or a fresh period once all are complete (it is
+        assembled at the next HEAD/GET). None once a partial is gone or expired."""
+        lives: list[float] = []
+        for upload_id in final.final_of:
+            partial = await self.store.get(upload_id)
+            if partial is None or _expired(partial, now):
+                return None
+            if not partial.is_complete and partial.expires_at is not None:
+                lives.append(partial.expires_at)
+        return max(lives) if lives else now + (self.expire_after or 86400.0)
+
+    async def prolong_final(self, final: Upload) -> Upload:
+        """An expired unfinished final whose partials are alive gets their lifetime."""
+        until = await self.final_lives_until(final, time.time())
+        if until is None:
+            raise Gone()
+        lease, lock = await self._acquire(final.id)
+        try:
+            if lock.upload.is_complete or not _expired(lock.upload, time.time()):
+                return lock.upload
+            return await lock.commit(expires_at=until)
+        finally:
+            await self._release(lease, lock)
 
     @staticmethod
     def _check_alive(upload: Upload) -> None:
@@ -567,6 +595,10 @@ class TusHandler:
         except Unsatisfiable:
             raise unsatisfiable(source.size) from None
         return FileDownload(source.path, byte_range, headers)
+
+
+def _expired(upload: Upload, now: float) -> bool:
+    return upload.expires_at is not None and upload.expires_at < now
 
 
 def _has_body(request: web.Request) -> bool:

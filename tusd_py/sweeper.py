@@ -42,6 +42,11 @@ async def sweep_once(handler: TusHandler, now: float | None = None) -> int:
             upload = lock.upload
             if upload.expires_at is None or upload.expires_at >= now:
                 continue  # refreshed by a PATCH since the query
+            if upload.is_final and not upload.is_complete:
+                until = await handler.final_lives_until(upload, now)
+                if until is not None and until > now:
+                    await lock.commit(expires_at=until)  # its partials are still alive
+                    continue
             await store.terminate(upload_id)
             deleted += 1
         finally:
