@@ -195,22 +195,38 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     await store.stop()
 
 
-async def drain_uploads(app: web.Application) -> None:
-    """Shutdown step: let in-flight writes run for ``shutdown_grace``, then stop them.
+async def drain_uploads(app: web.Application, commit_wait: float = 1.0,
+                        requests_in_flight: Callable[[], int] | None = None) -> None:
+    """Shutdown step: let in-flight requests run for ``shutdown_grace``, then stop writes.
+
+    Returns within ``shutdown_grace + commit_wait`` seconds. Until the grace period ends
+    it waits for the uploads being written and, when ``requests_in_flight`` is given,
+    for every request it counts (downloads too). Writers still running then are stopped:
+    they commit the bytes they received and answer 503, and get ``commit_wait`` for it.
+    One still committing after that is left to ``AppRunner.cleanup()``, which cancels it
+    (the upload keeps its last committed offset).
 
     Call it after the listening sockets are closed and before ``AppRunner.cleanup()``
-    (whose first step makes aiohttp drop incoming bytes on open connections). Stopped
-    writers commit the bytes they received and answer 503.
+    (whose first step makes aiohttp drop incoming bytes on open connections).
     """
-    handler = app[HANDLER]
+    leases = app[HANDLER].leases
     grace = app[CONFIG].server.shutdown_grace
     loop = asyncio.get_running_loop()
     deadline = loop.time() + grace
-    while len(handler.leases) and loop.time() < deadline:
-        await asyncio.sleep(0.05)
-    if len(handler.leases):
-        log.warning("stopping %d in-flight upload(s) at the end of the shutdown grace period",
-                    len(handler.leases))
-        handler.leases.stop_all()
-        while len(handler.leases) and loop.time() < deadline + 5:
-            await asyncio.sleep(0.02)
+
+    def busy() -> bool:
+        return bool(len(leases) or (requests_in_flight is not None and requests_in_flight()))
+
+    while busy() and (left := deadline - loop.time()) > 0:
+        await asyncio.sleep(min(0.05, left))
+    if not len(leases):
+        return
+    log.warning("stopping %d in-flight upload(s) at the end of the shutdown grace period",
+                len(leases))
+    leases.stop_all()
+    commit_deadline = loop.time() + commit_wait
+    while len(leases) and (left := commit_deadline - loop.time()) > 0:
+        await asyncio.sleep(min(0.02, left))
+    if len(leases):
+        log.error("%d stopped upload(s) did not commit within %gs; they are cancelled",
+                  len(leases), commit_wait)

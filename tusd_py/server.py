@@ -2,11 +2,20 @@
 
 Shutdown on SIGTERM/SIGINT, in this order:
 
-1. stop listening (new connections are refused; the orchestrator routes elsewhere);
-2. let in-flight uploads run for ``server.shutdown_grace``; then stop those still running:
-   each commits the bytes it received and answers 503 (``app.drain_uploads``);
-3. close the remaining connections and run the cleanup contexts (sweeper, store);
+1. stop listening and stop taking new requests on open keep-alive connections (the
+   orchestrator routes elsewhere);
+2. let in-flight requests run for ``server.shutdown_grace``; then stop the uploads still
+   running: each gets ``COMMIT_WAIT`` to commit the bytes it received and answer 503
+   (``app.drain_uploads``);
+3. cancel what is left (``CLOSE_WAIT``), close the connections and run the cleanup
+   contexts (hooks, sweeper, store);
 4. exit 0.
+
+From SIGTERM to exit takes at most ``server.shutdown_grace + SHUTDOWN_MARGIN`` seconds
+(steps 2 to 4 normally end within ``COMMIT_WAIT + 2 * CLOSE_WAIT`` of the grace period).
+Should anything overrun that (a store that does not close, a blocking Python hook whose
+thread the interpreter would wait for), a watchdog thread ends the process with exit
+code 1 at that mark. Give the container's stop timeout more than this sum.
 
 ``web.run_app`` is not used because its cleanup first makes aiohttp drop the bytes of
 in-flight request bodies, which would stall every upload during the grace period.
@@ -16,15 +25,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import threading
 
 from aiohttp import web
 
-from .app import create_app, drain_uploads
+from .app import Handler, create_app, drain_uploads
 from .config import Config
 from .logs import AccessLogger, flush_logs, setup_logging
+from .protocol import TUS_VERSION
 
 log = logging.getLogger("tusd_py")
+
+#: Seconds uploads stopped at the end of the grace period get to commit what they received.
+COMMIT_WAIT = 1.0
+#: Seconds aiohttp waits for a request still running after that, and again once it is cancelled.
+CLOSE_WAIT = 0.25
+#: SIGTERM to exit is at most ``server.shutdown_grace + SHUTDOWN_MARGIN`` seconds.
+SHUTDOWN_MARGIN = 2.0
+#: Exit status when the watchdog has to end an overrunning shutdown.
+EXIT_OVERRUN = 1
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -35,8 +56,56 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+class _RequestGate:
+    """Counts the requests being handled (the grace period covers downloads too) and,
+    once the daemon is stopping, refuses new ones on open keep-alive connections and
+    closes each connection after its response."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.stopping = False
+
+    def __call__(self) -> int:
+        return self.count
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self.stopping:
+            refused = web.Response(status=503, text="server is shutting down\n", headers={
+                "Tus-Resumable": TUS_VERSION, "Retry-After": "1"})
+            refused.force_close()
+            return refused
+        self.count += 1
+        try:
+            response = await handler(request)
+        finally:
+            self.count -= 1
+        if self.stopping:
+            response.force_close()
+        return response
+
+
+def start_watchdog(seconds: float) -> threading.Timer:
+    """End the process with ``EXIT_OVERRUN`` if it is still alive after ``seconds``."""
+
+    def overrun() -> None:
+        try:
+            log.error("shutdown did not finish within %.1fs; exiting now", seconds)
+            flush_logs()
+        finally:
+            os._exit(EXIT_OVERRUN)
+
+    timer = threading.Timer(seconds, overrun)
+    timer.name = "tusd-shutdown-watchdog"
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 async def run(config: Config) -> None:
     app = create_app(config)
+    gate = _RequestGate()
+    app.middlewares.insert(0, gate.middleware)
     server = config.server
     runner = web.AppRunner(
         app,
@@ -44,7 +113,7 @@ async def run(config: Config) -> None:
         access_log_class=AccessLogger,
         access_log=logging.getLogger("tusd_py.access") if server.access_log else None,
         handler_cancellation=False,
-        shutdown_timeout=5.0,
+        shutdown_timeout=CLOSE_WAIT,
     )
     await runner.setup()
     site = web.TCPSite(runner, server.host, server.port)
@@ -57,14 +126,23 @@ async def run(config: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     flusher = asyncio.create_task(_flush_logs_every(0.25))
+    hard_deadline: float | None = None
     try:
         await stop.wait()
-        log.info("shutting down: no new connections; in-flight uploads get %.0fs",
-                 server.shutdown_grace)
+        hard_deadline = loop.time() + server.shutdown_grace + SHUTDOWN_MARGIN
+        start_watchdog(server.shutdown_grace + SHUTDOWN_MARGIN)
+        log.info("shutting down: no new requests; in-flight ones get %gs (exit within %gs)",
+                 server.shutdown_grace, server.shutdown_grace + SHUTDOWN_MARGIN)
+        gate.stopping = True
         await site.stop()
-        await drain_uploads(app)
+        await drain_uploads(app, COMMIT_WAIT, gate)
     finally:
-        await runner.cleanup()
+        try:
+            # Leave the watchdog a moment to spare; past this the store may not be closed.
+            async with asyncio.timeout_at(None if hard_deadline is None else hard_deadline - 0.1):
+                await runner.cleanup()
+        except TimeoutError:
+            log.error("shutdown: connections and store did not close in time")
         flusher.cancel()
         log.info("stopped")
         flush_logs()
