@@ -78,6 +78,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 def cors_middleware(config: Config) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """CORS headers on every response (errors too), for ``server.cors``.
+
+    ``Vary: Origin`` goes on every response whose headers would differ for another
+    ``Origin`` value, so a shared cache never hands one origin's answer to another: with
+    an explicit allow-list that is every response (allowed, refused, or no Origin at
+    all); with ``*`` it is the responses to requests without Origin (they lack the CORS
+    headers; the answer to any Origin is the same ``*``).
+    """
     cors = config.server.cors
     any_origin = "*" in cors.allowed_origins
     allowed = frozenset(cors.allowed_origins)
@@ -86,22 +94,19 @@ def cors_middleware(config: Config) -> Callable[[web.Request, Handler], Awaitabl
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         origin = request.headers.get("Origin")
-        if origin is None:
-            return await handler(request)
-        preflight = (request.method == "OPTIONS"
-                     and "Access-Control-Request-Method" in request.headers)
         response = await handler(request)
-        if not (any_origin or origin in allowed):
-            return response
         headers = response.headers
-        if any_origin and not cors.allow_credentials:
+        if (not any_origin or origin is None) and "Origin" not in headers.getall("Vary", ()):
+            headers.add("Vary", "Origin")
+        if origin is None or not (any_origin or origin in allowed):
+            return response
+        if any_origin:
             headers["Access-Control-Allow-Origin"] = "*"
         else:
             headers["Access-Control-Allow-Origin"] = origin
-            headers.add("Vary", "Origin")
             if cors.allow_credentials:
                 headers["Access-Control-Allow-Credentials"] = "true"
-        if preflight:
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
             headers["Access-Control-Allow-Methods"] = ALLOW_METHODS
             headers["Access-Control-Allow-Headers"] = ALLOW_HEADERS
             headers["Access-Control-Max-Age"] = max_age
