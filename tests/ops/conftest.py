@@ -38,9 +38,12 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
 
 
 class Nginx:
-    """nginx (foreground, own prefix) rendered from deploy/nginx.test.conf.template."""
+    """nginx (foreground, own prefix) rendered from deploy/nginx.test.conf.template.
 
-    def __init__(self, upstream_port: int) -> None:
+    ``edit`` (for tests showing a directive matters) rewrites deploy/nginx/tus-proxy.conf's
+    text for this instance; otherwise the deploy files are used as they are."""
+
+    def __init__(self, upstream_port: int, edit: Callable[[str], str] | None = None) -> None:
         self.port = free_port()
         # Its own directory, readable by the unprivileged worker processes.
         self.run_dir = Path(tempfile.mkdtemp(prefix="tusd-nginx-"))
@@ -53,7 +56,10 @@ class Nginx:
         self.conf = self.run_dir / "nginx.conf"
         self.conf.write_text(conf)
         for name in ("tus-locations.conf", "tus-proxy.conf"):
-            (self.run_dir / name).symlink_to(DEPLOY / "nginx" / name)
+            if name == "tus-proxy.conf" and edit is not None:
+                (self.run_dir / name).write_text(edit((DEPLOY / "nginx" / name).read_text()))
+            else:
+                (self.run_dir / name).symlink_to(DEPLOY / "nginx" / name)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

@@ -5,6 +5,7 @@ through it, and client-forged forwarding headers are not trusted."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import socket
 
@@ -133,6 +134,43 @@ async def test_dropped_connection_through_proxy_keeps_bytes_and_resumes(
             assert await r.read() == data
 
 
+async def test_large_patch_through_the_proxy(proxied: tuple[Daemon, Nginx]) -> None:
+    """One 8 MiB PATCH, far over nginx's default client_max_body_size (1 MiB): it reaches
+    the daemon whole because tus-proxy.conf sets client_max_body_size 0."""
+    daemon, nginx = proxied
+    data = os.urandom(8 << 20)
+    async with aiohttp.ClientSession() as s:
+        for root in (nginx.root, nginx.root + "/uploads"):
+            location = await create(s, root + "/files/", len(data))
+            assert await patch(s, location, 0, data) == len(data)
+            async with s.get(daemon.url + location.rsplit("/", 1)[1]) as r:
+                assert hashlib.sha256(await r.read()).digest() == hashlib.sha256(data).digest()
+
+
+async def test_without_client_max_body_size_nginx_refuses_large_patches(
+        daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    """The directive the previous test relies on: with it removed, the same PATCH gets
+    nginx's 413 and never reaches the daemon."""
+    daemon = daemon_factory(env={"TUSD_SERVER__BEHIND_PROXY": "true"})
+    directive = "client_max_body_size 0;"
+
+    def drop(conf: str) -> str:
+        assert conf.count(directive) == 1
+        return conf.replace(directive, "")
+
+    nginx = Nginx(daemon.port, edit=drop).start()
+    try:
+        async with aiohttp.ClientSession() as s:
+            location = await create(s, nginx.root + "/files/", 8 << 20)
+            async with s.patch(location, data=bytes(8 << 20),
+                               headers={**PATCH_HEADERS, "Upload-Offset": "0"}) as r:
+                assert r.status == 413
+                assert "nginx" in await r.text()
+            assert await head_offset(s, location) == 0
+    finally:
+        nginx.stop()
+
+
 async def test_metrics_are_not_exposed_through_the_proxy(proxied: tuple[Daemon, Nginx]) -> None:
     daemon, nginx = proxied
     async with aiohttp.ClientSession() as s:
@@ -157,6 +195,15 @@ async def test_forwarded_header_forms(proxied: tuple[Daemon, Nginx]) -> None:
           "X-Forwarded-Prefix": "/tus/v1/"}, "https://a.example/tus/v1/files/"),
         ({"X-Forwarded-Proto": "javascript", "X-Forwarded-Host": "bad host/x",
           "X-Forwarded-Prefix": "/../x?y"}, f"{daemon.root}/files/"),
+        # host= inside a quoted value is not the host parameter.
+        ({"Forwarded": 'for="host=evil.example";proto=https'},
+         f"https://127.0.0.1:{daemon.port}/files/"),
+        ({"Forwarded": 'host="evil.example/x";proto=ftp'}, f"{daemon.root}/files/"),
+        ({"Forwarded": "HOST=[::1]:8443;PROTO=HTTPS"}, "https://[::1]:8443/files/"),
+        ({"Forwarded": "host=a.example;host=b.example"}, f"{daemon.root}/files/"),
+        ({"X-Forwarded-Host": "user@evil.example", "X-Forwarded-Prefix": "/a/../b"},
+         f"{daemon.root}/files/"),
+        ({"X-Forwarded-Prefix": "//evil.example"}, f"{daemon.root}/files/"),
     ]
     async with aiohttp.ClientSession() as s:
         for headers, expected in cases:
