@@ -11,9 +11,12 @@ const style = document.createElement('style')
 style.textContent = coreCss + dashboardCss
 document.head.appendChild(style)
 
-// The page says where the tus endpoint is: <div id="uppy" data-endpoint="/files/">.
+// The page says where the tus endpoint is: <div id="uppy" data-endpoint="./files/">,
+// relative to the page, so it stays under a proxy's path prefix (/uploads/ -> /uploads/files/).
 const target = document.getElementById('uppy')
-const endpoint = new URL(target.dataset.endpoint || '/files/', window.location.href).href
+const endpoint = new URL(target.dataset.endpoint || './files/', window.location.href).href
+const shown = document.getElementById('endpoint')
+if (shown) shown.textContent = endpoint
 const chunkSize = Number(target.dataset.chunkSize || 5 * 1024 * 1024)
 
 const uppy = new Uppy({ autoProceed: false })

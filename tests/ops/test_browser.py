@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -16,9 +17,9 @@ from aiohttp import web
 
 from tests.plugins.daemon import ROOT, Daemon, free_port
 from tusd_py.app import ALLOW_HEADERS, EXPOSE_HEADERS
-from tusd_py.web import BUNDLE_PATH, WEB_DIR, add_demo_routes
+from tusd_py.web import BUNDLE_PATH, WEB_DIR, add_demo_routes, page_relative
 
-from .conftest import run_browser
+from .conftest import Nginx, run_browser
 from .test_metrics import scrape
 
 #: tus over fetch() from the page: create, PATCH half, HEAD, PATCH the rest, OPTIONS.
@@ -113,6 +114,53 @@ async def test_uppy_demo_upload(daemon_factory, tmp_path: Path) -> None:  # type
         assert m["tusd_uploads_finished_total"] == 1
         async with s.get(daemon.root + BUNDLE_PATH) as r:
             assert r.headers["Content-Type"].startswith("text/javascript")
+
+
+async def test_uppy_demo_under_a_proxy_prefix(daemon_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The demo page through nginx's /uploads/ location (prefix stripped, named in
+    X-Forwarded-Prefix): its script and tus endpoint stay under the prefix."""
+    daemon: Daemon = daemon_factory(env={"TUSD_SERVER__DEMO": "true",
+                                         "TUSD_SERVER__BEHIND_PROXY": "true"})
+    nginx = Nginx(daemon.port).start()
+    try:
+        data = os.urandom(300_000)
+        path = tmp_path / "prefixed.bin"
+        path.write_bytes(data)
+        page = nginx.root + "/uploads/"
+        shown, result = await run_browser([
+            {"action": "eval", "url": page, "src": "return {endpoint: "
+             "document.getElementById('endpoint').textContent, script: document.scripts[0].src}"},
+            {"action": "uppy", "url": page, "file": str(path)},
+        ])
+        access_log = (nginx.run_dir / "access.log").read_text()
+    finally:
+        nginx.stop()
+    assert shown == {"endpoint": page + "files/", "script": page + "demo/uppy.single.js"}
+    assert result["failed"] == [] and result["statusComplete"] is True
+    [upload] = result["successful"]
+    assert upload["uploadURL"].startswith(page + "files/"), upload
+    # Everything the page loaded or sent went through the prefixed location.
+    requests = re.findall(r'"([A-Z]+) (\S+) HTTP/1\.1"', access_log)
+    assert ("GET", "/uploads/demo/uppy.single.js") in requests
+    assert ("POST", "/uploads/files/") in requests
+    assert not [r for r in requests if not r[1].startswith("/uploads/")], requests
+    async with aiohttp.ClientSession() as s:
+        async with s.get(daemon.url + upload["uploadURL"].rsplit("/", 1)[1]) as r:
+            assert await r.read() == data
+
+
+async def test_demo_page_links_relative_to_itself(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    """The rendered page has no absolute path in it (they would escape a proxy prefix)."""
+    daemon: Daemon = daemon_factory(env={"TUSD_SERVER__DEMO": "true",
+                                         "TUSD_SERVER__BASE_PATH": "/api/tus/"})
+    async with aiohttp.ClientSession() as s, s.get(daemon.root + "/") as r:
+        page = await r.text()
+    assert 'data-endpoint="./api/tus/"' in page
+    assert '<script src="./demo/uppy.single.js">' in page
+    assert not re.findall(r'(?:src|href|data-endpoint)="/', page)
+    assert page_relative("/files/") == "./files/"
+    assert page_relative("http://127.0.0.1:1/files/") == "http://127.0.0.1:1/files/"
+    assert page_relative("//cdn.example/files/") == "//cdn.example/files/"
 
 
 async def test_demo_is_off_by_default(daemon: Daemon) -> None:

@@ -17,11 +17,25 @@ BUNDLE = "uppy.single.js"
 BUNDLE_PATH = "/demo/" + BUNDLE
 
 
+def page_relative(path: str) -> str:
+    """``path`` (absolute on this server) as a URL relative to the page at ``/``.
+
+    The page links to its script and endpoint relatively, so behind a proxy that mounts
+    the daemon under a prefix (``/uploads/`` -> ``/``) the browser stays under it. Full
+    URLs (``http://...``, ``//host/...``) are returned as they are."""
+    if path.startswith("/") and not path.startswith("//"):
+        return "./" + path[1:]
+    return path
+
+
 def add_demo_routes(app: web.Application, base_path: str) -> None:
-    """``GET /`` (the page, pointed at ``base_path``) and ``GET /demo/uppy.single.js``."""
+    """``GET /`` (the page, pointed at ``base_path``) and ``GET /demo/uppy.single.js``.
+
+    ``base_path`` is the tus endpoint: a path on this server, or a full URL (a page that
+    uploads to another origin)."""
     page = (WEB_DIR / "index.html").read_text(encoding="utf-8")
-    page = page.replace("{{ENDPOINT}}", html.escape(base_path, quote=True))
-    page = page.replace("{{BUNDLE}}", BUNDLE_PATH)
+    page = page.replace("{{ENDPOINT}}", html.escape(page_relative(base_path), quote=True))
+    page = page.replace("{{BUNDLE}}", html.escape(page_relative(BUNDLE_PATH), quote=True))
     bundle = (WEB_DIR / BUNDLE).read_bytes()
     security = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
 
