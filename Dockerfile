@@ -10,9 +10,11 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/tusd-py
 COPY pyproject.toml README.md ./
+COPY requirements/constraints.txt ./requirements/constraints.txt
 COPY tusd_py ./tusd_py
-# The package with every storage driver (s3, gcs, azure) and uvloop.
-RUN /opt/tusd-py/bin/pip install --no-cache-dir ".[all]"
+# The package with every storage driver (s3, gcs, azure) and uvloop, at the versions CI
+# tests (requirements/constraints.txt), not whatever is newest on PyPI at build time.
+RUN /opt/tusd-py/bin/pip install --no-cache-dir -c requirements/constraints.txt ".[all]"
 
 FROM python:${PYTHON_VERSION}-slim-bookworm
 LABEL org.opencontainers.image.title="tusd-py" \
@@ -33,9 +35,10 @@ USER 10001:10001
 WORKDIR /data
 VOLUME ["/data"]
 EXPOSE 8080
-# aiohttp handles SIGTERM: in-flight uploads get server.shutdown_grace, their bytes are
-# committed, then the process exits 0. Give the container at least that long
-# (docker stop -t / compose stop_grace_period).
+# SIGTERM: in-flight uploads get server.shutdown_grace (25s in deploy/tusd.yaml), their
+# bytes are committed, and the process exits 0 within shutdown_grace + 2s
+# (tusd_py.server.SHUTDOWN_MARGIN). Give the container longer than that before SIGKILL
+# (docker stop -t 35, compose stop_grace_period: 35s).
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status != 200)"]

@@ -126,9 +126,29 @@ def test_compose_services() -> None:
     for volume in nginx["volumes"]:  # the very files the nginx test runs
         assert Path(volume["source"]).is_file(), volume["source"]
         assert Path(volume["source"]).is_relative_to(ROOT / "deploy")
-    # Stop timeout above the daemon's grace period (both in seconds).
+
+
+def go_duration(text: str) -> float:
+    """Seconds in a Compose / Go duration such as ``35s``, ``1m30s``, ``500ms``."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", text)
+    assert parts and "".join(n + u for n, u in parts) == text, text
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1, "ms": 0.001}[u] for n, u in parts)
+
+
+def test_stop_timeouts_outlast_the_shutdown() -> None:
+    """SIGTERM -> exit takes at most shutdown_grace + SHUTDOWN_MARGIN (measured in
+    tests/system/test_shutdown.py); compose's stop_grace_period, and the stop timeout the
+    Dockerfile's comment recommends, leave at least 5 s beyond that before SIGKILL."""
+    from tusd_py.server import SHUTDOWN_MARGIN
+
     grace = load_config(str(ROOT / "deploy/tusd.yaml"), env={}).server.shutdown_grace
-    assert int(tusd["stop_grace_period"].rstrip("s")) > grace
+    needed = grace + SHUTDOWN_MARGIN + 5
+    for driver in ("local", "s3", "gcs", "azure"):
+        tusd = compose_json(driver, env={"TUSD_DRIVER": driver})["services"]["tusd"]
+        assert go_duration(tusd["stop_grace_period"]) >= needed, (driver, tusd["stop_grace_period"])
+    stop = re.search(r"docker stop -t (\d+)", DOCKERFILE.read_text())
+    assert stop and int(stop.group(1)) >= needed
+    assert go_duration("1m30s") == 90 and go_duration("500ms") == 0.5
 
 
 @pytest.mark.parametrize("driver", ["local", "s3", "gcs", "azure"])
@@ -185,19 +205,99 @@ def test_compose_nginx_conf_passes_nginx_t(tmp_path: Path) -> None:
     assert "test is successful" in proc.stderr
 
 
+#: What each driver's compose environment points it at (and nothing of the others').
+ENDPOINTS = {"local": None, "s3": "http://minio:9000", "gcs": "http://fake-gcs:4443", "azure": None}
+FOREIGN = {"local": ("AWS_", "STORAGE_EMULATOR_HOST", "TUSD_STORAGE__CONNECTION_STRING"),
+           "s3": ("STORAGE_EMULATOR_HOST", "TUSD_STORAGE__CONNECTION_STRING"),
+           "gcs": ("AWS_", "STORAGE_EMULATOR_HOST", "TUSD_STORAGE__CONNECTION_STRING"),
+           "azure": ("AWS_", "STORAGE_EMULATOR_HOST", "TUSD_STORAGE__ENDPOINT_URL")}
+
+
 @pytest.mark.parametrize("driver", ["local", "s3", "gcs", "azure"])
 def test_compose_environment_builds_the_driver(driver: str) -> None:
-    """The driver the compose file selects is constructed from its settings (not started:
-    the compose network does not exist here)."""
+    """TUSD_DRIVER alone selects the driver and its own emulator (`docker compose config`
+    output through the real loader; not started: the compose network does not exist
+    here). In particular gcs is not pointed at MinIO."""
     from tusd_py.storage import build_store
 
-    compose_env = {"TUSD_DRIVER": driver}
-    if driver == "gcs":
-        compose_env["TUSD_ENDPOINT_URL"] = "http://fake-gcs:4443"
-    env = compose_json(driver, env=compose_env)["services"]["tusd"]["environment"]
+    env = compose_json(driver, env={"TUSD_DRIVER": driver})["services"]["tusd"]["environment"]
     config = load_config(str(ROOT / "deploy/tusd.yaml"), env=env)
     store = build_store(config.storage)
     assert type(store).__name__ == {"local": "LocalStore", "s3": "S3Store", "gcs": "GCSStore",
                                     "azure": "AzureStore"}[driver]
-    if driver == "gcs":
-        assert config.storage.endpoint_url == "http://fake-gcs:4443"
+    assert config.storage.endpoint_url == ENDPOINTS[driver]
+    assert not [name for name in env if name.startswith(FOREIGN[driver])], env
+    if driver == "azure":
+        assert config.storage.connection_string is not None
+        assert "BlobEndpoint=http://azurite:10000/" in config.storage.connection_string.get_secret_value()
+
+
+@pytest.mark.parametrize("driver", ["s3", "gcs"])
+def test_compose_endpoint_override(driver: str) -> None:
+    env = compose_json(driver, env={"TUSD_DRIVER": driver, "TUSD_ENDPOINT_URL": "https://objects.example"})
+    config = load_config(str(ROOT / "deploy/tusd.yaml"), env=env["services"]["tusd"]["environment"])
+    assert config.storage.endpoint_url == "https://objects.example"
+
+
+def test_compose_rejects_an_unknown_driver() -> None:
+    proc = compose("config", "--quiet", env={"TUSD_DRIVER": "ftp"})
+    assert proc.returncode != 0
+    assert "deploy/compose/ftp.env" in proc.stderr
+
+
+def test_compose_images_are_pinned() -> None:
+    """No :latest or untagged image; MinIO at explicit release tags; the built image is
+    tagged with the package version."""
+    import tomllib
+
+    services = compose_json("s3", "gcs", "azure")["services"]
+    for name, service in services.items():
+        image = service["image"]
+        tag = image.rsplit("/", 1)[-1].partition(":")[2]
+        assert tag and tag != "latest", (name, image)
+    assert re.fullmatch(r"quay\.io/minio/minio:RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ",
+                        services["minio"]["image"])
+    assert re.fullmatch(r"quay\.io/minio/mc:RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ",
+                        services["minio-init"]["image"])
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert services["tusd"]["image"] == f"tusd-py:{version}"
+
+
+def _runtime_closure(name: str, extras: frozenset[str]) -> set[str]:
+    """Every distribution ``pip install name[extras]`` needs (from the installed metadata)."""
+    from importlib.metadata import distribution
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen: dict[str, frozenset[str]] = {}
+    todo = [(name, extras)]
+    while todo:
+        current, wanted = todo.pop()
+        key = canonicalize_name(current)
+        if key in seen and wanted <= seen[key]:
+            continue
+        seen[key] = seen.get(key, frozenset()) | wanted
+        environments = [{"extra": extra} for extra in wanted] or [{"extra": ""}]
+        for raw in distribution(current).requires or []:
+            requirement = Requirement(raw)
+            marker = requirement.marker
+            if marker is None or any(marker.evaluate(e) for e in environments):
+                todo.append((requirement.name, frozenset(requirement.extras)))
+    return set(seen)
+
+
+def test_image_installs_the_tested_versions() -> None:
+    """The Dockerfile installs with requirements/constraints.txt (the set CI tests), which
+    pins every package tusd-py[all] pulls in, and lets the file into the build context."""
+    from packaging.utils import canonicalize_name
+
+    text = DOCKERFILE.read_text()
+    assert re.search(r'pip install [^\n]*-c requirements/constraints\.txt "\.\[all\]"', text)
+    assert "COPY requirements/constraints.txt" in text
+    pins = {canonicalize_name(line.split("==")[0])
+            for line in (ROOT / "requirements/constraints.txt").read_text().splitlines()
+            if "==" in line and not line.startswith("#")}
+    needed = _runtime_closure("tusd-py", frozenset({"all"})) - {"tusd-py"}
+    assert {"aiohttp", "aioboto3", "gcloud-aio-storage", "azure-storage-blob", "uvloop"} <= needed
+    assert needed <= pins, sorted(needed - pins)
