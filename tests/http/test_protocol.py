@@ -73,6 +73,14 @@ async def test_missing_or_wrong_tus_resumable_is_412_with_version(tus):
         assert r.status == 412
         assert r.headers["Tus-Version"] == "1.0.0"
         assert r.headers["Content-Type"].startswith("text/plain")
+    path = await create(tus, 3)
+    for method in ("HEAD", "PATCH", "DELETE"):
+        r = await tus.request(method, path, data=b"abc" if method == "PATCH" else None,
+                              headers={"Upload-Offset": "0", "Content-Type": OCTET})
+        assert r.status == 412, method
+        assert r.headers["Tus-Version"] == "1.0.0"
+    r = await head(tus, path)  # nothing above touched the upload
+    assert r.status == 200 and r.headers["Upload-Offset"] == "0"
 
 
 async def test_patch_offset_mismatch_409_and_nothing_written(tus):
@@ -513,3 +521,18 @@ async def test_health_endpoints(tus):
     assert (await tus.get("/healthz")).status == 200
     r = await tus.get("/readyz")
     assert r.status == 200, await r.text()
+
+
+async def test_readyz_fails_when_the_local_upload_dir_is_gone(aiohttp_client, local_storage_config):
+    import shutil
+
+    from tests.plugins.app import make_config
+    from tusd_py.app import create_app
+
+    client = await aiohttp_client(create_app(make_config(local_storage_config)))
+    assert (await client.get("/readyz")).status == 200
+    shutil.rmtree(os.path.join(local_storage_config["data_dir"], "uploads"))
+    r = await client.get("/readyz")
+    assert r.status == 503
+    assert "not writable" in await r.text()
+    assert (await client.get("/healthz")).status == 200  # alive, just not ready
