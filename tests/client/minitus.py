@@ -1,8 +1,9 @@
 """A small but real tus server (aiohttp on 127.0.0.1) for client tests that need to see
 every request or make the server misbehave on purpose: it records each request's
 method and headers, checks ``Upload-Checksum``, answers the next PATCHes with the
-statuses queued in ``fail_next`` (after reading the body, and keeping nothing), and
-answers 410 for the upload ids in ``gone``."""
+statuses queued in ``fail_next`` (after reading the body, and keeping nothing),
+answers 410 for the upload ids in ``gone``, and can fail or cut GETs (``fail_get``,
+``drop_get_after``) or answer a Range with the wrong Content-Range (``range_shift``)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ class MiniTus:
     stall_next: float = 0.0  # seconds the next PATCH waits before answering
     drop_get_after: int | None = None  # the next GET sends this many bytes, then hangs up
     gone: set[str] = field(default_factory=set)  # upload ids answering 410 (expired)
+    fail_get: list[int] = field(default_factory=list)  # statuses for the next GETs
+    range_shift: int = 0  # the next ranged GET starts this many bytes after what was asked
     url: str = ""
     extensions: str = EXTENSIONS
     _ids: itertools.count[int] = field(default_factory=itertools.count)
@@ -99,10 +102,13 @@ class MiniTus:
         return web.Response(status=204, headers={**tus, "Upload-Offset": str(len(upload.data))})
 
     async def _get(self, request: web.Request, data: bytes) -> web.StreamResponse:
+        if self.fail_get:
+            return web.Response(status=self.fail_get.pop(0), text="injected failure")
         start = 0
         match = re.fullmatch(r"bytes=(\d+)-", request.headers.get("Range", ""))
         if match:
-            start = int(match.group(1))
+            start = int(match.group(1)) + self.range_shift
+            self.range_shift = 0
         response = web.StreamResponse(status=206 if match else 200)
         response.content_length = len(data) - start
         if match:

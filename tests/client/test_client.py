@@ -224,6 +224,27 @@ def test_sync_wrapper(daemon: Daemon, payload: tuple[Path, bytes], tmp_path: Pat
             client.info(url)
 
 
+def test_sync_resume_takes_a_chunk_size(daemon: Daemon, payload: tuple[Path, bytes]) -> None:
+    path, data = payload
+
+    async def start() -> str:
+        async with TusClient(daemon.url, chunk_size=CHUNK) as client:
+            uploader = client.uploader(path)
+            await uploader.upload_chunk()
+            uploader.close()
+            return uploader.url or ""
+
+    url = asyncio.run(start())
+    seen: list[int] = []
+    with SyncTusClient(daemon.url) as client:  # default chunk size: 8 MiB
+        assert client.resume(url, path, chunk_size=100_000,
+                             progress=lambda done, total: seen.append(done)) == url
+    assert sha256(asyncio.run(fetch(url))) == sha256(data)
+    # progress comes per piece of a chunk, and a 100 000-byte chunk is one piece
+    assert seen[0] == CHUNK and seen[-1] == len(data)
+    assert all((done - CHUNK) % 100_000 == 0 for done in seen if done < len(data)), seen
+
+
 async def test_errors_are_reported(daemon: Daemon) -> None:
     async with TusClient(daemon.url, retries=0) as client:
         with pytest.raises(UploadNotFound):

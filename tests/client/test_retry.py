@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 
 from tests.client.minitus import MiniTus, mini_tus
-from tusd_py.client import InMemoryURLStorage, TusClient, TusResponseError, UploadNotFound
+from tusd_py.client import (
+    InMemoryURLStorage,
+    TusClient,
+    TusClientError,
+    TusResponseError,
+    UploadNotFound,
+)
 
 CHUNK = 100_000
 DATA = os.urandom(350_000)  # 4 chunks
@@ -219,6 +225,44 @@ async def test_download_resumes_with_range_after_a_drop(tmp_path: Path) -> None:
         assert out.read_bytes() == DATA
         ranges = [h.get("Range") for m, h in server.requests if m == "GET"]
         assert ranges == [None, "bytes=123456-"]
+
+
+async def test_download_retries_5xx_with_backoff(tmp_path: Path) -> None:
+    async with mini_tus() as server, client_for(server.url) as client:
+        url = await client.upload(DATA)
+        server.fail_get = [503, 500, 423]
+        out = tmp_path / "out.bin"
+        assert await client.download(url, out) == len(DATA)
+        assert out.read_bytes() == DATA
+        assert [m for m, _ in server.requests].count("GET") == 4
+        server.fail_get = [502] * 10
+        with pytest.raises(TusResponseError) as err:
+            await client.download(url, tmp_path / "never.bin")
+        assert err.value.status == 502
+        assert [m for m, _ in server.requests].count("GET") == 4 + 6  # first try + 5 retries
+
+
+async def test_download_rejects_a_content_range_that_is_not_what_was_asked(tmp_path: Path) -> None:
+    async with mini_tus() as server, client_for(server.url) as client:
+        url = await client.upload(DATA)
+        server.drop_get_after = 100_000
+        server.range_shift = 10  # Range: bytes=100000- answered from 100010
+        with pytest.raises(TusClientError, match="asked for bytes 100000- and got Content-Range "
+                                                 "'bytes 100010-349999/350000'"):
+            await client.download(url, tmp_path / "out.bin")
+
+
+async def test_download_of_an_upload_that_changed_size_fails(tmp_path: Path) -> None:
+    async with mini_tus() as server, client_for(server.url) as client:
+        url = await client.upload(DATA)
+        server.drop_get_after = 100_000
+
+        def grow(done: int, total: int | None) -> None:
+            if done == 100_000:  # between the drop and the ranged retry
+                server.uploads[upload_id(url)].data += b"more"
+
+        with pytest.raises(TusClientError, match="changed size"):
+            await client.download(url, tmp_path / "out.bin", progress=grow)
 
 
 async def test_resume_a_stream_by_url_skips_what_the_server_has() -> None:

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
+import os
+import re
 import sqlite3
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tusd_py.client import FileURLStorage, InMemoryURLStorage, SQLiteURLStorage, URLStorage
+from tusd_py.client import (
+    FileURLStorage,
+    InMemoryURLStorage,
+    SQLiteURLStorage,
+    TusClientError,
+    URLStorage,
+)
 from tusd_py.client.storage import as_url_storage, default_storage_path
 
 PROCESSES = 4
@@ -48,6 +58,9 @@ def test_interface(tmp_path: Path, make: Callable[[Path], URLStorage]) -> None:
         assert storage.get_item("c") == "http://x/files/4"
         storage.remove_item("c")
         assert storage.get_item("c") is None
+        storage.set_item("d", "http://x/files/5")
+        storage.set_item("d", None)  # tuspy does this before it creates an upload
+        assert storage.get_item("d") is None
         assert storage.items() == {"b": "http://x/files/2"}
 
 
@@ -67,12 +80,56 @@ def test_file_storage_writes_valid_json_and_uses_lock_file(tmp_path: Path) -> No
     assert [p.name for p in (tmp_path / "sub").iterdir() if p.name.endswith(".tmp")] == []
 
 
-def test_file_storage_survives_a_damaged_file(tmp_path: Path) -> None:
-    (tmp_path / "urls.json").write_text("{not json")
-    storage = FileURLStorage(tmp_path / "urls.json")
-    assert storage.get_url("k") is None
+def test_a_damaged_file_is_kept_aside(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "urls.json"
+    path.write_text('{"size:1--md5:00": "http://x/files/1", ')  # cut short
+    storage = FileURLStorage(path)
+    with caplog.at_level(logging.WARNING, logger="tusd_py.client"):
+        assert storage.get_url("size:1--md5:00") is None
+    (aside,) = tmp_path.glob("urls.json.corrupt-*")
+    assert re.fullmatch(r"urls\.json\.corrupt-\d{8}T\d{6}Z", aside.name)
+    assert aside.read_text() == '{"size:1--md5:00": "http://x/files/1", '  # kept as it was
+    assert [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
     storage.set_url("k", "v")
-    assert storage.get_url("k") == "v"
+    assert json.loads(path.read_text()) == {"k": "v"}
+    path.write_bytes(b"\xff\xfe not utf-8")  # damaged again: a second copy, not overwritten
+    assert storage.items() == {}
+    assert len(list(tmp_path.glob("urls.json.corrupt-*"))) == 2
+
+
+def test_someone_elses_json_file_is_not_overwritten(tmp_path: Path) -> None:
+    """tuspy's FileStorage (TinyDB) is JSON too, but not ours: refuse, touch nothing."""
+    from tusclient.storage.filestorage import FileStorage
+
+    path = tmp_path / "tuspy.json"
+    theirs = FileStorage(str(path))
+    theirs.set_item("size:1--md5:00", "http://x/files/1")
+    theirs.close()
+    before = path.read_bytes()
+    storage = FileURLStorage(path)
+    for op in (lambda: storage.get_url("k"), lambda: storage.set_url("k", "v"), storage.items):
+        with pytest.raises(TusClientError, match="not a FileURLStorage file"):
+            op()
+    assert path.read_bytes() == before
+    assert list(tmp_path.glob("tuspy.json.corrupt-*")) == []
+
+
+def test_file_storage_fsyncs_the_directory_after_replace(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rename is made durable: the file, then its directory, are fsynced (the real
+    os.fsync runs; the test only records what it was given)."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    storage = FileURLStorage(tmp_path / "urls.json")
+    storage.set_url("k", "v")
+    storage.remove_url("k")
+    assert synced == ["file", "dir", "file", "dir"]
 
 
 def test_sqlite_storage_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

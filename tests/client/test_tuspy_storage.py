@@ -15,7 +15,13 @@ from tusclient.storage.filestorage import FileStorage
 
 from tests.client.test_client import fetch, sha256
 from tests.plugins.daemon import Daemon
-from tusd_py.client import FileURLStorage, MD5Fingerprint, TusClient, URLStorage
+from tusd_py.client import (
+    FileURLStorage,
+    MD5Fingerprint,
+    SQLiteURLStorage,
+    TusClient,
+    URLStorage,
+)
 from tusd_py.client.storage import as_url_storage
 
 CHUNK = 256 * 1024
@@ -30,7 +36,7 @@ def source(tmp_path: Path) -> tuple[Path, bytes]:
     return path, data
 
 
-@pytest.fixture(params=["tuspy-filestorage", "our-fileurlstorage"])
+@pytest.fixture(params=["tuspy-filestorage", "our-fileurlstorage", "our-sqliteurlstorage"])
 def shared(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[object, URLStorage]]:
     """(what tuspy is given, what our client is given) for the same storage file."""
     if request.param == "tuspy-filestorage":
@@ -40,8 +46,13 @@ def shared(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[obj
         yield theirs, adapted
         theirs.close()
     else:
-        ours = FileURLStorage(tmp_path / "urls.json")
-        yield ours, ours  # tuspy takes it as is (get_item/set_item/remove_item)
+        # tuspy takes ours as is (get_item/set_item/remove_item; it also stores None
+        # before creating an upload, which must not break a NOT NULL column or the JSON)
+        ours: URLStorage = (FileURLStorage(tmp_path / "urls.json")
+                            if request.param == "our-fileurlstorage"
+                            else SQLiteURLStorage(tmp_path / "urls.db"))
+        yield ours, ours
+        ours.close()
 
 
 async def test_client_resumes_an_upload_tuspy_started(daemon: Daemon, source: tuple[Path, bytes],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sqlite3
 import tempfile
@@ -21,6 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
+
+from .errors import TusClientError
 
 try:  # POSIX only; FileURLStorage degrades to in-process locking without it.
     import fcntl
@@ -36,6 +39,8 @@ __all__ = [
     "as_url_storage",
     "default_storage_path",
 ]
+
+log = logging.getLogger("tusd_py.client")
 
 
 class URLStorage(ABC):
@@ -64,8 +69,12 @@ class URLStorage(ABC):
     def get_item(self, key: str) -> str | None:
         return self.get_url(key)
 
-    def set_item(self, key: str, value: str) -> None:
-        self.set_url(key, value)
+    def set_item(self, key: str, value: str | None) -> None:
+        # tuspy stores whatever it looked up before creating an upload, None included
+        if value is None:
+            self.remove_url(key)
+        else:
+            self.set_url(key, value)
 
     def remove_item(self, key: str) -> None:
         self.remove_url(key)
@@ -109,8 +118,15 @@ class FileURLStorage(URLStorage):
     - processes: ``fcntl.flock`` on the companion ``<path>.lock`` file, shared for
       reads and exclusive for read-modify-write (without fcntl, in-process only);
     - every write goes to a temporary file in the same directory, is flushed and
-      fsynced, then ``os.replace``d over the old one, so a reader never sees a torn file
-      and a crash leaves either the old or the new content.
+      fsynced, then ``os.replace``d over the old one (and the directory fsynced, where
+      the OS allows it), so a reader never sees a torn file and a crash leaves either
+      the old or the new content.
+
+    A file that is not valid JSON (damaged by hand or by a disk) is moved aside to
+    ``<path>.corrupt-<UTC timestamp>`` with a warning, and the storage starts empty. A
+    valid JSON file that is not a flat object of strings (say, tuspy's TinyDB file) is
+    someone else's: every operation raises :class:`TusClientError` and the file is left
+    alone.
     """
 
     def __init__(self, storage_path: str | os.PathLike[str] = ".tus_urls.json") -> None:
@@ -134,16 +150,38 @@ class FileURLStorage(URLStorage):
 
     def _read(self) -> dict[str, str]:
         try:
-            with open(self.path, encoding="utf-8") as f:
-                data = json.load(f)
+            with open(self.path, "rb") as f:
+                inode = os.fstat(f.fileno()).st_ino
+                raw = f.read()
         except FileNotFoundError:
             return {}
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            # Not ours or damaged by hand: start afresh rather than fail every upload.
+        try:
+            data = json.loads(raw.decode("utf-8")) if raw.strip() else {}
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            self._set_aside(inode, exc)
             return {}
-        if not isinstance(data, dict):
-            return {}
-        return {str(k): str(v) for k, v in data.items()}
+        if not isinstance(data, dict) or not all(v is None or isinstance(v, str)
+                                                 for v in data.values()):
+            raise TusClientError(f"{self.path} is not a FileURLStorage file (a JSON object of "
+                                 "URLs); refusing to overwrite it")
+        return {k: v for k, v in data.items() if v is not None}  # null: tuspy's "no URL"
+
+    def _set_aside(self, inode: int, error: Exception) -> None:
+        """Keep a damaged file for inspection instead of overwriting it with the next write."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
+        try:
+            if os.stat(self.path).st_ino != inode:
+                return  # replaced since it was read (no cross-process lock without fcntl)
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return  # another reader moved it first
+        log.warning("URL storage %s is damaged (%s); moved it to %s and starting empty",
+                    self.path, error, aside)
 
     def _write(self, data: dict[str, str]) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
@@ -157,6 +195,7 @@ class FileURLStorage(URLStorage):
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+        _fsync_directory(self.path.parent)
 
     def get_url(self, fingerprint: str) -> str | None:
         with self._locked(exclusive=False):
@@ -232,6 +271,20 @@ class SQLiteURLStorage(URLStorage):
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def _fsync_directory(path: Path) -> None:
+    """Make a rename in ``path`` durable; best effort (not possible everywhere, e.g. Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 @runtime_checkable

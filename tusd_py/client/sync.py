@@ -39,8 +39,10 @@ class SyncTusClient:
             source, metadata=metadata, progress=progress, parallel=parallel,
             chunk_size=chunk_size, on_resume=on_resume))
 
-    def resume(self, url: str, source: Any, *, progress: Progress | None = None) -> str:
-        return self._runner.run(self.client.resume(url, source, progress=progress))
+    def resume(self, url: str, source: Any, *, progress: Progress | None = None,
+               chunk_size: int | None = None) -> str:
+        return self._runner.run(self.client.resume(url, source, progress=progress,
+                                                   chunk_size=chunk_size))
 
     def info(self, url: str) -> UploadInfo:
         return self._runner.run(self.client.info(url))
