@@ -421,7 +421,10 @@ class TusHandler:
                                          checksum.digest if checksum else None)
         await self._after_write(request, written)
         if written.outcome is not Outcome.COMPLETE:
-            raise self._interrupted(written.lease)
+            # The bytes that arrived were committed: say where the client resumes.
+            error = self._interrupted(written.lease)
+            error.headers.setdefault("Upload-Offset", str(written.upload.offset))
+            raise error
         upload = written.upload
         response_headers = self._tus_headers(upload)
         response_headers["Upload-Offset"] = str(upload.offset)
