@@ -77,8 +77,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _text_response(500, "internal server error")
 
 
-def cors_middleware(config: Config) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    """CORS headers on every response (errors too), for ``server.cors``.
+def cors_headers(config: Config) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """An ``on_response_prepare`` hook: CORS headers on every response (errors and
+    streamed downloads too), for ``server.cors``.
 
     ``Vary: Origin`` goes on every response whose headers would differ for another
     ``Origin`` value, so a shared cache never hands one origin's answer to another: with
@@ -91,15 +92,13 @@ def cors_middleware(config: Config) -> Callable[[web.Request, Handler], Awaitabl
     allowed = frozenset(cors.allowed_origins)
     max_age = str(int(cors.max_age))
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
         origin = request.headers.get("Origin")
-        response = await handler(request)
         headers = response.headers
         if (not any_origin or origin is None) and "Origin" not in headers.getall("Vary", ()):
             headers.add("Vary", "Origin")
         if origin is None or not (any_origin or origin in allowed):
-            return response
+            return
         if any_origin:
             headers["Access-Control-Allow-Origin"] = "*"
         else:
@@ -112,9 +111,8 @@ def cors_middleware(config: Config) -> Callable[[web.Request, Handler], Awaitabl
             headers["Access-Control-Max-Age"] = max_age
         else:
             headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
-        return response
 
-    return middleware
+    return on_prepare
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -146,8 +144,9 @@ def create_app(config: Config, store: Store | None = None,
     events = events if events is not None else EventBus()
     handler = TusHandler(config, store, events)
     registry = CollectorRegistry()
-    # Order (outermost first): metrics see every final status, CORS headers go on
-    # errors too, the error middleware turns limit/auth refusals into responses.
+    # Order (outermost first): metrics see every final status, the error middleware
+    # turns limit/auth refusals into responses. CORS headers are added when a response
+    # is prepared (errors and downloads streamed from the handler too).
     middlewares: list[Callable[..., Awaitable[web.StreamResponse]]] = []
     if config.server.access_log:
         events.add(RequestAnnotator())  # upload id / bytes committed, for the access log
@@ -156,8 +155,6 @@ def create_app(config: Config, store: Store | None = None,
         tus_metrics = Metrics(registry, lambda: len(handler.leases), config.server.base_path)
         events.add(tus_metrics)
         middlewares.append(tus_metrics.middleware())
-    if config.server.cors.enabled:
-        middlewares.append(cors_middleware(config))
     middlewares.append(error_middleware)
     limits = limits_middleware(config, tus_metrics)
     if limits is not None:
@@ -172,6 +169,8 @@ def create_app(config: Config, store: Store | None = None,
     app[REGISTRY] = registry
     if tus_metrics is not None:
         app[METRICS] = tus_metrics
+    if config.server.cors.enabled:
+        app.on_response_prepare.append(cors_headers(config))
 
     base = config.server.base_path
     app.router.add_route("*", base, handler.dispatch)

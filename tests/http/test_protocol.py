@@ -487,6 +487,20 @@ async def test_download_keeps_the_charset_of_a_safe_type(tus):
     assert (await tus.get(path)).headers["Content-Type"] == "application/octet-stream"
 
 
+async def test_download_and_errors_carry_cors_headers(tus):
+    """Streamed object-store downloads are prepared inside the handler: CORS headers
+    must still be on them (and on a 206 and an error)."""
+    path = await upload(tus, b"cross-origin bytes")
+    origin = {"Origin": "https://app.example"}
+    for extra, status in (({}, 200), ({"Range": "bytes=0-4"}, 206)):
+        r = await tus.get(path, headers={**origin, **extra})
+        assert r.status == status
+        assert r.headers["Access-Control-Allow-Origin"] == "*"
+        assert "Content-Range" in r.headers["Access-Control-Expose-Headers"]
+    r = await tus.head("/files/" + "0" * 32, headers={**TUS, **origin})
+    assert r.status == 404 and r.headers["Access-Control-Allow-Origin"] == "*"
+
+
 async def test_download_of_unsafe_type_is_attachment_octet_stream(tus):
     meta = f"filename {b64('x.html')},filetype {b64('text/html')}"
     path = await upload(tus, b"<script>alert(1)</script>", Upload_Metadata=meta)
