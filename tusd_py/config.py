@@ -200,7 +200,7 @@ class ExpirationConfig(Section):
 
 #: Hook events (tusd's names, plus ``pre-access``).
 HookName = Literal["pre-create", "post-create", "post-receive", "pre-finish", "post-finish",
-                   "post-terminate", "pre-access"]
+                   "pre-terminate", "post-terminate", "pre-access"]
 
 
 def _mask_url(value: str | None) -> str | None:

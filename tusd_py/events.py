@@ -30,6 +30,10 @@ class UploadListener:
     async def pre_finish(self, upload: Upload, request: web.Request) -> None:
         return None
 
+    async def pre_terminate(self, upload: Upload, request: web.Request) -> None:
+        """Before DELETE removes an upload (under its lock); raise to refuse."""
+        return None
+
     def created(self, upload: Upload, request: web.Request) -> None: ...
 
     def progress(self, upload: Upload, request: web.Request, received: int) -> None:
@@ -73,6 +77,10 @@ class EventBus(UploadListener):
     async def pre_finish(self, upload: Upload, request: web.Request) -> None:
         for listener in self.listeners:
             await listener.pre_finish(upload, request)
+
+    async def pre_terminate(self, upload: Upload, request: web.Request) -> None:
+        for listener in self.listeners:
+            await listener.pre_terminate(upload, request)
 
     def created(self, upload: Upload, request: web.Request) -> None:
         for listener in self.listeners:

@@ -571,6 +571,7 @@ class TusHandler:
         lease, lock = await self._acquire(upload_id)
         try:
             upload = lock.upload
+            await self.events.pre_terminate(upload, request)
             await self.store.terminate(upload_id)
         finally:
             await self._release(lease, lock)

@@ -496,6 +496,36 @@ async def test_pre_access_denies_other_users(hooked: HookedFactory, receiver: Re
     assert r.status == 401
 
 
+async def test_pre_terminate_can_refuse_a_delete(hooked: HookedFactory, receiver: Receiver):
+    """tusd v2's pre-terminate: RejectTermination refuses the DELETE (400 with tusd's
+    wording unless the hook gives a body); the upload stays as it was."""
+    def respond(body: dict, request: object) -> dict:
+        if body["Type"] != "pre-terminate":
+            return {}
+        if body["Event"]["Upload"]["MetaData"].get("keep") == "yes":
+            return {"RejectTermination": True}
+        return {"HTTPResponse": {"Header": {"X-Audit": "deleted"}}}
+
+    receiver.responder = respond
+    client = await hooked(enabled=["pre-terminate", "post-terminate"])
+    kept = await create(client, 4, Upload_Metadata=f"keep {b64('yes')}")
+    assert (await patch(client, kept, 0, b"da")).status == 204
+    r = await client.delete(kept, headers=TUS)
+    assert r.status == 400
+    assert await r.text() == "upload termination has been rejected by server\n"
+    r = await head(client, kept)
+    assert r.status == 200 and r.headers["Upload-Offset"] == "2"
+    other = await create(client, 4)
+    r = await client.delete(other, headers=TUS)
+    assert r.status == 204 and r.headers["X-Audit"] == "deleted"
+    assert (await head(client, other)).status == 404
+    calls = receiver.of("pre-terminate")
+    assert [c.upload["ID"] for c in calls] == [kept.rsplit("/", 1)[1], other.rsplit("/", 1)[1]]
+    assert calls[0].http["Method"] == "DELETE"
+    await receiver.wait_for("post-terminate", 1)
+    assert [c.upload["ID"] for c in receiver.of("post-terminate")] == [other.rsplit("/", 1)[1]]
+
+
 async def test_pre_access_reject_termination(hooked: HookedFactory, receiver: Receiver):
     receiver.responder = lambda body, request: (
         {"RejectTermination": True, "HTTPResponse": {"Body": "kept for audit"}}

@@ -57,8 +57,10 @@ from .payload import (
     PRE_ACCESS,
     PRE_CREATE,
     PRE_FINISH,
+    PRE_TERMINATE,
     REJECTED_BODY,
     STOPPED_BODY,
+    TERMINATION_REJECTED_BODY,
     HookResponse,
     HookResponseError,
     HTTPResponse,
@@ -321,6 +323,16 @@ class HookListener(UploadListener):
                 # tusd has no default body here: the hook's HTTPResponse as it is.
                 raise HookRejection(http, 400, "")
             self._add_response_headers(request, http)
+
+    async def pre_terminate(self, upload: Upload, request: web.Request) -> None:
+        if PRE_TERMINATE not in self.enabled:
+            return
+        for backend in self.backends:
+            response = await self._call_blocking(
+                backend, self._delivery(PRE_TERMINATE, upload, request))
+            if response.reject_termination:
+                raise HookRejection(response.http_response, 400, TERMINATION_REJECTED_BODY)
+            self._add_response_headers(request, response.http_response)
 
     async def pre_access(self, upload_id: str, request: web.Request, method: str) -> None:
         if self.stopped and method == "PATCH":

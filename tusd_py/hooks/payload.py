@@ -30,14 +30,15 @@ POST_CREATE = "post-create"
 POST_RECEIVE = "post-receive"
 PRE_FINISH = "pre-finish"
 POST_FINISH = "post-finish"
+PRE_TERMINATE = "pre-terminate"
 POST_TERMINATE = "post-terminate"
 #: Not in tusd: before HEAD/PATCH/GET/DELETE of an existing upload.
 PRE_ACCESS = "pre-access"
 
-HOOK_TYPES = (PRE_CREATE, POST_CREATE, POST_RECEIVE, PRE_FINISH, POST_FINISH, POST_TERMINATE,
-              PRE_ACCESS)
+HOOK_TYPES = (PRE_CREATE, POST_CREATE, POST_RECEIVE, PRE_FINISH, POST_FINISH, PRE_TERMINATE,
+              POST_TERMINATE, PRE_ACCESS)
 #: Hooks whose answer decides the request (awaited; a failure refuses the request).
-BLOCKING = frozenset({PRE_CREATE, PRE_FINISH, PRE_ACCESS})
+BLOCKING = frozenset({PRE_CREATE, PRE_FINISH, PRE_TERMINATE, PRE_ACCESS})
 
 #: Default bodies of refusals, as tusd words them (its ``ErrUploadRejectedByServer`` and
 #: ``ErrUploadStoppedByServer``, without the ``ERR_...:`` code prefix no other refusal of
@@ -45,6 +46,7 @@ BLOCKING = frozenset({PRE_CREATE, PRE_FINISH, PRE_ACCESS})
 #: ``HTTPResponse`` as given (an empty body if it has none), and so do we.
 REJECTED_BODY = "upload creation has been rejected by server\n"
 STOPPED_BODY = "upload has been stopped by server\n"
+TERMINATION_REJECTED_BODY = "upload termination has been rejected by server\n"
 #: Not in tusd (pre-access is ours).
 ACCESS_DENIED_BODY = "access denied\n"
 
