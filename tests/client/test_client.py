@@ -203,7 +203,12 @@ async def test_deferred_length_from_a_pipe(daemon: Daemon) -> None:
 async def test_deferred_length_ending_on_a_chunk_boundary(daemon: Daemon) -> None:
     data = os.urandom(2 * CHUNK)
     read_fd, write_fd = os.pipe()
-    writer = threading.Thread(target=lambda: os.fdopen(write_fd, "wb").write(data))
+
+    def feed() -> None:
+        with os.fdopen(write_fd, "wb") as w:
+            w.write(data)
+
+    writer = threading.Thread(target=feed)
     writer.start()
     async with TusClient(daemon.url, chunk_size=CHUNK) as client:
         with os.fdopen(read_fd, "rb") as pipe:
@@ -334,3 +339,51 @@ async def test_another_writer_advances_the_offset_between_chunks(
         url = await ours.upload()
         ours.close()
     assert sha256(await fetch(url)) == sha256(data)
+
+
+class Crash(Exception):
+    """The process dying at a chosen storage operation."""
+
+
+class CrashOnRemove(InMemoryURLStorage):
+    """Dies at the first remove_url: after the final POST, while the parts are forgotten."""
+
+    armed = True
+
+    def remove_url(self, fingerprint: str) -> None:
+        if self.armed:
+            self.armed = False
+            raise Crash(fingerprint)
+        super().remove_url(fingerprint)
+
+
+def recording_session(methods: list[str]) -> aiohttp.ClientSession:
+    """A session that notes every request's method (aiohttp's tracing hooks)."""
+    async def on_start(session: object, ctx: object, params: aiohttp.TraceRequestStartParams) -> None:
+        methods.append(params.method)
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(on_start)
+    return aiohttp.ClientSession(trace_configs=[trace])
+
+
+async def test_a_crash_after_the_final_post_does_not_create_a_second_final(
+        daemon: Daemon, payload: tuple[Path, bytes]) -> None:
+    path, data = payload
+    storage = CrashOnRemove()
+    async with TusClient(daemon.url, chunk_size=CHUNK, url_storage=storage) as first:
+        with pytest.raises(Crash):
+            await first.upload(path, parallel=3)
+    entries = storage.items()
+    finals = [u for k, u in entries.items() if "--part:" not in k]
+    assert len(entries) == 4 and len(finals) == 1  # the final is stored before the parts go
+
+    methods: list[str] = []
+    resumed: list[tuple[int, int | None]] = []
+    async with recording_session(methods) as session, TusClient(
+            daemon.url, chunk_size=CHUNK, url_storage=storage, session=session) as second:
+        url = await second.upload(path, parallel=3, on_resume=lambda o, t: resumed.append((o, t)))
+    assert url == finals[0]
+    assert methods == ["OPTIONS", "HEAD"]  # no second final: one HEAD of the stored one
+    assert resumed == [(len(data), len(data))]
+    assert storage.items() == {}
+    assert await fetch(url) == data

@@ -345,6 +345,13 @@ class TusClient:
         fingerprint = None
         if self.url_storage is not None:
             fingerprint = await src.fingerprint(self.fingerprinter)
+            final = await self._stored_final(fingerprint, src.length)
+            if final is not None:
+                if on_resume:
+                    on_resume(src.length, src.length)
+                if progress:
+                    progress(src.length, src.length)
+                return final
         ranges = split_ranges(src.length, parallel)
         n = len(ranges)
         parts = [
@@ -369,10 +376,46 @@ class TusClient:
         headers = {"Upload-Concat": "final;" + " ".join(urls)}
         if metadata:
             headers["Upload-Metadata"] = encode_metadata(metadata)
+        # Creation is retried like any POST: if an attempt reached the server but its answer
+        # was lost, that final is an orphan (the parts stay intact; the server expires it).
         resp = await self.request("POST", self.url, headers, expect=(201,), what="create final upload")
-        for p in parts:
-            await p.forget()
-        return self.location(resp)
+        final = self.location(resp)
+        if fingerprint is not None:
+            # Stored before the parts are forgotten: a run that dies in between finds the
+            # final (see _stored_final) instead of creating a second one from the parts.
+            assert self.url_storage is not None
+            key = self.storage_key(fingerprint)
+            await asyncio.to_thread(self.url_storage.set_url, key, final)
+            for p in parts:
+                await p.forget()
+            await asyncio.to_thread(self.url_storage.remove_url, key)
+        return final
+
+    async def _stored_final(self, fingerprint: str, length: int) -> str | None:
+        """A final upload of this file that an earlier run created but did not finish
+        cleaning up after (its parts' entries are forgotten now)."""
+        assert self.url_storage is not None
+        key = self.storage_key(fingerprint)
+        url = await asyncio.to_thread(self.url_storage.get_url, key)
+        if not url:
+            return None
+        try:
+            info = await self.info(url)
+        except UploadNotFound:
+            await asyncio.to_thread(self.url_storage.remove_url, key)
+            return None
+        if not (info.concat or "").startswith("final;") or info.length != length:
+            return None  # an ordinary upload of the whole file: not this path's business
+        log.info("%s: final upload created by an earlier run", url)
+        await self._forget_parts(fingerprint, len((info.concat or "")[6:].split()))
+        await asyncio.to_thread(self.url_storage.remove_url, key)
+        return url
+
+    async def _forget_parts(self, fingerprint: str, n: int) -> None:
+        assert self.url_storage is not None
+        for i in range(n):
+            for key in self.lookup_keys(f"{fingerprint}--part:{i + 1}/{n}"):
+                await asyncio.to_thread(self.url_storage.remove_url, key)
 
     async def resume(self, url: str, source: Any, *, progress: Progress | None = None,
                      chunk_size: int | None = None) -> str:
