@@ -107,7 +107,9 @@ class TusClient:
     ``Upload-Checksum`` algorithm sent with every chunk when the server advertises it
     (OPTIONS); ``None`` turns checksums off. ``retries``/``backoff``: network errors,
     5xx, 423 and 409 are retried up to ``retries`` times with exponential backoff
-    (``backoff * 2**n``, capped at ``max_backoff``) and jitter. ``url_storage`` (any
+    (``backoff * 2**n``, capped at ``max_backoff``) and jitter. Creation (POST) is
+    retried too, as tus-js-client does: an attempt that reached the server but whose
+    answer was lost leaves an orphan upload for the server to expire. ``url_storage`` (any
     :class:`URLStorage`, or a tuspy storage) makes uploads resumable across processes,
     keyed by ``fingerprinter`` (tuspy's MD5 fingerprint by default) and the endpoint;
     an entry tuspy wrote (under the bare fingerprint) for a URL on this endpoint's origin
