@@ -64,8 +64,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if isinstance(body, str):  # a hook's HTTPResponse (tusd_py.hooks): sent verbatim
             response = web.Response(status=exc.status, body=body.encode(), headers=exc.headers)
             response.headers.setdefault("Tus-Resumable", TUS_VERSION)
-            return response
-        return _text_response(exc.status, exc.message, exc.headers)
+        else:
+            response = _text_response(exc.status, exc.message, exc.headers)
+        if exc.close_connection:
+            response.force_close()
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -424,6 +424,7 @@ class TusHandler:
             # The bytes that arrived were committed: say where the client resumes.
             error = self._interrupted(written.lease)
             error.headers.setdefault("Upload-Offset", str(written.upload.offset))
+            error.close_connection = True  # the rest of the body was never read
             raise error
         upload = written.upload
         response_headers = self._tus_headers(upload)

@@ -162,6 +162,13 @@ def serve(config: Config) -> None:
     try:
         loop.run_until_complete(run(config))
     finally:
+        # Connections still lingering (aiohttp reads the rest of a body that a refused or
+        # interrupted request left unread) end here, instead of being destroyed pending.
+        pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.wait(pending, timeout=1.0))
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
         flush_logs()

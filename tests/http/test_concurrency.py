@@ -142,5 +142,7 @@ async def test_idle_timeout_ends_stalled_patch_and_keeps_bytes(tus_client_factor
     reader, writer = await _raw_patch(client.host, client.port, path, 0, 1000, b"z" * 600)
     response = await asyncio.wait_for(reader.read(1000), 5)
     assert response.startswith(b"HTTP/1.1 408"), response[:80]
+    lines = response.split(b"\r\n\r\n")[0].split(b"\r\n")
+    assert b"Upload-Offset: 600" in lines and b"Connection: close" in lines, lines
     writer.close()
     assert (await head(client, path)).headers["Upload-Offset"] == "600"

@@ -12,6 +12,8 @@ class TusError(Exception):
 
     status: int = 400
     message: str = "bad request"
+    #: Close the connection after the response (the request body was not read to its end).
+    close_connection: bool = False
 
     def __init__(self, message: str | None = None, *, status: int | None = None,
                  headers: dict[str, str] | None = None) -> None:
