@@ -10,6 +10,7 @@ drifting machine speed and noise from other work hit both alike.
 Usage:
     .venv/bin/python -m bench.run --repeat 3
     .venv/bin/python -m bench.run --fsync                      # power-loss durability cost
+    .venv/bin/python -m bench.run --servers tusd-py --driver s3   # against moto_server
     .venv/bin/python -m bench.run --servers tusd-py --env TUSD_STORAGE__DRIVER=s3 ...
 """
 
@@ -30,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .emulators import DRIVERS, emulator
 from .loadgen import (
     Payload,
     Scenario,
@@ -210,6 +212,13 @@ async def bench(args: argparse.Namespace) -> int:
         extra_env["TUSD_STORAGE__FSYNC"] = "true"
     payload = Payload(max(s.chunk for s in scenarios))
     work_dir = Path(tempfile.mkdtemp(prefix="tusd-bench-", dir=args.work_dir))
+    with emulator(args.driver, work_dir) as driver_env:
+        extra_env.update(driver_env)
+        return await _bench(args, scenarios, servers, extra_env, payload, work_dir)
+
+
+async def _bench(args: argparse.Namespace, scenarios: list[Scenario], servers: list[str],
+                 extra_env: dict[str, str], payload: Payload, work_dir: Path) -> int:
     out = open(args.json_out, "a") if args.json_out else None
     runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
     index = 0
@@ -224,7 +233,9 @@ async def bench(args: argparse.Namespace) -> int:
     conditions = {
         "kind": "conditions", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "loadavg_before": os.getloadavg(), "cpus": os.cpu_count(), "order": args.order,
-        "repeat": args.repeat, "tusd_env": extra_env, "scenarios": [s.__dict__ for s in scenarios],
+        "repeat": args.repeat, "driver": args.driver,
+        "tusd_env": {k: v for k, v in extra_env.items() if "KEY" not in k and "CONNECTION" not in k},
+        "scenarios": [s.__dict__ for s in scenarios],
     }
     _emit(conditions, out)
     try:
@@ -278,9 +289,9 @@ async def bench(args: argparse.Namespace) -> int:
         out.close()
 
     print("\n" + summary_table(list(summaries.values())), file=sys.stderr)
-    print(f"\nmedians of {args.repeat} run(s), {args.order}; tusd-py env: "
-          f"{extra_env or 'defaults'}; load average before {conditions['loadavg_before'][0]:.2f}, "
-          f"after {os.getloadavg()[0]:.2f}\n", file=sys.stderr)
+    print(f"\nmedians of {args.repeat} run(s), {args.order}; tusd-py driver {args.driver}, env: "
+          f"{conditions['tusd_env'] or 'defaults'}; load average before "
+          f"{conditions['loadavg_before'][0]:.2f}, after {os.getloadavg()[0]:.2f}\n", file=sys.stderr)
     print(comparison_table(scenarios, servers, summaries), file=sys.stderr)
     print("\n" + "\n".join(all_lines), file=sys.stderr)
     failed = sum(s["errors"] for s in summaries.values())
@@ -312,6 +323,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "sequential: all rounds of one server, then the next")
     parser.add_argument("--fsync", action="store_true",
                         help="run tusd-py with TUSD_STORAGE__FSYNC=true (power-loss durability)")
+    parser.add_argument("--driver", choices=DRIVERS, default="local",
+                        help="storage driver for tusd-py; s3/gcs/azure start moto_server, "
+                             "fake-gcs-server or Azurite on 127.0.0.1 for the whole run")
     parser.add_argument("--env", action="append", default=[], metavar="TUSD_KEY=VALUE",
                         help="extra environment for tusd-py (repeatable), e.g. to bench the S3 driver")
     parser.add_argument("--json-out", type=Path, help="append JSON lines (conditions, runs, summaries) here")

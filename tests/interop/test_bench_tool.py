@@ -57,3 +57,20 @@ def test_run_compares_baseline_and_tusd(tmp_path: Path) -> None:
     assert any("p99" in line and "(target < 100 ms)" in line for line in verdicts)
     assert any("peak RSS" in line for line in verdicts)
     assert "ratio" in proc.stderr and ("PASS " in proc.stderr or "MISS " in proc.stderr)
+
+
+def test_run_on_the_s3_driver_starts_its_own_moto(tmp_path: Path) -> None:
+    out = tmp_path / "s3.jsonl"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--servers", "tusd-py", "--driver", "s3",
+         "--scenarios", "big,many-small", "--json-out", str(out), *TINY],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = records(out)
+    conditions = next(r for r in rows if r["kind"] == "conditions")
+    assert conditions["driver"] == "s3"
+    assert conditions["tusd_env"]["TUSD_STORAGE__DRIVER"] == "s3"
+    assert "AWS_SECRET_ACCESS_KEY" not in conditions["tusd_env"]
+    summaries = [r for r in rows if r["kind"] == "summary"]
+    assert {s["scenario"] for s in summaries} == {"big", "many-small"}
+    assert all(s["errors"] == 0 and s["bytes_ok"] == s["attempted"] for s in summaries)
