@@ -7,28 +7,44 @@
   suite through ``tests.plugins.app.DRIVERS``).
 * ``s3_daemon_env``: the same as ``TUSD_STORAGE__*`` env for ``daemon_factory``.
 * ``s3_client``: a plain boto3 client, to look behind the driver's back in assertions.
+* ``make_store``: ``await make_store(**S3Store options)`` -> a started ``S3Store`` on the
+  test's bucket (prefix ``up/``, 5 MiB parts); two of them stand for two replicas.
+  With ``new_upload``, ``write`` (one PATCH) and ``read_all`` for driver-level tests.
+* ``s3_proxy``: ``(S3Proxy, url)``, a reverse proxy in front of moto that can throttle,
+  lose answers, hold requests back, and logs what it forwarded (to count S3 requests
+  and body bytes).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import subprocess
 import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from tests.plugins.daemon import free_port
+from tusd_py.storage.base import Upload
+from tusd_py.storage.ids import new_upload_id
 
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
            "AWS_DEFAULT_REGION": "us-east-1"}
 #: Small parts keep the tests fast while exercising real multipart uploads.
 PART_SIZE = 5 << 20
+MIB = 1 << 20
+PREFIX = "up/"
 
 
 @pytest.fixture(scope="session")
@@ -94,8 +110,192 @@ def s3_storage_config(moto_endpoint: str, s3_bucket: str) -> dict[str, Any]:
             "region": "us-east-1", "part_size": "5MiB", "prefix": "up/"}
 
 
+if TYPE_CHECKING:
+    from tusd_py.storage.s3 import S3Store
+
+StoreFactory = Callable[..., Awaitable["S3Store"]]
+
+
+@pytest.fixture
+async def make_store(moto_endpoint: str, s3_bucket: str) -> AsyncIterator[StoreFactory]:
+    from tusd_py.storage.s3 import S3Store
+
+    stores: list[S3Store] = []
+
+    async def factory(**kwargs: Any) -> S3Store:
+        options: dict[str, Any] = {"prefix": PREFIX, "endpoint_url": moto_endpoint,
+                                   "region": "us-east-1", "part_size": PART_SIZE}
+        options.update(kwargs)
+        store = S3Store(s3_bucket, **options)
+        await store.start()
+        stores.append(store)
+        return store
+
+    yield factory
+    for store in stores:
+        await store.stop()
+
+
+async def new_upload(store: S3Store, length: int | None, **fields: Any) -> Upload:
+    return await store.create(Upload(id=new_upload_id(), length=length, created_at=time.time(),
+                                     **fields))
+
+
+async def stream(lock: Any, data: bytes, piece: int = 64 * 1024) -> None:
+    """Feed ``data`` to a held lock in ``piece``-sized chunks, as handlers do."""
+    for i in range(0, len(data), piece):
+        await lock.write(data[i:i + piece])
+
+
+async def write(store: S3Store, upload_id: str, data: bytes, *, length: int | None = None,
+                piece: int = 64 * 1024) -> Upload:
+    """One PATCH: lock, stream in 64 KiB chunks (as handlers do), commit, release."""
+    lock = await store.lock(upload_id, 1)
+    try:
+        await stream(lock, data, piece)
+        return await lock.commit(length=length)
+    finally:
+        await lock.release()
+
+
+async def read_all(store: S3Store, upload: Upload) -> bytes:
+    download = await store.download(upload)
+    return b"".join([chunk async for chunk in download.read(0, download.size)])
+
+
 @pytest.fixture
 def s3_daemon_env(s3_storage_config: dict[str, Any]) -> dict[str, str]:
     env = {f"TUSD_STORAGE__{k.upper()}": str(v) for k, v in s3_storage_config.items()}
     env.update(AWS_ENV)
     return env
+
+
+SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+             b"<Message>Please reduce your request rate.</Message></Error>")
+INTERNAL_ERROR = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InternalError</Code>'
+                  b"<Message>We encountered an internal error.</Message></Error>")
+_HOP = {"host", "content-length", "transfer-encoding", "connection"}
+
+
+@dataclass
+class Forwarded:
+    """One request the proxy passed on to moto."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    sent: int  # request body bytes
+    received: int  # response body bytes
+    status: int
+    started: float  # time.monotonic() when it was passed on
+    ended: float  # ... and when moto had answered
+
+
+class S3Proxy:
+    """Forwards everything to moto, with faults on request:
+
+    * ``rule``/``failures``: matching requests get 503 SlowDown while ``failures``
+      lasts (-1: for ever); ``refused`` counts them.
+    * ``lose_rule``/``lose``: matching requests are carried out, then answered 500
+      (``lose`` times; ``lost`` counts them), so botocore retries a write that landed.
+    * ``delay``: seconds to hold a request back before reading its body (a slow network
+      path; ``held`` counts them; ``let_go`` ends the delays early). A request whose
+      client gave up meanwhile is never passed on (``dropped``).
+    * ``log``: every request passed on, in order (``Forwarded``).
+    """
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.rule: Callable[[web.Request], bool] = lambda request: False
+        self.failures = 0
+        self.refused = 0
+        self.lose_rule: Callable[[web.Request], bool] = lambda request: False
+        self.lose = 0
+        self.lost = 0
+        self.delay: Callable[[web.Request], float] = lambda request: 0.0
+        self.held = 0
+        self._let_go = asyncio.Event()
+        self.dropped = 0
+        self.log: list[Forwarded] = []
+        self._forwarding: set[asyncio.Task[web.Response]] = set()
+        self.session: aiohttp.ClientSession | None = None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if self.failures and self.rule(request):
+            self.failures -= 1 if self.failures > 0 else 0
+            self.refused += 1
+            return web.Response(status=503, body=SLOW_DOWN, content_type="application/xml")
+        wait = self.delay(request)
+        try:
+            if wait > 0:
+                self.held += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._let_go.wait(), wait)
+            body = await request.read()
+            if wait > 0:
+                await asyncio.sleep(0.05)  # time to notice that the client hung up
+        except (asyncio.CancelledError, ConnectionError):
+            self.dropped += 1  # the client gave up: nothing reaches moto
+            raise
+        if request.transport is None or request.transport.is_closing():
+            self.dropped += 1
+            return web.Response(status=499)
+        # Once passed on, a request is carried out (and logged) even if its client
+        # hangs up meanwhile, as S3 does.
+        task = asyncio.get_running_loop().create_task(self.forward(request, body))
+        self._forwarding.add(task)
+        task.add_done_callback(self._forwarding.discard)
+        response = await asyncio.shield(task)
+        if self.lose and response.status < 300 and self.lose_rule(request):
+            # The write happened, but the client never learns it: botocore retries it.
+            self.lose -= 1
+            self.lost += 1
+            return web.Response(status=500, body=INTERNAL_ERROR, content_type="application/xml")
+        return response
+
+    def let_go(self) -> None:
+        """End the delay of every request held back now."""
+        self._let_go.set()
+        self._let_go = asyncio.Event()
+
+    async def forward(self, request: web.Request, body: bytes) -> web.Response:
+        assert self.session is not None
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        started = time.monotonic()
+        async with self.session.request(request.method, self.upstream + request.path_qs,
+                                        headers=headers, data=body,
+                                        allow_redirects=False) as r:
+            answer = await r.read()
+            out = {k: v for k, v in r.headers.items()
+                   if k.lower() not in _HOP and k.lower() != "content-encoding"}
+        self.log.append(Forwarded(request.method, request.path, dict(request.query),
+                                  dict(request.headers), len(body), len(answer), r.status,
+                                  started, time.monotonic()))
+        return web.Response(status=r.status, body=answer, headers=out)
+
+
+@pytest.fixture
+async def s3_proxy(moto_endpoint: str) -> AsyncIterator[tuple[S3Proxy, str]]:
+    proxy = S3Proxy(moto_endpoint)
+    app = web.Application(client_max_size=256 << 20)
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await proxy.handle(request)  # looked up per request: tests may wrap it
+
+    app.router.add_route("*", "/{tail:.*}", handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        proxy.session = session
+        yield proxy, f"http://127.0.0.1:{server.port}"
+        await asyncio.gather(*proxy._forwarding, return_exceptions=True)
+    await server.close()
+
+
+def is_part_upload(request: web.Request) -> bool:
+    return request.method == "PUT" and "partNumber" in request.query
+
+
+def is_conditional_record_write(request: web.Request) -> bool:
+    return (request.method == "PUT" and request.path.endswith(".info")
+            and "If-Match" in request.headers)

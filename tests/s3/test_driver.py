@@ -8,61 +8,16 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 
+from tests.plugins.s3 import MIB, PREFIX, new_upload, read_all, write
 from tusd_py.config import ConfigError
 from tusd_py.protocol.errors import MismatchedOffset, NotFound, UploadBusy
 from tusd_py.storage.base import Upload
 from tusd_py.storage.ids import new_upload_id
 from tusd_py.storage.s3 import S3Store
-
-MIB = 1 << 20
-PREFIX = "up/"
-
-StoreFactory = Callable[..., Awaitable[S3Store]]
-
-
-@pytest.fixture
-async def make_store(moto_endpoint: str, s3_bucket: str) -> AsyncIterator[StoreFactory]:
-    stores: list[S3Store] = []
-
-    async def factory(**kwargs: Any) -> S3Store:
-        options: dict[str, Any] = {"prefix": PREFIX, "endpoint_url": moto_endpoint,
-                                   "region": "us-east-1", "part_size": 5 * MIB}
-        options.update(kwargs)
-        store = S3Store(s3_bucket, **options)
-        await store.start()
-        stores.append(store)
-        return store
-
-    yield factory
-    for store in stores:
-        await store.stop()
-
-
-async def new_upload(store: S3Store, length: int | None, **fields: Any) -> Upload:
-    return await store.create(Upload(id=new_upload_id(), length=length, created_at=time.time(),
-                                     **fields))
-
-
-async def write(store: S3Store, upload_id: str, data: bytes, *, length: int | None = None,
-                piece: int = 64 * 1024) -> Upload:
-    """One PATCH: lock, stream in 64 KiB chunks (as handlers do), commit, release."""
-    lock = await store.lock(upload_id, 1)
-    try:
-        for i in range(0, len(data), piece):
-            await lock.write(data[i:i + piece])
-        return await lock.commit(length=length)
-    finally:
-        await lock.release()
-
-
-async def read_all(store: S3Store, upload: Upload) -> bytes:
-    download = await store.download(upload)
-    return b"".join([chunk async for chunk in download.read(0, download.size)])
 
 
 def keys(s3_client: Any, bucket: str) -> set[str]:

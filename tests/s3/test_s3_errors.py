@@ -1,85 +1,18 @@
-"""S3 failures over real HTTP: a small reverse proxy in front of moto answers some
-requests with 503 SlowDown, as S3 does when it throttles."""
+"""S3 failures over real HTTP: a small reverse proxy in front of moto (``s3_proxy``)
+answers some requests with 503 SlowDown, as S3 does when it throttles, or loses answers."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
 from typing import Any
-
-import aiohttp
-import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from tests.http.helpers import TUS, create, download, head, patch
 from tests.plugins.app import make_config
+from tests.plugins.s3 import is_conditional_record_write, is_part_upload
 from tusd_py.app import create_app
 from tusd_py.storage.s3 import S3Store
 
 MIB = 1 << 20
-SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
-             b"<Message>Please reduce your request rate.</Message></Error>")
-INTERNAL_ERROR = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InternalError</Code>'
-                  b"<Message>We encountered an internal error.</Message></Error>")
-_HOP = {"host", "content-length", "transfer-encoding", "connection"}
-
-
-class ThrottlingProxy:
-    """Forwards everything to moto, except that requests matching ``rule`` get 503
-    SlowDown while ``failures`` lasts (-1: for ever)."""
-
-    def __init__(self, upstream: str) -> None:
-        self.upstream = upstream
-        self.rule: Callable[[web.Request], bool] = lambda request: False
-        self.failures = 0
-        self.refused = 0
-        #: Requests matching ``lose_rule`` are carried out, then answered 500 (``lose`` times).
-        self.lose_rule: Callable[[web.Request], bool] = lambda request: False
-        self.lose = 0
-        self.lost = 0
-        self.session: aiohttp.ClientSession | None = None
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        if self.failures and self.rule(request):
-            self.failures -= 1 if self.failures > 0 else 0
-            self.refused += 1
-            return web.Response(status=503, body=SLOW_DOWN, content_type="application/xml")
-        response = await self.forward(request)
-        if self.lose and response.status < 300 and self.lose_rule(request):
-            # The write happened, but the client never learns it: botocore retries it.
-            self.lose -= 1
-            self.lost += 1
-            return web.Response(status=500, body=INTERNAL_ERROR, content_type="application/xml")
-        return response
-
-    async def forward(self, request: web.Request) -> web.Response:
-        assert self.session is not None
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
-        async with self.session.request(request.method, self.upstream + request.path_qs,
-                                        headers=headers, data=await request.read(),
-                                        allow_redirects=False) as r:
-            body = await r.read()
-            out = {k: v for k, v in r.headers.items()
-                   if k.lower() not in _HOP and k.lower() != "content-encoding"}
-            return web.Response(status=r.status, body=body, headers=out)
-
-
-@pytest.fixture
-async def proxy(moto_endpoint: str) -> AsyncIterator[tuple[ThrottlingProxy, str]]:
-    throttle = ThrottlingProxy(moto_endpoint)
-    app = web.Application(client_max_size=64 * MIB)
-    app.router.add_route("*", "/{tail:.*}", throttle.handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    async with aiohttp.ClientSession(auto_decompress=False) as session:
-        throttle.session = session
-        yield throttle, f"http://127.0.0.1:{server.port}"
-    await server.close()
-
-
-def is_part_upload(request: web.Request) -> bool:
-    return request.method == "PUT" and "partNumber" in request.query
 
 
 async def client_for(aiohttp_client: Any, config: dict[str, Any], endpoint: str,
@@ -89,8 +22,8 @@ async def client_for(aiohttp_client: Any, config: dict[str, Any], endpoint: str,
     return await aiohttp_client(create_app(make_config(config), store=store))
 
 
-async def test_throttled_part_uploads_are_retried(aiohttp_client, s3_storage_config, proxy):
-    throttle, endpoint = proxy
+async def test_throttled_part_uploads_are_retried(aiohttp_client, s3_storage_config, s3_proxy):
+    throttle, endpoint = s3_proxy
     client = await client_for(aiohttp_client, s3_storage_config, endpoint)
     data = os.urandom(6 * MIB)
     path = await create(client, len(data))
@@ -102,8 +35,8 @@ async def test_throttled_part_uploads_are_retried(aiohttp_client, s3_storage_con
 
 
 async def test_persistent_throttling_is_503_with_a_clear_message_then_resumes(
-        aiohttp_client, s3_storage_config, proxy):
-    throttle, endpoint = proxy
+        aiohttp_client, s3_storage_config, s3_proxy):
+    throttle, endpoint = s3_proxy
     client = await client_for(aiohttp_client, s3_storage_config, endpoint)
     data = os.urandom(6 * MIB)
     path = await create(client, len(data))
@@ -120,8 +53,8 @@ async def test_persistent_throttling_is_503_with_a_clear_message_then_resumes(
     assert await download(client, path) == data
 
 
-async def test_readyz_503_while_s3_answers_5xx(aiohttp_client, s3_storage_config, proxy):
-    throttle, endpoint = proxy
+async def test_readyz_503_while_s3_answers_5xx(aiohttp_client, s3_storage_config, s3_proxy):
+    throttle, endpoint = s3_proxy
     client = await client_for(aiohttp_client, s3_storage_config, endpoint, retry_attempts=1)
     assert (await client.get("/readyz")).status == 200
     throttle.rule, throttle.failures = (lambda request: True), -1
@@ -133,17 +66,12 @@ async def test_readyz_503_while_s3_answers_5xx(aiohttp_client, s3_storage_config
     assert r.status == 201
 
 
-def is_conditional_record_write(request: web.Request) -> bool:
-    return (request.method == "PUT" and request.path.endswith(".info")
-            and "If-Match" in request.headers)
-
-
 async def test_lost_responses_to_conditional_writes_are_recognised(
-        aiohttp_client, s3_storage_config, proxy):
+        aiohttp_client, s3_storage_config, s3_proxy):
     """Every conditional write of a record succeeds but its answer is lost: botocore's
     retry then fails its If-Match (the ETag moved). The lease holder token and the
     per-write nonce show the write was ours, so nothing is refused or lost."""
-    throttle, endpoint = proxy
+    throttle, endpoint = s3_proxy
     client = await client_for(aiohttp_client, s3_storage_config, endpoint)
     data = os.urandom(7 * MIB)
     path = await create(client, len(data))
@@ -160,3 +88,4 @@ async def test_lost_responses_to_conditional_writes_are_recognised(
     # the lease was released too: another request gets the upload at once
     r = await client.delete(path, headers=TUS)
     assert r.status == 204
+

@@ -22,8 +22,15 @@ Also shared: the record's tus fields (``new_record``, ``decode_upload``, ``dump`
 commit prologue (``LeasedLock._commit_changes``) and the expiry sweep over a listing of
 the records (``LeasedStore._expired_among``).
 
+Writes of upload bytes under a lease (``LeasedLock.bounded``): each one, with every
+retry of its client library, must be over before another request could take the lease
+over, or a stale attempt could land after the new holder's (S3: part N replaced under
+the new holder's feet). So each runs under a deadline ``WRITE_MARGIN x lease_duration``
+before the lease's expiry, moved on by every renewal, and is cancelled at once when the
+lease is found lost (``_lose``).
+
 Clocks: lease expiry compares wall clocks of replicas; keep them NTP-synchronised
-(skew well under ``lease_duration``).
+(skew well under ``lease_duration``; the write margin absorbs less than that).
 """
 
 from __future__ import annotations
@@ -36,17 +43,26 @@ import logging
 import time
 import uuid
 from abc import abstractmethod
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar, Generic, TypeVar
 
-from ..protocol.errors import MismatchedOffset, NotFound, StorageError, UploadBusy
+from ..protocol.errors import (
+    MismatchedOffset,
+    NotFound,
+    ServiceUnavailable,
+    StorageError,
+    UploadBusy,
+)
 from .base import Store, Upload, UploadLock
 from .ids import check_upload_id
 
-__all__ = ["POLL_MAX", "POLL_MIN", "Conflict", "LeasedLock", "LeasedStore", "Record",
-           "decode_upload", "dump", "holder_of", "new_record"]
+__all__ = ["POLL_MAX", "POLL_MIN", "WRITE_MARGIN", "Conflict", "LeasedLock", "LeasedStore",
+           "Record", "decode_upload", "dump", "holder_of", "new_record"]
 
 POLL_MIN, POLL_MAX = 0.05, 0.5  # lock polling backoff while another replica holds it
+#: Writes under a lease end this fraction of ``lease_duration`` before the lease expires
+#: (renewals, every third of it, move the end on): 2.5 s at the default 10 s.
+WRITE_MARGIN = 0.25
 
 #: A record and the tag (ETag or generation) it was read with.
 Record = tuple[dict[str, Any], str]
@@ -126,6 +142,8 @@ class LeasedLock(UploadLock, Generic[S]):
         #: sets it to end a stalled request's read early (like an in-process takeover).
         self.on_takeover_request: Callable[[], None] | None = None
         self._stop_asked = False
+        #: Deadlines of the writes running under this lease (``bounded``).
+        self._bounds: set[asyncio.Timeout] = set()
         self._renewer = asyncio.get_running_loop().create_task(
             self._renew(), name=f"{store.name}-lease-{self.upload.id}")
 
@@ -156,8 +174,51 @@ class LeasedLock(UploadLock, Generic[S]):
 
     def _check_lease(self) -> None:
         if self.lost or self.released or time.time() > self.lease_until - 0.5:
-            self.lost = True
+            self._lose()
             raise UploadBusy("the upload was taken over by another request")
+
+    def _lose(self) -> None:
+        """The lease is (or may be) another request's now: cancel our writes at once."""
+        self.lost = True
+        self._move_bounds()
+
+    def _write_deadline(self) -> float:
+        """The event-loop time by which writes under the lease must be over."""
+        loop = asyncio.get_running_loop()
+        if self.lost:
+            return loop.time()
+        margin = self.store.lease_duration * WRITE_MARGIN
+        return loop.time() + (self.lease_until - margin - time.time())
+
+    def _move_bounds(self) -> None:
+        when = self._write_deadline()
+        for scope in self._bounds:
+            if not scope.expired():
+                scope.reschedule(when)
+
+    @contextlib.asynccontextmanager
+    async def bounded(self, what: str) -> AsyncIterator[None]:
+        """Run a write of upload bytes (with all its retries) under the lease: cancelled
+        when the lease is lost, or when it is ``WRITE_MARGIN x lease_duration`` from
+        expiring (each renewal moves that on), so no attempt of it can reach the store
+        once another request could take the upload over."""
+        if self.lost:
+            raise UploadBusy("the upload was taken over by another request")
+        scope = asyncio.timeout_at(self._write_deadline())
+        try:
+            async with scope:
+                self._bounds.add(scope)
+                try:
+                    yield
+                finally:
+                    self._bounds.discard(scope)
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            if self.lost:
+                raise UploadBusy("the upload was taken over by another request") from None
+            raise ServiceUnavailable(f"storage too slow: the upload's write lease ran out "
+                                     f"during {what}; retry later") from None
 
     def _stop_wanted(self) -> None:
         """Another process or replica waits for this upload: tell our request."""
@@ -194,12 +255,12 @@ class LeasedLock(UploadLock, Generic[S]):
             except Conflict:
                 self._log.warning("upload %s: lease taken over by another request",
                                   self.upload.id)
-                self.lost = True
+                self._lose()
                 return
             except Exception as exc:
                 self._log.warning("upload %s: lease renewal failed: %s", self.upload.id, exc)
                 if time.time() > self.lease_until:
-                    self.lost = True
+                    self._lose()
                     return
 
     async def _write_state(self, changes: dict[str, Any], *, release: bool = False) -> None:
@@ -224,6 +285,7 @@ class LeasedLock(UploadLock, Generic[S]):
                 self.etag = current[1]
                 continue
             self.state = new
+            self._move_bounds()  # the lease was renewed (or given back)
             return
         raise Conflict("the record keeps changing")
 
@@ -235,7 +297,7 @@ class LeasedLock(UploadLock, Generic[S]):
             try:
                 await self._write_state(changes)
             except Conflict:
-                self.lost = True
+                self._lose()
                 raise MismatchedOffset("the upload changed underneath this request") from None
         self.upload = self.store.decode_record(self.state)
 

@@ -35,6 +35,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+class _PartsMismatch(Exception):
+    """CompleteMultipartUpload refused a part: S3 holds another part ``number``."""
+
+    def __init__(self, number: int) -> None:
+        super().__init__(number)
+        self.number = number
+
+
 class S3Lock(LeasedLock["S3Store"]):
     """A held lease on one upload, and the write buffer of the request holding it."""
 
@@ -114,7 +122,7 @@ class S3Lock(LeasedLock["S3Store"]):
     async def _upload_part(self, number: int, body: list[bytes]) -> Part:
         store = self.store
         reader = ChunksReader(body)
-        async with s3_errors("uploading a part"):
+        async with self.bounded("uploading a part"), s3_errors("uploading a part"):
             r = await store.s3.upload_part(Bucket=store.bucket, Key=store.key(self.upload.id),
                                            UploadId=self.state["mpu"], PartNumber=number,
                                            Body=reader, ContentLength=len(reader))
@@ -186,7 +194,8 @@ class S3Lock(LeasedLock["S3Store"]):
         store = self.store
         slot = 1 if old and old["key"] == store.tail_key(self.upload.id, 0) else 0
         key = store.tail_key(self.upload.id, slot)
-        async with s3_errors("storing the incomplete part"):
+        async with self.bounded("storing the incomplete part"), \
+                s3_errors("storing the incomplete part"):
             r = await store.s3.put_object(Bucket=store.bucket, Key=key, Body=self._reader(),
                                           ContentLength=len(self._buf))
         return {"key": key, "size": len(self._buf), "etag": r["ETag"]}
@@ -201,7 +210,7 @@ class S3Lock(LeasedLock["S3Store"]):
         parts = [*self.state["parts"], *self._staged]
         mpu = self.state.get("mpu")
         if mpu is None:
-            async with s3_errors("completing an upload"):
+            async with self.bounded("completing an upload"), s3_errors("completing an upload"):
                 r = await store.s3.put_object(Bucket=store.bucket, Key=key, Body=self._reader(),
                                               ContentLength=len(self._buf),
                                               **object_headers(self.upload.metadata))
@@ -216,18 +225,27 @@ class S3Lock(LeasedLock["S3Store"]):
         # instead of finding a record that points at a multipart upload that is gone.
         await self.publish(**changes, parts=parts, tail=None, completing=True)
         self._staged, self._staged_size = [], 0
-        return {"object_etag": await self._complete_mpu(mpu, parts)}
+        try:
+            return {"object_etag": await self._complete_mpu(mpu, parts)}
+        except _PartsMismatch as exc:
+            offset = await self._back_to_intact_parts(mpu, parts, exc.number)
+            raise StorageError(
+                f"part {exc.number} of the upload was overwritten in storage; the upload's "
+                f"offset was moved back to {offset}: resume from there") from None
 
     async def _complete_mpu(self, mpu: str, parts: list[Part]) -> str:
         store = self.store
         key = store.key(self.upload.id)
-        async with s3_errors("completing an upload"):
+        async with self.bounded("completing an upload"), s3_errors("completing an upload"):
             try:
                 r = await store.s3.complete_multipart_upload(
                     Bucket=store.bucket, Key=key, UploadId=mpu, MultipartUpload={
                         "Parts": [{"PartNumber": p["n"], "ETag": p["etag"]} for p in parts]})
             except Exception as exc:
-                if error_code(exc)[0] != "NoSuchUpload":
+                code = error_code(exc)[0]
+                if code == "InvalidPart":
+                    raise _PartsMismatch(await self._first_changed_part(mpu, parts)) from None
+                if code != "NoSuchUpload":
                     raise
                 # Completed by a holder that died before recording it?
                 head = await store.s3.head_object(Bucket=store.bucket, Key=key)
@@ -236,9 +254,45 @@ class S3Lock(LeasedLock["S3Store"]):
                 return str(head["ETag"])
         return str(r["ETag"])
 
+    async def _first_changed_part(self, mpu: str, parts: list[Part]) -> int:
+        """The number of the first part the record lists that S3 no longer holds as
+        listed (by ETag and size): ListParts, only once a completion was refused."""
+        store = self.store
+        held: dict[int, tuple[str, int]] = {}
+        paginator = store.s3.get_paginator("list_parts")
+        async for page in paginator.paginate(Bucket=store.bucket, Key=store.key(self.upload.id),
+                                             UploadId=mpu):
+            for p in page.get("Parts", ()):
+                held[p["PartNumber"]] = (str(p["ETag"]).strip('"'), p["Size"])
+        for p in parts:
+            if held.get(p["n"]) != (p["etag"].strip('"'), p["size"]):
+                return p["n"]
+        return parts[-1]["n"] if parts else 0
+
+    async def _back_to_intact_parts(self, mpu: str, parts: list[Part], number: int) -> int:
+        """S3 holds another part ``number`` than the record lists (a stale write of a
+        former holder landed over it): the bytes from that part on are lost. Rather than
+        failing every request, publish the offset at the end of the intact parts, so
+        the client resumes from there and the upload can still complete. Returns it."""
+        intact = [p for p in parts if p["n"] < number]
+        offset = sum(p["size"] for p in intact)
+        log.error("upload %s: part %d in storage is not the one recorded (a stale write "
+                  "landed); offset moved back from %d to %d", self.upload.id, number,
+                  self.upload.offset, offset)
+        await self.publish(offset=offset, parts=intact, tail=None, completing=None)
+        self._staged, self._staged_size, self.written = [], 0, 0
+        self._buf = ChunkBuffer()
+        self._loaded = True  # no tail: the next bytes start part ``number``
+        return offset
+
     async def finish_completion(self) -> None:
         """Complete a multipart upload whose record says ``completing`` (see ``_finish``)."""
-        etag = await self._complete_mpu(self.state["mpu"], self.state["parts"])
+        mpu, parts = self.state["mpu"], self.state["parts"]
+        try:
+            etag = await self._complete_mpu(mpu, parts)
+        except _PartsMismatch as exc:
+            await self._back_to_intact_parts(mpu, parts, exc.number)
+            return
         await self.publish(completed_at=time.time(), object_etag=etag, mpu=None, parts=[],
                            completing=None)
 
