@@ -3,13 +3,17 @@ answers some requests with 503 SlowDown, as S3 does when it throttles, or loses 
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
+import pytest
+
 from tests.http.helpers import TUS, create, download, head, patch
 from tests.plugins.app import make_config
-from tests.plugins.s3 import is_conditional_record_write, is_part_upload
+from tests.plugins.s3 import is_conditional_record_write, is_part_upload, new_upload, read_all
 from tusd_py.app import create_app
+from tusd_py.protocol.errors import MismatchedOffset, UploadBusy
 from tusd_py.storage.s3 import S3Store
 
 MIB = 1 << 20
@@ -89,3 +93,44 @@ async def test_lost_responses_to_conditional_writes_are_recognised(
     r = await client.delete(path, headers=TUS)
     assert r.status == 204
 
+
+async def test_a_lost_answer_never_makes_another_writers_record_look_ours(s3_proxy, make_store):
+    """A's conditional write of the record lands but its answer is lost, and botocore's
+    retry is held back until B has taken the upload over (A's lease ran out meanwhile).
+    The retry fails its If-Match; the record A then reads is B's, written over A's: it
+    must not pass for A's own landed write (B's writes carry their own nonce), or A would
+    go on writing over B's ETag."""
+    proxy, endpoint = s3_proxy
+    a = await make_store(endpoint_url=endpoint, lease_duration=3.0)
+    b = await make_store(lease_duration=3.0)
+    upload = await new_upload(a, 100)
+    held = await a.lock(upload.id, 1)
+    await held.write(b"a" * 10)
+
+    writes = 0
+
+    def hold_the_retry(request: Any) -> float:
+        nonlocal writes
+        if not is_conditional_record_write(request):
+            return 0.0
+        writes += 1
+        return 30.0 if writes == 2 else 0.0
+
+    # The next record write of A (its commit, or a renewal) lands, its answer is lost;
+    # the retry is held back until B took over.
+    proxy.lose_rule, proxy.lose, proxy.delay = is_conditional_record_write, 1, hold_the_retry
+    committing = asyncio.create_task(held.commit())
+    while not proxy.lost:
+        await asyncio.sleep(0.01)
+    taken = await b.lock(upload.id, 8)  # flags the upload, then takes it over
+    proxy.let_go()  # A's retry reaches S3 now, before B writes the record again
+    with pytest.raises((UploadBusy, MismatchedOffset)):
+        await committing
+    assert proxy.lost == 1 and writes >= 2
+    await held.release()  # must not give B's lease away
+    done = taken.upload.offset  # 10 if A's commit was the write that landed, else 0
+    await taken.write(b"b" * (100 - done))
+    up = await taken.commit()
+    await taken.release()
+    assert up.is_complete
+    assert await read_all(b, up) == b"a" * done + b"b" * (100 - done)

@@ -367,13 +367,17 @@ class LeasedStore(Store, Generic[L]):
 
     def stamp(self, state: dict[str, Any]) -> None:
         """Mark a record about to be written so ``own_write`` can recognise it: a fresh
-        nonce ``w`` (S3, Azure)."""
+        nonce ``w`` (S3, Azure). Every write of a record is stamped (``cas_info``, and
+        the takeover and ``wanted`` writes of ``lock``), so no record copied from ours
+        by another writer carries our nonce."""
         state["w"] = uuid.uuid4().hex[:16]
 
     def own_write(self, written: dict[str, Any], current: dict[str, Any]) -> bool:
         """Whether ``current`` (read after a failed condition) is ``written`` itself: an
-        earlier attempt landed, its answer was lost and the retry failed the condition."""
-        return bool(current.get("w") == written["w"])
+        earlier attempt landed, its answer was lost and the retry failed the condition.
+        The nonce decides; the lease holder must match too."""
+        return bool(current.get("w") == written["w"]
+                    and holder_of(current) == holder_of(written))
 
     # -- the record ---------------------------------------------------------------------
 
@@ -450,6 +454,7 @@ class LeasedStore(Store, Generic[L]):
                     self._log.info("upload %s: taking over an expired lease", upload_id)
                 new = dict(state, lease={"holder": token, "until": now + self.lease_duration},
                            wanted=None, rev=state["rev"] + 1)
+                self.stamp(new)  # not the nonce of the holder we take over from
                 try:
                     etag = await self.write_info(upload_id, new, etag=etag)
                 except Conflict:
@@ -463,9 +468,10 @@ class LeasedStore(Store, Generic[L]):
                 # whose client went silent then commits what it has and lets us in.
                 # Only this flag is added to the latest record (CAS on its tag).
                 asked = True
+                flagged = dict(state, wanted={"by": token, "at": now})
+                self.stamp(flagged)  # the holder's nonce stays the holder's
                 with contextlib.suppress(Conflict):
-                    await self.write_info(upload_id, dict(state, wanted={"by": token, "at": now}),
-                                          etag=etag)
+                    await self.write_info(upload_id, flagged, etag=etag)
             await asyncio.sleep(min(delay, remaining))
             delay = min(delay * 2, POLL_MAX)
 
