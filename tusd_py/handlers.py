@@ -57,7 +57,7 @@ from .protocol.errors import (
 )
 from .protocol.errors import MismatchedOffset as OffsetMismatch
 from .storage.base import Capability, Store, Upload, UploadLock
-from .storage.ids import check_upload_id, is_upload_id, new_upload_id
+from .storage.ids import check_upload_id, is_upload_id
 from .urls import base_url
 
 log = logging.getLogger(__name__)
@@ -277,7 +277,7 @@ class TusHandler:
             if body_length is not None and limit is not None and body_length > limit:
                 raise SizeExceeded()
         upload = Upload(
-            id=new_upload_id(), length=length, offset=0, metadata=metadata, created_at=now,
+            id=self.store.new_upload_id(), length=length, offset=0, metadata=metadata, created_at=now,
             expires_at=self._next_expiry(now, length == 0),
             is_partial=bool(concat and concat.partial),
             completed_at=now if length == 0 else None,
@@ -341,7 +341,7 @@ class TusHandler:
         length = sum(lengths) if len(lengths) == len(partials) else None
         if length is not None and self.server.max_size and length > self.server.max_size:
             raise SizeExceeded("maximum upload size exceeded")
-        upload = Upload(id=new_upload_id(), length=length, offset=0, metadata=metadata,
+        upload = Upload(id=self.store.new_upload_id(), length=length, offset=0, metadata=metadata,
                         created_at=now, expires_at=self._next_expiry(now, False),
                         final_of=tuple(ids))
         upload = await self.events.pre_create(upload, request)

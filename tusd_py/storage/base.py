@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
 from ..protocol.headers import Metadata
+from .ids import new_upload_id
 
 
 class Capability(enum.Enum):
@@ -130,6 +131,10 @@ class Store(ABC):
     @abstractmethod
     async def ping(self) -> None:
         """Raise if the backend is unreachable (used by ``/readyz``)."""
+
+    def new_upload_id(self) -> str:
+        """A fresh id for a new upload (drivers may pick a form that suits their index)."""
+        return new_upload_id()
 
     @abstractmethod
     async def create(self, upload: Upload) -> Upload:

@@ -30,7 +30,7 @@ import aiosqlite
 from ..protocol.errors import MismatchedOffset, NotFound, StorageError, UploadBusy, UploadExists
 from ..protocol.headers import Metadata
 from .base import Capability, Download, Store, Upload, UploadLock
-from .ids import check_upload_id, is_upload_id
+from .ids import check_upload_id, is_upload_id, new_time_ordered_upload_id
 from .sqlite_batch import INSERT_COLUMNS, GroupCommit
 
 log = logging.getLogger(__name__)
@@ -198,6 +198,9 @@ class LocalStore(Store):
             log.info("removed %d upload file(s) with no record", removed)
 
     # -- records ----------------------------------------------------------------
+
+    def new_upload_id(self) -> str:
+        return new_time_ordered_upload_id()  # appends to the primary key's B-tree
 
     def _path(self, upload_id: str) -> str:
         return os.path.join(self.upload_dir, check_upload_id(upload_id))
