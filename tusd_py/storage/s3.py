@@ -52,6 +52,7 @@ from ..protocol.errors import (
 from .base import Capability, Download, Upload
 from .ids import check_upload_id, is_upload_id
 from .leased import LeasedStore
+from .s3_buffer import BufferGauge, ChunkBuffer
 from .s3_info import (
     CONFLICT_CODES,
     NOT_FOUND_CODES,
@@ -88,7 +89,7 @@ class S3Store(LeasedStore[S3Lock]):
                  region: str | None = None, part_size: int = 8 << 20,
                  lease_duration: float = 10.0, max_parts: int = MAX_PARTS,
                  max_pool_connections: int = 64, retry_attempts: int = 5,
-                 part_concurrency: int = 1) -> None:
+                 part_concurrency: int = 1, spill_dir: str | None = None) -> None:
         if not bucket:
             raise ConfigError("storage.bucket: required for the s3 driver")
         if part_size < MIN_PART_SIZE:
@@ -106,8 +107,13 @@ class S3Store(LeasedStore[S3Lock]):
         self.lease_duration = lease_duration
         self.max_parts = max_parts
         #: Parts uploaded at once per PATCH while the body keeps streaming in; memory per
-        #: PATCH is about (1 + part_concurrency) x part size.
+        #: PATCH is at most (1 + part_concurrency) x part_size (+ one body chunk).
         self.part_concurrency = max(1, part_concurrency)
+        #: Where the bytes of a grown part beyond part_size are spilled (anonymous temp
+        #: files; None: the system's temp directory, TMPDIR).
+        self.spill_dir = spill_dir
+        #: Upload bytes held in memory by this store's part buffers (and its peak).
+        self.buffer_gauge = BufferGauge()
         self._boto_config = BotoConfig(
             # botocore's standard mode retries throttling, 5xx and connection errors
             # with exponential backoff and jitter.
@@ -159,6 +165,11 @@ class S3Store(LeasedStore[S3Lock]):
     async def ping(self) -> None:
         async with s3_errors(f"access to bucket {self.bucket}"):
             await self.s3.head_bucket(Bucket=self.bucket)
+
+    def new_buffer(self, chunks: list[bytes] | tuple[()] = ()) -> ChunkBuffer:
+        """A part buffer keeping at most ``part_size`` in memory (the rest spills)."""
+        return ChunkBuffer(chunks, limit=self.part_size, spill_dir=self.spill_dir,
+                           gauge=self.buffer_gauge)
 
     def _cache_tail(self, upload_id: str, etag: str | None, data: list[bytes]) -> None:
         cache = self._tail_cache

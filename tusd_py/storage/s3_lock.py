@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_TAIL_CHUNK = 64 * 1024  # reading back a tail larger than part_size
+
 
 class _PartsMismatch(Exception):
     """CompleteMultipartUpload refused a part: S3 holds another part ``number``."""
@@ -49,7 +51,9 @@ class S3Lock(LeasedLock["S3Store"]):
     _log = log
 
     def __init__(self, store: S3Store, state: dict[str, Any], etag: str, token: str) -> None:
-        self._buf = ChunkBuffer()  # the tail, then the body bytes not yet in a part
+        #: The tail, then the body bytes not yet in a part: at most ``part_size`` of it
+        #: in memory, the rest of a grown part in a spill file (``s3_buffer``).
+        self._buf = store.new_buffer()
         self._loaded = False  # _buf holds the stored tail
         self._staged: list[Part] = []  # parts uploaded since the last commit
         self._staged_size = 0
@@ -63,12 +67,12 @@ class S3Lock(LeasedLock["S3Store"]):
         if self._loaded:
             return
         tail = self.state.get("tail")
-        self._buf = ChunkBuffer()
-        cached = self.store._tail_cache.pop(self.upload.id, None)
+        store = self.store
+        self._buf.clear()
+        cached = store._tail_cache.pop(self.upload.id, None)
         if tail and cached is not None and cached[0] == tail.get("etag"):
-            self._buf = ChunkBuffer(cached[1])  # this process wrote it last: not read back
+            self._buf = store.new_buffer(cached[1])  # this process wrote it last: not read back
         elif tail:
-            store = self.store
             async with s3_errors("reading the incomplete part"):
                 try:
                     r = await store.s3.get_object(Bucket=store.bucket, Key=tail["key"])
@@ -77,7 +81,11 @@ class S3Lock(LeasedLock["S3Store"]):
                         raise StorageError("the upload's incomplete part object is missing") from None
                     raise
                 async with (body := r["Body"]):
-                    self._buf.append(await body.read())
+                    if tail["size"] <= store.part_size:
+                        self._buf.append(await body.read())
+                    else:  # the tail of a grown part: spilled beyond part_size
+                        async for chunk in body.iter_chunks(_TAIL_CHUNK):
+                            self._buf.append(chunk)
             if len(self._buf) != tail["size"]:
                 raise StorageError("the upload's incomplete part object has the wrong size")
         self._loaded = True
@@ -119,13 +127,18 @@ class S3Lock(LeasedLock["S3Store"]):
         task = asyncio.get_running_loop().create_task(self._upload_part(number, body))
         self._pending.append((task, size))
 
-    async def _upload_part(self, number: int, body: list[bytes]) -> Part:
+    async def _upload_part(self, number: int, body: ChunkBuffer) -> Part:
+        """Upload ``body`` as part ``number``, then free it (memory and spill file)."""
         store = self.store
-        reader = ChunksReader(body)
-        async with self.bounded("uploading a part"), s3_errors("uploading a part"):
-            r = await store.s3.upload_part(Bucket=store.bucket, Key=store.key(self.upload.id),
-                                           UploadId=self.state["mpu"], PartNumber=number,
-                                           Body=reader, ContentLength=len(reader))
+        try:
+            reader = ChunksReader(body.chunks())
+            async with self.bounded("uploading a part"), s3_errors("uploading a part"):
+                r = await store.s3.upload_part(
+                    Bucket=store.bucket, Key=store.key(self.upload.id),
+                    UploadId=self.state["mpu"], PartNumber=number, Body=reader,
+                    ContentLength=len(reader))
+        finally:
+            body.clear()
         return {"n": number, "etag": str(r["ETag"]), "size": len(reader)}
 
     async def _settle_one(self) -> None:
@@ -184,7 +197,7 @@ class S3Lock(LeasedLock["S3Store"]):
             with contextlib.suppress(Exception):  # a leftover is removed by the sweeper
                 await store.s3.delete_object(Bucket=store.bucket, Key=old_tail["key"])
         if complete:
-            self._buf = ChunkBuffer()
+            self._buf.clear()
         return self.upload
 
     async def _store_tail(self, old: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -219,7 +232,7 @@ class S3Lock(LeasedLock["S3Store"]):
             number = len(parts) + 1
             if number > store.max_parts:
                 raise StorageError("too many parts for one S3 object")
-            parts.append(await self._upload_part(number, self._buf.chunks()))
+            parts.append(await self._upload_part(number, self._buf.take(len(self._buf))))
         # Record that every byte is in a part before completing: if the process dies
         # after CompleteMultipartUpload, the next lock (or HEAD) finishes the job
         # instead of finding a record that points at a multipart upload that is gone.
@@ -281,7 +294,7 @@ class S3Lock(LeasedLock["S3Store"]):
                   self.upload.offset, offset)
         await self.publish(offset=offset, parts=intact, tail=None, completing=None)
         self._staged, self._staged_size, self.written = [], 0, 0
-        self._buf = ChunkBuffer()
+        self._buf.clear()
         self._loaded = True  # no tail: the next bytes start part ``number``
         return offset
 
@@ -301,11 +314,14 @@ class S3Lock(LeasedLock["S3Store"]):
         overwritten by the next part with that number, or dropped at completion)."""
         await self.drain()
         self._staged, self._staged_size, self.written = [], 0, 0
-        self._buf = ChunkBuffer()
+        self._buf.clear()
         self._loaded = False
 
     def _released(self) -> None:
         tail = self.state.get("tail")
+        buf = self._buf
         if (self._loaded and not (self.written or self.terminated or self.lost) and tail
-                and len(self._buf) == tail["size"]):
-            self.store._cache_tail(self.upload.id, tail.get("etag"), self._buf.chunks())
+                and len(buf) == tail["size"] and buf.in_memory):
+            self.store._cache_tail(self.upload.id, tail.get("etag"),
+                                   [c for c in buf.chunks() if isinstance(c, bytes)])
+        buf.clear()
