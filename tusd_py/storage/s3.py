@@ -17,9 +17,12 @@ Objects, for an upload ``id`` under ``prefix``:
 Writes (the lease protocol is shared with the other object stores, see ``leased``):
 ``lock`` takes a lease by compare-and-set of ``.info`` (``If-Match`` on its
 ETag); a lease whose ``until`` has passed (its holder died) is taken over. While a
-PATCH streams, a task renews the lease every ``lease_duration / 3``. Body bytes are
-buffered up to one part (memory per PATCH: about two parts, one filling, one in flight)
-and each full part is uploaded while the body keeps streaming. ``commit`` uploads the
+PATCH streams, a task renews the lease every ``lease_duration / 3``; every upload of
+body bytes is cut off before the lease could be taken over (``LeasedLock.bounded``).
+Body bytes are buffered up to one part and each full part is uploaded while the body
+keeps streaming; memory per PATCH is at most two times ``part_size`` (one part filling,
+one in flight), whatever the effective part size: the rest of a grown part spills to an
+anonymous temporary file (``s3_buffer``). ``commit`` uploads the
 tail object, then publishes the new parts and offset in one conditional write of the
 record: an acknowledged offset always has its bytes behind it, and a writer whose lease
 was taken over cannot publish (its ETag is stale).
@@ -370,7 +373,8 @@ class S3Store(LeasedStore[S3Lock]):
         return lock.upload
 
     async def expired(self, now: float, limit: int = 1000) -> list[str]:
-        """Records whose ``expires_at`` has passed. One LIST per 1,000 uploads, plus a GET
+        """Records whose ``expires_at`` has passed. One LIST per 1,000 keys under the
+        prefix (an upload has one to three: ``.info``, its tail or object), plus a GET
         only of records whose ETag changed since the previous sweep."""
         seen: dict[str, str] = {}
         async with s3_errors("listing uploads"):

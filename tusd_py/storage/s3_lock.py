@@ -6,6 +6,12 @@ uploads full parts while the body keeps arriving, stores the incomplete tail at 
 and publishes everything with one conditional write of the record. A waiter elsewhere
 may flag the record (``wanted``); the holder merges over the flag and tells its request
 through ``on_takeover_request``.
+
+Every write of body bytes (parts, tail, final object, completion) runs under
+``bounded``: it is cancelled before the lease could pass to another request, so a stale
+retry of part N can never land over the next holder's part N. Should S3 still hold
+another part than the record lists (CompleteMultipartUpload says InvalidPart), the
+record is moved back to the end of the intact parts instead of failing every request.
 """
 
 from __future__ import annotations
