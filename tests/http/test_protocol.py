@@ -391,24 +391,28 @@ async def test_unfinished_final_lives_as_long_as_its_partials(tus_client_factory
     from tusd_py.app import HANDLER
     from tusd_py.sweeper import sweep_once
 
-    client = await tus_client_factory(expiration={"after": 1.5, "sweep_interval": 0})
+    # Margins are wide (loaded CI machines): partials are written every 1.2 s, well
+    # inside their 2.5 s lifetime, while the final's own 2.5 s lapse after 2.4 s + ops.
+    client = await tus_client_factory(expiration={"after": 2.5, "sweep_interval": 0})
     a = await create(client, 6, Upload_Concat="partial")
     b = await create(client, 2, Upload_Concat="partial")
     r = await client.post("/files/", headers={**TUS, "Upload-Concat": f"final;{a} {b}"})
     final = path_of(r.headers["Location"])
+    created = time.monotonic()
     assert (await patch(client, a, 0, b"aa")).status == 204
     assert (await patch(client, b, 0, b"ef")).status == 204  # b is complete: kept
     for offset in (2, 4):  # a is written slowly, past the final's own expiry
-        await asyncio.sleep(0.9)
+        await asyncio.sleep(1.2)
         assert (await patch(client, a, offset, b"aa")).status == 204
-        assert await sweep_once(client.app[HANDLER]) == 0
-        assert (await head(client, final)).status == 200
+    await asyncio.sleep(max(0.0, created + 2.6 - time.monotonic()))  # the final's own time is up
+    assert await sweep_once(client.app[HANDLER]) == 0
+    assert (await head(client, final)).status == 200
     assert await download(client, final) == b"aaaaaaef"
 
     c = await create(client, 5, Upload_Concat="partial")
     r = await client.post("/files/", headers={**TUS, "Upload-Concat": f"final;{c} {b}"})
     stale = path_of(r.headers["Location"])
-    await asyncio.sleep(1.6)  # c expires, and with it the final it was meant for
+    await asyncio.sleep(2.6)  # c expires, and with it the final it was meant for
     assert (await head(client, stale)).status == 410
     assert await sweep_once(client.app[HANDLER]) == 2
     assert (await head(client, stale)).status == 404
