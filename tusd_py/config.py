@@ -175,6 +175,10 @@ class StorageConfig(Section):
     #: s3, gcs, azure: a writer's lease on an upload lasts this long unless renewed (every third of
     #: it while a PATCH streams); a replica that died is taken over after at most this.
     lease_duration: Duration = 10.0
+    #: s3: where the part of a grown part (huge or deferred-length uploads) that exceeds
+    #: part_size in memory is spilled, as unlinked temporary files (unset: the system
+    #: temp dir, $TMPDIR). Bounded by one grown part per PATCH, gone when it is uploaded.
+    spill_dir: str | None = None
     # azure (part_size: the block size; lease_duration: as for s3)
     #: Container holding the uploads (it must exist).
     container: str | None = None

@@ -111,3 +111,13 @@ def test_shipped_config_file_is_valid():
     root = Path(__file__).resolve().parents[2]
     config = load_config(str(root / "config" / "tusd.yaml"), env={})
     assert config.server.port == 8080
+
+
+def test_s3_spill_dir_reaches_the_driver(tmp_path):
+    from tusd_py.storage import build_store
+
+    config = load_config("/dev/null", env={
+        "TUSD_STORAGE__DRIVER": "s3", "TUSD_STORAGE__BUCKET": "b",
+        "TUSD_STORAGE__SPILL_DIR": str(tmp_path)})
+    store = build_store(config.storage)
+    assert store.spill_dir == str(tmp_path)  # type: ignore[attr-defined]

@@ -22,7 +22,7 @@ def build_store(config: StorageConfig) -> Store:
                               f"(pip install 'tusd-py[s3]'): {exc}") from None
         return S3Store(config.bucket, prefix=config.prefix, endpoint_url=config.endpoint_url,
                        region=config.region, part_size=config.part_size,
-                       lease_duration=config.lease_duration)
+                       lease_duration=config.lease_duration, spill_dir=config.spill_dir)
     if config.driver == "azure":
         try:
             from .azure import AzureStore
