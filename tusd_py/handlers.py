@@ -529,6 +529,11 @@ class TusHandler:
         leases = self.leases
         loop = asyncio.get_running_loop()
         received = 0
+        # The idle deadline moves with every chunk; rescheduling its timer costs a timer
+        # handle, so it is only moved once it lags by more than ``slack`` (or must come
+        # sooner: a takeover or shutdown). A write that may suspend lifts it meanwhile.
+        slack = min(0.25, self.server.idle_timeout / 10)
+        lift_for_write = lock.write_may_suspend
         # Listeners that want progress during a long body (post-receive hooks) set it.
         interval = self.events.receiving_interval
         next_tick = loop.time() + interval if interval > 0 else None
@@ -536,11 +541,21 @@ class TusHandler:
             async with asyncio.timeout(None) as scope:
                 lease.scope = scope
                 while True:
-                    scope.reschedule(leases.idle_deadline(lease, loop.time()))
-                    chunk = await content.readany()
+                    deadline = leases.idle_deadline(lease, loop.time())
+                    scheduled = scope.when()
+                    if scheduled is None or deadline < scheduled or deadline - scheduled > slack:
+                        scope.reschedule(deadline)
+                    # One buffered chunk as it arrived (readany() would join what is
+                    # buffered into a new bytes object: a copy of every byte).
+                    chunk, chunk_boundary = await content.readchunk()
                     if not chunk:
+                        # The end of an HTTP chunk, not of the body: read on. (aiohttp's
+                        # shared empty body answers (b"", True) after its first read.)
+                        if chunk_boundary and not content.at_eof():
+                            continue
                         return Outcome.COMPLETE
-                    scope.reschedule(None)
+                    if lift_for_write:
+                        scope.reschedule(None)
                     received += len(chunk)
                     if room is not None and received > room:
                         return Outcome.TOO_LARGE

@@ -97,6 +97,9 @@ class UploadLock(ABC):
     #: Set by the handler; a driver whose lock spans processes or replicas calls it when
     #: a request elsewhere asks for this upload (the holder then yields if it is idle).
     on_takeover_request: Callable[[], None] | None = None
+    #: False if ``write`` never suspends (the local driver's inline pwrite): the handler
+    #: then need not lift the body's idle deadline around each write.
+    write_may_suspend: bool = True
 
     @abstractmethod
     async def write(self, data: bytes) -> None:

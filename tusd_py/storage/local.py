@@ -360,6 +360,7 @@ def _concatenate_files(dest: str, sources: list[tuple[str, int]], fsync: bool) -
 
 class LocalLock(UploadLock):
     __slots__ = ("fd", "store", "upload", "written")
+    write_may_suspend = False
 
     def __init__(self, store: LocalStore, fd: int, upload: Upload) -> None:
         self.store = store
