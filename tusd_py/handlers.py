@@ -526,14 +526,14 @@ class TusHandler:
         when another request wants the upload or the daemon stops).
         """
         content = request.content
-        leases = self.leases
+        idle_deadline = self.leases.idle_deadline
         loop = asyncio.get_running_loop()
         received = 0
         # The idle deadline moves with every chunk; rescheduling its timer costs a timer
         # handle, so it is only moved once it lags by more than ``slack`` (or must come
         # sooner: a takeover or shutdown). A write that may suspend lifts it meanwhile.
         slack = min(0.25, self.server.idle_timeout / 10)
-        lift_for_write = lock.write_may_suspend
+        write_nowait = lock.write_nowait
         # Listeners that want progress during a long body (post-receive hooks) set it.
         interval = self.events.receiving_interval
         next_tick = loop.time() + interval if interval > 0 else None
@@ -541,7 +541,7 @@ class TusHandler:
             async with asyncio.timeout(None) as scope:
                 lease.scope = scope
                 while True:
-                    deadline = leases.idle_deadline(lease, loop.time())
+                    deadline = idle_deadline(lease, loop.time())
                     scheduled = scope.when()
                     if scheduled is None or deadline < scheduled or deadline - scheduled > slack:
                         scope.reschedule(deadline)
@@ -554,14 +554,16 @@ class TusHandler:
                         if chunk_boundary and not content.at_eof():
                             continue
                         return Outcome.COMPLETE
-                    if lift_for_write:
-                        scope.reschedule(None)
                     received += len(chunk)
                     if room is not None and received > room:
                         return Outcome.TOO_LARGE
                     if hasher is not None:
                         hasher.update(chunk)
-                    await lock.write(chunk)
+                    if write_nowait is not None:
+                        write_nowait(chunk)
+                    else:
+                        scope.reschedule(None)  # a write that waits is not client idleness
+                        await lock.write(chunk)
                     if next_tick is not None and loop.time() >= next_tick:
                         next_tick = loop.time() + interval
                         self.events.receiving(lock.upload, request,

@@ -97,9 +97,10 @@ class UploadLock(ABC):
     #: Set by the handler; a driver whose lock spans processes or replicas calls it when
     #: a request elsewhere asks for this upload (the holder then yields if it is idle).
     on_takeover_request: Callable[[], None] | None = None
-    #: False if ``write`` never suspends (the local driver's inline pwrite): the handler
-    #: then need not lift the body's idle deadline around each write.
-    write_may_suspend: bool = True
+    #: Set by drivers whose writes never suspend (the local driver's inline pwrite): a
+    #: plain function doing what ``write`` does. The body loop calls it without a
+    #: coroutine per chunk and need not lift the idle deadline around it.
+    write_nowait: Callable[[bytes], None] | None = None
 
     @abstractmethod
     async def write(self, data: bytes) -> None:

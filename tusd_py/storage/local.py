@@ -360,7 +360,6 @@ def _concatenate_files(dest: str, sources: list[tuple[str, int]], fsync: bool) -
 
 class LocalLock(UploadLock):
     __slots__ = ("fd", "store", "upload", "written")
-    write_may_suspend = False
 
     def __init__(self, store: LocalStore, fd: int, upload: Upload) -> None:
         self.store = store
@@ -369,8 +368,11 @@ class LocalLock(UploadLock):
         self.written = 0
 
     async def write(self, data: bytes) -> None:
-        # A pwrite into the page cache takes microseconds for the <= 64 KiB chunks aiohttp
-        # hands over; doing it inline avoids a thread hop per chunk (see README, benchmarks).
+        self.write_nowait(data)
+
+    def write_nowait(self, data: bytes) -> None:
+        # A pwrite into the page cache takes microseconds for the chunks aiohttp hands
+        # over; doing it inline avoids a thread hop per chunk (see README, benchmarks).
         fd = self.fd
         assert fd is not None
         position = self.upload.offset + self.written
