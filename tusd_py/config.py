@@ -252,7 +252,7 @@ class HooksConfig(Section):
     http: HttpHookConfig = HttpHookConfig()
     #: In-process hooks: ``package.module:function`` (sync or async), called in order.
     python: StrList = []
-    #: Events delivered (tusd's defaults; pre-finish and pre-access are opt-in).
+    #: Events delivered (tusd's defaults; pre-finish, pre-terminate and pre-access are opt-in).
     enabled: Annotated[list[HookName], BeforeValidator(_split_list)] = [
         "pre-create", "post-create", "post-receive", "post-finish", "post-terminate"]
     #: post-receive fires at most once per this interval per upload (the last offset
