@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.plugins.stores import new_upload, read_all, started_stores, write
 from tusd_py.config import ConfigError
 from tusd_py.protocol.errors import (
     MismatchedOffset,
@@ -37,42 +38,13 @@ StoreFactory = Callable[..., Awaitable[AzureStore]]
 @pytest.fixture
 async def make_store(azurite_connection_string: str,
                      azure_container: str) -> AsyncIterator[StoreFactory]:
-    stores: list[AzureStore] = []
+    async with started_stores() as start:
+        async def factory(**kwargs: Any) -> AzureStore:
+            options: dict[str, Any] = {"prefix": PREFIX, "part_size": 256 * KIB,
+                                       "connection_string": azurite_connection_string, **kwargs}
+            return await start(AzureStore(options.pop("container", azure_container), **options))
 
-    async def factory(**kwargs: Any) -> AzureStore:
-        options: dict[str, Any] = {"prefix": PREFIX, "connection_string": azurite_connection_string,
-                                   "part_size": 256 * KIB}
-        options.update(kwargs)
-        store = AzureStore(options.pop("container", azure_container), **options)
-        await store.start()
-        stores.append(store)
-        return store
-
-    yield factory
-    for store in stores:
-        await store.stop()
-
-
-async def new_upload(store: AzureStore, length: int | None, **fields: Any) -> Upload:
-    return await store.create(Upload(id=new_upload_id(), length=length, created_at=time.time(),
-                                     **fields))
-
-
-async def write(store: AzureStore, upload_id: str, data: bytes, *, length: int | None = None,
-                piece: int = 64 * KIB) -> Upload:
-    """One PATCH: lock, stream in 64 KiB chunks (as handlers do), commit, release."""
-    lock = await store.lock(upload_id, 1)
-    try:
-        for i in range(0, len(data), piece):
-            await lock.write(data[i:i + piece])
-        return await lock.commit(length=length)
-    finally:
-        await lock.release()
-
-
-async def read_all(store: AzureStore, upload: Upload) -> bytes:
-    download = await store.download(upload)
-    return b"".join([chunk async for chunk in download.read(0, download.size)])
+        yield factory
 
 
 def names(container: Any, uncommitted: bool = False) -> set[str]:

@@ -6,6 +6,7 @@ Two ``GCSStore`` instances on one bucket stand for two replicas.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -13,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from tests.plugins import stores
+from tests.plugins.stores import new_upload, read_all, started_stores
 from tusd_py.config import ConfigError
 from tusd_py.protocol.errors import MismatchedOffset, NotFound, ServiceUnavailable, UploadBusy
 from tusd_py.storage.base import Upload
@@ -28,42 +31,17 @@ StoreFactory = Callable[..., Awaitable[GCSStore]]
 
 @pytest.fixture
 async def make_store(gcs_endpoint: str, gcs_bucket: str) -> AsyncIterator[StoreFactory]:
-    stores: list[GCSStore] = []
+    async with started_stores() as start:
+        async def factory(**kwargs: Any) -> GCSStore:
+            options: dict[str, Any] = {"prefix": PREFIX, "endpoint_url": gcs_endpoint,
+                                       "part_size": PART, **kwargs}
+            return await start(GCSStore(options.pop("bucket", gcs_bucket), **options))
 
-    async def factory(**kwargs: Any) -> GCSStore:
-        options: dict[str, Any] = {"prefix": PREFIX, "endpoint_url": gcs_endpoint,
-                                   "part_size": PART}
-        options.update(kwargs)
-        store = GCSStore(options.pop("bucket", gcs_bucket), **options)
-        await store.start()
-        stores.append(store)
-        return store
-
-    yield factory
-    for store in stores:
-        await store.stop()
+        yield factory
 
 
-async def new_upload(store: GCSStore, length: int | None, **fields: Any) -> Upload:
-    return await store.create(Upload(id=new_upload_id(), length=length, created_at=time.time(),
-                                     **fields))
-
-
-async def write(store: GCSStore, upload_id: str, data: bytes, *, length: int | None = None,
-                piece: int = 16 * KIB) -> Upload:
-    """One PATCH: lock, stream in chunks (as handlers do), commit, release."""
-    lock = await store.lock(upload_id, 1)
-    try:
-        for i in range(0, len(data), piece):
-            await lock.write(data[i:i + piece])
-        return await lock.commit(length=length)
-    finally:
-        await lock.release()
-
-
-async def read_all(store: GCSStore, upload: Upload) -> bytes:
-    download = await store.download(upload)
-    return b"".join([chunk async for chunk in download.read(0, download.size)])
+#: One PATCH in 16 KiB chunks (parts here are 64 KiB, so a PATCH spans several).
+write = functools.partial(stores.write, piece=16 * KIB)
 
 
 def names(objects: dict[str, int]) -> set[str]:

@@ -32,8 +32,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from bench.emulators import emulator_process
-from tusd_py.storage.base import Upload
-from tusd_py.storage.ids import new_upload_id
+from tests.plugins.stores import started_stores
 
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
            "AWS_DEFAULT_REGION": "us-east-1"}
@@ -91,47 +90,13 @@ StoreFactory = Callable[..., Awaitable["S3Store"]]
 async def make_store(moto_endpoint: str, s3_bucket: str) -> AsyncIterator[StoreFactory]:
     from tusd_py.storage.s3 import S3Store
 
-    stores: list[S3Store] = []
+    async with started_stores() as start:
+        async def factory(**kwargs: Any) -> S3Store:
+            options: dict[str, Any] = {"prefix": PREFIX, "endpoint_url": moto_endpoint,
+                                       "region": "us-east-1", "part_size": PART_SIZE}
+            return await start(S3Store(s3_bucket, **{**options, **kwargs}))
 
-    async def factory(**kwargs: Any) -> S3Store:
-        options: dict[str, Any] = {"prefix": PREFIX, "endpoint_url": moto_endpoint,
-                                   "region": "us-east-1", "part_size": PART_SIZE}
-        options.update(kwargs)
-        store = S3Store(s3_bucket, **options)
-        await store.start()
-        stores.append(store)
-        return store
-
-    yield factory
-    for store in stores:
-        await store.stop()
-
-
-async def new_upload(store: S3Store, length: int | None, **fields: Any) -> Upload:
-    return await store.create(Upload(id=new_upload_id(), length=length, created_at=time.time(),
-                                     **fields))
-
-
-async def stream(lock: Any, data: bytes, piece: int = 64 * 1024) -> None:
-    """Feed ``data`` to a held lock in ``piece``-sized chunks, as handlers do."""
-    for i in range(0, len(data), piece):
-        await lock.write(data[i:i + piece])
-
-
-async def write(store: S3Store, upload_id: str, data: bytes, *, length: int | None = None,
-                piece: int = 64 * 1024) -> Upload:
-    """One PATCH: lock, stream in 64 KiB chunks (as handlers do), commit, release."""
-    lock = await store.lock(upload_id, 1)
-    try:
-        await stream(lock, data, piece)
-        return await lock.commit(length=length)
-    finally:
-        await lock.release()
-
-
-async def read_all(store: S3Store, upload: Upload) -> bytes:
-    download = await store.download(upload)
-    return b"".join([chunk async for chunk in download.read(0, download.size)])
+        yield factory
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.plugins.s3 import MIB, PREFIX, new_upload, read_all, write
+from tests.plugins.s3 import MIB, PREFIX
+from tests.plugins.stores import new_upload, read_all, write
 from tusd_py.config import ConfigError
 from tusd_py.protocol.errors import MismatchedOffset, NotFound, UploadBusy
 from tusd_py.storage.base import Upload

@@ -16,17 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.plugins.s3 import (
-    MIB,
-    PREFIX,
-    S3Proxy,
-    is_conditional_record_write,
-    is_part_upload,
-    new_upload,
-    read_all,
-    stream,
-    write,
-)
+from tests.plugins.s3 import MIB, PREFIX, S3Proxy, is_conditional_record_write, is_part_upload
+from tests.plugins.stores import new_upload, read_all, stream, write
 from tusd_py.protocol.errors import ServiceUnavailable, StorageError, UploadBusy
 
 

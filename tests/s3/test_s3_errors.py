@@ -11,7 +11,8 @@ import pytest
 
 from tests.http.helpers import TUS, create, download, head, patch
 from tests.plugins.app import make_config
-from tests.plugins.s3 import is_conditional_record_write, is_part_upload, new_upload, read_all
+from tests.plugins.s3 import is_conditional_record_write, is_part_upload
+from tests.plugins.stores import new_upload, read_all
 from tusd_py.app import create_app
 from tusd_py.protocol.errors import MismatchedOffset, UploadBusy
 from tusd_py.storage.s3 import S3Store

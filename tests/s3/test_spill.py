@@ -7,7 +7,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tests.plugins.s3 import MIB, PART_SIZE, PREFIX, new_upload, read_all
+from tests.plugins.s3 import MIB, PART_SIZE, PREFIX
+from tests.plugins.stores import new_upload, read_all
 
 PIECE = 64 * 1024
 

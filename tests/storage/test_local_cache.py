@@ -9,28 +9,22 @@ import time
 
 import pytest
 
+from tests.plugins.stores import started_stores, write
 from tusd_py.protocol.errors import MismatchedOffset
 from tusd_py.storage.base import Upload
 from tusd_py.storage.local import LocalStore
 
 
 @pytest.fixture
-async def stores(tmp_path):
-    a, b = LocalStore(str(tmp_path)), LocalStore(str(tmp_path))
-    await a.start()
-    await b.start()
-    yield a, b
-    await a.stop()
-    await b.stop()
+async def started():
+    """``await started(store)``: started now, stopped at teardown (pass or fail)."""
+    async with started_stores() as start:
+        yield start
 
 
-async def write(store: LocalStore, upload_id: str, data: bytes, length: int | None = None) -> Upload:
-    lock = await store.lock(upload_id, 1)
-    try:
-        await lock.write(data)
-        return await lock.commit(length=length)
-    finally:
-        await lock.release()
+@pytest.fixture
+async def stores(tmp_path, started):
+    return await started(LocalStore(str(tmp_path))), await started(LocalStore(str(tmp_path)))
 
 
 async def test_offset_advanced_elsewhere_is_seen(stores):
@@ -71,21 +65,6 @@ async def test_terminated_elsewhere_is_not_found(stores):
         await a.lock("u3", 1)
 
 
-
-@pytest.fixture
-async def started(tmp_path):
-    """``await started(store)`` starts a store and stops it at teardown, pass or fail
-    (an unclosed aiosqlite connection would keep the test process alive)."""
-    stores: list[LocalStore] = []
-
-    async def start(store: LocalStore) -> LocalStore:
-        await store.start()
-        stores.append(store)
-        return store
-
-    yield start
-    for store in stores:
-        await store.stop()
 
 
 class RacingStore(LocalStore):
