@@ -186,7 +186,7 @@ class TusHandler:
         upload = await self.store.get(upload_id)
         if upload is None:
             raise NotFound()
-        if upload.is_final and not upload.is_complete and _expired(upload, time.time()):
+        if upload.is_final and not upload.is_complete and upload.is_expired(time.time()):
             return await self.prolong_final(upload)
         self._check_alive(upload)
         return upload
@@ -198,7 +198,7 @@ class TusHandler:
         lives: list[float] = []
         for upload_id in final.final_of:
             partial = await self.store.get(upload_id)
-            if partial is None or _expired(partial, now):
+            if partial is None or partial.is_expired(now):
                 return None
             if not partial.is_complete and partial.expires_at is not None:
                 lives.append(partial.expires_at)
@@ -211,7 +211,7 @@ class TusHandler:
             raise Gone()
         lease, lock = await self._acquire(final.id)
         try:
-            if lock.upload.is_complete or not _expired(lock.upload, time.time()):
+            if lock.upload.is_complete or not lock.upload.is_expired(time.time()):
                 return lock.upload
             return await lock.commit(expires_at=until)
         finally:
@@ -219,7 +219,7 @@ class TusHandler:
 
     @staticmethod
     def _check_alive(upload: Upload) -> None:
-        if upload.expires_at is not None and upload.expires_at < time.time():
+        if upload.is_expired(time.time()):
             raise Gone()
 
     async def _acquire(self, upload_id: str) -> tuple[Lease, UploadLock]:
@@ -617,10 +617,6 @@ class TusHandler:
         except Unsatisfiable:
             raise unsatisfiable(source.size) from None
         return FileDownload(source.path, byte_range, headers)
-
-
-def _expired(upload: Upload, now: float) -> bool:
-    return upload.expires_at is not None and upload.expires_at < now
 
 
 def _has_body(request: web.Request) -> bool:

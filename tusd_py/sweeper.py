@@ -40,7 +40,7 @@ async def sweep_once(handler: TusHandler, now: float | None = None) -> int:
             continue
         try:
             upload = lock.upload
-            if upload.expires_at is None or upload.expires_at >= now:
+            if not upload.is_expired(now):
                 continue  # refreshed by a PATCH since the query
             if upload.is_final and not upload.is_complete:
                 until = await handler.final_lives_until(upload, now)

@@ -62,6 +62,9 @@ class Upload:
     def is_complete(self) -> bool:
         return self.completed_at is not None
 
+    def is_expired(self, now: float) -> bool:
+        return self.expires_at is not None and self.expires_at < now
+
     def copy(self, **changes: object) -> Upload:
         """A new record with ``changes`` applied (a shallow copy: the metadata dict is
         shared, as with ``dataclasses.replace``, which costs 4x as much on this hot path)."""

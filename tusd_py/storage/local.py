@@ -270,7 +270,7 @@ class LocalStore(Store):
         record is re-read). Saves one SQLite round trip per PATCH.
         """
         upload = self._recent.get(upload_id)
-        if upload is None or (upload.expires_at is not None and upload.expires_at < time.time()):
+        if upload is None or upload.is_expired(time.time()):
             return None
         st = os.fstat(fd)
         if st.st_nlink == 0 or st.st_size != upload.offset:
