@@ -99,6 +99,21 @@ async def make_store(moto_endpoint: str, s3_bucket: str) -> AsyncIterator[StoreF
         yield factory
 
 
+async def client_through_proxy(aiohttp_client: Any, config: dict[str, Any], endpoint: str, *,
+                               store_options: dict[str, Any] | None = None,
+                               **sections: dict[str, Any]) -> Any:
+    """A test client for an app whose S3 store talks to moto through ``endpoint`` (the
+    ``s3_proxy``), with 5 MiB parts; ``sections`` are config overrides as for
+    ``make_config``."""
+    from tests.plugins.app import make_config
+    from tusd_py.app import create_app
+    from tusd_py.storage.s3 import S3Store
+
+    store = S3Store(config["bucket"], prefix=config["prefix"], endpoint_url=endpoint,
+                    region="us-east-1", part_size=5 * MIB, **(store_options or {}))
+    return await aiohttp_client(create_app(make_config(config, **sections), store=store))
+
+
 @pytest.fixture
 def s3_daemon_env(s3_storage_config: dict[str, Any]) -> dict[str, str]:
     env = {f"TUSD_STORAGE__{k.upper()}": str(v) for k, v in s3_storage_config.items()}

@@ -4,20 +4,9 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from tests.http.helpers import TUS, create, download, head, patch, path_of, upload
-from tests.plugins.app import make_config
-from tests.plugins.s3 import MIB, Forwarded
-from tusd_py.app import create_app
-from tusd_py.storage.s3 import S3Store
-
-
-async def app_through(aiohttp_client: Any, config: dict[str, Any], endpoint: str) -> Any:
-    store = S3Store(config["bucket"], prefix=config["prefix"], endpoint_url=endpoint,
-                    region="us-east-1", part_size=5 * MIB)
-    return await aiohttp_client(create_app(make_config(config, expiration={"sweep_interval": 0}),
-                                           store=store))
+from tests.plugins.s3 import MIB, Forwarded, client_through_proxy
 
 
 def is_part_copy(f: Forwarded) -> bool:
@@ -28,7 +17,8 @@ def is_part_copy(f: Forwarded) -> bool:
 async def test_head_is_one_get_of_the_record_and_never_list_parts(
         s3_proxy, aiohttp_client, s3_storage_config):
     proxy, endpoint = s3_proxy
-    client = await app_through(aiohttp_client, s3_storage_config, endpoint)
+    client = await client_through_proxy(aiohttp_client, s3_storage_config, endpoint,
+                                      expiration={"sweep_interval": 0})
     data = os.urandom(12 * MIB)
     path = await create(client, len(data))
     record = ("GET", f"/{s3_storage_config['bucket']}/{s3_storage_config['prefix']}"
@@ -51,7 +41,8 @@ async def test_head_is_one_get_of_the_record_and_never_list_parts(
 async def test_concatenating_large_partials_moves_no_bytes_through_the_daemon(
         s3_proxy, aiohttp_client, s3_storage_config):
     proxy, endpoint = s3_proxy
-    client = await app_through(aiohttp_client, s3_storage_config, endpoint)
+    client = await client_through_proxy(aiohttp_client, s3_storage_config, endpoint,
+                                      expiration={"sweep_interval": 0})
     a, b = os.urandom(6 * MIB), os.urandom(5 * MIB)
     partials = [await upload(client, blob, Upload_Concat="partial") for blob in (a, b)]
     proxy.log.clear()

@@ -10,21 +10,17 @@ from typing import Any
 import pytest
 
 from tests.http.helpers import TUS, create, download, head, patch
-from tests.plugins.app import make_config
-from tests.plugins.s3 import is_conditional_record_write, is_part_upload
+from tests.plugins.s3 import client_through_proxy, is_conditional_record_write, is_part_upload
 from tests.plugins.stores import new_upload, read_all
-from tusd_py.app import create_app
 from tusd_py.protocol.errors import MismatchedOffset, UploadBusy
-from tusd_py.storage.s3 import S3Store
 
 MIB = 1 << 20
 
 
 async def client_for(aiohttp_client: Any, config: dict[str, Any], endpoint: str,
                      retry_attempts: int = 3) -> Any:
-    store = S3Store(config["bucket"], prefix=config["prefix"], endpoint_url=endpoint,
-                    region="us-east-1", part_size=5 * MIB, retry_attempts=retry_attempts)
-    return await aiohttp_client(create_app(make_config(config), store=store))
+    return await client_through_proxy(aiohttp_client, config, endpoint,
+                                      store_options={"retry_attempts": retry_attempts})
 
 
 async def test_throttled_part_uploads_are_retried(aiohttp_client, s3_storage_config, s3_proxy):
