@@ -21,7 +21,7 @@ async def store(tmp_path):
 
 
 def row(upload_id: str, length: int | None = 10) -> tuple:
-    return (upload_id, length, 0, "{}", 0.0, None, 0, None, None)
+    return (upload_id, length, 0, "{}", 0.0, None, 0, None, None, 0)  # INSERT_COLUMNS order
 
 
 async def test_concurrent_inserts_share_round_trips_and_fail_alone(store):

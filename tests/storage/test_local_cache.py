@@ -109,3 +109,18 @@ async def test_old_files_without_a_record_are_removed_at_start(tmp_path, started
         os.utime(uploads / name, (old, old))
     await started(LocalStore(str(tmp_path)))
     assert sorted(os.listdir(uploads)) == ["fresh-orphan", "kept", "not.an.id"]
+
+
+async def test_finish_owed_cleared_elsewhere_is_seen(stores):
+    """The other process delivered post-finish and cleared the flag: the next lock here
+    must not see it still owed (that would deliver post-finish twice)."""
+    a, b = stores
+    await a.create(Upload(id="u9", length=2, finish_owed=True))
+    assert (await write(a, "u9", b"ok")).is_complete  # a remembers it complete and owed
+    lock = await b.lock("u9", 1)
+    assert lock.upload.finish_owed
+    await lock.settle_finish()
+    await lock.release()
+    lock = await a.lock("u9", 1)
+    assert lock.upload.finish_owed is False
+    await lock.release()

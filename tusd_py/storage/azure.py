@@ -123,8 +123,7 @@ class AzureStore(LeasedStore[AzureLock]):
         self._container: ContainerClient | None = None
         #: Locks this process holds, so terminate/concatenate can write under them.
         self._held: dict[str, AzureLock] = {}
-        #: id -> (ETag of .info, expires_at), so a sweep GETs only records that changed.
-        self._expiry_cache: dict[str, tuple[str, float | None]] = {}
+        self._record_cache: dict[str, tuple[str, float | None, float | None]] = {}
         #: (user delegation key, its expiry), reused for SAS signing (Entra ID sign-in).
         self._delegation: tuple[Any, datetime] | None = None
         #: Blob name -> when a sweep first saw it without a record (``sweep_extra``).
@@ -287,7 +286,7 @@ class AzureStore(LeasedStore[AzureLock]):
                 except Exception as exc:
                     if error_code(exc)[0] not in NOT_FOUND_CODES and error_code(exc)[1] != 404:
                         raise
-        self._expiry_cache.pop(upload_id, None)
+        self._record_cache.pop(upload_id, None)
 
     def _read_sas_url(self, blob: BlobClient, delegation_key: Any) -> str | None:
         """The blob's URL with a short read-only SAS, or None if no key can sign one."""
@@ -395,16 +394,18 @@ class AzureStore(LeasedStore[AzureLock]):
             ids.append(block_id(token, len(ids)))
             start += step
 
-    async def expired(self, now: float, limit: int = 1000) -> list[str]:
-        """Records whose ``expires_at`` has passed. One List Blobs per 5,000 blobs, plus
-        a GET only of records whose ETag changed since the previous sweep."""
+    async def list_records(self) -> dict[str, str]:
+        """id -> ETag of every ``.info``: one List Blobs per 5,000 blobs."""
         seen: dict[str, str] = {}
         async with azure_errors("listing uploads"):
             async for item in self.client.list_blobs(name_starts_with=self.prefix or None):
                 name = item.name[len(self.prefix):]
                 if name.endswith(".info") and is_upload_id(name[:-5]):
                     seen[name[:-5]] = str(item.etag).strip('"')  # listings drop the quotes
-        return await self._expired_among(seen, now, limit, tag_of=lambda etag: etag.strip('"'))
+        return seen
+
+    def listed_tag(self, tag: str) -> str:
+        return tag.strip('"')
 
     async def sweep_extra(self, now: float) -> int:
         """Delete upload blobs whose record is gone (a terminate that died half-way, or a

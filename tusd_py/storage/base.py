@@ -53,6 +53,10 @@ class Upload:
     final_of: tuple[str, ...] = ()  # partial upload ids, for a final upload
     completed_at: float | None = None
     location: str = ""  # driver specific: a path, or bucket/key
+    #: The finishing hooks (pre-finish, post-finish) are owed once the upload completes:
+    #: set at creation when post-finish hooks are re-delivered, cleared once delivered
+    #: (``UploadLock.settle_finish``). Listed by ``Store.owed_finishes``.
+    finish_owed: bool = False
 
     @property
     def is_final(self) -> bool:
@@ -70,7 +74,7 @@ class Upload:
         shared, as with ``dataclasses.replace``, which costs 4x as much on this hot path)."""
         clone = Upload(self.id, self.length, self.offset, self.metadata, self.created_at,
                        self.expires_at, self.is_partial, self.final_of, self.completed_at,
-                       self.location)
+                       self.location, self.finish_owed)
         for name, value in changes.items():
             setattr(clone, name, value)  # slots: an unknown name raises AttributeError
         return clone
@@ -129,6 +133,11 @@ class UploadLock(ABC):
     async def release(self) -> None:
         """Give the lock up. Idempotent."""
 
+    async def settle_finish(self) -> Upload:
+        """Clear ``upload.finish_owed`` in the record (its finishing hooks were delivered,
+        or pre-finish refused it); returns the new record and makes it ``self.upload``."""
+        raise NotImplementedError
+
 
 class Store(ABC):
     """A storage driver. Subclasses set ``name`` and ``capabilities``."""
@@ -185,6 +194,12 @@ class Store(ABC):
 
     async def download(self, upload: Upload) -> Download:
         """How to read a completed upload (``Capability.DOWNLOAD``)."""
+        raise NotImplementedError
+
+    async def owed_finishes(self, before: float, limit: int = 100) -> list[str]:
+        """Ids of completed uploads whose ``finish_owed`` is still set and which were
+        completed before ``before`` (their finishing hooks were never delivered: the
+        daemon died, or the receiver failed), oldest first where the driver can tell."""
         raise NotImplementedError
 
     async def sweep_extra(self, now: float) -> int:

@@ -99,8 +99,7 @@ class GCSStore(LeasedStore["GCSLock"]):
         self.lease_duration = lease_duration
         #: Locks this process holds, so terminate/concatenate can write under them.
         self._held: dict[str, GCSLock] = {}
-        #: id -> (generation of .info, expires_at), so a sweep GETs only changed records.
-        self._expiry_cache: dict[str, tuple[str, float | None]] = {}
+        self._record_cache: dict[str, tuple[str, float | None, float | None]] = {}
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -230,7 +229,7 @@ class GCSStore(LeasedStore["GCSLock"]):
         await self.bucket.delete(self.info_key(upload_id), "terminating an upload")
         names = [item["name"] async for item in self.bucket.list(key + ".", "terminating an upload")]
         await self.delete_quietly([*names, key])
-        self._expiry_cache.pop(upload_id, None)
+        self._record_cache.pop(upload_id, None)
 
     async def concatenate(self, final: Upload, partials: list[Upload]) -> Upload:
         """Server-side compose of the partials' objects (no byte through the daemon)."""
@@ -251,7 +250,7 @@ class GCSStore(LeasedStore["GCSLock"]):
                            expires_at=final.expires_at, object_etag=_etag(r))
         return lock.upload
 
-    async def _records(self) -> dict[str, str]:
+    async def list_records(self) -> dict[str, str]:
         """id -> generation of every ``.info`` under the prefix (one LIST per 1,000)."""
         seen: dict[str, str] = {}
         async for item in self.bucket.list(self.prefix, "listing uploads"):
@@ -259,12 +258,6 @@ class GCSStore(LeasedStore["GCSLock"]):
             if name.endswith(".info") and is_upload_id(name[:-5]):
                 seen[name[:-5]] = str(item.get("generation", ""))
         return seen
-
-    async def expired(self, now: float, limit: int = 1000) -> list[str]:
-        """Records whose ``expires_at`` has passed: one LIST per 1,000 objects, plus a
-        GET only of records whose generation changed since the previous sweep."""
-        seen = await self._records()
-        return await self._expired_among(seen, now, limit)
 
     async def sweep_extra(self, now: float) -> int:
         """Delete objects nothing references: parts and temporaries (names this driver

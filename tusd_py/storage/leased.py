@@ -19,8 +19,8 @@ upload whose record says ``completing``) and, if its writes carry no nonce, how 
 recognise its own landed write (``stamp``/``own_write``, GCS).
 
 Also shared: the record's tus fields (``new_record``, ``decode_upload``, ``dump``), the
-commit prologue (``LeasedLock._commit_changes``) and the expiry sweep over a listing of
-the records (``LeasedStore._expired_among``).
+commit prologue (``LeasedLock._commit_changes``), and the expiry sweep and the listing of
+owed finishing hooks over a listing of the records (``list_records``, ``_scan``).
 
 Writes of upload bytes under a lease (``LeasedLock.bounded``): each one, with every
 retry of its client library, must be over before another request could take the lease
@@ -93,6 +93,7 @@ def new_record(upload: Upload, **fields: Any) -> dict[str, Any]:
         "is_partial": upload.is_partial,
         "final_of": list(upload.final_of),
         "completed_at": upload.completed_at,
+        "finish_owed": upload.finish_owed,
         **fields,
         "lease": None,  # {"holder": token, "until": epoch seconds}
         "rev": 0,
@@ -108,6 +109,7 @@ def decode_upload(state: dict[str, Any], location: str) -> Upload:
         created_at=state["created_at"], expires_at=state["expires_at"],
         is_partial=bool(state["is_partial"]), final_of=tuple(state["final_of"]),
         completed_at=state["completed_at"], location=location,
+        finish_owed=bool(state.get("finish_owed", False)),
     )
 
 
@@ -315,6 +317,10 @@ class LeasedLock(UploadLock, Generic[S]):
         complete = new_length is not None and new_offset == new_length
         return {"length": new_length, "offset": new_offset, "expires_at": expires_at}, complete
 
+    async def settle_finish(self) -> Upload:
+        await self.publish(finish_owed=False)
+        return self.upload
+
     async def release(self) -> None:
         if self.released:
             return
@@ -346,8 +352,9 @@ class LeasedStore(Store, Generic[L]):
     lease_duration: float
     #: Locks this process holds, so terminate/concatenate can write under them.
     _held: dict[str, L]
-    #: id -> (tag of .info, expires_at), so a sweep GETs only records that changed.
-    _expiry_cache: dict[str, tuple[str, float | None]]
+    #: id -> (tag of .info as listed, expires_at, completed_at if ``finish_owed`` else
+    #: None), so a sweep GETs only records that changed since the previous one.
+    _record_cache: dict[str, tuple[str, float | None, float | None]]
 
     # -- what a driver implements -------------------------------------------------------
 
@@ -364,6 +371,14 @@ class LeasedStore(Store, Generic[L]):
     @abstractmethod
     def decode_record(self, state: dict[str, Any]) -> Upload:
         """The upload a record describes (with the driver's location)."""
+
+    @abstractmethod
+    async def list_records(self) -> dict[str, str]:
+        """id -> tag (as the listing shows it) of every record under the prefix."""
+
+    def listed_tag(self, tag: str) -> str:
+        """A tag ``read_info`` returned, in the form ``list_records`` shows it."""
+        return tag
 
     def stamp(self, state: dict[str, Any]) -> None:
         """Mark a record about to be written so ``own_write`` can recognise it: a fresh
@@ -397,27 +412,40 @@ class LeasedStore(Store, Generic[L]):
 
     # -- Store ----------------------------------------------------------------------------
 
-    async def _expired_among(self, seen: dict[str, str], now: float, limit: int, *,
-                             tag_of: Callable[[str], str] = str) -> list[str]:
-        """``expired`` from a listing of the records, ``seen`` (id -> tag as listed): a
-        GET only of records whose tag changed since the previous sweep (``tag_of``: the
-        listed form of a tag ``read_info`` returns)."""
-        for stale in set(self._expiry_cache) - set(seen):
-            del self._expiry_cache[stale]
-        changed = [i for i, etag in seen.items() if self._expiry_cache.get(i, ("",))[0] != etag]
+    async def _scan(self) -> dict[str, tuple[str, float | None, float | None]]:
+        """List the records and refresh ``_record_cache``: a GET only of records whose
+        tag changed since the previous scan."""
+        seen = await self.list_records()
+        cache = self._record_cache
+        for stale in set(cache) - set(seen):
+            del cache[stale]
+        changed = [i for i, tag in seen.items() if cache.get(i, ("",))[0] != tag]
         semaphore = asyncio.Semaphore(8)
 
         async def refresh(upload_id: str) -> None:
             async with semaphore:
                 found = await self.read_info(upload_id)
             if found is not None:
-                self._expiry_cache[upload_id] = (tag_of(found[1]), found[0].get("expires_at"))
+                state = found[0]
+                owed_since = state.get("completed_at") if state.get("finish_owed") else None
+                cache[upload_id] = (self.listed_tag(found[1]), state.get("expires_at"),
+                                    owed_since)
 
         await asyncio.gather(*(refresh(i) for i in changed))
-        out = [i for i, (_, expires_at) in self._expiry_cache.items()
+        return cache
+
+    async def expired(self, now: float, limit: int = 1000) -> list[str]:
+        """Records whose ``expires_at`` has passed (see ``_scan`` for the cost)."""
+        records = await self._scan()
+        out = [i for i, (_, expires_at, _) in records.items()
                if expires_at is not None and expires_at < now]
         return out[:limit]
 
+    async def owed_finishes(self, before: float, limit: int = 100) -> list[str]:
+        records = await self._scan()
+        owed = sorted((since, i) for i, (_, _, since) in records.items()
+                      if since is not None and since < before)
+        return [i for _, i in owed[:limit]]
 
     async def get(self, upload_id: str) -> Upload | None:
         found = await self.read_info(check_upload_id(upload_id))

@@ -45,11 +45,17 @@ CREATE TABLE IF NOT EXISTS uploads (
     expires_at REAL,
     is_partial INTEGER NOT NULL DEFAULT 0,
     final_of TEXT,
-    completed_at REAL
+    completed_at REAL,
+    finish_owed INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS uploads_expires_at ON uploads (expires_at)
     WHERE expires_at IS NOT NULL;
 """
+#: Databases made before ``finish_owed`` existed get the column (``_migrate``).
+_MIGRATIONS = {"finish_owed": "ALTER TABLE uploads ADD COLUMN finish_owed INTEGER NOT NULL DEFAULT 0"}
+#: After the migrations (it names a column they may add).
+_OWED_INDEX = """CREATE INDEX IF NOT EXISTS uploads_finish_owed ON uploads (completed_at)
+    WHERE finish_owed = 1"""
 _COLUMNS = ", ".join(INSERT_COLUMNS)
 _LOCK_POLL = 0.02  # seconds between flock attempts while another process holds it
 _RECENT_MAX = 4096  # records remembered for lock() (a few hundred bytes each)
@@ -99,6 +105,7 @@ class LocalStore(Store):
         await self._db.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
         await self._db.execute("PRAGMA busy_timeout=5000")
         await self._db.executescript(_SCHEMA)
+        await self._migrate()
         self._batch = GroupCommit(self._db)
         await self._reconcile()
 
@@ -126,6 +133,14 @@ class LocalStore(Store):
             await cur.fetchone()
         if not os.access(self.upload_dir, os.W_OK):
             raise StorageError(f"upload directory {self.upload_dir} is not writable")
+
+    async def _migrate(self) -> None:
+        columns = {row[1] for row in await self.db.execute_fetchall("PRAGMA table_info(uploads)")}
+        for column, statement in _MIGRATIONS.items():
+            if column not in columns:
+                await self.db.execute(statement)
+                log.info("database %s: added column %s", self.db_path, column)
+        await self.db.execute(_OWED_INDEX)
 
     async def _reconcile(self) -> None:
         """After a crash: cut files back to their committed offset.
@@ -210,7 +225,7 @@ class LocalStore(Store):
             id=row[0], length=row[1], offset=row[2], metadata=_decode_metadata(row[3]),
             created_at=row[4], expires_at=row[5], is_partial=bool(row[6]),
             final_of=tuple(json.loads(row[7])) if row[7] else (), completed_at=row[8],
-            location=self._path(row[0]),
+            location=self._path(row[0]), finish_owed=bool(row[9]),
         )
 
     async def create(self, upload: Upload) -> Upload:
@@ -225,7 +240,7 @@ class LocalStore(Store):
                 (upload.id, upload.length, upload.offset, _encode_metadata(upload.metadata),
                  upload.created_at, upload.expires_at, int(upload.is_partial),
                  json.dumps(list(upload.final_of)) if upload.final_of else None,
-                 upload.completed_at))
+                 upload.completed_at, int(upload.finish_owed)))
         except BaseException:
             os.unlink(path)
             raise
@@ -266,11 +281,14 @@ class LocalStore(Store):
         reconciliation cut the file back to the committed offset, so a file whose size
         equals the remembered offset has that offset in the database too. The other
         fields are immutable, except the length (a deferred length declared elsewhere:
-        the commit's compare-and-set includes it) and the expiry (an expired-looking
-        record is re-read). Saves one SQLite round trip per PATCH.
+        the commit's compare-and-set includes it), the expiry (an expired-looking record
+        is re-read) and ``finish_owed`` of a completed upload (cleared by whichever
+        process delivered its post-finish: such a record is re-read). Saves one SQLite
+        round trip per PATCH.
         """
         upload = self._recent.get(upload_id)
-        if upload is None or upload.is_expired(time.time()):
+        if (upload is None or upload.is_expired(time.time())
+                or (upload.finish_owed and upload.completed_at is not None)):
             return None
         st = os.fstat(fd)
         if st.st_nlink == 0 or st.st_size != upload.offset:
@@ -335,6 +353,16 @@ class LocalStore(Store):
             (now, limit))
         return [row[0] for row in rows]
 
+    async def owed_finishes(self, before: float, limit: int = 100) -> list[str]:
+        rows = await self.db.execute_fetchall(
+            "SELECT id FROM uploads WHERE finish_owed = 1 AND completed_at < ?"
+            " ORDER BY completed_at LIMIT ?", (before, limit))
+        return [row[0] for row in rows]
+
+    async def _settle_finish(self, upload: Upload) -> Upload:
+        await self.db.execute("UPDATE uploads SET finish_owed = 0 WHERE id = ?", (upload.id,))
+        return self._remember(upload.copy(finish_owed=False))
+
     async def download(self, upload: Upload) -> Download:
         path = self._path(upload.id)
         st = os.stat(path)
@@ -396,6 +424,10 @@ class LocalLock(UploadLock):
         # whereas truncating could cut bytes the database just acknowledged.
         self.written = 0
         self.upload = await self.store._commit(self, new_offset, length, expires_at)
+        return self.upload
+
+    async def settle_finish(self) -> Upload:
+        self.upload = await self.store._settle_finish(self.upload)
         return self.upload
 
     async def rollback(self) -> None:

@@ -136,8 +136,7 @@ class S3Store(LeasedStore[S3Lock]):
         #: client's next PATCH need not read its tail back (bounded: _tail_cache_budget).
         self._tail_cache: OrderedDict[str, tuple[str, list[bytes], int]] = OrderedDict()
         self._tail_cache_budget = 4 * part_size
-        #: id -> (ETag of .info, expires_at), so a sweep GETs only records that changed.
-        self._expiry_cache: dict[str, tuple[str, float | None]] = {}
+        self._record_cache: dict[str, tuple[str, float | None, float | None]] = {}
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -278,7 +277,7 @@ class S3Store(LeasedStore[S3Lock]):
             # The record goes first: once it is gone the upload no longer exists.
             for key in keys:
                 await self.s3.delete_object(Bucket=self.bucket, Key=key)
-        self._expiry_cache.pop(upload_id, None)
+        self._record_cache.pop(upload_id, None)
 
     async def _abort(self, key: str, mpu: str) -> None:
         try:
@@ -372,10 +371,9 @@ class S3Store(LeasedStore[S3Lock]):
                            expires_at=final.expires_at, object_etag=object_etag)
         return lock.upload
 
-    async def expired(self, now: float, limit: int = 1000) -> list[str]:
-        """Records whose ``expires_at`` has passed. One LIST per 1,000 keys under the
-        prefix (an upload has one to three: ``.info``, its tail or object), plus a GET
-        only of records whose ETag changed since the previous sweep."""
+    async def list_records(self) -> dict[str, str]:
+        """id -> ETag of every ``.info``: one LIST per 1,000 keys under the prefix (an
+        upload has one to three: ``.info``, its tail or object)."""
         seen: dict[str, str] = {}
         async with s3_errors("listing uploads"):
             paginator = self.s3.get_paginator("list_objects_v2")
@@ -384,7 +382,7 @@ class S3Store(LeasedStore[S3Lock]):
                     name = obj["Key"][len(self.prefix):]
                     if name.endswith(".info") and is_upload_id(name[:-5]):
                         seen[name[:-5]] = obj["ETag"]
-        return await self._expired_among(seen, now, limit)
+        return seen
 
     async def sweep_extra(self, now: float) -> int:
         """Abort multipart uploads nobody owns and delete stray tail objects.

@@ -26,10 +26,10 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-MAX_BATCH = 64  # rows per round and kind (9 parameters per insert, far below SQLite's limit)
+MAX_BATCH = 64  # rows per round and kind (10 parameters per insert, far below SQLite's limit)
 
 INSERT_COLUMNS = ("id", "length", "upload_offset", "metadata", "created_at", "expires_at",
-                  "is_partial", "final_of", "completed_at")
+                  "is_partial", "final_of", "completed_at", "finish_owed")
 
 _UPDATE = ("UPDATE uploads SET upload_offset = ?, length = ?, expires_at = ?, completed_at = ?"
            " WHERE id = ? AND upload_offset = ? AND length IS ?")

@@ -1,0 +1,61 @@
+"""A database made by an older version (no ``finish_owed`` column) is migrated at start."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+from tests.plugins.stores import started_stores, write
+from tusd_py.storage.local import LocalStore
+
+OLD_SCHEMA = """
+CREATE TABLE uploads (
+    id TEXT PRIMARY KEY, length INTEGER, upload_offset INTEGER NOT NULL DEFAULT 0,
+    metadata TEXT NOT NULL DEFAULT '{}', created_at REAL NOT NULL, expires_at REAL,
+    is_partial INTEGER NOT NULL DEFAULT 0, final_of TEXT, completed_at REAL
+) WITHOUT ROWID;
+"""
+
+
+async def test_old_database_gains_finish_owed_and_keeps_its_uploads(tmp_path):
+    (tmp_path / "uploads").mkdir()
+    upload_id = "0" * 32
+    (tmp_path / "uploads" / upload_id).write_bytes(b"ab")
+    with sqlite3.connect(tmp_path / "uploads.db") as db:
+        db.executescript(OLD_SCHEMA)
+        db.execute("INSERT INTO uploads (id, length, upload_offset, created_at) VALUES (?, 4, 2, ?)",
+                   (upload_id, time.time()))
+    async with started_stores() as start:
+        store = await start(LocalStore(str(tmp_path)))
+        found = await store.get(upload_id)
+        assert found is not None and (found.offset, found.finish_owed) == (2, False)
+        done = await write(store, upload_id, b"cd")
+        assert done.is_complete
+        assert await store.owed_finishes(time.time() + 1) == []
+    with sqlite3.connect(tmp_path / "uploads.db") as db:
+        columns = [row[1] for row in db.execute("PRAGMA table_info(uploads)")]
+        indexes = [row[1] for row in db.execute("PRAGMA index_list(uploads)")]
+    assert columns[-1] == "finish_owed" and "uploads_finish_owed" in indexes
+
+
+async def test_owed_finishes_lists_completed_owed_uploads_oldest_first(tmp_path):
+    from tests.plugins.stores import new_upload
+
+    async with started_stores() as start:
+        store = await start(LocalStore(str(tmp_path)))
+        owed = [await new_upload(store, 1, finish_owed=True) for _ in range(3)]
+        other = await new_upload(store, 1)
+        unfinished = await new_upload(store, 5, finish_owed=True)
+        for upload in [owed[2], other, owed[0], owed[1]]:
+            await write(store, upload.id, b"x")
+        await write(store, unfinished.id, b"x")
+        listed = await store.owed_finishes(time.time() + 1)
+        assert listed == [owed[2].id, owed[0].id, owed[1].id]
+        assert await store.owed_finishes(time.time() - 60) == []  # none finished that early
+        lock = await store.lock(owed[0].id, 1)
+        try:
+            assert (await lock.settle_finish()).finish_owed is False
+        finally:
+            await lock.release()
+        assert await store.owed_finishes(time.time() + 1) == [owed[2].id, owed[1].id]
+        assert (await store.get(owed[0].id)).finish_owed is False  # type: ignore[union-attr]
