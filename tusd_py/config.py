@@ -262,6 +262,11 @@ class HooksConfig(Section):
     queue_size: Annotated[int, Field(ge=1)] = 1000
     #: post-* deliveries in flight at once.
     concurrency: Annotated[int, Field(ge=1, le=256)] = 8
+    #: post-finish is tracked in storage: one not delivered this long after its upload
+    #: finished (the daemon died, the receiver failed) is delivered again, by whichever
+    #: replica gets to it first; checked at start and every this often. 0: post-finish is
+    #: at most once, like the other post-* events.
+    redeliver_after: Duration = 60.0
 
 
 class Config(Section):

@@ -374,14 +374,32 @@ async def test_receiver_down_uploads_still_succeed(hooked: HookedFactory, caplog
     assert metric(text, "tusd_hook_errors_total", "post-receive") == 2
     assert metric(text, "tusd_hook_invocations_total", "post-finish") == 1
     # Every lost event is counted by reason, and logged with its upload id.
-    for hook_type, count in (("post-create", 1), ("post-receive", 2), ("post-finish", 1)):
+    for hook_type, count in (("post-create", 1), ("post-receive", 2)):
         assert metric(text, "tusd_hook_dropped_total", hook_type, reason="failed") == count
         assert metric(text, "tusd_hook_dropped_total", hook_type) == count
     upload_id = path.rsplit("/", 1)[1]
-    assert re.search(rf"post-finish hook for upload {upload_id} dropped \(failed\): "
+    assert f"post-create hook for upload {upload_id} dropped (failed)" in caplog.text
+    # post-finish is not lost: it stays owed in storage, to be delivered again.
+    assert metric(text, "tusd_hook_dropped_total", "post-finish") == 0
+    assert re.search(rf"post-finish hook for upload {upload_id} failed: "
                      r"HTTP hook http://127\.0\.0\.1:\d+/hooks: ClientConnectorError.*"
                      r"\(after 2 attempt\(s\)\)", caplog.text)
-    assert f"post-create hook for upload {upload_id} dropped (failed)" in caplog.text
+    assert (f"post-finish hook for upload {upload_id} not delivered (a backend failed): "
+            "delivered again once it is 60s overdue") in caplog.text
+
+
+async def test_receiver_down_drops_post_finish_without_redelivery(hooked: HookedFactory, caplog):
+    """``redeliver_after: 0``: post-finish is at most once, like the other post-* events."""
+    client = await hooked(http={"url": f"http://127.0.0.1:{free_port()}/hooks"},
+                          enabled=["post-finish"], redeliver_after=0)
+    with caplog.at_level(logging.WARNING, logger="tusd_py.hooks"):
+        path = await upload(client, b"x" * 10, chunk=10)
+        async with asyncio.timeout(5):
+            while metric(await metrics_text(client), "tusd_hook_errors_total", "post-finish") < 1:
+                await asyncio.sleep(0.02)
+    text = await metrics_text(client)
+    assert metric(text, "tusd_hook_dropped_total", "post-finish", reason="failed") == 1
+    assert f"post-finish hook for upload {path.rsplit('/', 1)[1]} dropped (failed)" in caplog.text
 
 
 async def test_slow_receiver_does_not_slow_uploads(hooked: HookedFactory, receiver: Receiver,
@@ -719,7 +737,8 @@ async def test_shutdown_drain_is_bounded_and_counts_what_it_abandons(
     from tusd_py.app import REGISTRY
 
     receiver.delay = 0.6
-    client = await hooked(http={"timeout": 1}, enabled=["post-finish"], concurrency=1)
+    client = await hooked(http={"timeout": 1}, enabled=["post-finish"], concurrency=1,
+                          redeliver_after=0)  # at most once (else: left for re-delivery)
     ids = [(await upload(client, b"bye")).rsplit("/", 1)[1] for _ in range(4)]
     registry = client.app[REGISTRY]
     with caplog.at_level(logging.WARNING, logger="tusd_py.hooks"):
@@ -758,7 +777,8 @@ async def test_shutdown_cut_short_still_counts_what_it_abandons(
     from tusd_py.hooks import HOOKS
 
     receiver.delay = 5
-    client = await hooked(http={"timeout": 10}, enabled=["post-finish"], concurrency=1)
+    client = await hooked(http={"timeout": 10}, enabled=["post-finish"], concurrency=1,
+                          redeliver_after=0)
     ids = [(await upload(client, b"x")).rsplit("/", 1)[1] for _ in range(2)]
     await receiver.wait_for("post-finish")  # one in flight, one queued
     with caplog.at_level(logging.WARNING, logger="tusd_py.hooks"):

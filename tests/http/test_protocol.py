@@ -272,10 +272,11 @@ async def test_expired_upload_is_410_then_swept(tus_client_factory):
 
 
 async def test_patch_refreshes_expiry(tus_client_factory):
-    client = await tus_client_factory(expiration={"after": 0.6, "sweep_interval": 0})
+    # 4 x 0.5 s outlives one 1.5 s lifetime; each gap leaves 1 s for a slow store's PATCH.
+    client = await tus_client_factory(expiration={"after": 1.5, "sweep_interval": 0})
     path = await create(client, 10)
     for i in range(4):
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(0.5)
         assert (await patch(client, path, i, b"a")).status == 204
     assert (await head(client, path)).status == 200
 

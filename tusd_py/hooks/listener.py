@@ -11,9 +11,10 @@ failures never reach the client. post-receive is throttled to one event per
 ``post_receive_interval`` per upload (the newest offset wins; the event that completes an
 upload is sent at once).
 
-Delivery of notifications is at most once per event: an event that cannot be delivered is
-dropped, never re-sent later. Each drop is counted in ``tusd_hook_dropped_total{hooktype,
-reason}`` and logged with the upload id (post-receive drops: at most one line per second):
+Delivery of post-create, post-receive and post-terminate is at most once per event: an
+event that cannot be delivered is dropped, never re-sent later. Each drop is counted in
+``tusd_hook_dropped_total{hooktype, reason}`` and logged with the upload id (post-receive
+drops: at most one line per second):
 
 - ``queue_full``: the bounded queue was full (a receiver slower than the upload rate);
 - ``failed``: the backend failed (after its retries) or answered something invalid;
@@ -21,9 +22,22 @@ reason}`` and logged with the upload id (post-receive drops: at most one line pe
 - ``shutdown``: still queued or in flight when the shutdown drain ended;
 - ``not_running``: the event came after the hooks stopped (or before they started).
 
-A crash of the daemon loses what is queued without a trace (nothing is persisted).
+A crash of the daemon loses those without a trace (nothing is persisted).
+
+post-finish is tracked in storage instead (unless ``redeliver_after`` is 0): an upload
+created while post-finish is enabled has ``finish_owed`` set in its record, and it stays
+set until post-finish was delivered to every backend (or pre-finish refused the upload).
+Each delivery of it runs under the upload's lock (``_deliver_owed``), which excludes every
+other process and replica, and first re-reads the flag, so it is delivered once: a second
+attempt finds it cleared. One that fails, is queued when the daemon dies, or finds the
+queue full, stays owed; ``_redeliver_loop`` (at start and every ``redeliver_after``)
+delivers the uploads still owed ``redeliver_after`` after they finished, pre-finish first
+when it is enabled (it may not have run), with an empty ``HTTPRequest`` (the finishing
+request is gone). Counted in ``tusd_hook_redeliveries_total``. The one way a receiver
+sees post-finish twice: it answered, but the daemon died before the flag was cleared.
+
 Every delivery carries an ``Idempotency-Key`` derived from the event (``idempotency_key``),
-the same on each retry and on each replica, so a receiver can drop repeats.
+the same on each retry, on each replica and on a re-delivery, so a receiver can drop repeats.
 """
 
 from __future__ import annotations
@@ -33,7 +47,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -44,8 +58,8 @@ from prometheus_client import CollectorRegistry, Counter
 from ..config import HooksConfig
 from ..events import UploadListener
 from ..leases import LeaseRegistry, StopReason
-from ..protocol.errors import TusError
-from ..storage.base import Store, Upload
+from ..protocol.errors import NotFound, TusError, UploadBusy
+from ..storage.base import Store, Upload, UploadLock
 from ..storage.ids import is_upload_id
 from .http import CircuitOpen, HookError
 from .payload import (
@@ -79,6 +93,11 @@ STOPPED_TTL = 3600.0
 #: for notifications this applies to post-receive only (other drops are each logged).
 LOG_INTERVAL = 1.0
 NOTIFICATIONS = (POST_CREATE, POST_RECEIVE, POST_FINISH, POST_TERMINATE)
+#: Longest wait for an upload's lock before delivering its owed post-finish (busy:
+#: it stays owed, re-delivered later).
+CLAIM_WAIT = 5.0
+#: Owed post-finish deliveries queued per re-delivery round.
+REDELIVER_BATCH = 100
 #: Why a notification was dropped (the ``reason`` label of ``tusd_hook_dropped_total``).
 DROP_REASONS = ("queue_full", "failed", "circuit_open", "shutdown", "not_running")
 
@@ -121,6 +140,11 @@ class Delivery:
     payload: dict[str, Any]
     forward: dict[str, str]
     key: str
+    #: A post-finish tracked in storage (``finish_owed``): delivered under the upload's
+    #: lock, and the flag cleared once every backend took it.
+    owed: bool = False
+    #: Sent by ``_redeliver_loop``: runs pre-finish first, payload read under the lock.
+    redelivery: bool = False
 
 
 @dataclass
@@ -148,6 +172,14 @@ class HookListener(UploadListener):
         self.dropped = Counter("tusd_hook_dropped_total",
                                "Notification hooks (post-*) not delivered, per hook type and "
                                "reason.", ["hooktype", "reason"], registry=registry)
+        self.redeliveries = Counter("tusd_hook_redeliveries_total",
+                                    "post-finish deliveries of uploads found still owed "
+                                    "(not delivered before), per hook type.", ["hooktype"],
+                                    registry=registry)
+        #: post-finish is tracked in storage (``finish_owed``) and re-delivered.
+        self.tracks_finish = POST_FINISH in self.enabled and config.redeliver_after > 0
+        if self.tracks_finish:
+            self.redeliveries.labels(POST_FINISH)
         for hook_type in self.enabled:
             self.errors.labels(hook_type)
             self.invocations.labels(hook_type)
@@ -163,6 +195,11 @@ class HookListener(UploadListener):
         self.stopped: dict[str, tuple[HTTPResponse, float]] = {}
         #: hook type -> (time of the last failure logged, failures not logged since)
         self._log_state: dict[str, tuple[float, int]] = {}
+        #: Uploads with an owed post-finish queued or in flight here (not queued twice).
+        self._owed: set[str] = set()
+        self._redeliverer: asyncio.Task[None] | None = None
+        #: Background clears of ``finish_owed`` after a pre-finish refusal.
+        self._settling: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -172,11 +209,20 @@ class HookListener(UploadListener):
         self.queue = asyncio.Queue(self.config.queue_size)
         self.workers = [asyncio.create_task(self._worker(), name=f"tusd-hooks-{i}")
                         for i in range(self.config.concurrency)]
+        if self.tracks_finish:
+            self._redeliverer = asyncio.create_task(self._redeliver_loop(),
+                                                    name="tusd-hooks-redeliver")
 
     async def stop(self, drain: float = 5.0) -> None:
         """Deliver what is queued (and the pending throttled post-receive events) for up
         to ``drain`` seconds, then stop; what is left is counted and logged as dropped,
-        also when the shutdown's own deadline cancels the wait."""
+        also when the shutdown's own deadline cancels the wait (owed post-finish
+        deliveries are not lost: the next start re-delivers them)."""
+        if self._redeliverer is not None:
+            self._redeliverer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._redeliverer
+            self._redeliverer = None
         for throttle in self._throttles.values():
             if throttle.timer is not None:
                 throttle.timer.cancel()
@@ -191,7 +237,7 @@ class HookListener(UploadListener):
                     await asyncio.wait_for(queue.join(), drain)
         finally:
             self._abandon(queue, f"{time.monotonic() - started:.1f}s")
-        for task in workers:
+        for task in [*workers, *self._settling]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for backend in self.backends:
@@ -211,6 +257,9 @@ class HookListener(UploadListener):
             log.warning("hooks: shutdown drain ended after %s with %d delivery(ies) "
                         "undelivered", drained, len(left))
         for delivery in left:
+            if delivery.owed:
+                self._defer(delivery, f"shutdown drain ended ({drained})")
+                continue
             self._drop(delivery, "shutdown",
                        f"still queued or in flight when the shutdown drain ended ({drained})")
 
@@ -279,6 +328,13 @@ class HookListener(UploadListener):
         else:
             log.warning(message, *args)
 
+    def _defer(self, delivery: Delivery, why: str) -> None:
+        """An owed post-finish not delivered now: it stays owed in storage (logged)."""
+        self._owed.discard(delivery.upload_id)
+        log.warning("%s hook for upload %s not delivered (%s): delivered again once it "
+                    "is %.0fs overdue", delivery.hook_type, delivery.upload_id, why,
+                    self.config.redeliver_after)
+
     async def _call_blocking(self, backend: HookBackend, delivery: Delivery) -> HookResponse:
         try:
             return await self._call(backend, delivery)
@@ -289,6 +345,8 @@ class HookListener(UploadListener):
     # -- blocking hooks -------------------------------------------------------------------
 
     async def pre_create(self, upload: Upload, request: web.Request) -> Upload:
+        if self.tracks_finish and not upload.is_partial:
+            upload = upload.copy(finish_owed=True)  # written with the new record
         if PRE_CREATE not in self.enabled:
             return upload
         for backend in self.backends:
@@ -316,13 +374,25 @@ class HookListener(UploadListener):
     async def pre_finish(self, upload: Upload, request: web.Request) -> None:
         if PRE_FINISH not in self.enabled:
             return
-        for backend in self.backends:
-            response = await self._call_blocking(backend, self._delivery(PRE_FINISH, upload, request))
-            http = response.http_response
-            if response.reject_upload or http.status_code >= 400:
-                # tusd has no default body here: the hook's HTTPResponse as it is.
-                raise HookRejection(http, 400, "")
-            self._add_response_headers(request, http)
+        try:
+            for backend in self.backends:
+                response = await self._call_blocking(
+                    backend, self._delivery(PRE_FINISH, upload, request))
+                self._check_pre_finish(response)
+                self._add_response_headers(request, response.http_response)
+        except HookRejection:
+            if upload.finish_owed:  # refused: post-finish is not owed any more
+                task = asyncio.create_task(self._forget_finish(upload.id))
+                self._settling.add(task)
+                task.add_done_callback(self._settling.discard)
+            raise
+
+    @staticmethod
+    def _check_pre_finish(response: HookResponse) -> None:
+        http = response.http_response
+        if response.reject_upload or http.status_code >= 400:
+            # tusd has no default body here: the hook's HTTPResponse as it is.
+            raise HookRejection(http, 400, "")
 
     async def pre_terminate(self, upload: Upload, request: web.Request) -> None:
         if PRE_TERMINATE not in self.enabled:
@@ -370,7 +440,10 @@ class HookListener(UploadListener):
         # The handler calls this once per upload: only the request whose commit (a
         # compare-and-set in storage) completed it, never for a partial upload.
         if POST_FINISH in self.enabled and not upload.is_partial:
-            self._enqueue(self._delivery(POST_FINISH, upload, request))
+            delivery = self._delivery(POST_FINISH, upload, request)
+            if upload.finish_owed and self.tracks_finish:
+                delivery.owed = True
+            self._enqueue(delivery)
 
     def terminated(self, upload: Upload, request: web.Request | None) -> None:
         self.stopped.pop(upload.id, None)
@@ -420,15 +493,27 @@ class HookListener(UploadListener):
         self._enqueue(throttle.pending)
         self._arm(upload_id, _Throttle())
 
-    def _enqueue(self, delivery: Delivery) -> None:
+    def _enqueue(self, delivery: Delivery) -> bool:
+        if delivery.owed:
+            if delivery.upload_id in self._owed:
+                return True  # already queued or in flight here
+            self._owed.add(delivery.upload_id)
         if self.queue is None:
-            self._drop(delivery, "not_running", "hooks are not running")
-            return
+            if delivery.owed:
+                self._defer(delivery, "hooks are not running")
+            else:
+                self._drop(delivery, "not_running", "hooks are not running")
+            return False
         try:
             self.queue.put_nowait(delivery)
         except asyncio.QueueFull:
-            self._drop(delivery, "queue_full",
-                       f"{self.queue.qsize()} deliveries already queued")
+            why = f"{self.queue.qsize()} deliveries already queued"
+            if delivery.owed:
+                self._defer(delivery, f"queue full: {why}")
+            else:
+                self._drop(delivery, "queue_full", why)
+            return False
+        return True
 
     async def _worker(self) -> None:
         assert self.queue is not None
@@ -437,28 +522,152 @@ class HookListener(UploadListener):
             delivery = await queue.get()
             self.in_flight.add(delivery)
             try:
-                await self._deliver(delivery)
+                if delivery.owed:
+                    await self._deliver_owed(delivery)
+                else:
+                    await self._deliver(delivery)
             except Exception:  # never let a worker die
                 log.exception("hook delivery failed unexpectedly")
             finally:
                 self.in_flight.discard(delivery)
+                if delivery.owed:
+                    self._owed.discard(delivery.upload_id)
                 queue.task_done()
 
-    async def _deliver(self, delivery: Delivery) -> None:
+    async def _deliver(self, delivery: Delivery) -> bool:
+        """Call every backend; True if all of them took it. A failure is a drop (counted,
+        logged), except for an owed post-finish, which the caller defers."""
+        delivered = True
         for backend in self.backends:
             try:
                 response = await self._call(backend, delivery)
             except HookError as exc:
                 reason = "circuit_open" if isinstance(exc, CircuitOpen) else "failed"
-                self._drop(delivery, reason, f"{backend.describe()}: {exc}")
-                continue
+                failure = f"{backend.describe()}: {exc}"
             except TusError as exc:  # a Python hook refusing a notification: a failure
                 self.errors.labels(delivery.hook_type).inc()
-                self._drop(delivery, "failed",
-                           f"{backend.describe()}: raised {exc.status} {exc.message}")
+                reason, failure = "failed", f"{backend.describe()}: raised {exc.status} {exc.message}"
+            else:
+                if delivery.hook_type == POST_RECEIVE and response.stop_upload:
+                    self._stop_upload(delivery.upload_id, response.http_response)
                 continue
-            if delivery.hook_type == POST_RECEIVE and response.stop_upload:
-                self._stop_upload(delivery.upload_id, response.http_response)
+            delivered = False
+            if delivery.owed:
+                log.warning("%s hook for upload %s failed: %s", delivery.hook_type,
+                            delivery.upload_id, failure)
+            else:
+                self._drop(delivery, reason, failure)
+        return delivered
+
+    # -- owed post-finish: exactly once, re-delivered ----------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _claim(self, upload_id: str, wait: float) -> AsyncIterator[UploadLock | None]:
+        """The upload's lock (in-process lease + storage lock: no other request, process
+        or replica holds it meanwhile), or None if it is gone or stays busy for ``wait``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        lease = None
+        if self.leases is not None:
+            while (lease := self.leases.try_acquire(upload_id)) is None:
+                if loop.time() >= deadline:
+                    yield None
+                    return
+                await asyncio.sleep(0.05)
+        try:
+            try:
+                lock = await self.store.lock(upload_id, max(0.0, deadline - loop.time()))
+            except (NotFound, UploadBusy):
+                yield None
+                return
+            try:
+                yield lock
+            finally:
+                await lock.release()
+        finally:
+            if lease is not None and self.leases is not None:
+                self.leases.release(lease)
+
+    async def _deliver_owed(self, delivery: Delivery) -> None:
+        """An owed post-finish, under the upload's lock: skipped if another delivery
+        cleared the flag first; the flag cleared once every backend took it."""
+        async with self._claim(delivery.upload_id, CLAIM_WAIT) as lock:
+            if lock is None:
+                self._defer(delivery, "the upload is busy")
+                return
+            upload = lock.upload
+            if not (upload.finish_owed and upload.is_complete):
+                return  # delivered by another process or replica, or refused
+            if delivery.redelivery:
+                self.redeliveries.labels(POST_FINISH).inc()
+                allowed = await self._redeliver_pre_finish(upload)
+                if allowed is None:
+                    self._defer(delivery, "pre-finish failed")
+                    return
+                if not allowed:
+                    await lock.settle_finish()
+                    return
+                delivery = self._delivery(POST_FINISH, upload, None)
+                delivery.owed = delivery.redelivery = True
+            if await self._deliver(delivery):
+                await lock.settle_finish()
+            else:
+                self._defer(delivery, "a backend failed")
+
+    async def _redeliver_pre_finish(self, upload: Upload) -> bool | None:
+        """pre-finish before a re-delivered post-finish (it may never have run): False if
+        it refused the upload, None if it failed (the upload stays owed)."""
+        if PRE_FINISH not in self.enabled:
+            return True
+        for backend in self.backends:
+            try:
+                self._check_pre_finish(
+                    await self._call(backend, self._delivery(PRE_FINISH, upload, None)))
+            except HookError as exc:
+                self._failed(backend, self._delivery(PRE_FINISH, upload, None), str(exc))
+                return None
+            except TusError as exc:  # refused (HookRejection, or a Python hook raising)
+                log.warning("pre-finish hook refused upload %s on re-delivery (%s): no "
+                            "post-finish", upload.id, exc)
+                return False
+        return True
+
+    async def _forget_finish(self, upload_id: str) -> None:
+        """pre-finish refused the upload: post-finish is not owed (never re-delivered)."""
+        try:
+            async with self._claim(upload_id, CLAIM_WAIT) as lock:
+                if lock is not None and lock.upload.finish_owed:
+                    await lock.settle_finish()
+        except Exception as exc:
+            log.warning("upload %s: could not clear its owed post-finish after pre-finish "
+                        "refused it: %s", upload_id, exc)
+
+    async def redeliver_owed(self) -> int:
+        """Queue the uploads whose post-finish is ``redeliver_after`` overdue; how many."""
+        before = time.time() - self.config.redeliver_after
+        queued = 0
+        for upload_id in await self.store.owed_finishes(before, REDELIVER_BATCH):
+            if upload_id in self._owed:
+                continue
+            upload = await self.store.get(upload_id)
+            if upload is None or not upload.finish_owed:
+                continue
+            delivery = self._delivery(POST_FINISH, upload, None)
+            delivery.owed = delivery.redelivery = True
+            if not self._enqueue(delivery):
+                break
+            queued += 1
+        return queued
+
+    async def _redeliver_loop(self) -> None:
+        while True:
+            try:
+                queued = await self.redeliver_owed()
+                if queued:
+                    log.info("hooks: re-delivering post-finish of %d upload(s)", queued)
+            except Exception as exc:
+                log.warning("hooks: listing owed post-finish deliveries failed: %s", exc)
+            await asyncio.sleep(self.config.redeliver_after)
 
     def _stop_upload(self, upload_id: str, response: HTTPResponse) -> None:
         """StopUpload: end an in-flight PATCH (it commits what it got and answers the
