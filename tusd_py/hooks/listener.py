@@ -563,30 +563,20 @@ class HookListener(UploadListener):
 
     @contextlib.asynccontextmanager
     async def _claim(self, upload_id: str, wait: float) -> AsyncIterator[UploadLock | None]:
-        """The upload's lock (in-process lease + storage lock: no other request, process
-        or replica holds it meanwhile), or None if it is gone or stays busy for ``wait``."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        lease = None
-        if self.leases is not None:
-            while (lease := self.leases.try_acquire(upload_id)) is None:
-                if loop.time() >= deadline:
-                    yield None
-                    return
-                await asyncio.sleep(0.05)
+        """The upload's storage lock, or None if it is gone or stays busy for ``wait``.
+
+        The storage lock alone excludes every other request, process and replica (and the
+        other hook workers here). The handler's in-process leases are left alone: they
+        stand for uploads being written, which the shutdown waits for."""
         try:
-            try:
-                lock = await self.store.lock(upload_id, max(0.0, deadline - loop.time()))
-            except (NotFound, UploadBusy):
-                yield None
-                return
-            try:
-                yield lock
-            finally:
-                await lock.release()
+            lock = await self.store.lock(upload_id, wait)
+        except (NotFound, UploadBusy):
+            yield None
+            return
+        try:
+            yield lock
         finally:
-            if lease is not None and self.leases is not None:
-                self.leases.release(lease)
+            await lock.release()
 
     async def _deliver_owed(self, delivery: Delivery) -> None:
         """An owed post-finish, under the upload's lock: skipped if another delivery
