@@ -206,3 +206,35 @@ async def _record(data_dir: Path, upload_id: str) -> Any:
         return found
     finally:
         await store.stop()
+
+
+async def test_a_storage_failure_leaves_the_post_finish_owed(hooked: HookedFactory,
+                                                             receiver: Receiver, caplog):
+    """The store fails while a re-delivery takes the upload's lock: nothing is sent, the
+    upload stays owed (logged), and the next round delivers it."""
+    import logging
+
+    from tusd_py.protocol.errors import StorageError
+
+    switch = Switch()
+    receiver.responder = switch
+    client = await hooked(enabled=["post-finish"], redeliver_after=REDELIVER)
+    store = client.app[STORE]
+    path = await upload(client, b"abc")
+    await receiver.wait_for("post-finish")
+    real_lock, failures = store.lock, []
+
+    async def failing_lock(upload_id: str, wait: float) -> Any:
+        if not failures:
+            failures.append(upload_id)
+            raise StorageError("database is locked")
+        return await real_lock(upload_id, wait)
+
+    store.lock = failing_lock  # type: ignore[method-assign]
+    switch.down = False
+    with caplog.at_level(logging.WARNING, logger="tusd_py.hooks"):
+        await until(lambda: _not(owed(client, path)))
+    assert failures == [path.rsplit("/", 1)[1]]
+    assert (f"post-finish hook for upload {failures[0]} not delivered (storage error: "
+            "StorageError: database is locked)") in caplog.text
+    assert switch.delivered("post-finish") == 1

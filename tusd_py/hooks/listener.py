@@ -580,7 +580,14 @@ class HookListener(UploadListener):
 
     async def _deliver_owed(self, delivery: Delivery) -> None:
         """An owed post-finish, under the upload's lock: skipped if another delivery
-        cleared the flag first; the flag cleared once every backend took it."""
+        cleared the flag first; the flag cleared once every backend took it. A storage
+        failure leaves it owed (and, after a delivery, means it is sent once more)."""
+        try:
+            await self._deliver_owed_locked(delivery)
+        except Exception as exc:
+            self._defer(delivery, f"storage error: {type(exc).__name__}: {exc}")
+
+    async def _deliver_owed_locked(self, delivery: Delivery) -> None:
         async with self._claim(delivery.upload_id, CLAIM_WAIT) as lock:
             if lock is None:
                 self._defer(delivery, "the upload is busy")
