@@ -103,8 +103,7 @@ class AzureStore(LeasedStore[AzureLock]):
         if part_size < 64 << 10 or part_size > MAX_BLOCK_SIZE:
             raise ConfigError("storage.part_size: must be between 64KiB and 4000MiB "
                               "for the azure driver")
-        if lease_duration < 1:
-            raise ConfigError("storage.lease_duration: must be at least 1s")
+        super().__init__(lease_duration)
         if not connection_string and not account_url:
             connection_string = (os.environ if env is None else env).get(CONNECTION_STRING_ENV)
         if not connection_string and not account_url:
@@ -113,7 +112,6 @@ class AzureStore(LeasedStore[AzureLock]):
         self.container = container
         self.prefix = prefix
         self.part_size = part_size
-        self.lease_duration = lease_duration
         self.create_container = create_container
         self._connection_string = connection_string
         self._account_url = account_url
@@ -121,9 +119,6 @@ class AzureStore(LeasedStore[AzureLock]):
         self._owned_credential: Any = None
         self._service: BlobServiceClient | None = None
         self._container: ContainerClient | None = None
-        #: Locks this process holds, so terminate/concatenate can write under them.
-        self._held: dict[str, AzureLock] = {}
-        self._record_cache: dict[str, tuple[str, float | None, float | None]] = {}
         #: (user delegation key, its expiry), reused for SAS signing (Entra ID sign-in).
         self._delegation: tuple[Any, datetime] | None = None
         #: Blob name -> when a sweep first saw it without a record (``sweep_extra``).

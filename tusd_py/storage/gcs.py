@@ -91,15 +91,10 @@ class GCSStore(LeasedStore["GCSLock"]):
             raise ConfigError("storage.bucket: required for the gcs driver")
         if part_size < MIN_PART_SIZE:
             raise ConfigError("storage.part_size: must be at least 64KiB for the gcs driver")
-        if lease_duration < 1:
-            raise ConfigError("storage.lease_duration: must be at least 1s")
+        super().__init__(lease_duration)
         self.bucket = Bucket(bucket, endpoint_url=endpoint_url, attempts=retry_attempts)
         self.prefix = prefix
         self.part_size = part_size
-        self.lease_duration = lease_duration
-        #: Locks this process holds, so terminate/concatenate can write under them.
-        self._held: dict[str, GCSLock] = {}
-        self._record_cache: dict[str, tuple[str, float | None, float | None]] = {}
 
     # -- lifecycle --------------------------------------------------------------
 

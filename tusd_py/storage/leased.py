@@ -46,6 +46,7 @@ from abc import abstractmethod
 from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar, Generic, TypeVar
 
+from ..config import ConfigError
 from ..protocol.errors import (
     MismatchedOffset,
     NotFound,
@@ -349,12 +350,16 @@ class LeasedStore(Store, Generic[L]):
     lock_class: ClassVar[type[LeasedLock[Any]]]
     #: Logger of the driver's store module.
     _log: ClassVar[logging.Logger] = logging.getLogger(__name__)
-    lease_duration: float
-    #: Locks this process holds, so terminate/concatenate can write under them.
-    _held: dict[str, L]
-    #: id -> (tag of .info as listed, expires_at, completed_at if ``finish_owed`` else
-    #: None), so a sweep GETs only records that changed since the previous one.
-    _record_cache: dict[str, tuple[str, float | None, float | None]]
+
+    def __init__(self, lease_duration: float) -> None:
+        if lease_duration < 1:
+            raise ConfigError("storage.lease_duration: must be at least 1s")
+        self.lease_duration = lease_duration
+        #: Locks this process holds, so terminate/concatenate can write under them.
+        self._held: dict[str, L] = {}
+        #: id -> (tag of .info as listed, expires_at, completed_at if ``finish_owed`` else
+        #: None), so a sweep GETs only records that changed since the previous one.
+        self._record_cache: dict[str, tuple[str, float | None, float | None]] = {}
 
     # -- what a driver implements -------------------------------------------------------
 

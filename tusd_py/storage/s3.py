@@ -100,14 +100,12 @@ class S3Store(LeasedStore[S3Lock]):
                               "(S3's minimum part size)")
         if part_size > MAX_PART_SIZE:
             raise ConfigError("storage.part_size: must be at most 5GiB for the s3 driver")
-        if lease_duration < 1:
-            raise ConfigError("storage.lease_duration: must be at least 1s")
+        super().__init__(lease_duration)
         self.bucket = bucket
         self.prefix = prefix
         self.endpoint_url = endpoint_url
         self.region = region
         self.part_size = part_size
-        self.lease_duration = lease_duration
         self.max_parts = max_parts
         #: Parts uploaded at once per PATCH while the body keeps streaming in; memory per
         #: PATCH is at most (1 + part_concurrency) x part_size (+ one body chunk).
@@ -130,13 +128,10 @@ class S3Store(LeasedStore[S3Lock]):
         )
         self._stack: contextlib.AsyncExitStack | None = None
         self._s3: Any = None
-        #: Locks this process holds, so terminate/concatenate can write under them.
-        self._held: dict[str, S3Lock] = {}
         #: id -> (ETag, bytes) of tail objects this process wrote last, so a sticky
         #: client's next PATCH need not read its tail back (bounded: _tail_cache_budget).
         self._tail_cache: OrderedDict[str, tuple[str, list[bytes], int]] = OrderedDict()
         self._tail_cache_budget = 4 * part_size
-        self._record_cache: dict[str, tuple[str, float | None, float | None]] = {}
 
     # -- lifecycle --------------------------------------------------------------
 
