@@ -143,7 +143,8 @@ class Delivery:
     #: A post-finish tracked in storage (``finish_owed``): delivered under the upload's
     #: lock, and the flag cleared once every backend took it.
     owed: bool = False
-    #: Sent by ``_redeliver_loop``: runs pre-finish first, payload read under the lock.
+    #: Sent by ``_redeliver_loop``: queued with the id alone; runs pre-finish first and
+    #: takes its payload from the record read under the lock.
     redelivery: bool = False
 
 
@@ -257,11 +258,9 @@ class HookListener(UploadListener):
             log.warning("hooks: shutdown drain ended after %s with %d delivery(ies) "
                         "undelivered", drained, len(left))
         for delivery in left:
-            if delivery.owed:
-                self._defer(delivery, f"shutdown drain ended ({drained})")
-                continue
-            self._drop(delivery, "shutdown",
-                       f"still queued or in flight when the shutdown drain ended ({drained})")
+            self._undelivered(delivery, "shutdown",
+                              f"still queued or in flight when the shutdown drain ended "
+                              f"({drained})")
 
     # -- calling backends --------------------------------------------------------------
 
@@ -272,10 +271,12 @@ class HookListener(UploadListener):
                 if name in request.headers}
 
     def _delivery(self, hook_type: str, upload: Upload, request: web.Request | None,
-                  method: str | None = None, key_extra: str = "") -> Delivery:
+                  method: str | None = None, key_extra: str = "", *, owed: bool = False,
+                  redelivery: bool = False) -> Delivery:
         return Delivery(hook_type, upload.id,
                         hook_request(hook_type, upload, request, self.driver, method),
-                        self._forward(request), idempotency_key(hook_type, upload, key_extra))
+                        self._forward(request), idempotency_key(hook_type, upload, key_extra),
+                        owed, redelivery)
 
     async def _call(self, backend: HookBackend, delivery: Delivery) -> HookResponse:
         """One backend, one hook: counted. Raises HookError (every failure, with a
@@ -328,9 +329,15 @@ class HookListener(UploadListener):
         else:
             log.warning(message, *args)
 
+    def _undelivered(self, delivery: Delivery, reason: str, detail: str) -> None:
+        """A delivery that did not go out: dropped (``reason``), or deferred if owed."""
+        if delivery.owed:
+            self._defer(delivery, detail)
+        else:
+            self._drop(delivery, reason, detail)
+
     def _defer(self, delivery: Delivery, why: str) -> None:
         """An owed post-finish not delivered now: it stays owed in storage (logged)."""
-        self._owed.discard(delivery.upload_id)
         log.warning("%s hook for upload %s not delivered (%s): delivered again once it "
                     "is %.0fs overdue", delivery.hook_type, delivery.upload_id, why,
                     self.config.redeliver_after)
@@ -440,10 +447,8 @@ class HookListener(UploadListener):
         # The handler calls this once per upload: only the request whose commit (a
         # compare-and-set in storage) completed it, never for a partial upload.
         if POST_FINISH in self.enabled and not upload.is_partial:
-            delivery = self._delivery(POST_FINISH, upload, request)
-            if upload.finish_owed and self.tracks_finish:
-                delivery.owed = True
-            self._enqueue(delivery)
+            self._enqueue(self._delivery(POST_FINISH, upload, request,
+                                         owed=upload.finish_owed and self.tracks_finish))
 
     def terminated(self, upload: Upload, request: web.Request | None) -> None:
         self.stopped.pop(upload.id, None)
@@ -494,25 +499,20 @@ class HookListener(UploadListener):
         self._arm(upload_id, _Throttle())
 
     def _enqueue(self, delivery: Delivery) -> bool:
-        if delivery.owed:
-            if delivery.upload_id in self._owed:
-                return True  # already queued or in flight here
-            self._owed.add(delivery.upload_id)
+        """Queue ``delivery``; False if it could not be (dropped, or deferred if owed)."""
+        if delivery.owed and delivery.upload_id in self._owed:
+            return True  # already queued or in flight here
         if self.queue is None:
-            if delivery.owed:
-                self._defer(delivery, "hooks are not running")
-            else:
-                self._drop(delivery, "not_running", "hooks are not running")
+            self._undelivered(delivery, "not_running", "hooks are not running")
             return False
         try:
             self.queue.put_nowait(delivery)
         except asyncio.QueueFull:
-            why = f"{self.queue.qsize()} deliveries already queued"
-            if delivery.owed:
-                self._defer(delivery, f"queue full: {why}")
-            else:
-                self._drop(delivery, "queue_full", why)
+            self._undelivered(delivery, "queue_full",
+                              f"{self.queue.qsize()} deliveries already queued")
             return False
+        if delivery.owed:
+            self._owed.add(delivery.upload_id)  # until a worker is done with it
         return True
 
     async def _worker(self) -> None:
@@ -604,8 +604,9 @@ class HookListener(UploadListener):
                 if not allowed:
                     await lock.settle_finish()
                     return
-                delivery = self._delivery(POST_FINISH, upload, None)
-                delivery.owed = delivery.redelivery = True
+                # Queued with the id alone: the payload comes from the record read now.
+                delivery = self._delivery(POST_FINISH, upload, None, owed=True,
+                                          redelivery=True)
             if await self._deliver(delivery):
                 await lock.settle_finish()
             else:
@@ -616,12 +617,12 @@ class HookListener(UploadListener):
         it refused the upload, None if it failed (the upload stays owed)."""
         if PRE_FINISH not in self.enabled:
             return True
+        delivery = self._delivery(PRE_FINISH, upload, None)
         for backend in self.backends:
             try:
-                self._check_pre_finish(
-                    await self._call(backend, self._delivery(PRE_FINISH, upload, None)))
+                self._check_pre_finish(await self._call(backend, delivery))
             except HookError as exc:
-                self._failed(backend, self._delivery(PRE_FINISH, upload, None), str(exc))
+                self._failed(backend, delivery, str(exc))
                 return None
             except TusError as exc:  # refused (HookRejection, or a Python hook raising)
                 log.warning("pre-finish hook refused upload %s on re-delivery (%s): no "
@@ -646,11 +647,9 @@ class HookListener(UploadListener):
         for upload_id in await self.store.owed_finishes(before, REDELIVER_BATCH):
             if upload_id in self._owed:
                 continue
-            upload = await self.store.get(upload_id)
-            if upload is None or not upload.finish_owed:
-                continue
-            delivery = self._delivery(POST_FINISH, upload, None)
-            delivery.owed = delivery.redelivery = True
+            # The id alone: the worker reads the record under the upload's lock (it may
+            # have been delivered or deleted since the listing) and builds the payload.
+            delivery = Delivery(POST_FINISH, upload_id, {}, {}, "", owed=True, redelivery=True)
             if not self._enqueue(delivery):
                 break
             queued += 1
