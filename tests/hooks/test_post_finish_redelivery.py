@@ -51,6 +51,11 @@ async def owed(client: TestClient, path: str) -> bool:
     return upload.finish_owed
 
 
+async def no_longer_owed(client: TestClient, path: str) -> bool:
+    """Whether the upload's post-finish is no longer owed (delivered, or refused)."""
+    return not await owed(client, path)
+
+
 async def until(condition: Any, within: float = 10.0) -> None:
     async with asyncio.timeout(within):
         while not await condition():
@@ -71,7 +76,7 @@ async def test_failed_post_finish_is_redelivered_once(hooked: HookedFactory, rec
     assert await owed(client, path)  # still owed in storage
     switch.down = False
     calls = await receiver.wait_for("post-finish", 2)
-    await until(lambda: _not(owed(client, path)))
+    await until(lambda: no_longer_owed(client, path))
     await receiver.settle(4 * REDELIVER)  # several more rounds: nothing more is sent
     calls = receiver.of("post-finish")
     assert len(calls) == 2 and switch.delivered("post-finish") == 1
@@ -82,10 +87,6 @@ async def test_failed_post_finish_is_redelivered_once(hooked: HookedFactory, rec
     text = await (await client.get("/metrics")).text()
     assert metric(text, "tusd_hook_redeliveries_total", "post-finish") == 1
     assert metric(text, "tusd_hook_dropped_total", "post-finish") == 0
-
-
-async def _not(value: Any) -> bool:
-    return not await value
 
 
 @every_driver
@@ -100,7 +101,7 @@ async def test_redelivery_on_two_replicas_delivers_once(hooked: HookedFactory,
     await receiver.wait_for("post-finish", 4)
     switch.down = False
     for path in paths:
-        await until(lambda path=path: _not(owed(replicas[0], path)))
+        await until(lambda path=path: no_longer_owed(replicas[0], path))
     await receiver.settle(4 * REDELIVER)
     # The receiver answers in the order it records calls: pair them up.
     delivered = [c.upload["ID"] for c, (hook, down) in zip(receiver.calls, switch.answered,
@@ -122,7 +123,7 @@ async def test_partials_owe_nothing_the_final_does(hooked: HookedFactory, receiv
     final = r.headers["Location"]
     (call,) = await receiver.wait_for("post-finish")
     assert call.upload["IsFinal"]
-    await until(lambda: _not(owed(client, final)))
+    await until(lambda: no_longer_owed(client, final))
 
 
 async def test_pre_finish_refusal_means_no_post_finish_ever(hooked: HookedFactory,
@@ -135,7 +136,7 @@ async def test_pre_finish_refusal_means_no_post_finish_ever(hooked: HookedFactor
     path = await create(client, 3)
     r = await patch(client, path, 0, b"abc")
     assert (r.status, await r.text()) == (422, "not a PDF")
-    await until(lambda: _not(owed(client, path)))
+    await until(lambda: no_longer_owed(client, path))
     await receiver.settle(4 * REDELIVER)
     assert [c.type for c in receiver.calls] == ["pre-finish"]
 
@@ -152,7 +153,7 @@ async def test_failed_pre_finish_is_run_again_before_the_redelivery(hooked: Hook
     assert receiver.of("post-finish") == []
     switch.down = False
     await receiver.wait_for("post-finish")
-    await until(lambda: _not(owed(client, path)))
+    await until(lambda: no_longer_owed(client, path))
     await receiver.settle(4 * REDELIVER)
     assert [(t, down) for t, down in switch.answered if not down] == [
         ("pre-finish", False), ("post-finish", False)]
@@ -233,7 +234,7 @@ async def test_a_storage_failure_leaves_the_post_finish_owed(hooked: HookedFacto
     store.lock = failing_lock  # type: ignore[method-assign]
     switch.down = False
     with caplog.at_level(logging.WARNING, logger="tusd_py.hooks"):
-        await until(lambda: _not(owed(client, path)))
+        await until(lambda: no_longer_owed(client, path))
     assert failures == [path.rsplit("/", 1)[1]]
     assert (f"post-finish hook for upload {failures[0]} not delivered (storage error: "
             "StorageError: database is locked)") in caplog.text
