@@ -117,3 +117,10 @@ def test_all_four_algorithms():
 
 def test_http_date_is_rfc7231():
     assert http_date(0) == "Thu, 01 Jan 1970 00:00:00 GMT"
+
+
+def test_http_date_whole_seconds_and_cache_follows_the_clock():
+    assert http_date(86400.9) == "Fri, 02 Jan 1970 00:00:00 GMT"
+    assert http_date(86400.1) == "Fri, 02 Jan 1970 00:00:00 GMT"  # same second: kept text
+    assert http_date(86401.0) == "Fri, 02 Jan 1970 00:00:01 GMT"
+    assert http_date(0) == "Thu, 01 Jan 1970 00:00:00 GMT"  # and back

@@ -146,6 +146,16 @@ def parse_checksum(value: str | None, supported: tuple[str, ...]) -> ChecksumHea
     return ChecksumHeader(algorithm, digest)
 
 
+_last_date: tuple[int, str] = (-1, "")
+
+
 def http_date(timestamp: float) -> str:
-    """RFC 7231 IMF-fixdate, as Upload-Expires requires."""
-    return formatdate(timestamp, usegmt=True)
+    """RFC 7231 IMF-fixdate, as Upload-Expires requires (whole seconds).
+
+    The last second's text is kept: under load consecutive responses name the same
+    second, and ``formatdate`` costs more than the rest of the header."""
+    global _last_date
+    second = int(timestamp)
+    if second != _last_date[0]:
+        _last_date = (second, formatdate(second, usegmt=True))
+    return _last_date[1]
