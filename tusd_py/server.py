@@ -32,10 +32,9 @@ import threading
 
 from aiohttp import web
 
-from .app import Handler, create_app, drain_uploads
+from .app import GATE, create_app, drain_uploads
 from .config import Config
 from .logs import AccessLogger, flush_logs, setup_logging
-from .protocol import TUS_VERSION
 
 log = logging.getLogger("tusd_py")
 
@@ -57,35 +56,6 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-class _RequestGate:
-    """Counts the requests being handled (the grace period covers downloads too) and,
-    once the daemon is stopping, refuses new ones on open keep-alive connections and
-    closes each connection after its response."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.stopping = False
-
-    def __call__(self) -> int:
-        return self.count
-
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if self.stopping:
-            refused = web.Response(status=503, text="server is shutting down\n", headers={
-                "Tus-Resumable": TUS_VERSION, "Retry-After": "1"})
-            refused.force_close()
-            return refused
-        self.count += 1
-        try:
-            response = await handler(request)
-        finally:
-            self.count -= 1
-        if self.stopping:
-            response.force_close()
-        return response
-
-
 def start_watchdog(seconds: float) -> threading.Timer:
     """End the process with ``EXIT_OVERRUN`` if it is still alive after ``seconds``."""
 
@@ -105,8 +75,7 @@ def start_watchdog(seconds: float) -> threading.Timer:
 
 async def run(config: Config) -> None:
     app = create_app(config)
-    gate = _RequestGate()
-    app.middlewares.insert(0, gate.middleware)
+    gate = app[GATE]
     server = config.server
     runner = web.AppRunner(
         app,

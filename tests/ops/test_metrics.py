@@ -114,3 +114,27 @@ async def test_metrics_can_be_switched_off(daemon_factory) -> None:  # type: ign
     async with aiohttp.ClientSession() as s:
         async with s.get(daemon.root + "/metrics") as r:
             assert r.status == 404
+
+
+def test_request_counters_and_patch_histogram_exposition() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from tusd_py.metrics import Metrics
+
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.answered("PATCH", 204, 0.005)  # on a bound: counted in that bucket (le)
+    metrics.answered("PATCH", 204, 0.0051)
+    metrics.answered("PATCH", 409, 400.0)  # past the last bound: only +Inf
+    metrics.answered("BREW", 405, 0.0)  # unknown methods share one label value
+    value = registry.get_sample_value
+    assert value("tusd_patch_duration_seconds_bucket", {"le": "0.005"}) == 1
+    assert value("tusd_patch_duration_seconds_bucket", {"le": "0.01"}) == 2
+    assert value("tusd_patch_duration_seconds_bucket", {"le": "300.0"}) == 2
+    assert value("tusd_patch_duration_seconds_bucket", {"le": "+Inf"}) == 3
+    assert value("tusd_patch_duration_seconds_count") == 3
+    assert value("tusd_patch_duration_seconds_sum") == 0.005 + 0.0051 + 400.0
+    assert value("tusd_requests_total", {"method": "PATCH", "status": "204"}) == 2
+    assert value("tusd_requests_total", {"method": "other", "status": "405"}) == 1
+    assert value("tusd_errors_total", {"status": "409"}) == 1
+    assert value("tusd_errors_total", {"status": "204"}) is None
