@@ -7,7 +7,7 @@ Under load many requests commit at the same moment, so statements are queued and
 round runs, in one hop, as one transaction:
 
 * creates: one multi-row ``INSERT`` (if it fails, e.g. on an id a pre-create hook chose
-  twice, each row is retried alone in a savepoint, so only its own request fails);
+  twice, each row is retried alone, so only its own request fails);
 * offset commits: one plain ``UPDATE ... WHERE id = ? AND upload_offset = ? AND length
   IS ?`` per row, each keeping its own compare-and-set condition; its row count tells
   the request whether it matched. (One ``UPDATE ... FROM (VALUES ...)`` statement for the
@@ -134,21 +134,20 @@ def _apply(conn: sqlite3.Connection, inserts: list[Row],
 
 
 def _insert_rows(conn: sqlite3.Connection, rows: list[Row], errors: list[Exception | None]) -> None:
+    """One multi-row INSERT; if a row breaks a constraint, each row alone.
+
+    No savepoints are needed: a statement that fails on a constraint (SQLite's default
+    ``ABORT``) is undone by itself and the transaction stays open. Other errors (disk
+    full, I/O) may have ended the transaction and are raised for the whole round."""
     placeholders = "(" + ", ".join("?" * len(INSERT_COLUMNS)) + ")"
     head = f"INSERT INTO uploads ({', '.join(INSERT_COLUMNS)}) VALUES "
-    conn.execute("SAVEPOINT batch")
     try:
         conn.execute(head + ", ".join([placeholders] * len(rows)), [v for row in rows for v in row])
-        conn.execute("RELEASE batch")
         return
-    except sqlite3.Error:
-        conn.execute("ROLLBACK TO batch")
-        conn.execute("RELEASE batch")
+    except sqlite3.IntegrityError:
+        pass
     for i, row in enumerate(rows):  # find the culprit(s): one row at a time
-        conn.execute("SAVEPOINT one")
         try:
             conn.execute(head + placeholders, row)
-        except sqlite3.Error as exc:
-            conn.execute("ROLLBACK TO one")
+        except sqlite3.IntegrityError as exc:
             errors[i] = exc
-        conn.execute("RELEASE one")
