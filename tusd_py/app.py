@@ -158,7 +158,8 @@ def cors_headers(config: Config) -> Callable[[web.Request, web.StreamResponse], 
     async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
         origin = request.headers.get("Origin")
         headers = response.headers
-        if (not any_origin or origin is None) and "Origin" not in headers.getall("Vary", ()):
+        if (not any_origin or origin is None) and (
+                "Vary" not in headers or "Origin" not in headers.getall("Vary")):
             headers.add("Vary", "Origin")
         if origin is None or not (any_origin or origin in allowed):
             return
@@ -238,9 +239,11 @@ def create_app(config: Config, store: Store | None = None,
         app.on_response_prepare.append(cors_headers(config))
 
     base = config.server.base_path
+    # The upload route first: aiohttp tries the three (all indexed under the base path)
+    # in this order, so PATCH and HEAD resolve at the first try.
+    app.router.add_route("*", base + "{upload_id}", handler.dispatch)
     app.router.add_route("*", base, handler.dispatch)
     app.router.add_route("*", base.rstrip("/"), handler.dispatch)
-    app.router.add_route("*", base + "{upload_id}", handler.dispatch)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     if config.server.metrics:

@@ -142,17 +142,22 @@ async def test_json_access_log_one_line_per_request_without_secrets(daemon_facto
             assert r.status == 204
         async with s.head(url, headers={**TUS, "Authorization": "Bearer wrong-NEVER-LOGGED"}) as r:
             assert r.status == 401
+        async with s.post(daemon.url, data=b"abcd", headers={  # creation-with-upload
+                **PATCH_HEADERS, **auth, "Upload-Length": "8"}) as r:
+            assert r.status == 201
+            with_body_id = r.headers["Location"].rsplit("/", 1)[1]
     upload_id = url.rsplit("/", 1)[1]
     entries = []
     for _ in range(50):  # the access line is written right after the response
         entries = [json.loads(line) for line in daemon.log().splitlines() if line.startswith("{")]
-        if sum(e.get("logger") == "tusd_py.access" for e in entries) >= 4:  # + /healthz
+        if sum(e.get("logger") == "tusd_py.access" for e in entries) >= 5:  # + /healthz
             break
         await asyncio.sleep(0.05)
     access = [e for e in entries
               if e.get("logger") == "tusd_py.access" and e["path"].startswith("/files")]
-    assert [e["method"] for e in access] == ["POST", "PATCH", "HEAD"]  # one line per request
-    post, patch_line, head = access
+    assert [e["method"] for e in access] == ["POST", "PATCH", "HEAD", "POST"]  # one per request
+    post, patch_line, head, post_with_body = access
+    assert post_with_body["upload_id"] == with_body_id and post_with_body["received"] == 4
     assert post["status"] == 201 and post["upload_id"] == upload_id  # the id it created
     assert post["received"] is None
     assert patch_line["status"] == 204
