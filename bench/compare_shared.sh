@@ -61,6 +61,8 @@ warm_pages() {  # dir
     sync
 }
 warm_pages "$OUT"
+# and file creation at its normal speed (see bench/fs_settle.py)
+(cd "$ROOT" && "$PY" -m bench.fs_settle "$OUT")
 
 # 1. the shared baseline
 PORT=$(free_port)

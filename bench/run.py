@@ -17,6 +17,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shutil
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .emulators import DRIVERS, emulator
+from .fs_settle import settle
 from .loadgen import (
     Payload,
     Scenario,
@@ -230,8 +232,12 @@ async def _bench(args: argparse.Namespace, scenarios: list[Scenario], servers: l
                 for name in (servers if round_ % 2 else servers[::-1])]
     else:
         plan = [(name, list(range(1, args.repeat + 1))) for name in servers]
+    create_us = None
+    if any(s.name == "many-small" for s in scenarios) and not args.no_settle:
+        create_us = round(await asyncio.to_thread(settle, work_dir / "fs-probe"), 1)
     conditions = {
         "kind": "conditions", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "file_create_us": create_us,
         "loadavg_before": os.getloadavg(), "cpus": os.cpu_count(), "order": args.order,
         "repeat": args.repeat, "driver": args.driver,
         "tusd_env": {k: v for k, v in extra_env.items() if "KEY" not in k and "CONNECTION" not in k},
@@ -291,7 +297,9 @@ async def _bench(args: argparse.Namespace, scenarios: list[Scenario], servers: l
     print("\n" + summary_table(list(summaries.values())), file=sys.stderr)
     print(f"\nmedians of {args.repeat} run(s), {args.order}; tusd-py driver {args.driver}, env: "
           f"{conditions['tusd_env'] or 'defaults'}; load average before "
-          f"{conditions['loadavg_before'][0]:.2f}, after {os.getloadavg()[0]:.2f}\n", file=sys.stderr)
+          f"{conditions['loadavg_before'][0]:.2f}, after {os.getloadavg()[0]:.2f}"
+          + (f"; file creation {create_us:.0f} us" if create_us is not None else "")
+          + "\n", file=sys.stderr)
     print(comparison_table(scenarios, servers, summaries), file=sys.stderr)
     print("\n" + "\n".join(all_lines), file=sys.stderr)
     failed = sum(s["errors"] for s in summaries.values())
@@ -331,6 +339,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json-out", type=Path, help="append JSON lines (conditions, runs, summaries) here")
     parser.add_argument("--work-dir", help="parent of the temp data dirs (default: system temp)")
     parser.add_argument("--keep-data", action="store_true", help="keep data dirs and server logs")
+    parser.add_argument("--no-settle", action="store_true",
+                        help="start at once even while file creation is slow after mass "
+                             "deletions (by default many-small waits for it, see bench.fs_settle)")
     parser.add_argument("--strict", action="store_true", help="exit 3 when a target is missed")
     args = parser.parse_args(argv)
     return int(uvloop_run(bench(args)))

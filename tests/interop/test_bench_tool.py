@@ -15,6 +15,9 @@ from tests.plugins.daemon import ROOT, Daemon
 TINY = ["--repeat", "1", "--big-size", "2MiB", "--big-chunk", "512KiB", "--small-count", "20",
         "--small-conc", "4", "--par-count", "2", "--par-size", "1MiB", "--par-chunk", "256KiB",
         "--verify-bytes", "--no-sync"]
+#: bench.run only (loadgen has no settle step): start at once, whatever the filesystem
+#: state the suite left (test_fs_settle covers the probe).
+RUN_TINY = [*TINY, "--no-settle"]
 
 
 def records(path: Path) -> list[dict[str, Any]]:
@@ -44,7 +47,7 @@ def test_loadgen_against_daemon(daemon: Daemon, tmp_path: Path) -> None:
 
 def test_run_compares_baseline_and_tusd(tmp_path: Path) -> None:
     out = tmp_path / "run.jsonl"
-    proc = subprocess.run([sys.executable, "-m", "bench.run", "--json-out", str(out), *TINY],
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--json-out", str(out), *RUN_TINY],
                           cwd=ROOT, capture_output=True, text=True, timeout=90)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = records(out)
@@ -63,7 +66,7 @@ def test_run_on_the_s3_driver_starts_its_own_moto(tmp_path: Path) -> None:
     out = tmp_path / "s3.jsonl"
     proc = subprocess.run(
         [sys.executable, "-m", "bench.run", "--servers", "tusd-py", "--driver", "s3",
-         "--scenarios", "big,many-small", "--json-out", str(out), *TINY],
+         "--scenarios", "big,many-small", "--json-out", str(out), *RUN_TINY],
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = records(out)
@@ -74,3 +77,16 @@ def test_run_on_the_s3_driver_starts_its_own_moto(tmp_path: Path) -> None:
     summaries = [r for r in rows if r["kind"] == "summary"]
     assert {s["scenario"] for s in summaries} == {"big", "many-small"}
     assert all(s["errors"] == 0 and s["bytes_ok"] == s["attempted"] for s in summaries)
+
+
+def test_fs_settle_probes_file_creation_and_keeps_the_files(tmp_path: Path) -> None:
+    from bench.fs_settle import create_cost_us, settle
+
+    probe = tmp_path / "probe"
+    assert create_cost_us(probe, count=50) > 0
+    assert len(list(probe.iterdir())) == 50  # kept: deleting them would slow creates again
+    assert settle(probe, threshold_us=1e9) > 0  # settled at the first probe
+    assert len(list(probe.iterdir())) == 250
+    # never settled: gives up after max_wait, having probed once more after the wait
+    assert settle(probe, threshold_us=0.0, max_wait=0.2, interval=0.1) > 0
+    assert len(list(probe.iterdir())) >= 650
