@@ -61,8 +61,11 @@ warm_pages() {  # dir
     sync
 }
 warm_pages "$OUT"
-# and file creation at its normal speed (see bench/fs_settle.py)
-(cd "$ROOT" && "$PY" -m bench.fs_settle "$OUT")
+# One directory for both servers' upload files (tusd-py's uploads/ is a symlink to the
+# baseline's data dir), and file creation in it at its normal speed (bench/fs_settle.py).
+mkdir -p "$OUT/baseline-data" "$OUT/tusd-data"
+ln -s "$OUT/baseline-data" "$OUT/tusd-data/uploads"
+(cd "$ROOT" && "$PY" -m bench.fs_settle "$OUT/baseline-data")
 
 # 1. the shared baseline
 PORT=$(free_port)

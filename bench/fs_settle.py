@@ -8,9 +8,13 @@ state wears off within about six minutes. many-small figures taken during it mea
 filesystem, and when it ends halfway through a sitting it bills whichever server ran
 first (seen: the baseline 545 then 1715 uploads/s in one sitting).
 
-So before a sitting the cost of a create is probed (files are kept until the sitting's
-data is removed: deleting them would renew the state) and, while it is above
-``threshold_us``, probed again every ``interval`` seconds, for up to ``max_wait``.
+The state belongs to a block group, and a new directory may land in a fresh group or
+in one full of recently freed inodes. So the benchmarks give both servers one directory
+for their upload files (tusd-py's ``uploads`` is a symlink to it), and before a sitting
+the cost of a create is probed in that very directory (files named ``fs-probe-*``, kept
+until the sitting's data is removed: deleting them would renew the state) and, while it
+is above ``threshold_us``, probed again every ``interval`` seconds, for up to
+``max_wait``.
 
 Usage: python -m bench.fs_settle DIR   (what bench/compare_shared.sh runs)
 """
@@ -27,23 +31,23 @@ from pathlib import Path
 THRESHOLD_US = 150.0
 
 
-def create_cost_us(probe_dir: Path, count: int = 200) -> float:
-    """Mean microseconds to create (and close) one new empty file in ``probe_dir``."""
-    probe_dir.mkdir(parents=True, exist_ok=True)
-    start_index = len(os.listdir(probe_dir))
+def create_cost_us(directory: Path, count: int = 200) -> float:
+    """Mean microseconds to create (and close) one new empty file in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    prefix = f"fs-probe-{time.time_ns()}-"
     t0 = time.perf_counter()
-    for n in range(start_index, start_index + count):
-        os.close(os.open(probe_dir / str(n), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for n in range(count):
+        os.close(os.open(directory / f"{prefix}{n}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     return (time.perf_counter() - t0) / count * 1e6
 
 
-def settle(probe_dir: Path, threshold_us: float = THRESHOLD_US, max_wait: float = 420.0,
+def settle(directory: Path, threshold_us: float = THRESHOLD_US, max_wait: float = 420.0,
            interval: float = 15.0) -> float:
     """Probe until a create costs less than ``threshold_us`` (or ``max_wait`` passed);
     returns the last cost measured."""
     deadline = time.monotonic() + max_wait
     while True:
-        cost = create_cost_us(probe_dir)
+        cost = create_cost_us(directory)
         if cost < threshold_us:
             return cost
         left = deadline - time.monotonic()
@@ -59,10 +63,10 @@ def settle(probe_dir: Path, threshold_us: float = THRESHOLD_US, max_wait: float 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.fs_settle", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dir", type=Path, help="a directory on the benchmark's filesystem")
+    parser.add_argument("dir", type=Path, help="the directory the servers will create files in")
     parser.add_argument("--max-wait", type=float, default=420.0)
     args = parser.parse_args()
-    cost = settle(args.dir / "fs-probe", max_wait=args.max_wait)
+    cost = settle(args.dir, max_wait=args.max_wait)
     print(f"# file creation: {cost:.0f} us per file", file=sys.stderr)
     return 0
 

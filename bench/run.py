@@ -60,6 +60,10 @@ TARGET_P99_MS = {"many-small": 100.0}
 TARGET_RSS_MB = 100.0
 
 
+def files_dir(work_dir: Path) -> Path:
+    return work_dir / "files"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -73,6 +77,8 @@ class Server:
         self.name = name
         self.port = free_port()
         self.data_dir = work_dir / f"{name}-{self.port}"
+        #: Every server's upload files go in this one directory (bench.fs_settle says why).
+        self.files_dir = files_dir(work_dir)
         self.log_path = work_dir / f"{name}-{self.port}.log"
         self.extra_env = extra_env
         self.proc: subprocess.Popen[bytes] | None = None
@@ -89,7 +95,7 @@ class Server:
     def command(self) -> list[str]:
         if self.name == BASELINE:
             return [sys.executable, "-m", "bench.baseline_server", "--port", str(self.port),
-                    "--data-dir", str(self.data_dir)]
+                    "--data-dir", str(self.files_dir)]
         return [sys.executable, "-m", "tusd_py", "serve", "--host", "127.0.0.1",
                 "--port", str(self.port), "--data-dir", str(self.data_dir)]
 
@@ -101,6 +107,9 @@ class Server:
         if self.name == TUSD_FSYNC:
             env["TUSD_STORAGE__FSYNC"] = "true"
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.files_dir.mkdir(parents=True, exist_ok=True)
+        if self.is_tusd:  # the local driver keeps its files in data_dir/uploads
+            (self.data_dir / "uploads").symlink_to(self.files_dir, target_is_directory=True)
         log = open(self.log_path, "ab")
         # tusd-py runs in an empty directory so no config/tusd.yaml is picked up: the
         # built-in defaults (plus --env / --fsync) are what is measured.
@@ -234,7 +243,7 @@ async def _bench(args: argparse.Namespace, scenarios: list[Scenario], servers: l
         plan = [(name, list(range(1, args.repeat + 1))) for name in servers]
     create_us = None
     if any(s.name == "many-small" for s in scenarios) and not args.no_settle:
-        create_us = round(await asyncio.to_thread(settle, work_dir / "fs-probe"), 1)
+        create_us = round(await asyncio.to_thread(settle, files_dir(work_dir)), 1)
     conditions = {
         "kind": "conditions", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "file_create_us": create_us,
