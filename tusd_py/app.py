@@ -105,10 +105,10 @@ def front_middleware(gate: RequestGate, metrics: Metrics | None,
         if gate.stopping:
             return gate.refusal()
         gate.count += 1
-        timed = metrics is not None and request.path.startswith(base)
+        counted = metrics if metrics is not None and request.path.startswith(base) else None
         start = 0.0
-        if timed:
-            metrics.open_requests += 1  # type: ignore[union-attr]
+        if counted is not None:
+            counted.open_requests += 1
             start = clock()
         status = 500
         try:
@@ -130,9 +130,9 @@ def front_middleware(gate: RequestGate, metrics: Metrics | None,
             status = response.status
         finally:
             gate.count -= 1
-            if timed:
-                metrics.open_requests -= 1  # type: ignore[union-attr]
-                metrics.answered(request.method, status, clock() - start)  # type: ignore[union-attr]
+            if counted is not None:
+                counted.open_requests -= 1
+                counted.answered(request.method, status, clock() - start)
         if gate.stopping:
             response.force_close()
         return response
@@ -216,7 +216,7 @@ def create_app(config: Config, store: Store | None = None,
         events.add(RequestAnnotator())  # upload id / bytes committed, for the access log
     tus_metrics = None
     if config.server.metrics:
-        tus_metrics = Metrics(registry, lambda: len(handler.leases), config.server.base_path)
+        tus_metrics = Metrics(registry, lambda: len(handler.leases))
         events.add(tus_metrics)
     gate = RequestGate()
     middlewares: list[Callable[..., Awaitable[web.StreamResponse]]] = [

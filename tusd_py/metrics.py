@@ -50,10 +50,8 @@ class Metrics(UploadListener, Collector):
     """Upload-event listener and request counter (fed by the front middleware); a
     collector of its own registry. Register it with ``EventBus.add`` too."""
 
-    def __init__(self, registry: CollectorRegistry, active_uploads: Callable[[], int] | None = None,
-                 base_path: str = "/files/") -> None:
-        self.registry = registry
-        self.base_path = base_path.rstrip("/")
+    def __init__(self, registry: CollectorRegistry,
+                 active_uploads: Callable[[], int] | None = None) -> None:
         # Hot counters (see the module docstring): exposed by collect().
         self.requests: dict[tuple[str, int], int] = {}  # (method, status) -> count
         self.errors: dict[int, int] = {}  # status -> count
