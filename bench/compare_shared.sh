@@ -69,7 +69,6 @@ ln -s "$OUT/baseline-data" "$OUT/tusd-data/uploads"
 
 # 1. the shared baseline
 PORT=$(free_port)
-mkdir -p "$OUT/baseline-data"
 "$PY" "$SHARED/baseline_aiohttp.py" "$PORT" "$OUT/baseline-data" > "$OUT/baseline.log" 2>&1 &
 SERVER_PID=$!
 # the baseline has no health route: any HTTP answer (404) means it is up
@@ -89,7 +88,6 @@ sync
 
 # 2. tusd-py, built-in defaults (run in an empty dir so no config file is read)
 PORT=$(free_port)
-mkdir -p "$OUT/tusd-data"
 (cd "$OUT/tusd-data" && exec "$PY" -m tusd_py serve --host 127.0.0.1 --port "$PORT" \
     --data-dir "$OUT/tusd-data" > "$OUT/tusd-py.log" 2>&1) &
 SERVER_PID=$!

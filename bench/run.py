@@ -76,9 +76,10 @@ class Server:
     def __init__(self, name: str, work_dir: Path, extra_env: dict[str, str]) -> None:
         self.name = name
         self.port = free_port()
-        self.data_dir = work_dir / f"{name}-{self.port}"
-        #: Every server's upload files go in this one directory (bench.fs_settle says why).
+        #: Every server's upload files go in one directory (bench.fs_settle says why): the
+        #: baseline's data dir, tusd-py's ``uploads/`` (a symlink to it).
         self.files_dir = files_dir(work_dir)
+        self.data_dir = self.files_dir if name == BASELINE else work_dir / f"{name}-{self.port}"
         self.log_path = work_dir / f"{name}-{self.port}.log"
         self.extra_env = extra_env
         self.proc: subprocess.Popen[bytes] | None = None
@@ -95,7 +96,7 @@ class Server:
     def command(self) -> list[str]:
         if self.name == BASELINE:
             return [sys.executable, "-m", "bench.baseline_server", "--port", str(self.port),
-                    "--data-dir", str(self.files_dir)]
+                    "--data-dir", str(self.data_dir)]
         return [sys.executable, "-m", "tusd_py", "serve", "--host", "127.0.0.1",
                 "--port", str(self.port), "--data-dir", str(self.data_dir)]
 
@@ -106,8 +107,8 @@ class Server:
             env.update(self.extra_env)
         if self.name == TUSD_FSYNC:
             env["TUSD_STORAGE__FSYNC"] = "true"
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         self.files_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.is_tusd:  # the local driver keeps its files in data_dir/uploads
             (self.data_dir / "uploads").symlink_to(self.files_dir, target_is_directory=True)
         log = open(self.log_path, "ab")
