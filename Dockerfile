@@ -37,7 +37,7 @@ VOLUME ["/data"]
 EXPOSE 8080
 # SIGTERM: in-flight uploads get server.shutdown_grace (25s in deploy/tusd.yaml), their
 # bytes are committed, and the process exits 0 within shutdown_grace + 2s
-# (tusd_py.server.SHUTDOWN_MARGIN). Give the container longer than that before SIGKILL
+# (tusd_py.http.server.SHUTDOWN_MARGIN). Give the container longer than that before SIGKILL
 # (docker stop -t 35, compose stop_grace_period: 35s).
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \

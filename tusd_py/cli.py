@@ -33,7 +33,7 @@ def _config_from(args: argparse.Namespace) -> Config:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .server import serve
+    from .http.server import serve
 
     serve(_config_from(args))
     return 0

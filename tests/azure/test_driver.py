@@ -24,7 +24,7 @@ from tusd_py.protocol.errors import (
     UploadBusy,
     UploadExists,
 )
-from tusd_py.storage.azure import AzureStore, block_size_for
+from tusd_py.storage.azure.store import AzureStore, block_size_for
 from tusd_py.storage.base import Upload
 from tusd_py.storage.ids import new_upload_id
 
@@ -69,7 +69,7 @@ def test_configuration_errors(monkeypatch):
 
 
 def test_block_runs_keep_the_record_small():
-    from tusd_py.storage.azure_info import block_id, block_ids, block_runs
+    from tusd_py.storage.azure.errors import block_id, block_ids, block_runs
 
     a, b = "a" * 32, "b" * 32
     runs = block_runs([], a, [0, 1, 2])
@@ -312,7 +312,7 @@ async def _noop() -> None:
 class AzureLockProbe:
     @staticmethod
     async def commit_blocks(lock: Any) -> None:
-        from tusd_py.storage.azure_info import block_ids, block_list
+        from tusd_py.storage.azure.errors import block_ids, block_list
 
         await lock.store.blob(lock.upload.id).commit_block_list(
             block_list(block_ids(lock.state["blocks"])))

@@ -12,8 +12,8 @@ import pytest
 
 from tests.http.helpers import TUS, b64, create, download, head, patch, path_of, upload
 from tests.plugins.app import make_config
-from tusd_py.app import HANDLER, STORE, create_app
-from tusd_py.sweeper import sweep_once
+from tusd_py.core.sweeper import sweep_once
+from tusd_py.http.app import HANDLER, STORE, create_app
 
 MIB = 1 << 20
 
@@ -99,7 +99,7 @@ async def test_readyz_503_and_clear_500_when_container_is_missing(azure_app_fact
 async def test_azure_down_is_503_with_a_clear_message(aiohttp_client, azure_storage_config):
     from tests.plugins.azure import connection_string
     from tests.plugins.daemon import free_port
-    from tusd_py.storage.azure import AzureStore
+    from tusd_py.storage.azure.store import AzureStore
 
     config = make_config(azure_storage_config)
     store = AzureStore("c", connection_string=connection_string(free_port()))

@@ -19,7 +19,7 @@ from tests.plugins.stores import new_upload, read_all, started_stores
 from tusd_py.config import ConfigError
 from tusd_py.protocol.errors import MismatchedOffset, NotFound, ServiceUnavailable, UploadBusy
 from tusd_py.storage.base import Upload
-from tusd_py.storage.gcs import GCSStore
+from tusd_py.storage.gcs.store import GCSStore
 from tusd_py.storage.ids import new_upload_id
 
 KIB = 1 << 10

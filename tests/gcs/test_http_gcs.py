@@ -13,8 +13,8 @@ import pytest
 from tests.http.helpers import TUS, create, download, head, patch, path_of, upload
 from tests.plugins.app import make_config
 from tests.plugins.gcs import PART_SIZE
-from tusd_py.app import HANDLER, create_app
-from tusd_py.sweeper import sweep_once
+from tusd_py.core.sweeper import sweep_once
+from tusd_py.http.app import HANDLER, create_app
 
 KIB = 1 << 10
 
@@ -107,7 +107,7 @@ async def test_readyz_and_requests_fail_clearly_without_the_bucket(gcs_app_facto
 
 async def test_gcs_down_is_503_with_a_clear_message(aiohttp_client, gcs_storage_config):
     from tests.plugins.daemon import free_port
-    from tusd_py.storage.gcs import GCSStore
+    from tusd_py.storage.gcs.store import GCSStore
 
     config = make_config(gcs_storage_config)
     store = GCSStore(gcs_storage_config["bucket"], endpoint_url=f"http://127.0.0.1:{free_port()}",

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from tusd_py.protocol.errors import ServiceUnavailable
 from tusd_py.storage.base import Upload
-from tusd_py.storage.gcs import GCSStore
+from tusd_py.storage.gcs.store import GCSStore
 from tusd_py.storage.ids import new_upload_id
 
 PART = 64 << 10

@@ -558,8 +558,8 @@ async def test_pre_access_reject_termination(hooked: HookedFactory, receiver: Re
 
 async def test_no_hooks_configured_means_no_listener(tus_client_factory):
     client = await tus_client_factory()
-    from tusd_py.app import EVENTS
     from tusd_py.hooks import HookListener
+    from tusd_py.http.app import EVENTS
 
     assert not any(isinstance(x, HookListener) for x in client.app[EVENTS].listeners)
     r = await client.get("/metrics")
@@ -686,7 +686,7 @@ async def test_idempotency_key_is_one_per_event_across_retries_and_replicas(
     """Replica A creates the upload, replica B completes it; B's first post-finish attempt
     gets a 503. Both attempts carry the key A would compute from its own read of the
     record, so a receiver de-duplicating on it sees the completion once."""
-    from tusd_py.app import STORE
+    from tusd_py.http.app import STORE
 
     post_finish_attempts = 0
 
@@ -734,7 +734,7 @@ async def test_shutdown_drain_is_bounded_and_counts_what_it_abandons(
         hooked: HookedFactory, receiver: Receiver, caplog):
     """At shutdown queued post-finish deliveries get up to the drain time (here 1 s: the
     hook timeout); what is still queued or in flight then is counted and logged by id."""
-    from tusd_py.app import REGISTRY
+    from tusd_py.http.app import REGISTRY
 
     receiver.delay = 0.6
     client = await hooked(http={"timeout": 1}, enabled=["post-finish"], concurrency=1,

@@ -16,8 +16,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from tests.http.helpers import create, patch, upload
-from tusd_py.app import STORE
 from tusd_py.hooks.payload import idempotency_key
+from tusd_py.http.app import STORE
 
 from .conftest import Call, HookedFactory, Receiver, every_driver, metric
 
@@ -197,7 +197,7 @@ async def test_post_finish_survives_kill_9_of_the_daemon(daemon_factory, receive
 
 
 async def _record(data_dir: Path, upload_id: str) -> Any:
-    from tusd_py.storage.local import LocalStore
+    from tusd_py.storage.local.store import LocalStore
 
     store = LocalStore(str(data_dir))
     await store.start()

@@ -8,8 +8,8 @@ import pytest
 from aiohttp import web
 
 from tests.plugins.app import make_config
-from tusd_py.app import create_app
-from tusd_py.events import EventBus, UploadListener
+from tusd_py.core.events import EventBus, UploadListener
+from tusd_py.http.app import create_app
 from tusd_py.protocol.errors import TusError
 from tusd_py.storage.base import Upload
 

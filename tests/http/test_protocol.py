@@ -256,8 +256,8 @@ async def test_upload_expires_header_is_rfc7231(tus):
 
 
 async def test_expired_upload_is_410_then_swept(tus_client_factory):
-    from tusd_py.app import HANDLER
-    from tusd_py.sweeper import sweep_once
+    from tusd_py.core.sweeper import sweep_once
+    from tusd_py.http.app import HANDLER
 
     client = await tus_client_factory(expiration={"after": 0.3, "sweep_interval": 0})
     path = await create(client, 10)
@@ -282,8 +282,8 @@ async def test_patch_refreshes_expiry(tus_client_factory):
 
 
 async def test_completed_uploads_expire_when_configured(tus_client_factory):
-    from tusd_py.app import HANDLER
-    from tusd_py.sweeper import sweep_once
+    from tusd_py.core.sweeper import sweep_once
+    from tusd_py.http.app import HANDLER
 
     client = await tus_client_factory(expiration={"completed_after": 0.2, "sweep_interval": 0})
     path = await upload(client, b"abc")
@@ -389,8 +389,8 @@ async def test_concatenation_unfinished(tus):
 
 
 async def test_unfinished_final_lives_as_long_as_its_partials(tus_client_factory):
-    from tusd_py.app import HANDLER
-    from tusd_py.sweeper import sweep_once
+    from tusd_py.core.sweeper import sweep_once
+    from tusd_py.http.app import HANDLER
 
     # Margins are wide (loaded CI machines): partials are written every 1.2 s, well
     # inside their 2.5 s lifetime, while the final's own 2.5 s lapse after 2.4 s + ops.
@@ -546,7 +546,7 @@ async def test_readyz_fails_when_the_local_upload_dir_is_gone(aiohttp_client, lo
     import shutil
 
     from tests.plugins.app import make_config
-    from tusd_py.app import create_app
+    from tusd_py.http.app import create_app
 
     client = await aiohttp_client(create_app(make_config(local_storage_config)))
     assert (await client.get("/readyz")).status == 200

@@ -139,7 +139,7 @@ def test_stop_timeouts_outlast_the_shutdown() -> None:
     """SIGTERM -> exit takes at most shutdown_grace + SHUTDOWN_MARGIN (measured in
     tests/system/test_shutdown.py); compose's stop_grace_period, and the stop timeout the
     Dockerfile's comment recommends, leave at least 5 s beyond that before SIGKILL."""
-    from tusd_py.server import SHUTDOWN_MARGIN
+    from tusd_py.http.server import SHUTDOWN_MARGIN
 
     grace = load_config(str(ROOT / "deploy/tusd.yaml"), env={}).server.shutdown_grace
     needed = grace + SHUTDOWN_MARGIN + 5

@@ -119,7 +119,7 @@ async def test_metrics_can_be_switched_off(daemon_factory) -> None:  # type: ign
 def test_request_counters_and_patch_histogram_exposition() -> None:
     from prometheus_client import CollectorRegistry
 
-    from tusd_py.metrics import Metrics
+    from tusd_py.http.metrics import Metrics
 
     registry = CollectorRegistry()
     metrics = Metrics(registry)

@@ -1,11 +1,11 @@
-"""Forwarded (RFC 7239) / X-Forwarded-* parsing and validation (tusd_py.urls), with
+"""Forwarded (RFC 7239) / X-Forwarded-* parsing and validation (tusd_py.http.urls), with
 hostile inputs. The same inputs through a real daemon: tests/ops/test_proxy.py."""
 
 from __future__ import annotations
 
 import pytest
 
-from tusd_py.urls import parse_forwarded, valid_host, valid_prefix
+from tusd_py.http.urls import parse_forwarded, valid_host, valid_prefix
 
 
 @pytest.mark.parametrize(("header", "expected"), [

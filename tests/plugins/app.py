@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tusd_py.app import create_app
 from tusd_py.config import Config, load_config
+from tusd_py.http.app import create_app
 
 #: Drivers the HTTP protocol suite runs against.
 DRIVERS = ["local", "s3", "azure", "gcs"]

@@ -81,14 +81,14 @@ def s3_storage_config(moto_endpoint: str, s3_bucket: str) -> dict[str, Any]:
 
 
 if TYPE_CHECKING:
-    from tusd_py.storage.s3 import S3Store
+    from tusd_py.storage.s3.store import S3Store
 
 StoreFactory = Callable[..., Awaitable["S3Store"]]
 
 
 @pytest.fixture
 async def make_store(moto_endpoint: str, s3_bucket: str) -> AsyncIterator[StoreFactory]:
-    from tusd_py.storage.s3 import S3Store
+    from tusd_py.storage.s3.store import S3Store
 
     async with started_stores() as start:
         async def factory(**kwargs: Any) -> S3Store:
@@ -106,8 +106,8 @@ async def client_through_proxy(aiohttp_client: Any, config: dict[str, Any], endp
     ``s3_proxy``), with 5 MiB parts; ``sections`` are config overrides as for
     ``make_config``."""
     from tests.plugins.app import make_config
-    from tusd_py.app import create_app
-    from tusd_py.storage.s3 import S3Store
+    from tusd_py.http.app import create_app
+    from tusd_py.storage.s3.store import S3Store
 
     store = S3Store(config["bucket"], prefix=config["prefix"], endpoint_url=endpoint,
                     region="us-east-1", part_size=5 * MIB, **(store_options or {}))

@@ -18,7 +18,7 @@ from tusd_py.config import ConfigError
 from tusd_py.protocol.errors import MismatchedOffset, NotFound, UploadBusy
 from tusd_py.storage.base import Upload
 from tusd_py.storage.ids import new_upload_id
-from tusd_py.storage.s3 import S3Store
+from tusd_py.storage.s3.store import S3Store
 
 
 def keys(s3_client: Any, bucket: str) -> set[str]:

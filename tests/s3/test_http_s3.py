@@ -12,8 +12,8 @@ import pytest
 
 from tests.http.helpers import TUS, create, download, head, patch, path_of, upload
 from tests.plugins.app import make_config
-from tusd_py.app import HANDLER, create_app
-from tusd_py.sweeper import sweep_once
+from tusd_py.core.sweeper import sweep_once
+from tusd_py.http.app import HANDLER, create_app
 
 MIB = 1 << 20
 
@@ -125,7 +125,7 @@ async def test_readyz_503_when_bucket_unreachable(s3_app_factory):
 
 async def test_s3_down_is_503_with_a_clear_message(aiohttp_client, s3_storage_config):
     from tests.plugins.daemon import free_port
-    from tusd_py.storage.s3 import S3Store
+    from tusd_py.storage.s3.store import S3Store
 
     config = make_config(s3_storage_config)
     store = S3Store(s3_storage_config["bucket"], endpoint_url=f"http://127.0.0.1:{free_port()}",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tusd_py.protocol.errors import SizeExceeded
-from tusd_py.storage.s3_sizing import (
+from tusd_py.storage.s3.sizing import (
     MAX_OBJECT_SIZE,
     MAX_PART_SIZE,
     MAX_PARTS,

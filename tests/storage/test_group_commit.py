@@ -8,8 +8,8 @@ import sqlite3
 import aiosqlite
 import pytest
 
-from tusd_py.storage.local import LocalStore
-from tusd_py.storage.sqlite_batch import GroupCommit
+from tusd_py.storage.local.batch import GroupCommit
+from tusd_py.storage.local.store import LocalStore
 
 
 @pytest.fixture

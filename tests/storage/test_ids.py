@@ -6,7 +6,7 @@ import re
 import time
 
 from tusd_py.storage.ids import is_upload_id, new_time_ordered_upload_id, new_upload_id
-from tusd_py.storage.local import LocalStore
+from tusd_py.storage.local.store import LocalStore
 
 HEX32 = re.compile(r"[0-9a-f]{32}")
 

@@ -12,7 +12,7 @@ import pytest
 from tests.plugins.stores import started_stores, write
 from tusd_py.protocol.errors import MismatchedOffset
 from tusd_py.storage.base import Upload
-from tusd_py.storage.local import LocalStore
+from tusd_py.storage.local.store import LocalStore
 
 
 @pytest.fixture

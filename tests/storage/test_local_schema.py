@@ -6,7 +6,7 @@ import sqlite3
 import time
 
 from tests.plugins.stores import started_stores, write
-from tusd_py.storage.local import LocalStore
+from tusd_py.storage.local.store import LocalStore
 
 OLD_SCHEMA = """
 CREATE TABLE uploads (

@@ -126,7 +126,7 @@ def test_s3_spill_dir_reaches_the_driver(tmp_path):
 def test_malloc_tuning_applies_on_glibc_unless_the_operator_chose(monkeypatch):
     import platform
 
-    from tusd_py.server import tune_malloc
+    from tusd_py.http.server import tune_malloc
 
     monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
     assert tune_malloc() is False  # the operator's MALLOC_* settings win

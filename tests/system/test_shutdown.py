@@ -13,7 +13,7 @@ import time
 import aiohttp
 
 from tests.plugins.daemon import ROOT
-from tusd_py.server import EXIT_OVERRUN, SHUTDOWN_MARGIN
+from tusd_py.http.server import EXIT_OVERRUN, SHUTDOWN_MARGIN
 
 from .tusreq import create, offset_of, patch
 

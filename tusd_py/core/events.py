@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from .storage.base import Upload
+from ..storage.base import Upload
 
 if TYPE_CHECKING:
     from aiohttp import web

@@ -2,7 +2,7 @@
 
 Handlers orchestrate: headers are parsed by ``tusd_py.protocol``, bytes and records are
 the store's business, refusals are ``TusError`` values turned into responses by the
-error middleware in ``tusd_py.app``.
+error middleware in ``tusd_py.http.app``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from .config import Config
-from .download import (
+from ..config import Config
+from ..http.download import (
     FileDownload,
     Unsatisfiable,
     download_headers,
@@ -27,9 +27,8 @@ from .download import (
     stream_download,
     unsatisfiable,
 )
-from .events import EventBus
-from .leases import Lease, LeaseRegistry, StopReason
-from .protocol import (
+from ..http.urls import base_url
+from ..protocol import (
     TUS_VERSION,
     Metadata,
     format_metadata,
@@ -41,8 +40,8 @@ from .protocol import (
     parse_metadata,
     parse_uint,
 )
-from .protocol.checksum import Hasher
-from .protocol.errors import (
+from ..protocol.checksum import Hasher
+from ..protocol.errors import (
     BadRequest,
     ChecksumMismatch,
     Forbidden,
@@ -55,10 +54,11 @@ from .protocol.errors import (
     TusError,
     UnsupportedVersion,
 )
-from .protocol.errors import MismatchedOffset as OffsetMismatch
-from .storage.base import Capability, Store, Upload, UploadLock
-from .storage.ids import check_upload_id, is_upload_id
-from .urls import base_url
+from ..protocol.errors import MismatchedOffset as OffsetMismatch
+from ..storage.base import Capability, Store, Upload, UploadLock
+from ..storage.ids import check_upload_id, is_upload_id
+from .events import EventBus
+from .writers import Lease, LeaseRegistry, StopReason
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from .handlers import TusHandler
-from .metrics import Metrics
-from .protocol.errors import NotFound, UploadBusy
-from .storage.base import Capability
+from ..http.metrics import Metrics
+from ..protocol.errors import NotFound, UploadBusy
+from ..storage.base import Capability
+from .handler import TusHandler
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ async def sweep_once(handler: TusHandler, now: float | None = None) -> int:
 
 async def sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: run ``sweep_once`` every ``expiration.sweep_interval`` seconds."""
-    from .app import HANDLER, METRICS
+    from ..http.app import HANDLER, METRICS
 
     handler = app[HANDLER]
     interval = handler.config.expiration.sweep_interval

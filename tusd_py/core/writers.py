@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import enum
 
-from .protocol.errors import UploadBusy
+from ..protocol.errors import UploadBusy
 
 
 class StopReason(enum.Enum):

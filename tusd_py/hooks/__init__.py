@@ -39,7 +39,7 @@ HOOKS = web.AppKey("tusd_hooks", HookListener)
 
 def build_listener(app: web.Application, config: Config) -> HookListener | None:
     """The configured listener, or None when no hook endpoint or callable is set."""
-    from ..app import HANDLER, REGISTRY, STORE
+    from ..http.app import HANDLER, REGISTRY, STORE
 
     hooks = config.hooks
     backends: list[HookBackend] = []
@@ -55,7 +55,7 @@ def build_listener(app: web.Application, config: Config) -> HookListener | None:
 
 def setup_hooks(app: web.Application, config: Config) -> HookListener | None:
     """Wire hooks into ``app`` (before it starts). Raises HookLoadError for a bad callable."""
-    from ..app import EVENTS
+    from ..http.app import EVENTS
 
     listener = build_listener(app, config)
     if listener is None:

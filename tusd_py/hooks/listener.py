@@ -56,8 +56,8 @@ from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry, Counter
 
 from ..config import HooksConfig
-from ..events import UploadListener
-from ..leases import LeaseRegistry, StopReason
+from ..core.events import UploadListener
+from ..core.writers import LeaseRegistry, StopReason
 from ..protocol.errors import NotFound, TusError, UploadBusy
 from ..storage.base import Store, Upload, UploadLock
 from ..storage.ids import is_upload_id

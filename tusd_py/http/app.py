@@ -10,17 +10,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from .config import Config
-from .events import EventBus
-from .handlers import TusHandler
-from .hooks import setup_hooks
+from ..config import Config
+from ..core.events import EventBus
+from ..core.handler import TusHandler
+from ..core.sweeper import sweeper_ctx
+from ..hooks import setup_hooks
+from ..protocol import TUS_VERSION, TusError
+from ..storage import Store, build_store
+from ..web import add_demo_routes
 from .limits import limits_middleware
 from .logs import RequestAnnotator
 from .metrics import Metrics
-from .protocol import TUS_VERSION, TusError
-from .storage import Store, build_store
-from .sweeper import sweeper_ctx
-from .web import add_demo_routes
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def error_response(exc: TusError) -> web.Response:
 class RequestGate:
     """Counts the requests being handled (the shutdown grace period covers downloads too)
     and, once the daemon is stopping, refuses new ones on open keep-alive connections and
-    closes each connection after its response (``tusd_py.server``)."""
+    closes each connection after its response (``tusd_py.http.server``)."""
 
     def __init__(self) -> None:
         self.count = 0

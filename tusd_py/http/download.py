@@ -12,8 +12,8 @@ from urllib.parse import quote
 
 from aiohttp import hdrs, web
 
-from .protocol import Metadata, metadata_text
-from .storage.base import Download
+from ..protocol import Metadata, metadata_text
+from ..storage.base import Download
 
 #: filetype values served inline with their own Content-Type; everything else is sent
 #: as application/octet-stream + attachment, so an upload cannot become a stored XSS.

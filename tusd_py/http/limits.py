@@ -20,9 +20,9 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from .config import Config
+from ..config import Config
+from ..protocol.errors import TusError
 from .metrics import Metrics
-from .protocol.errors import TusError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]

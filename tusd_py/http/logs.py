@@ -11,8 +11,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from .events import UploadListener
-from .storage.base import Upload
+from ..core.events import UploadListener
+from ..storage.base import Upload
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 

@@ -19,7 +19,7 @@ suffix to counters, as Prometheus naming asks):
 =====================================  ===========================================================
 
 Nothing here runs per chunk: bytes are counted once per request (the ``progress`` event
-after a commit), requests once in the front middleware (``tusd_py.app``).
+after a commit), requests once in the front middleware (``tusd_py.http.app``).
 
 The per-request counters are plain integers in a collector of their own, turned into
 Prometheus families only when ``/metrics`` is scraped: a prometheus-client ``Counter``
@@ -39,8 +39,8 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from .events import UploadListener
-from .storage.base import Upload
+from ..core.events import UploadListener
+from ..storage.base import Upload
 
 #: PATCH durations: small chunks in milliseconds up to big chunks over slow links.
 PATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)

@@ -32,8 +32,8 @@ import threading
 
 from aiohttp import web
 
+from ..config import Config
 from .app import GATE, create_app, drain_uploads
-from .config import Config
 from .logs import AccessLogger, flush_logs, setup_logging
 
 log = logging.getLogger("tusd_py")

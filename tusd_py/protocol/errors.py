@@ -1,6 +1,6 @@
 """Typed tus errors: every refusal the protocol layer can make, with its status.
 
-Handlers and drivers raise these; one middleware (``tusd_py.app``) turns them into
+Handlers and drivers raise these; one middleware (``tusd_py.http.app``) turns them into
 responses, so the status code for each condition is decided here and nowhere else.
 """
 

@@ -11,12 +11,12 @@ __all__ = ["Capability", "Download", "Store", "Upload", "UploadLock", "build_sto
 def build_store(config: StorageConfig) -> Store:
     """The configured driver (not started). Cloud drivers import their SDK lazily."""
     if config.driver == "local":
-        from .local import LocalStore
+        from .local.store import LocalStore
 
         return LocalStore(config.data_dir, fsync=config.fsync)
     if config.driver == "s3":
         try:
-            from .s3 import S3Store
+            from .s3.store import S3Store
         except ImportError as exc:
             raise ConfigError(f"storage.driver: s3 needs the s3 extra "
                               f"(pip install 'tusd-py[s3]'): {exc}") from None
@@ -25,7 +25,7 @@ def build_store(config: StorageConfig) -> Store:
                        lease_duration=config.lease_duration, spill_dir=config.spill_dir)
     if config.driver == "azure":
         try:
-            from .azure import AzureStore
+            from .azure.store import AzureStore
         except ImportError as exc:
             raise ConfigError(f"storage.driver: azure needs the azure extra "
                               f"(pip install 'tusd-py[azure]'): {exc}") from None
@@ -37,7 +37,7 @@ def build_store(config: StorageConfig) -> Store:
                           create_container=config.create_container)
     if config.driver == "gcs":
         try:
-            from .gcs import GCSStore
+            from .gcs.store import GCSStore
         except ImportError as exc:
             raise ConfigError(f"storage.driver: gcs needs the gcs extra "
                               f"(pip install 'tusd-py[gcs]'): {exc}") from None

@@ -22,12 +22,12 @@ import aiohttp
 from azure.core.exceptions import AzureError, HttpResponseError
 from azure.storage.blob import BlobBlock, BlockState, ContentSettings
 
-from ..protocol.errors import ServiceUnavailable, StorageError, TusError
-from ..protocol.headers import Metadata, format_metadata, metadata_text
-from .base import Upload
-from .leased import Conflict, new_record
-from .leased import decode_upload as decode_upload  # re-exported for the driver
-from .leased import dump as dump
+from ...protocol.errors import ServiceUnavailable, StorageError, TusError
+from ...protocol.headers import Metadata, format_metadata, metadata_text
+from ..base import Upload
+from ..object.lease import Conflict, new_record
+from ..object.lease import decode_upload as decode_upload  # re-exported for the driver
+from ..object.lease import dump as dump
 
 #: The service limits the driver plans with (Azure block blobs).
 MAX_BLOCKS = 50_000  # committed blocks per blob

@@ -1,6 +1,6 @@
 """The Azure driver's write lock (``AzureLock``) and downloads (``AzureDownload``).
 
-See ``tusd_py.storage.azure`` for the design: the lock is a lease in ``.info`` taken and
+See ``tusd_py.storage.azure.store`` for the design: the lock is a lease in ``.info`` taken and
 renewed by compare-and-set; body bytes become uncommitted blocks of the upload's blob,
 published in the record at each commit and committed as the blob at completion.
 """
@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING, Any
 from azure.core import MatchConditions
 from azure.storage.blob.aio import BlobClient
 
-from ..protocol.errors import SizeExceeded, StorageError, UploadBusy
-from .azure_info import (
+from ...protocol.errors import SizeExceeded, StorageError, UploadBusy
+from ..base import Download, Upload
+from ..object.lease import LeasedLock
+from .errors import (
     CONFLICT_CODES,
     MAX_BLOCK_SIZE,
     MAX_BLOCKS,
@@ -31,11 +33,9 @@ from .azure_info import (
     block_runs,
     error_code,
 )
-from .base import Download, Upload
-from .leased import LeasedLock
 
 if TYPE_CHECKING:
-    from .azure import AzureStore
+    from .store import AzureStore
 
 log = logging.getLogger(__name__)
 

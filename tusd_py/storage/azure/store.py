@@ -49,9 +49,12 @@ from azure.core.exceptions import HttpResponseError
 from azure.storage.blob import BlobSasPermissions, ContentSettings, generate_blob_sas
 from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClient, ExponentialRetry
 
-from ..config import ConfigError
-from ..protocol.errors import StorageError, UploadExists
-from .azure_info import (
+from ...config import ConfigError
+from ...protocol.errors import StorageError, UploadExists
+from ..base import Capability, Download, Upload
+from ..ids import check_upload_id, is_upload_id
+from ..object.lease import LeasedStore
+from .errors import (
     CONFLICT_CODES,
     MAX_BLOCK_SIZE,
     MAX_BLOCKS,
@@ -68,10 +71,7 @@ from .azure_info import (
     error_code,
     load,
 )
-from .azure_lock import AzureDownload, AzureLock, block_size_for
-from .base import Capability, Download, Upload
-from .ids import check_upload_id, is_upload_id
-from .leased import LeasedStore
+from .lock import AzureDownload, AzureLock, block_size_for
 
 __all__ = ["AzureDownload", "AzureLock", "AzureStore", "block_size_for"]
 

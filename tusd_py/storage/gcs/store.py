@@ -2,7 +2,7 @@
 
 Objects, for an upload ``id`` under ``prefix``:
 
-* ``{prefix}{id}.info``: the record (JSON, see ``gcs_client``): tus fields, the published
+* ``{prefix}{id}.info``: the record (JSON, see ``client``): tus fields, the published
   part objects, a write lease and a revision. The only source of truth; HEAD is one GET
   of it. Every change is a conditional write (``ifGenerationMatch`` on the generation
   read; ``ifGenerationMatch=0`` on create), so two writers can never both succeed.
@@ -45,10 +45,12 @@ from collections.abc import AsyncIterator, Iterable
 from datetime import datetime
 from typing import Any, TypedDict
 
-from ..config import ConfigError
-from ..protocol.errors import StorageError, UploadBusy, UploadExists
-from .base import Capability, Download, Upload
-from .gcs_client import (
+from ...config import ConfigError
+from ...protocol.errors import StorageError, UploadBusy, UploadExists
+from ..base import Capability, Download, Upload
+from ..ids import check_upload_id, is_upload_id
+from ..object.lease import LeasedLock, LeasedStore, holder_of
+from .client import (
     COMPOSE_LIMIT,
     Bucket,
     Conflict,
@@ -58,8 +60,6 @@ from .gcs_client import (
     load,
     object_headers,
 )
-from .ids import check_upload_id, is_upload_id
-from .leased import LeasedLock, LeasedStore, holder_of
 
 log = logging.getLogger(__name__)
 

@@ -27,11 +27,11 @@ from typing import Any
 
 import aiosqlite
 
-from ..protocol.errors import MismatchedOffset, NotFound, StorageError, UploadBusy, UploadExists
-from ..protocol.headers import Metadata
-from .base import Capability, Download, Store, Upload, UploadLock
-from .ids import check_upload_id, is_upload_id, new_time_ordered_upload_id
-from .sqlite_batch import INSERT_COLUMNS, GroupCommit
+from ...protocol.errors import MismatchedOffset, NotFound, StorageError, UploadBusy, UploadExists
+from ...protocol.headers import Metadata
+from ..base import Capability, Download, Store, Upload, UploadLock
+from ..ids import check_upload_id, is_upload_id, new_time_ordered_upload_id
+from .batch import INSERT_COLUMNS, GroupCommit
 
 log = logging.getLogger(__name__)
 

@@ -46,16 +46,16 @@ from abc import abstractmethod
 from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar, Generic, TypeVar
 
-from ..config import ConfigError
-from ..protocol.errors import (
+from ...config import ConfigError
+from ...protocol.errors import (
     MismatchedOffset,
     NotFound,
     ServiceUnavailable,
     StorageError,
     UploadBusy,
 )
-from .base import Store, Upload, UploadLock
-from .ids import check_upload_id
+from ..base import Store, Upload, UploadLock
+from ..ids import check_upload_id
 
 __all__ = ["POLL_MAX", "POLL_MIN", "WRITE_MARGIN", "Conflict", "LeasedLock", "LeasedStore",
            "Record", "decode_upload", "dump", "holder_of", "new_record"]

@@ -19,12 +19,12 @@ from urllib.parse import quote
 import aiohttp
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ..protocol.errors import ServiceUnavailable, StorageError, TusError
-from ..protocol.headers import Metadata, metadata_text
-from .base import Upload
-from .leased import Conflict, new_record
-from .leased import decode_upload as decode_upload  # re-exported for the driver
-from .leased import dump as dump
+from ...protocol.errors import ServiceUnavailable, StorageError, TusError
+from ...protocol.headers import Metadata, metadata_text
+from ..base import Upload
+from ..object.lease import Conflict, new_record
+from ..object.lease import decode_upload as decode_upload  # re-exported for the driver
+from ..object.lease import dump as dump
 
 #: S3 error codes meaning "slow down"; botocore's standard retry mode already retried them.
 THROTTLING_CODES = frozenset({

@@ -1,6 +1,6 @@
 """The S3 driver's write lock: a lease in ``.info`` plus the request's part buffer.
 
-See ``tusd_py.storage.s3`` for the object layout. A lock holds the lease (renewed every
+See ``tusd_py.storage.s3.store`` for the object layout. A lock holds the lease (renewed every
 ``lease_duration / 3`` while the request streams), buffers body chunks up to a part,
 uploads full parts while the body keeps arriving, stores the incomplete tail at commit
 and publishes everything with one conditional write of the record. A waiter elsewhere
@@ -22,21 +22,21 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..protocol.errors import StorageError, UploadBusy
-from .base import Upload
-from .leased import LeasedLock
-from .s3_buffer import ChunkBuffer, ChunksReader
-from .s3_info import (
+from ...protocol.errors import StorageError, UploadBusy
+from ..base import Upload
+from ..object.lease import LeasedLock
+from .buffer import ChunkBuffer, ChunksReader
+from .errors import (
     NOT_FOUND_CODES,
     Part,
     error_code,
     object_headers,
     s3_errors,
 )
-from .s3_sizing import MIN_PART_SIZE, part_size_for
+from .sizing import MIN_PART_SIZE, part_size_for
 
 if TYPE_CHECKING:
-    from .s3 import S3Store
+    from .store import S3Store
 
 log = logging.getLogger(__name__)
 

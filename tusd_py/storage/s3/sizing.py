@@ -15,7 +15,7 @@ the size of each part is chosen when it is cut:
 
 from __future__ import annotations
 
-from ..protocol.errors import SizeExceeded
+from ...protocol.errors import SizeExceeded
 
 MIB = 1 << 20
 MIN_PART_SIZE = 5 * MIB

@@ -2,7 +2,7 @@
 
 Objects, for an upload ``id`` under ``prefix``:
 
-* ``{prefix}{id}.info``: the record (JSON, see ``s3_info``): tus fields, multipart upload
+* ``{prefix}{id}.info``: the record (JSON, see ``errors``): tus fields, multipart upload
   id, published parts, tail location, write lease, revision. The only source of truth;
   HEAD is one GET of it.
 * ``{prefix}{id}``: the multipart upload while it is being written, then the final object
@@ -27,8 +27,8 @@ tail object, then publishes the new parts and offset in one conditional write of
 record: an acknowledged offset always has its bytes behind it, and a writer whose lease
 was taken over cannot publish (its ETag is stale).
 
-The lock (lease, part buffer, commit) lives in ``s3_lock``; the record format and error
-translation in ``s3_info``; part sizing in ``s3_sizing``.
+The lock (lease, part buffer, commit) lives in ``lock``; the record format and error
+translation in ``errors``; part sizing in ``sizing``.
 
 Clocks: lease expiry compares wall clocks of replicas; keep them NTP-synchronised
 (skew well under ``lease_duration``).
@@ -47,16 +47,16 @@ from typing import Any
 import aioboto3
 from botocore.config import Config as BotoConfig
 
-from ..config import ConfigError
-from ..protocol.errors import (
+from ...config import ConfigError
+from ...protocol.errors import (
     StorageError,
     UploadExists,
 )
-from .base import Capability, Download, Upload
-from .ids import check_upload_id, is_upload_id
-from .leased import LeasedStore
-from .s3_buffer import BufferGauge, ChunkBuffer
-from .s3_info import (
+from ..base import Capability, Download, Upload
+from ..ids import check_upload_id, is_upload_id
+from ..object.lease import LeasedStore
+from .buffer import BufferGauge, ChunkBuffer
+from .errors import (
     CONFLICT_CODES,
     NOT_FOUND_CODES,
     Conflict,
@@ -68,8 +68,8 @@ from .s3_info import (
     object_headers,
     s3_errors,
 )
-from .s3_lock import S3Lock
-from .s3_sizing import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
+from .lock import S3Lock
+from .sizing import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
 
 __all__ = ["S3Download", "S3Lock", "S3Store"]
 
