@@ -207,7 +207,7 @@ HookName = Literal["pre-create", "post-create", "post-receive", "pre-finish", "p
                    "pre-terminate", "post-terminate", "pre-access"]
 
 
-def _mask_url(value: str | None) -> str | None:
+def mask_url(value: str | None) -> str | None:
     """Hide a password in the userinfo and every query value (tokens often live there)."""
     if not value:
         return value
@@ -245,7 +245,7 @@ class HttpHookConfig(Section):
 
     @field_serializer("url", when_used="json")
     def _masked_url(self, value: str | None) -> str | None:
-        return _mask_url(value)
+        return mask_url(value)
 
 
 class HooksConfig(Section):

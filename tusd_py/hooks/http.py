@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from ..config import HttpHookConfig
+from ..config import HttpHookConfig, mask_url
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +90,7 @@ class HttpHook:
             self.session = None
 
     def describe(self) -> str:
-        from ..config import _mask_url
-
-        return f"HTTP hook {_mask_url(self.url)}"
+        return f"HTTP hook {mask_url(self.url)}"
 
     async def invoke(self, payload: Mapping[str, Any], *, forward: Mapping[str, str],
                      key: str) -> Any:
