@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from .protocol.checksum import ALGORITHMS
+from .protocol.constants import HookName
 
 ENV_PREFIX = "TUSD_"
 #: Env var naming the config file (an alternative to ``--config``).
@@ -200,11 +201,6 @@ class ExpirationConfig(Section):
     completed_after: Duration = 0.0
     #: How often the sweeper deletes expired uploads.
     sweep_interval: Duration = 60.0
-
-
-#: Hook events (tusd's names, plus ``pre-access``).
-HookName = Literal["pre-create", "post-create", "post-receive", "pre-finish", "post-finish",
-                   "pre-terminate", "post-terminate", "pre-access"]
 
 
 def mask_url(value: str | None) -> str | None:

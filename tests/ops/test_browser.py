@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from tests.plugins.daemon import ROOT, Daemon, free_port
-from tusd_py.http.app import ALLOW_HEADERS, EXPOSE_HEADERS
+from tusd_py.protocol.constants import ALLOW_HEADERS, EXPOSE_HEADERS
 from tusd_py.web import BUNDLE_PATH, WEB_DIR, add_demo_routes, page_relative
 
 from .conftest import Nginx, run_browser

@@ -41,6 +41,7 @@ from ..protocol import (
     parse_uint,
 )
 from ..protocol.checksum import Hasher
+from ..protocol.constants import EXTENSIONS, OFFSET_CONTENT_TYPE
 from ..protocol.errors import (
     BadRequest,
     ChecksumMismatch,
@@ -62,13 +63,6 @@ from .writers import Lease, LeaseRegistry, StopReason
 
 log = logging.getLogger(__name__)
 
-OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
-
-#: Extension names in the order OPTIONS lists them.
-_EXTENSION_ORDER = (
-    "creation", "creation-with-upload", "creation-defer-length", "expiration",
-    "checksum", "termination", "concatenation", "concatenation-unfinished",
-)
 
 class Outcome(enum.Enum):
     COMPLETE = "complete"  # the body ended normally
@@ -129,7 +123,7 @@ class TusHandler:
             have.add("concatenation")
             if Capability.CONCATENATE_UNFINISHED in self.caps:
                 have.add("concatenation-unfinished")
-        return [name for name in _EXTENSION_ORDER if name in have]
+        return [name for name in EXTENSIONS if name in have]
 
     # -- routing ------------------------------------------------------------------
 

@@ -15,12 +15,11 @@ from aiohttp import web
 from ..config import Config
 from .http import HookError, HttpHook
 from .listener import RESPONSE_HEADERS_KEY, HookBackend, HookListener, HookRejection
-from .payload import HOOK_TYPES, hook_request, idempotency_key, parse_hook_response
+from .payload import hook_request, idempotency_key, parse_hook_response
 from .python import HookLoadError, PythonHook
 
 __all__ = [
     "HOOKS",
-    "HOOK_TYPES",
     "HookError",
     "HookListener",
     "HookLoadError",

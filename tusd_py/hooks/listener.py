@@ -58,12 +58,7 @@ from prometheus_client import CollectorRegistry, Counter
 from ..config import HooksConfig
 from ..core.events import UploadListener
 from ..core.writers import LeaseRegistry, StopReason
-from ..protocol.errors import NotFound, TusError, UploadBusy
-from ..storage.base import Store, Upload, UploadLock
-from ..storage.ids import is_upload_id
-from .http import CircuitOpen, HookError
-from .payload import (
-    ACCESS_DENIED_BODY,
+from ..protocol.constants import (
     POST_CREATE,
     POST_FINISH,
     POST_RECEIVE,
@@ -72,6 +67,13 @@ from .payload import (
     PRE_CREATE,
     PRE_FINISH,
     PRE_TERMINATE,
+)
+from ..protocol.errors import NotFound, TusError, UploadBusy
+from ..storage.base import Store, Upload, UploadLock
+from ..storage.ids import is_upload_id
+from .http import CircuitOpen, HookError
+from .payload import (
+    ACCESS_DENIED_BODY,
     REJECTED_BODY,
     STOPPED_BODY,
     TERMINATION_REJECTED_BODY,

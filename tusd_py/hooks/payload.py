@@ -20,25 +20,11 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..protocol.constants import PRE_CREATE
 from ..storage.base import Upload
 
 if TYPE_CHECKING:
     from aiohttp import web
-
-PRE_CREATE = "pre-create"
-POST_CREATE = "post-create"
-POST_RECEIVE = "post-receive"
-PRE_FINISH = "pre-finish"
-POST_FINISH = "post-finish"
-PRE_TERMINATE = "pre-terminate"
-POST_TERMINATE = "post-terminate"
-#: Not in tusd: before HEAD/PATCH/GET/DELETE of an existing upload.
-PRE_ACCESS = "pre-access"
-
-HOOK_TYPES = (PRE_CREATE, POST_CREATE, POST_RECEIVE, PRE_FINISH, POST_FINISH, PRE_TERMINATE,
-              POST_TERMINATE, PRE_ACCESS)
-#: Hooks whose answer decides the request (awaited; a failure refuses the request).
-BLOCKING = frozenset({PRE_CREATE, PRE_FINISH, PRE_TERMINATE, PRE_ACCESS})
 
 #: Default bodies of refusals, as tusd words them (its ``ErrUploadRejectedByServer`` and
 #: ``ErrUploadStoppedByServer``, without the ``ERR_...:`` code prefix no other refusal of

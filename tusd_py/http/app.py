@@ -16,6 +16,7 @@ from ..core.handler import TusHandler
 from ..core.sweeper import sweeper_ctx
 from ..hooks import setup_hooks
 from ..protocol import TUS_VERSION, TusError
+from ..protocol.constants import ALLOW_HEADERS, ALLOW_METHODS, EXPOSE_HEADERS
 from ..storage import Store, build_store
 from ..web import add_demo_routes
 from .limits import limits_middleware
@@ -34,19 +35,6 @@ REGISTRY = web.AppKey("tusd_metrics_registry", CollectorRegistry)
 METRICS = web.AppKey("tusd_metrics", Metrics)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-#: Headers a browser page may read from responses (everything tus clients need).
-EXPOSE_HEADERS = ", ".join((
-    "Location", "Upload-Offset", "Upload-Length", "Upload-Defer-Length", "Upload-Metadata",
-    "Upload-Concat", "Upload-Expires", "Tus-Version", "Tus-Resumable", "Tus-Max-Size",
-    "Tus-Extension", "Tus-Checksum-Algorithm", "Content-Disposition", "Content-Range",
-))
-ALLOW_HEADERS = ", ".join((
-    "Authorization", "Origin", "X-Requested-With", "X-Request-ID", "X-HTTP-Method-Override",
-    "Content-Type", "Upload-Length", "Upload-Offset", "Tus-Resumable", "Upload-Metadata",
-    "Upload-Defer-Length", "Upload-Concat", "Upload-Checksum", "Range",
-))
-ALLOW_METHODS = "POST, HEAD, PATCH, OPTIONS, GET, DELETE"
 
 
 def _text_response(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
