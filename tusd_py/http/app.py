@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
@@ -15,13 +14,13 @@ from ..core.events import EventBus
 from ..core.handler import TusHandler
 from ..core.sweeper import sweeper_ctx
 from ..hooks import setup_hooks
-from ..protocol import TUS_VERSION, TusError
-from ..protocol.constants import ALLOW_HEADERS, ALLOW_METHODS, EXPOSE_HEADERS
 from ..storage import Store, build_store
 from ..web import add_demo_routes
+from .cors import cors_headers
 from .limits import limits_middleware
 from .logs import RequestAnnotator
 from .metrics import Metrics
+from .middleware import RequestGate, front_middleware
 
 log = logging.getLogger(__name__)
 
@@ -34,137 +33,7 @@ REGISTRY = web.AppKey("tusd_metrics_registry", CollectorRegistry)
 #: The tusd_* metrics (absent when ``server.metrics`` is off).
 METRICS = web.AppKey("tusd_metrics", Metrics)
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _text_response(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    response = web.Response(status=status, text=message + "\n", headers=headers)
-    response.headers.setdefault("Tus-Resumable", TUS_VERSION)
-    return response
-
-
-def error_response(exc: TusError) -> web.Response:
-    """A typed error as a short plain-text response."""
-    body = getattr(exc, "body", None)
-    if isinstance(body, str):  # a hook's HTTPResponse (tusd_py.hooks): sent verbatim
-        response = web.Response(status=exc.status, body=body.encode(), headers=exc.headers)
-        response.headers.setdefault("Tus-Resumable", TUS_VERSION)
-    else:
-        response = _text_response(exc.status, exc.message, exc.headers)
-    if exc.close_connection:
-        response.force_close()
-    return response
-
-
-class RequestGate:
-    """Counts the requests being handled (the shutdown grace period covers downloads too)
-    and, once the daemon is stopping, refuses new ones on open keep-alive connections and
-    closes each connection after its response (``tusd_py.http.server``)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.stopping = False
-
-    def __call__(self) -> int:
-        return self.count
-
-    @staticmethod
-    def refusal() -> web.Response:
-        refused = web.Response(status=503, text="server is shutting down\n", headers={
-            "Tus-Resumable": TUS_VERSION, "Retry-After": "1"})
-        refused.force_close()
-        return refused
-
-
 GATE = web.AppKey("tusd_request_gate", RequestGate)
-
-
-def front_middleware(gate: RequestGate, metrics: Metrics | None,
-                     base_path: str) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    """The middleware every request passes first: the shutdown gate, the request metrics
-    (tus requests, under ``base_path``) and the error mapping (typed errors become short
-    plain-text responses; nothing unexpected leaks a traceback), in one layer, since every
-    aiohttp middleware layer costs about 1 % of a small upload's CPU (callgrind)."""
-    base = base_path.rstrip("/")
-    clock = time.perf_counter
-
-    @web.middleware
-    async def front(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if gate.stopping:
-            return gate.refusal()
-        gate.count += 1
-        counted = metrics if metrics is not None and request.path.startswith(base) else None
-        start = 0.0
-        if counted is not None:
-            counted.open_requests += 1
-            start = clock()
-        status = 500
-        try:
-            try:
-                response = await handler(request)
-            except TusError as exc:
-                response = error_response(exc)
-            except web.HTTPException as exc:
-                if exc.status < 400:
-                    status = exc.status
-                    raise
-                response = _text_response(exc.status, exc.reason.lower(), dict(exc.headers))
-            except asyncio.CancelledError:
-                status = 499  # the client went away (nginx's code for it)
-                raise
-            except Exception:
-                log.exception("unhandled error in %s %s", request.method, request.path)
-                response = _text_response(500, "internal server error")
-            status = response.status
-        finally:
-            gate.count -= 1
-            if counted is not None:
-                counted.open_requests -= 1
-                counted.answered(request.method, status, clock() - start)
-        if gate.stopping:
-            response.force_close()
-        return response
-
-    return front
-
-
-def cors_headers(config: Config) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
-    """An ``on_response_prepare`` hook: CORS headers on every response (errors and
-    streamed downloads too), for ``server.cors``.
-
-    ``Vary: Origin`` goes on every response whose headers would differ for another
-    ``Origin`` value, so a shared cache never hands one origin's answer to another: with
-    an explicit allow-list that is every response (allowed, refused, or no Origin at
-    all); with ``*`` it is the responses to requests without Origin (they lack the CORS
-    headers; the answer to any Origin is the same ``*``).
-    """
-    cors = config.server.cors
-    any_origin = "*" in cors.allowed_origins
-    allowed = frozenset(cors.allowed_origins)
-    max_age = str(int(cors.max_age))
-
-    async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
-        origin = request.headers.get("Origin")
-        headers = response.headers
-        if (not any_origin or origin is None) and (
-                "Vary" not in headers or "Origin" not in headers.getall("Vary")):
-            headers.add("Vary", "Origin")
-        if origin is None or not (any_origin or origin in allowed):
-            return
-        if any_origin:
-            headers["Access-Control-Allow-Origin"] = "*"
-        else:
-            headers["Access-Control-Allow-Origin"] = origin
-            if cors.allow_credentials:
-                headers["Access-Control-Allow-Credentials"] = "true"
-        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-            headers["Access-Control-Allow-Methods"] = ALLOW_METHODS
-            headers["Access-Control-Allow-Headers"] = ALLOW_HEADERS
-            headers["Access-Control-Max-Age"] = max_age
-        else:
-            headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
-
-    return on_prepare
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -16,16 +16,13 @@ never refused here. Checks happen before any body byte is read:
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from ..config import Config
 from ..protocol.errors import TusError
 from .metrics import Metrics
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
+from .middleware import Handler, Middleware
 
 RETRY_AFTER_SECONDS = 1
 
