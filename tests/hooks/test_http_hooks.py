@@ -559,7 +559,7 @@ async def test_pre_access_reject_termination(hooked: HookedFactory, receiver: Re
 async def test_no_hooks_configured_means_no_listener(tus_client_factory):
     client = await tus_client_factory()
     from tusd_py.hooks import HookListener
-    from tusd_py.http.app import EVENTS
+    from tusd_py.http.keys import EVENTS
 
     assert not any(isinstance(x, HookListener) for x in client.app[EVENTS].listeners)
     r = await client.get("/metrics")
@@ -589,8 +589,8 @@ def test_payload_is_json_serialisable_round_trip():
 async def test_unreachable_endpoint_is_skipped_for_a_while(hooked: HookedFactory,
                                                            receiver: Receiver):
     """After 5 failed deliveries in a row the endpoint is skipped (failing fast, counted)."""
-    from tusd_py.hooks import HOOKS
     from tusd_py.hooks.http import BREAKER_THRESHOLD, HttpHook
+    from tusd_py.http.keys import HOOKS
 
     client = await hooked(http={"url": f"http://127.0.0.1:{free_port()}/hooks"},
                           enabled=["post-create"], concurrency=1)
@@ -686,7 +686,7 @@ async def test_idempotency_key_is_one_per_event_across_retries_and_replicas(
     """Replica A creates the upload, replica B completes it; B's first post-finish attempt
     gets a 503. Both attempts carry the key A would compute from its own read of the
     record, so a receiver de-duplicating on it sees the completion once."""
-    from tusd_py.http.app import STORE
+    from tusd_py.http.keys import STORE
 
     post_finish_attempts = 0
 
@@ -734,7 +734,7 @@ async def test_shutdown_drain_is_bounded_and_counts_what_it_abandons(
         hooked: HookedFactory, receiver: Receiver, caplog):
     """At shutdown queued post-finish deliveries get up to the drain time (here 1 s: the
     hook timeout); what is still queued or in flight then is counted and logged by id."""
-    from tusd_py.http.app import REGISTRY
+    from tusd_py.http.keys import REGISTRY
 
     receiver.delay = 0.6
     client = await hooked(http={"timeout": 1}, enabled=["post-finish"], concurrency=1,
@@ -774,7 +774,7 @@ async def test_pending_post_receive_is_sent_at_shutdown(hooked: HookedFactory,
 async def test_shutdown_cut_short_still_counts_what_it_abandons(
         hooked: HookedFactory, receiver: Receiver, caplog):
     """The daemon's own shutdown deadline may cancel the drain: nothing goes uncounted."""
-    from tusd_py.hooks import HOOKS
+    from tusd_py.http.keys import HOOKS
 
     receiver.delay = 5
     client = await hooked(http={"timeout": 10}, enabled=["post-finish"], concurrency=1,

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient
 
 from tests.http.helpers import create, patch, upload
 from tusd_py.hooks.payload import idempotency_key
-from tusd_py.http.app import STORE
+from tusd_py.http.keys import STORE
 
 from .conftest import Call, HookedFactory, Receiver, every_driver, metric
 

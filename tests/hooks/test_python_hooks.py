@@ -12,9 +12,9 @@ import pytest
 from tests.http.helpers import TUS, b64, create, head, patch, path_of, upload
 from tests.plugins.app import TusClientFactory, make_config
 from tusd_py.config import ConfigError
-from tusd_py.hooks import HOOKS
 from tusd_py.hooks.python import PythonHook
 from tusd_py.http.app import create_app
+from tusd_py.http.keys import HOOKS
 
 from . import sample_hooks
 from .conftest import metric

@@ -257,7 +257,7 @@ async def test_upload_expires_header_is_rfc7231(tus):
 
 async def test_expired_upload_is_410_then_swept(tus_client_factory):
     from tusd_py.core.sweeper import sweep_once
-    from tusd_py.http.app import HANDLER
+    from tusd_py.http.keys import HANDLER
 
     client = await tus_client_factory(expiration={"after": 0.3, "sweep_interval": 0})
     path = await create(client, 10)
@@ -283,7 +283,7 @@ async def test_patch_refreshes_expiry(tus_client_factory):
 
 async def test_completed_uploads_expire_when_configured(tus_client_factory):
     from tusd_py.core.sweeper import sweep_once
-    from tusd_py.http.app import HANDLER
+    from tusd_py.http.keys import HANDLER
 
     client = await tus_client_factory(expiration={"completed_after": 0.2, "sweep_interval": 0})
     path = await upload(client, b"abc")
@@ -390,7 +390,7 @@ async def test_concatenation_unfinished(tus):
 
 async def test_unfinished_final_lives_as_long_as_its_partials(tus_client_factory):
     from tusd_py.core.sweeper import sweep_once
-    from tusd_py.http.app import HANDLER
+    from tusd_py.http.keys import HANDLER
 
     # Margins are wide (loaded CI machines): partials are written every 1.2 s, well
     # inside their 2.5 s lifetime, while the final's own 2.5 s lapse after 2.4 s + ops.

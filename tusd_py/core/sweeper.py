@@ -10,11 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 
-from aiohttp import web
-
-from ..http.metrics import Metrics
 from ..protocol.errors import NotFound, UploadBusy
 from ..storage.base import Capability
 from .handler import TusHandler
@@ -58,25 +55,10 @@ async def sweep_once(handler: TusHandler, now: float | None = None) -> int:
     return deleted
 
 
-async def sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: run ``sweep_once`` every ``expiration.sweep_interval`` seconds."""
-    from ..http.app import HANDLER, METRICS
-
-    handler = app[HANDLER]
-    interval = handler.config.expiration.sweep_interval
-    task = None
-    if interval > 0 and Capability.EXPIRE in handler.store.capabilities:
-        task = asyncio.create_task(_loop(handler, interval, app.get(METRICS)), name="tusd-sweeper")
-    yield
-    if task is not None:
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
-
-
-async def _loop(handler: TusHandler, interval: float, metrics: Metrics | None = None) -> None:
+async def sweep_every(handler: TusHandler, interval: float,
+                      on_run: Callable[[bool], None] | None = None) -> None:
+    """Run ``sweep_once`` every ``interval`` seconds until cancelled; ``on_run(ok)`` after
+    each pass."""
     while True:
         await asyncio.sleep(interval)
         try:
@@ -85,8 +67,8 @@ async def _loop(handler: TusHandler, interval: float, metrics: Metrics | None = 
                 log.info("sweeper deleted %d expired upload(s)", deleted)
         except Exception:
             log.exception("sweeper run failed")
-            if metrics is not None:
-                metrics.sweeper_run(ok=False)
+            if on_run is not None:
+                on_run(False)
         else:
-            if metrics is not None:
-                metrics.sweeper_run(ok=True)
+            if on_run is not None:
+                on_run(True)

@@ -13,13 +13,13 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from ..config import Config
+from ..http.keys import EVENTS, HANDLER, HOOK_RESPONSE_HEADERS, HOOKS, REGISTRY, STORE
 from .http import HookError, HttpHook
-from .listener import RESPONSE_HEADERS_KEY, HookBackend, HookListener, HookRejection
+from .listener import HookBackend, HookListener, HookRejection
 from .payload import hook_request, idempotency_key, parse_hook_response
 from .python import HookLoadError, PythonHook
 
 __all__ = [
-    "HOOKS",
     "HookError",
     "HookListener",
     "HookLoadError",
@@ -33,13 +33,8 @@ __all__ = [
 
 log = logging.getLogger("tusd_py.hooks")
 
-HOOKS = web.AppKey("tusd_hooks", HookListener)
-
-
 def build_listener(app: web.Application, config: Config) -> HookListener | None:
     """The configured listener, or None when no hook endpoint or callable is set."""
-    from ..http.app import HANDLER, REGISTRY, STORE
-
     hooks = config.hooks
     backends: list[HookBackend] = []
     if hooks.http.url:
@@ -54,8 +49,6 @@ def build_listener(app: web.Application, config: Config) -> HookListener | None:
 
 def setup_hooks(app: web.Application, config: Config) -> HookListener | None:
     """Wire hooks into ``app`` (before it starts). Raises HookLoadError for a bad callable."""
-    from ..http.app import EVENTS
-
     listener = build_listener(app, config)
     if listener is None:
         return None
@@ -87,6 +80,6 @@ async def _hooks_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _add_hook_headers(request: web.Request, response: web.StreamResponse) -> None:
     """Headers a pre-create / pre-finish hook asked for (HTTPResponse.Header)."""
-    extra = request.get(RESPONSE_HEADERS_KEY)
+    extra = request.get(HOOK_RESPONSE_HEADERS)
     if extra:
         response.headers.update(extra)

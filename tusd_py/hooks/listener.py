@@ -58,6 +58,7 @@ from prometheus_client import CollectorRegistry, Counter
 from ..config import HooksConfig
 from ..core.events import UploadListener
 from ..core.writers import LeaseRegistry, StopReason
+from ..http.keys import HOOK_RESPONSE_HEADERS
 from ..protocol.constants import (
     POST_CREATE,
     POST_FINISH,
@@ -87,8 +88,6 @@ from .payload import (
 
 log = logging.getLogger("tusd_py.hooks")
 
-#: Request key holding headers a blocking hook asked to add to the response.
-RESPONSE_HEADERS_KEY = web.RequestKey("tusd_hook_response_headers", CIMultiDict[str])
 #: How long a StopUpload answer keeps refusing PATCH requests for that upload.
 STOPPED_TTL = 3600.0
 #: Failures of one hook type are logged at most once per this many seconds (all counted);
@@ -437,7 +436,7 @@ class HookListener(UploadListener):
     @staticmethod
     def _add_response_headers(request: web.Request, response: HTTPResponse) -> None:
         if response.header:
-            request.setdefault(RESPONSE_HEADERS_KEY, CIMultiDict()).update(response.header)
+            request.setdefault(HOOK_RESPONSE_HEADERS, CIMultiDict()).update(response.header)
 
     # -- notifications (background) ---------------------------------------------------------
 

@@ -12,29 +12,19 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from ..config import Config
 from ..core.events import EventBus
 from ..core.handler import TusHandler
-from ..core.sweeper import sweeper_ctx
+from ..core.sweeper import sweep_every
 from ..hooks import setup_hooks
 from ..storage import Store, build_store
+from ..storage.base import Capability
 from ..web import add_demo_routes
 from .cors import cors_headers
+from .keys import CONFIG, EVENTS, GATE, HANDLER, METRICS, REGISTRY, STORE
 from .limits import limits_middleware
 from .logs import RequestAnnotator
 from .metrics import Metrics
 from .middleware import RequestGate, front_middleware
 
 log = logging.getLogger(__name__)
-
-HANDLER = web.AppKey("tusd_handler", TusHandler)
-CONFIG = web.AppKey("tusd_config", Config)
-STORE = web.AppKey("tusd_store", Store)
-EVENTS = web.AppKey("tusd_events", EventBus)
-#: Per-app Prometheus registry (several apps can live in one process, as in tests).
-REGISTRY = web.AppKey("tusd_metrics_registry", CollectorRegistry)
-#: The tusd_* metrics (absent when ``server.metrics`` is off).
-METRICS = web.AppKey("tusd_metrics", Metrics)
-
-GATE = web.AppKey("tusd_request_gate", RequestGate)
-
 
 async def healthz(request: web.Request) -> web.Response:
     """Liveness: the event loop answers."""
@@ -112,7 +102,7 @@ def create_app(config: Config, store: Store | None = None,
             add_demo_routes(app, base)
 
     app.cleanup_ctx.append(_store_ctx)
-    app.cleanup_ctx.append(sweeper_ctx)
+    app.cleanup_ctx.append(_sweeper_ctx)
     setup_hooks(app, config)  # tusd_py.hooks: HTTP / Python hooks, when configured
     return app
 
@@ -122,6 +112,24 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     await store.start()
     yield
     await store.stop()
+
+
+async def _sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Run ``sweep_once`` every ``expiration.sweep_interval`` seconds while the app runs."""
+    handler = app[HANDLER]
+    interval = handler.config.expiration.sweep_interval
+    task = None
+    if interval > 0 and Capability.EXPIRE in handler.store.capabilities:
+        metrics = app.get(METRICS)
+        on_run = metrics.sweeper_run if metrics is not None else None
+        task = asyncio.create_task(sweep_every(handler, interval, on_run), name="tusd-sweeper")
+    yield
+    if task is not None:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
 
 
 async def drain_uploads(app: web.Application, commit_wait: float = 1.0,

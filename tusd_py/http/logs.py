@@ -13,6 +13,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from ..core.events import UploadListener
 from ..storage.base import Upload
+from .keys import ACCESS_ANNOTATION
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
@@ -115,30 +116,18 @@ def flush_logs() -> None:
         _handler.flush()
 
 
-#: The request key ``RequestAnnotator`` sets for the access log: ``(upload id or None,
-#: bytes committed or None)``, one key so the log line needs one lookup (a missing key
-#: costs an exception). A typed key where aiohttp has them (3.12+), a string before.
-ANNOTATION_KEY: Any
-try:
-    from aiohttp.web import RequestKey
-
-    ANNOTATION_KEY = RequestKey("tusd_annotation", tuple)
-except ImportError:  # pragma: no cover - older aiohttp
-    ANNOTATION_KEY = "tusd_annotation"
-
-
 class RequestAnnotator(UploadListener):
     """Tags each request with what it did to an upload, for its access-log line: the id
     of an upload a POST created, and the bytes a PATCH (or POST with a body) committed."""
 
     def created(self, upload: Upload, request: web.Request) -> None:
-        request[ANNOTATION_KEY] = (upload.id, None)
+        request[ACCESS_ANNOTATION] = (upload.id, None)
 
     def progress(self, upload: Upload, request: web.Request, received: int) -> None:
         # A PATCH's request is untagged: ``len`` says so without the KeyError that a
         # lookup of a missing key raises inside ``get``.
-        before = request.get(ANNOTATION_KEY, _NOTHING)[1] if len(request) else None
-        request[ANNOTATION_KEY] = (upload.id, (before or 0) + received)
+        before = request.get(ACCESS_ANNOTATION, _NOTHING)[1] if len(request) else None
+        request[ACCESS_ANNOTATION] = (upload.id, (before or 0) + received)
 
 
 #: Methods whose body can be committed to an upload (``received`` in the access line).
@@ -165,7 +154,7 @@ class AccessLogger(AbstractAccessLogger):
             return
         method = request.method
         if method in _BODY_METHODS:  # the id of an upload a POST created, bytes committed
-            upload_id, received = request.get(ANNOTATION_KEY, _NOTHING)
+            upload_id, received = request.get(ACCESS_ANNOTATION, _NOTHING)
         else:
             upload_id = received = None
         if upload_id is None:

@@ -33,7 +33,8 @@ import threading
 from aiohttp import web
 
 from ..config import Config
-from .app import GATE, create_app, drain_uploads
+from .app import create_app, drain_uploads
+from .keys import GATE
 from .logs import AccessLogger, flush_logs, setup_logging
 
 log = logging.getLogger("tusd_py")
