@@ -59,7 +59,7 @@ from ..protocol.errors import MismatchedOffset as OffsetMismatch
 from ..storage.base import Capability, Store, Upload, UploadLock
 from ..storage.ids import check_upload_id, is_upload_id
 from .events import EventBus
-from .writers import Lease, LeaseRegistry, StopReason
+from .writers import StopReason, Writer, WriterRegistry
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class Outcome(enum.Enum):
     COMPLETE = "complete"  # the body ended normally
     DISCONNECTED = "disconnected"  # the client went away mid-body
     TOO_LARGE = "too-large"  # more bytes than the upload may take
-    STOPPED = "stopped"  # idle timeout, takeover or shutdown (see lease.stop_reason)
+    STOPPED = "stopped"  # idle timeout, takeover or shutdown (see writer.stop_reason)
     CANCELLED = "cancelled"  # the handler task was cancelled (servers that cancel on disconnect)
 
 
@@ -79,7 +79,7 @@ class Written:
     upload: Upload  # the record after the commit
     received: int  # bytes committed by this request
     outcome: Outcome
-    lease: Lease
+    writer: Writer
     completed: bool  # this request's commit finished the upload (bytes or a declared length)
 
 
@@ -90,8 +90,8 @@ class TusHandler:
         self.store = store
         self.events = events or EventBus()
         self.caps = store.capabilities
-        self.leases = LeaseRegistry(
-            idle_timeout=self.server.idle_timeout, lock_wait=self.server.lock_wait,
+        self.writers = WriterRegistry(
+            store, idle_timeout=self.server.idle_timeout, lock_wait=self.server.lock_wait,
             takeover_idle=self.server.lock_takeover_idle)
         self.base_path = self.server.base_path
         self.expire_after = config.expiration.after
@@ -203,38 +203,18 @@ class TusHandler:
         until = await self.final_lives_until(final, time.time())
         if until is None:
             raise Gone()
-        lease, lock = await self._acquire(final.id)
+        writer, lock = await self.writers.claim(final.id)
         try:
             if lock.upload.is_complete or not lock.upload.is_expired(time.time()):
                 return lock.upload
             return await lock.commit(expires_at=until)
         finally:
-            await self._release(lease, lock)
+            await self.writers.release(writer, lock)
 
     @staticmethod
     def _check_alive(upload: Upload) -> None:
         if upload.is_expired(time.time()):
             raise Gone()
-
-    async def _acquire(self, upload_id: str) -> tuple[Lease, UploadLock]:
-        lease = await self.leases.acquire(upload_id)
-        try:
-            lock = await self.store.lock(upload_id, self.server.lock_wait)
-        except BaseException:
-            self.leases.release(lease)
-            raise
-        # A request on another replica wants this upload: yield if our client is idle,
-        # exactly as for a newer request in this process (LeaseRegistry.acquire).
-        takeover_idle = self.server.lock_takeover_idle
-        lock.on_takeover_request = lambda: lease.stop(
-            StopReason.TAKEN_OVER, lease.last_activity + takeover_idle)
-        return lease, lock
-
-    async def _release(self, lease: Lease, lock: UploadLock) -> None:
-        try:
-            await lock.release()
-        finally:
-            self.leases.release(lease)
 
     # -- POST: creation, creation-with-upload, concatenation ------------------------
 
@@ -352,14 +332,14 @@ class TusHandler:
     async def _concatenate(self, request: web.Request, final: Upload,
                            partials: list[Upload]) -> Upload:
         """Assemble a final upload whose partials are all complete (under its lock)."""
-        lease, lock = await self._acquire(final.id)
+        writer, lock = await self.writers.claim(final.id)
         try:
             if lock.upload.is_complete:  # another request got there first
                 return lock.upload
             final = lock.upload.copy(expires_at=self._next_expiry(time.time(), True))
             final = await self.store.concatenate(final, partials)
         finally:
-            await self._release(lease, lock)
+            await self.writers.release(writer, lock)
         await self.events.pre_finish(final, request)
         self.events.finished(final, request)
         return final
@@ -416,7 +396,7 @@ class TusHandler:
         await self._after_write(request, written)
         if written.outcome is not Outcome.COMPLETE:
             # The bytes that arrived were committed: say where the client resumes.
-            error = self._interrupted(written.lease)
+            error = self._interrupted(written.writer)
             error.headers.setdefault("Upload-Offset", str(written.upload.offset))
             error.close_connection = True  # the rest of the body was never read
             raise error
@@ -434,7 +414,7 @@ class TusHandler:
         takeover, shutdown) is committed and reported in ``Written.outcome``."""
         content_length = parse_uint(request.headers.get("Content-Length"), "Content-Length",
                                     required=False)
-        lease, lock = await self._acquire(upload_id)
+        writer, lock = await self.writers.claim(upload_id)
         try:
             upload = lock.upload
             was_complete = upload.is_complete
@@ -457,7 +437,7 @@ class TusHandler:
             if room is not None and content_length is not None and content_length > room:
                 raise SizeExceeded()
 
-            outcome = await self._receive(request, lease, lock, room, hasher)
+            outcome = await self._receive(request, writer, lock, room, hasher)
             received = lock.written
             if outcome is Outcome.TOO_LARGE:
                 await lock.rollback()
@@ -467,7 +447,7 @@ class TusHandler:
                     await lock.rollback()
                     if outcome is Outcome.COMPLETE:
                         raise ChecksumMismatch()
-                    raise self._interrupted(lease)
+                    raise self._interrupted(writer)
             new_length = length if upload.length is None else None
             if received or new_length is not None:
                 now = time.time()
@@ -479,10 +459,10 @@ class TusHandler:
                 upload = await lock.commit(expires_at=self._next_expiry(time.time(), False))
         except BaseException:
             await lock.rollback()
-            await self._release(lease, lock)
+            await self.writers.release(writer, lock)
             raise
-        await self._release(lease, lock)
-        return Written(upload, received, outcome, lease, upload.is_complete and not was_complete)
+        await self.writers.release(writer, lock)
+        return Written(upload, received, outcome, writer, upload.is_complete and not was_complete)
 
     async def _after_write(self, request: web.Request, written: Written) -> None:
         """Events after a write was committed and its lock released."""
@@ -497,8 +477,8 @@ class TusHandler:
             self.events.finished(upload, request)
 
     @staticmethod
-    def _interrupted(lease: Lease) -> TusError:
-        reason = lease.stop_reason
+    def _interrupted(writer: Writer) -> TusError:
+        reason = writer.stop_reason
         if reason is StopReason.SHUTDOWN:
             return ServiceUnavailable("request stopped because the server is shutting down")
         if reason is StopReason.TAKEN_OVER:
@@ -506,12 +486,12 @@ class TusHandler:
         if reason is StopReason.IDLE:
             return TusError("request body idle timeout", status=408)
         if reason is StopReason.HOOK:  # post-receive StopUpload (tusd_py.hooks)
-            if isinstance(lease.stop_error, TusError):
-                return lease.stop_error
+            if isinstance(writer.stop_error, TusError):
+                return writer.stop_error
             return BadRequest("upload has been stopped by server")
         return BadRequest("request body ended early")
 
-    async def _receive(self, request: web.Request, lease: Lease, lock: UploadLock,
+    async def _receive(self, request: web.Request, writer: Writer, lock: UploadLock,
                        room: int | None, hasher: Hasher | None) -> Outcome:
         """Stream the request body into ``lock`` until it ends, breaks, stalls or overflows.
 
@@ -520,7 +500,7 @@ class TusHandler:
         when another request wants the upload or the daemon stops).
         """
         content = request.content
-        idle_deadline = self.leases.idle_deadline
+        idle_deadline = self.writers.idle_deadline
         loop = asyncio.get_running_loop()
         received = 0
         # The idle deadline moves with every chunk; rescheduling its timer costs a timer
@@ -533,9 +513,9 @@ class TusHandler:
         next_tick = loop.time() + interval if interval > 0 else None
         try:
             async with asyncio.timeout(None) as scope:
-                lease.scope = scope
+                writer.scope = scope
                 while True:
-                    deadline = idle_deadline(lease, loop.time())
+                    deadline = idle_deadline(writer, loop.time())
                     scheduled = scope.when()
                     if scheduled is None or deadline < scheduled or deadline - scheduled > slack:
                         scope.reschedule(deadline)
@@ -563,8 +543,8 @@ class TusHandler:
                         self.events.receiving(lock.upload, request,
                                               lock.upload.offset + lock.written)
         except TimeoutError:
-            if lease.stop_reason is None:
-                lease.stop_reason = StopReason.IDLE
+            if writer.stop_reason is None:
+                writer.stop_reason = StopReason.IDLE
             return Outcome.STOPPED
         except (ConnectionError, HttpProcessingError, asyncio.IncompleteReadError):
             return Outcome.DISCONNECTED
@@ -573,20 +553,20 @@ class TusHandler:
             # test server does): keep the bytes anyway; the caller re-raises afterwards.
             return Outcome.CANCELLED
         finally:
-            lease.scope = None
+            writer.scope = None
 
     # -- DELETE ----------------------------------------------------------------------
 
     async def delete(self, request: web.Request, upload_id: str) -> web.StreamResponse:
         if Capability.TERMINATE not in self.caps:
             raise NotImplementedByServer("termination is not supported by this server")
-        lease, lock = await self._acquire(upload_id)
+        writer, lock = await self.writers.claim(upload_id)
         try:
             upload = lock.upload
             await self.events.pre_terminate(upload, request)
             await self.store.terminate(upload_id)
         finally:
-            await self._release(lease, lock)
+            await self.writers.release(writer, lock)
         self.events.terminated(upload, request)
         return web.Response(status=204, headers={"Tus-Resumable": TUS_VERSION})
 

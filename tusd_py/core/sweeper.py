@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import Callable
 
-from ..protocol.errors import NotFound, UploadBusy
 from ..storage.base import Capability
 from .handler import TusHandler
 
@@ -27,14 +26,10 @@ async def sweep_once(handler: TusHandler, now: float | None = None) -> int:
     now = time.time() if now is None else now
     deleted = 0
     for upload_id in await store.expired(now):
-        lease = handler.leases.try_acquire(upload_id)
-        if lease is None:
+        claim = await handler.writers.try_claim(upload_id)
+        if claim is None:
             continue
-        try:
-            lock = await store.lock(upload_id, 0)
-        except (NotFound, UploadBusy):
-            handler.leases.release(lease)
-            continue
+        writer, lock = claim
         try:
             upload = lock.upload
             if not upload.is_expired(now):
@@ -47,7 +42,7 @@ async def sweep_once(handler: TusHandler, now: float | None = None) -> int:
             await store.terminate(upload_id)
             deleted += 1
         finally:
-            await handler._release(lease, lock)
+            await handler.writers.release(writer, lock)
         handler.events.terminated(upload, None)
     extra = await store.sweep_extra(now)  # e.g. S3: abort dangling multipart uploads
     if extra:

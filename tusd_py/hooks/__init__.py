@@ -44,7 +44,7 @@ def build_listener(app: web.Application, config: Config) -> HookListener | None:
     if not backends:
         return None
     return HookListener(hooks, backends, store=app[STORE], driver=config.storage.driver,
-                        registry=app[REGISTRY], leases=app[HANDLER].leases)
+                        registry=app[REGISTRY], writers=app[HANDLER].writers)
 
 
 def setup_hooks(app: web.Application, config: Config) -> HookListener | None:

@@ -57,7 +57,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from ..config import HooksConfig
 from ..core.events import UploadListener
-from ..core.writers import LeaseRegistry, StopReason
+from ..core.writers import StopReason, WriterRegistry
 from ..http.keys import HOOK_RESPONSE_HEADERS
 from ..protocol.constants import (
     POST_CREATE,
@@ -158,12 +158,12 @@ class _Throttle:
 class HookListener(UploadListener):
     def __init__(self, config: HooksConfig, backends: list[HookBackend], *, store: Store,
                  driver: str, registry: CollectorRegistry,
-                 leases: LeaseRegistry | None = None) -> None:
+                 writers: WriterRegistry | None = None) -> None:
         self.config = config
         self.backends = backends
         self.store = store
         self.driver = driver
-        self.leases = leases
+        self.writers = writers
         self.enabled = frozenset(config.enabled)
         self.forward_names = tuple(config.http.forward_headers) if config.http.url else ()
         self.interval = config.post_receive_interval
@@ -567,7 +567,7 @@ class HookListener(UploadListener):
         """The upload's storage lock, or None if it is gone or stays busy for ``wait``.
 
         The storage lock alone excludes every other request, process and replica (and the
-        other hook workers here). The handler's in-process leases are left alone: they
+        other hook workers here). The handler's in-process writers are left alone: they
         stand for uploads being written, which the shutdown waits for."""
         try:
             lock = await self.store.lock(upload_id, wait)
@@ -673,7 +673,7 @@ class HookListener(UploadListener):
         now = time.monotonic()
         self.stopped = {k: v for k, v in self.stopped.items() if v[1] > now}
         self.stopped[upload_id] = (response, now + STOPPED_TTL)
-        lease = self.leases.get(upload_id) if self.leases is not None else None
-        if lease is not None:
-            lease.stop_error = HookRejection(response, 400, STOPPED_BODY)
-            lease.stop(StopReason.HOOK, asyncio.get_running_loop().time())
+        writer = self.writers.get(upload_id) if self.writers is not None else None
+        if writer is not None:
+            writer.stop_error = HookRejection(response, 400, STOPPED_BODY)
+            writer.stop(StopReason.HOOK, asyncio.get_running_loop().time())

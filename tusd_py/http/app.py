@@ -63,7 +63,7 @@ def create_app(config: Config, store: Store | None = None,
         events.add(RequestAnnotator())  # upload id / bytes committed, for the access log
     tus_metrics = None
     if config.server.metrics:
-        tus_metrics = Metrics(registry, lambda: len(handler.leases))
+        tus_metrics = Metrics(registry, lambda: len(handler.writers))
         events.add(tus_metrics)
     gate = RequestGate()
     middlewares: list[Callable[..., Awaitable[web.StreamResponse]]] = [
@@ -146,24 +146,24 @@ async def drain_uploads(app: web.Application, commit_wait: float = 1.0,
     Call it after the listening sockets are closed and before ``AppRunner.cleanup()``
     (whose first step makes aiohttp drop incoming bytes on open connections).
     """
-    leases = app[HANDLER].leases
+    writers = app[HANDLER].writers
     grace = app[CONFIG].server.shutdown_grace
     loop = asyncio.get_running_loop()
     deadline = loop.time() + grace
 
     def busy() -> bool:
-        return bool(len(leases) or (requests_in_flight is not None and requests_in_flight()))
+        return bool(len(writers) or (requests_in_flight is not None and requests_in_flight()))
 
     while busy() and (left := deadline - loop.time()) > 0:
         await asyncio.sleep(min(0.05, left))
-    if not len(leases):
+    if not len(writers):
         return
     log.warning("stopping %d in-flight upload(s) at the end of the shutdown grace period",
-                len(leases))
-    leases.stop_all()
+                len(writers))
+    writers.stop_all()
     commit_deadline = loop.time() + commit_wait
-    while len(leases) and (left := commit_deadline - loop.time()) > 0:
+    while len(writers) and (left := commit_deadline - loop.time()) > 0:
         await asyncio.sleep(min(0.02, left))
-    if len(leases):
+    if len(writers):
         log.error("%d stopped upload(s) did not commit within %gs; they are cancelled",
-                  len(leases), commit_wait)
+                  len(writers), commit_wait)

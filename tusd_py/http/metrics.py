@@ -12,7 +12,7 @@ suffix to counters, as Prometheus naming asks):
 ``tusd_uploads_finished_total``         uploads that reached their length
 ``tusd_uploads_terminated_total``       uploads deleted by DELETE
 ``tusd_uploads_expired_total``          uploads deleted by the expiration sweeper
-``tusd_uploads_active``                 uploads being written right now (held leases)
+``tusd_uploads_active``                 uploads being written right now (requests writing them)
 ``tusd_patch_duration_seconds``         histogram of PATCH request durations
 ``tusd_sweeper_runs_total{result}``     sweeper passes (``ok`` / ``error``)
 ``tusd_limit_rejections_total{reason}`` requests refused by a limit (size, concurrency, auth)
