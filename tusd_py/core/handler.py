@@ -8,14 +8,12 @@ error middleware in ``tusd_py.http.app``.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 
 from ..config import Config
 from ..http.download import (
@@ -50,26 +48,18 @@ from ..protocol.errors import (
     InvalidContentType,
     NotFound,
     NotImplementedByServer,
-    ServiceUnavailable,
     SizeExceeded,
     TusError,
     UnsupportedVersion,
 )
 from ..protocol.errors import MismatchedOffset as OffsetMismatch
-from ..storage.base import Capability, Store, Upload, UploadLock
+from ..storage.base import Capability, Store, Upload
 from ..storage.ids import check_upload_id, is_upload_id
 from .events import EventBus
-from .writers import StopReason, Writer, WriterRegistry
+from .receive import BodyReceiver, Outcome, interrupted
+from .writers import Writer, WriterRegistry
 
 log = logging.getLogger(__name__)
-
-
-class Outcome(enum.Enum):
-    COMPLETE = "complete"  # the body ended normally
-    DISCONNECTED = "disconnected"  # the client went away mid-body
-    TOO_LARGE = "too-large"  # more bytes than the upload may take
-    STOPPED = "stopped"  # idle timeout, takeover or shutdown (see writer.stop_reason)
-    CANCELLED = "cancelled"  # the handler task was cancelled (servers that cancel on disconnect)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +83,7 @@ class TusHandler:
         self.writers = WriterRegistry(
             store, idle_timeout=self.server.idle_timeout, lock_wait=self.server.lock_wait,
             takeover_idle=self.server.lock_takeover_idle)
+        self.receiver = BodyReceiver(self.writers, self.events, self.server.idle_timeout)
         self.base_path = self.server.base_path
         self.expire_after = config.expiration.after
         self.expire_completed_after = config.expiration.completed_after
@@ -396,7 +387,7 @@ class TusHandler:
         await self._after_write(request, written)
         if written.outcome is not Outcome.COMPLETE:
             # The bytes that arrived were committed: say where the client resumes.
-            error = self._interrupted(written.writer)
+            error = interrupted(written.writer)
             error.headers.setdefault("Upload-Offset", str(written.upload.offset))
             error.close_connection = True  # the rest of the body was never read
             raise error
@@ -437,7 +428,7 @@ class TusHandler:
             if room is not None and content_length is not None and content_length > room:
                 raise SizeExceeded()
 
-            outcome = await self._receive(request, writer, lock, room, hasher)
+            outcome = await self.receiver.receive(request, writer, lock, room, hasher)
             received = lock.written
             if outcome is Outcome.TOO_LARGE:
                 await lock.rollback()
@@ -447,7 +438,7 @@ class TusHandler:
                     await lock.rollback()
                     if outcome is Outcome.COMPLETE:
                         raise ChecksumMismatch()
-                    raise self._interrupted(writer)
+                    raise interrupted(writer)
             new_length = length if upload.length is None else None
             if received or new_length is not None:
                 now = time.time()
@@ -475,85 +466,6 @@ class TusHandler:
         if written.completed and not upload.is_partial:
             await self.events.pre_finish(upload, request)
             self.events.finished(upload, request)
-
-    @staticmethod
-    def _interrupted(writer: Writer) -> TusError:
-        reason = writer.stop_reason
-        if reason is StopReason.SHUTDOWN:
-            return ServiceUnavailable("request stopped because the server is shutting down")
-        if reason is StopReason.TAKEN_OVER:
-            return BadRequest("upload has been interrupted by another request for this upload")
-        if reason is StopReason.IDLE:
-            return TusError("request body idle timeout", status=408)
-        if reason is StopReason.HOOK:  # post-receive StopUpload (tusd_py.hooks)
-            if isinstance(writer.stop_error, TusError):
-                return writer.stop_error
-            return BadRequest("upload has been stopped by server")
-        return BadRequest("request body ended early")
-
-    async def _receive(self, request: web.Request, writer: Writer, lock: UploadLock,
-                       room: int | None, hasher: Hasher | None) -> Outcome:
-        """Stream the request body into ``lock`` until it ends, breaks, stalls or overflows.
-
-        Memory is bounded by aiohttp's stream buffer (the chunks it hands over), never by
-        what the client sends. Every read has a deadline (``idle_timeout``, shortened
-        when another request wants the upload or the daemon stops).
-        """
-        content = request.content
-        idle_deadline = self.writers.idle_deadline
-        loop = asyncio.get_running_loop()
-        received = 0
-        # The idle deadline moves with every chunk; rescheduling its timer costs a timer
-        # handle, so it is only moved once it lags by more than ``slack`` (or must come
-        # sooner: a takeover or shutdown). A write that may suspend lifts it meanwhile.
-        slack = min(0.25, self.server.idle_timeout / 10)
-        write_nowait = lock.write_nowait
-        # Listeners that want progress during a long body (post-receive hooks) set it.
-        interval = self.events.receiving_interval
-        next_tick = loop.time() + interval if interval > 0 else None
-        try:
-            async with asyncio.timeout(None) as scope:
-                writer.scope = scope
-                while True:
-                    deadline = idle_deadline(writer, loop.time())
-                    scheduled = scope.when()
-                    if scheduled is None or deadline < scheduled or deadline - scheduled > slack:
-                        scope.reschedule(deadline)
-                    # One buffered chunk as it arrived (readany() would join what is
-                    # buffered into a new bytes object: a copy of every byte).
-                    chunk, chunk_boundary = await content.readchunk()
-                    if not chunk:
-                        # The end of an HTTP chunk, not of the body: read on. (aiohttp's
-                        # shared empty body answers (b"", True) after its first read.)
-                        if chunk_boundary and not content.at_eof():
-                            continue
-                        return Outcome.COMPLETE
-                    received += len(chunk)
-                    if room is not None and received > room:
-                        return Outcome.TOO_LARGE
-                    if hasher is not None:
-                        hasher.update(chunk)
-                    if write_nowait is not None:
-                        write_nowait(chunk)
-                    else:
-                        scope.reschedule(None)  # a write that waits is not client idleness
-                        await lock.write(chunk)
-                    if next_tick is not None and loop.time() >= next_tick:
-                        next_tick = loop.time() + interval
-                        self.events.receiving(lock.upload, request,
-                                              lock.upload.offset + lock.written)
-        except TimeoutError:
-            if writer.stop_reason is None:
-                writer.stop_reason = StopReason.IDLE
-            return Outcome.STOPPED
-        except (ConnectionError, HttpProcessingError, asyncio.IncompleteReadError):
-            return Outcome.DISCONNECTED
-        except asyncio.CancelledError:
-            # aiohttp cancels handlers on disconnect when handler_cancellation is on (its
-            # test server does): keep the bytes anyway; the caller re-raises afterwards.
-            return Outcome.CANCELLED
-        finally:
-            writer.scope = None
 
     # -- DELETE ----------------------------------------------------------------------
 
