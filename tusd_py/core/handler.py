@@ -11,7 +11,6 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -28,7 +27,6 @@ from ..http.download import (
 from ..http.urls import base_url
 from ..protocol import (
     TUS_VERSION,
-    Metadata,
     format_metadata,
     http_date,
     new_hasher,
@@ -55,6 +53,7 @@ from ..protocol.errors import (
 from ..protocol.errors import MismatchedOffset as OffsetMismatch
 from ..storage.base import Capability, Store, Upload
 from ..storage.ids import check_upload_id, is_upload_id
+from .concat import Concatenation
 from .events import EventBus
 from .receive import BodyReceiver, Outcome, interrupted
 from .writers import Writer, WriterRegistry
@@ -87,6 +86,8 @@ class TusHandler:
         self.base_path = self.server.base_path
         self.expire_after = config.expiration.after
         self.expire_completed_after = config.expiration.completed_after
+        self.concatenation = Concatenation(config, store, self.events, self.writers,
+                                           self._next_expiry)
         self.algorithms = tuple(self.server.checksum_algorithms)
         self.extensions = self._extensions()
         self._options_headers = {
@@ -172,35 +173,9 @@ class TusHandler:
         if upload is None:
             raise NotFound()
         if upload.is_final and not upload.is_complete and upload.is_expired(time.time()):
-            return await self.prolong_final(upload)
+            return await self.concatenation.prolong_final(upload)
         self._check_alive(upload)
         return upload
-
-    async def final_lives_until(self, final: Upload, now: float) -> float | None:
-        """An unfinished final (concatenation-unfinished) lives as long as its partials:
-        the latest expiry among them, or a fresh period once all are complete (it is
-        assembled at the next HEAD/GET). None once a partial is gone or expired."""
-        lives: list[float] = []
-        for upload_id in final.final_of:
-            partial = await self.store.get(upload_id)
-            if partial is None or partial.is_expired(now):
-                return None
-            if not partial.is_complete and partial.expires_at is not None:
-                lives.append(partial.expires_at)
-        return max(lives) if lives else now + (self.expire_after or 86400.0)
-
-    async def prolong_final(self, final: Upload) -> Upload:
-        """An expired unfinished final whose partials are alive gets their lifetime."""
-        until = await self.final_lives_until(final, time.time())
-        if until is None:
-            raise Gone()
-        writer, lock = await self.writers.claim(final.id)
-        try:
-            if lock.upload.is_complete or not lock.upload.is_expired(time.time()):
-                return lock.upload
-            return await lock.commit(expires_at=until)
-        finally:
-            await self.writers.release(writer, lock)
 
     @staticmethod
     def _check_alive(upload: Upload) -> None:
@@ -217,7 +192,10 @@ class TusHandler:
         metadata = parse_metadata(headers.get("Upload-Metadata"))
         now = time.time()
         if concat is not None and concat.final:
-            return await self._create_final(request, concat.final_urls, metadata, now)
+            upload = await self.concatenation.create_final(request, concat.final_urls, metadata, now)
+            response_headers = self._tus_headers(upload)
+            response_headers["Location"] = self.upload_url(request, upload.id)
+            return web.Response(status=201, headers=response_headers)
 
         length = parse_uint(headers.get("Upload-Length"), "Upload-Length", required=False)
         deferred = parse_defer_length(headers.get("Upload-Defer-Length"))
@@ -277,84 +255,12 @@ class TusHandler:
             response_headers["Upload-Offset"] = str(upload.offset)
         return web.Response(status=201, headers=response_headers)
 
-    def _partial_id(self, request: web.Request, url: str) -> str:
-        path = urlsplit(url).path
-        if not path.startswith(self.base_path):
-            raise BadRequest(f"invalid partial upload URL {url[:100]!r}")
-        upload_id = path[len(self.base_path):]
-        if not is_upload_id(upload_id):
-            raise BadRequest(f"invalid partial upload URL {url[:100]!r}")
-        return upload_id
-
-    async def _create_final(self, request: web.Request, urls: tuple[str, ...],
-                            metadata: Metadata, now: float) -> web.StreamResponse:
-        ids = [self._partial_id(request, url) for url in urls]
-        partials = []
-        for upload_id in ids:
-            if self.events.access_checkers:  # the caller may only use partials it may access
-                await self.events.pre_access(upload_id, request, "POST")
-            partial = await self.store.get(upload_id)
-            if partial is None:
-                raise BadRequest(f"partial upload {upload_id} not found")
-            self._check_alive(partial)
-            if not partial.is_partial:
-                raise BadRequest(f"upload {upload_id} is not a partial upload")
-            if not partial.is_complete and Capability.CONCATENATE_UNFINISHED not in self.caps:
-                raise BadRequest("one of the partial uploads is not finished")
-            partials.append(partial)
-        lengths = [p.length for p in partials if p.length is not None]
-        length = sum(lengths) if len(lengths) == len(partials) else None
-        if length is not None and self.server.max_size and length > self.server.max_size:
-            raise SizeExceeded("maximum upload size exceeded")
-        upload = Upload(id=self.store.new_upload_id(), length=length, offset=0, metadata=metadata,
-                        created_at=now, expires_at=self._next_expiry(now, False),
-                        final_of=tuple(ids))
-        upload = await self.events.pre_create(upload, request)
-        if not is_upload_id(upload.id):
-            raise TusError("pre-create hook returned an invalid upload id", status=500)
-        upload = await self.store.create(upload)
-        self.events.created(upload, request)
-        if all(p.is_complete for p in partials):
-            upload = await self._concatenate(request, upload, partials)
-        headers = self._tus_headers(upload)
-        headers["Location"] = self.upload_url(request, upload.id)
-        return web.Response(status=201, headers=headers)
-
-    async def _concatenate(self, request: web.Request, final: Upload,
-                           partials: list[Upload]) -> Upload:
-        """Assemble a final upload whose partials are all complete (under its lock)."""
-        writer, lock = await self.writers.claim(final.id)
-        try:
-            if lock.upload.is_complete:  # another request got there first
-                return lock.upload
-            final = lock.upload.copy(expires_at=self._next_expiry(time.time(), True))
-            final = await self.store.concatenate(final, partials)
-        finally:
-            await self.writers.release(writer, lock)
-        await self.events.pre_finish(final, request)
-        self.events.finished(final, request)
-        return final
-
-    async def _settle_final(self, request: web.Request, upload: Upload) -> Upload:
-        """concatenation-unfinished: complete a final upload once its partials are done."""
-        partials = []
-        for upload_id in upload.final_of:
-            partial = await self.store.get(upload_id)
-            if partial is None:
-                raise Gone(f"partial upload {upload_id} no longer exists")
-            if not partial.is_complete:
-                return upload
-            partials.append(partial)
-        if upload.length is None:
-            upload = upload.copy(length=sum(p.offset for p in partials))
-        return await self._concatenate(request, upload, partials)
-
     # -- HEAD -----------------------------------------------------------------------
 
     async def head(self, request: web.Request, upload_id: str) -> web.StreamResponse:
         upload = await self._load(upload_id)
         if upload.is_final and not upload.is_complete:
-            upload = await self._settle_final(request, upload)
+            upload = await self.concatenation.assemble_final(request, upload)
         headers = self._tus_headers(upload)
         headers["Cache-Control"] = "no-store"
         if not (upload.is_final and not upload.is_complete):
@@ -489,7 +395,7 @@ class TusHandler:
             raise NotImplementedByServer("download is not supported by this storage driver")
         upload = await self._load(upload_id)
         if upload.is_final and not upload.is_complete:
-            upload = await self._settle_final(request, upload)
+            upload = await self.concatenation.assemble_final(request, upload)
         if not upload.is_complete:
             raise NotFound("upload is not finished")
         source = await self.store.download(upload)

@@ -11,9 +11,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..storage.base import Capability
-from .handler import TusHandler
+
+if TYPE_CHECKING:
+    from .handler import TusHandler
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +38,7 @@ async def sweep_once(handler: TusHandler, now: float | None = None) -> int:
             if not upload.is_expired(now):
                 continue  # refreshed by a PATCH since the query
             if upload.is_final and not upload.is_complete:
-                until = await handler.final_lives_until(upload, now)
+                until = await handler.concatenation.final_lives_until(upload, now)
                 if until is not None and until > now:
                     await lock.commit(expires_at=until)  # its partials are still alive
                     continue
