@@ -558,7 +558,7 @@ async def test_pre_access_reject_termination(hooked: HookedFactory, receiver: Re
 
 async def test_no_hooks_configured_means_no_listener(tus_client_factory):
     client = await tus_client_factory()
-    from tusd_py.hooks import HookListener
+    from tusd_py.hooks.listener import HookListener
     from tusd_py.http.keys import EVENTS
 
     assert not any(isinstance(x, HookListener) for x in client.app[EVENTS].listeners)

@@ -1,9 +1,5 @@
-"""Hooks: tusd v2-compatible HTTP hooks and in-process Python hooks.
-
-``setup_hooks(app)`` (called by ``create_app``) builds a ``HookListener`` from
-``config.hooks`` when an HTTP endpoint or a Python hook is configured, subscribes it to
-the app's upload events, and runs its HTTP client and delivery workers with the app.
-"""
+"""Hooks set-up: build the configured ``HookListener`` and wire it into the app (its upload
+events, its start and stop with the app, the response headers its hooks ask for)."""
 
 from __future__ import annotations
 
@@ -14,24 +10,13 @@ from aiohttp import web
 
 from ..config import Config
 from ..http.keys import EVENTS, HANDLER, HOOK_RESPONSE_HEADERS, HOOKS, REGISTRY, STORE
-from .http import HookError, HttpHook
-from .listener import HookBackend, HookListener, HookRejection
-from .payload import hook_request, idempotency_key, parse_hook_response
-from .python import HookLoadError, PythonHook
-
-__all__ = [
-    "HookError",
-    "HookListener",
-    "HookLoadError",
-    "HookRejection",
-    "build_listener",
-    "hook_request",
-    "idempotency_key",
-    "parse_hook_response",
-    "setup_hooks",
-]
+from ..protocol.constants import POST_RECEIVE
+from .http import HttpHook
+from .listener import HookBackend, HookListener
+from .python import PythonHook
 
 log = logging.getLogger("tusd_py.hooks")
+
 
 def build_listener(app: web.Application, config: Config) -> HookListener | None:
     """The configured listener, or None when no hook endpoint or callable is set."""
@@ -55,7 +40,7 @@ def setup_hooks(app: web.Application, config: Config) -> HookListener | None:
     app[HOOKS] = listener
     events = app[EVENTS]
     events.add(listener)
-    if "post-receive" in listener.enabled and listener.interval > 0:
+    if POST_RECEIVE in listener.enabled and listener.interval > 0:
         # post-receive also during a long PATCH body, as tusd sends it
         current = events.receiving_interval
         events.receiving_interval = min(current, listener.interval) if current else listener.interval

@@ -13,7 +13,7 @@ from ..config import Config
 from ..core.events import EventBus
 from ..core.handler import TusHandler
 from ..core.sweeper import sweep_every
-from ..hooks import setup_hooks
+from ..hooks.setup import setup_hooks
 from ..storage import Store, build_store
 from ..storage.base import Capability
 from ..web import add_demo_routes
