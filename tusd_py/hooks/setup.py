@@ -11,8 +11,9 @@ from aiohttp import web
 from ..config import Config
 from ..http.keys import EVENTS, HANDLER, HOOK_RESPONSE_HEADERS, HOOKS, REGISTRY, STORE
 from ..protocol.constants import POST_RECEIVE
+from .calls import HookBackend
 from .http import HttpHook
-from .listener import HookBackend, HookListener
+from .listener import HookListener
 from .python import PythonHook
 
 log = logging.getLogger("tusd_py.hooks")
