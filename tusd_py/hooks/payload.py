@@ -156,10 +156,6 @@ class HTTPResponse:
     body: str | None = None
     header: dict[str, str] = field(default_factory=dict)
 
-    @property
-    def is_set(self) -> bool:
-        return bool(self.status_code or self.body is not None or self.header)
-
 
 @dataclass
 class FileInfoChanges:
