@@ -1,8 +1,9 @@
-"""tus 1.0.0 request handlers: one method per HTTP method, over any ``Store``.
+"""tus 1.0.0 request handling over any ``Store``: one method per HTTP method.
 
-Handlers orchestrate: headers are parsed by ``tusd_py.protocol``, bytes and records are
-the store's business, refusals are ``TusError`` values turned into responses by the
-error middleware in ``tusd_py.http.app``.
+Methods orchestrate: headers are parsed by ``tusd_py.protocol``, bytes and records are
+the store's business, the body loop is ``receive.py`` and concatenation ``concat.py``;
+refusals are ``TusError`` values the front middleware (``tusd_py.http.middleware``)
+turns into responses.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Request limits and the optional static bearer token, as one middleware.
 
-It runs inside the error middleware (its refusals are ``TusError`` values) and only for
-requests under ``server.base_path``; health, readiness, metrics and the demo page are
-never refused here. Checks happen before any body byte is read:
+It runs inside the front middleware (``middleware.py``: its refusals are ``TusError``
+values, answered there) and only for requests under ``server.base_path``; health,
+readiness, metrics and the demo page are never refused here. Checks happen before any
+body byte is read:
 
 - ``server.auth_token``: ``Authorization: Bearer <token>`` on every request except OPTIONS
   (CORS preflights carry no credentials; tus discovery reveals only capabilities); 401

@@ -1,31 +1,8 @@
 """Prometheus metrics for one app, in its own ``CollectorRegistry`` (``app[REGISTRY]``).
 
-Names follow tusd's where the meaning is the same (prometheus-client adds the ``_total``
-suffix to counters, as Prometheus naming asks):
-
-=====================================  ===========================================================
-``tusd_requests_total{method,status}``  tus requests answered (under ``server.base_path``)
-``tusd_errors_total{status}``           of those, answered with a 4xx/5xx status
-``tusd_connections_open``               tus requests in progress
-``tusd_bytes_received_total``           upload bytes committed to storage
-``tusd_uploads_created_total``          uploads created (POST)
-``tusd_uploads_finished_total``         uploads that reached their length
-``tusd_uploads_terminated_total``       uploads deleted by DELETE
-``tusd_uploads_expired_total``          uploads deleted by the expiration sweeper
-``tusd_uploads_active``                 uploads being written right now (requests writing them)
-``tusd_patch_duration_seconds``         histogram of PATCH request durations
-``tusd_sweeper_runs_total{result}``     sweeper passes (``ok`` / ``error``)
-``tusd_limit_rejections_total{reason}`` requests refused by a limit (size, concurrency, auth)
-=====================================  ===========================================================
-
-Nothing here runs per chunk: bytes are counted once per request (the ``progress`` event
-after a commit), requests once in the front middleware (``tusd_py.http.app``).
-
-The per-request counters are plain integers in a collector of their own, turned into
-Prometheus families only when ``/metrics`` is scraped: a prometheus-client ``Counter``
-takes a lock and a label lookup on every ``inc()``, which cost 4 % of a small upload's CPU
-(callgrind). They are touched only on the event loop thread (handlers, events and the
-``/metrics`` handler all run there), so no lock is needed.
+Names follow tusd's where the meaning is the same. Nothing here runs per chunk: bytes are
+counted once per request, requests once in the front middleware, and the per-request
+counters are plain integers, turned into Prometheus families only when scraped.
 """
 
 from __future__ import annotations
@@ -52,7 +29,7 @@ class Metrics(UploadListener, Collector):
 
     def __init__(self, registry: CollectorRegistry,
                  active_uploads: Callable[[], int] | None = None) -> None:
-        # Hot counters (see the module docstring): exposed by collect().
+        # Hot counters: plain integers, exposed by collect().
         self.requests: dict[tuple[str, int], int] = {}  # (method, status) -> count
         self.errors: dict[int, int] = {}  # status -> count
         self.bytes_received = 0

@@ -1,24 +1,8 @@
 """Run the daemon: event loop (uvloop when installed), signals, graceful shutdown.
 
-Shutdown on SIGTERM/SIGINT, in this order:
-
-1. stop listening and stop taking new requests on open keep-alive connections (the
-   orchestrator routes elsewhere);
-2. let in-flight requests run for ``server.shutdown_grace``; then stop the uploads still
-   running: each gets ``COMMIT_WAIT`` to commit the bytes it received and answer 503
-   (``app.drain_uploads``);
-3. cancel what is left (``CLOSE_WAIT``), close the connections and run the cleanup
-   contexts (hooks, sweeper, store);
-4. exit 0.
-
-From SIGTERM to exit takes at most ``server.shutdown_grace + SHUTDOWN_MARGIN`` seconds
-(steps 2 to 4 normally end within ``COMMIT_WAIT + 2 * CLOSE_WAIT`` of the grace period).
-Should anything overrun that (a store that does not close, a blocking Python hook whose
-thread the interpreter would wait for), a watchdog thread ends the process with exit
-code 1 at that mark. Give the container's stop timeout more than this sum.
-
-``web.run_app`` is not used because its cleanup first makes aiohttp drop the bytes of
-in-flight request bodies, which would stall every upload during the grace period.
+SIGTERM/SIGINT stop it within ``server.shutdown_grace + SHUTDOWN_MARGIN`` seconds: no new
+requests, the grace period for those in flight, then the uploads still running commit
+what they received and answer 503; a watchdog exits with ``EXIT_OVERRUN`` past the mark.
 """
 
 from __future__ import annotations
@@ -135,16 +119,9 @@ _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 
 
 def tune_malloc() -> bool:
-    """Keep glibc from handing request-body buffers back to the kernel after each use.
-
-    Bodies arrive in 64-256 KiB buffers. With glibc's defaults freed buffers at the top
-    of the heap are trimmed (or were mmapped and are unmapped) and the next ones
-    page-fault fresh zeroed pages in: ~55,000 minor faults per ``parallel`` run (512 MiB
-    in 1 MiB PATCHes). A 64 MiB trim threshold, 16 MiB top pad and a fixed 4 MiB mmap
-    threshold keep those pages in the heap: ~5,700 faults, CPU per upload -10 to -25 %
-    in ``parallel`` and ``big`` (ABBA runs, same sitting), peak RSS unchanged (58 / 78 MB).
-    Not applied where the operator set any ``MALLOC_*`` variable, or without glibc.
-    """
+    """Keep glibc from handing request-body buffers back to the kernel after each use
+    (64 MiB trim threshold, 16 MiB top pad, 4 MiB mmap threshold); True if applied.
+    Not applied where the operator set any ``MALLOC_*`` variable, or without glibc."""
     if any(name.startswith("MALLOC_") for name in os.environ):
         return False
     try:
