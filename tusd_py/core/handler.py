@@ -312,6 +312,8 @@ class TusHandler:
         takeover, shutdown) is committed and reported in ``Written.outcome``."""
         content_length = parse_uint(request.headers.get("Content-Length"), "Content-Length",
                                     required=False)
+        # Ours until released: a newer request (here, or on another replica through the
+        # lock) can only ask the writer to stop, which ends the body read below.
         writer, lock = await self.writers.claim(upload_id)
         try:
             upload = lock.upload
@@ -335,6 +337,8 @@ class TusHandler:
             if room is not None and content_length is not None and content_length > room:
                 raise SizeExceeded()
 
+            # Takeover, shutdown or a hook's StopUpload end the body early through
+            # writer.scope: the outcome says so, and the bytes received are still kept.
             outcome = await self.receiver.receive(request, writer, lock, room, hasher)
             received = lock.written
             if outcome is Outcome.TOO_LARGE:
@@ -355,7 +359,7 @@ class TusHandler:
             elif upload.expires_at is not None and not upload.is_complete and self.expire_after:
                 # An empty PATCH still proves the client is alive: refresh the expiry.
                 upload = await lock.commit(expires_at=self._next_expiry(time.time(), False))
-        except BaseException:
+        except BaseException:  # a refusal, a failed commit: nothing of this body is kept
             await lock.rollback()
             await self.writers.release(writer, lock)
             raise
@@ -365,6 +369,8 @@ class TusHandler:
     async def _after_write(self, request: web.Request, written: Written) -> None:
         """Events after a write was committed and its lock released."""
         if written.outcome is Outcome.CANCELLED:
+            # The body loop swallowed this task's cancellation to commit what arrived;
+            # now that it is committed, the cancellation goes on.
             raise asyncio.CancelledError()
         upload = written.upload
         if written.received:
