@@ -33,6 +33,7 @@ def _config_from(args: argparse.Namespace) -> Config:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # Imported on use: check-config and the client commands start without the server stack.
     from .http.server import serve
 
     serve(_config_from(args))
