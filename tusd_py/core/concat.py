@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from ..config import Config
 from ..protocol import Metadata
 from ..protocol.errors import BadRequest, Gone, SizeExceeded, TusError
-from ..storage.base import Capability, Store, Upload
+from ..storage.base import CanConcatenate, Capability, Store, Upload
 from ..storage.ids import is_upload_id
 from .events import EventBus
 from .writers import WriterRegistry
@@ -108,7 +108,9 @@ class Concatenation:
             if lock.upload.is_complete:  # another request got there first
                 return lock.upload
             final = lock.upload.copy(expires_at=self.next_expiry(time.time(), True))
-            final = await self.store.concatenate(final, partials)
+            store = self.store
+            assert isinstance(store, CanConcatenate)  # creating a final checked caps
+            final = await store.concatenate(final, partials)
         finally:
             await self.writers.release(writer, lock)
         await self.events.pre_finish(final, request)

@@ -52,7 +52,7 @@ from ..protocol.errors import (
     UnsupportedVersion,
 )
 from ..protocol.errors import MismatchedOffset as OffsetMismatch
-from ..storage.base import Capability, Store, Upload
+from ..storage.base import CanDownload, CanTerminate, Capability, Store, Upload
 from ..storage.ids import check_upload_id, is_upload_id
 from .concat import Concatenation
 from .events import EventBus
@@ -389,7 +389,9 @@ class TusHandler:
         try:
             upload = lock.upload
             await self.events.pre_terminate(upload, request)
-            await self.store.terminate(upload_id)
+            store = self.store
+            assert isinstance(store, CanTerminate)  # checked above
+            await store.terminate(upload_id)
         finally:
             await self.writers.release(writer, lock)
         self.events.terminated(upload, request)
@@ -405,7 +407,9 @@ class TusHandler:
             upload = await self.concatenation.assemble_final(request, upload)
         if not upload.is_complete:
             raise NotFound("upload is not finished")
-        source = await self.store.download(upload)
+        store = self.store
+        assert isinstance(store, CanDownload)  # checked above
+        source = await store.download(upload)
         headers = download_headers(upload.metadata)
         headers["Tus-Resumable"] = TUS_VERSION
         if source.path is None:

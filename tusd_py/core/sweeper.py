@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..storage.base import Capability
+from ..storage.base import CanExpire
 
 if TYPE_CHECKING:
     from .handler import TusHandler
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 async def sweep_once(handler: TusHandler, now: float | None = None) -> int:
     """Delete every upload expired at ``now``; returns how many were deleted."""
     store = handler.store
-    if Capability.EXPIRE not in store.capabilities:
+    if not isinstance(store, CanExpire):
         return 0
     now = time.time() if now is None else now
     deleted = 0

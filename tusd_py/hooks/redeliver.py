@@ -12,11 +12,11 @@ from collections.abc import AsyncIterator
 
 from prometheus_client import CollectorRegistry, Counter
 
-from ..config import HooksConfig
+from ..config import ConfigError, HooksConfig
 from ..core.writers import WriterRegistry
 from ..protocol.constants import POST_FINISH, PRE_FINISH
 from ..protocol.errors import NotFound, TusError, UploadBusy
-from ..storage.base import Store, Upload, UploadLock
+from ..storage.base import CanTrackFinish, Store, Upload, UploadLock
 from .calls import Delivery, HookBackend
 from .http import HookError
 from .notify import Notifications
@@ -42,6 +42,9 @@ class FinishRedelivery(Notifications):
                                     "post-finish deliveries of uploads found still owed "
                                     "(not delivered before), per hook type.", ["hooktype"],
                                     registry=registry)
+        if self.tracks_finish and not isinstance(store, CanTrackFinish):
+            raise ConfigError(f"hooks.redeliver_after: the {driver} driver cannot track "
+                              "post-finish deliveries; set it to 0")
         if self.tracks_finish:
             self.redeliveries.labels(POST_FINISH)
         self._redeliverer: asyncio.Task[None] | None = None
@@ -108,13 +111,13 @@ class FinishRedelivery(Notifications):
                     self._defer(delivery, "pre-finish failed")
                     return
                 if not allowed:
-                    await lock.settle_finish()
+                    await self._clear_owed(lock)
                     return
                 # Queued with the id alone: the payload comes from the record read now.
                 delivery = self._delivery(POST_FINISH, upload, None, owed=True,
                                           redelivery=True)
             if await self._deliver(delivery):
-                await lock.settle_finish()
+                await self._clear_owed(lock)
             else:
                 self._defer(delivery, "a backend failed")
 
@@ -136,6 +139,14 @@ class FinishRedelivery(Notifications):
                 return False
         return True
 
+    def _tracker(self) -> CanTrackFinish:
+        store = self.store
+        assert isinstance(store, CanTrackFinish)  # checked in __init__ when tracks_finish
+        return store
+
+    async def _clear_owed(self, lock: UploadLock) -> None:
+        await self._tracker().clear_finish_owed(lock)
+
     def _forget_finish_later(self, upload: Upload) -> None:
         """pre-finish refused ``upload``: clear its owed post-finish in the background."""
         if upload.finish_owed:
@@ -146,7 +157,7 @@ class FinishRedelivery(Notifications):
         try:
             async with self._claim(upload_id, CLAIM_WAIT) as lock:
                 if lock is not None and lock.upload.finish_owed:
-                    await lock.settle_finish()
+                    await self._clear_owed(lock)
         except Exception as exc:
             log.warning("upload %s: could not clear its owed post-finish after pre-finish "
                         "refused it: %s", upload_id, exc)
@@ -155,7 +166,7 @@ class FinishRedelivery(Notifications):
         """Queue the uploads whose post-finish is ``redeliver_after`` overdue; how many."""
         before = time.time() - self.config.redeliver_after
         queued = 0
-        for upload_id in await self.store.owed_finishes(before, REDELIVER_BATCH):
+        for upload_id in await self._tracker().owed_finishes(before, REDELIVER_BATCH):
             if upload_id in self._owed:
                 continue
             # The id alone: the worker reads the record under the upload's lock (it may

@@ -14,8 +14,9 @@ from ..core.events import EventBus
 from ..core.handler import TusHandler
 from ..core.sweeper import sweep_every
 from ..hooks.setup import setup_hooks
-from ..storage import Store, build_store
+from ..storage import Store
 from ..storage.base import Capability
+from ..storage.registry import build_store
 from ..web import add_demo_routes
 from .cors import cors_headers
 from .keys import CONFIG, EVENTS, GATE, HANDLER, METRICS, REGISTRY, STORE

@@ -47,7 +47,7 @@ from typing import Any, TypedDict
 
 from ...config import ConfigError
 from ...protocol.errors import StorageError, UploadBusy, UploadExists
-from ..base import Capability, Download, Upload
+from ..base import Download, Upload
 from ..ids import check_upload_id, is_upload_id
 from ..object.lease import LeasedLock, LeasedStore, holder_of
 from .client import (
@@ -79,10 +79,6 @@ class Part(TypedDict):
 class GCSStore(LeasedStore["GCSLock"]):
     name = "gcs"
     _log = log
-    capabilities = frozenset({
-        Capability.TERMINATE, Capability.CONCATENATE, Capability.CONCATENATE_UNFINISHED,
-        Capability.DEFER_LENGTH, Capability.EXPIRE, Capability.DOWNLOAD,
-    })
 
     def __init__(self, bucket: str | None, *, prefix: str = "", endpoint_url: str | None = None,
                  part_size: int = 8 << 20, lease_duration: float = 10.0,
