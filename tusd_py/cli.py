@@ -32,8 +32,11 @@ def _config_from(args: argparse.Namespace) -> Config:
     return load_config(args.config, overrides=overrides)
 
 
+# The server stack is imported by the commands that use it: the client commands start
+# without it.
+
+
 def _serve(args: argparse.Namespace) -> int:
-    # Imported on use: check-config and the client commands start without the server stack.
     from .http.server import serve
 
     serve(_config_from(args))
