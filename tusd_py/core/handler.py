@@ -74,6 +74,8 @@ class Written:
 
 
 class TusHandler:
+    """The tus engine over one store: ``dispatch`` routes each request to its method."""
+
     def __init__(self, config: Config, store: Store, events: EventBus | None = None) -> None:
         self.config = config
         self.server = config.server

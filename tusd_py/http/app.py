@@ -27,6 +27,7 @@ from .middleware import RequestGate, front_middleware
 
 log = logging.getLogger(__name__)
 
+
 async def healthz(request: web.Request) -> web.Response:
     """Liveness: the event loop answers."""
     return web.Response(text="ok\n")
@@ -121,8 +122,8 @@ async def _sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
     interval = handler.config.expiration.sweep_interval
     task = None
     if interval > 0 and Capability.EXPIRE in handler.store.capabilities:
-        metrics = app.get(METRICS)
-        on_run = metrics.sweeper_run if metrics is not None else None
+        tus_metrics = app.get(METRICS)
+        on_run = tus_metrics.sweeper_run if tus_metrics is not None else None
         task = asyncio.create_task(sweep_every(handler, interval, on_run), name="tusd-sweeper")
     yield
     if task is not None:
