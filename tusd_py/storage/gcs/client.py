@@ -254,6 +254,11 @@ class Bucket:
                                lambda: self.storage.get_bucket_metadata(self.name, timeout=5))
 
 
+def etag_of(result: dict[str, Any]) -> str:
+    """The ETag the driver gives an object, from GCS's answer about it (its generation)."""
+    return f'"{result.get("generation") or result.get("etag") or ""}"'
+
+
 # -- the .info record -----------------------------------------------------------------
 
 

@@ -36,20 +36,19 @@ Clocks: lease expiry compares wall clocks of replicas; keep them NTP-synchronise
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from datetime import datetime
-from typing import Any, TypedDict
+from typing import Any
 
 from ...config import ConfigError
-from ...protocol.errors import StorageError, UploadBusy, UploadExists
+from ...protocol.errors import StorageError, UploadExists
 from ..base import Capability, Download, Upload
 from ..ids import check_upload_id, is_upload_id
-from ..object.lease import LeasedLock, LeasedStore, holder_of
+from ..object.lease import LeasedStore, holder_of
 from .client import (
     COMPOSE_LIMIT,
     Bucket,
@@ -57,27 +56,23 @@ from .client import (
     decode_upload,
     dump,
     encode_upload,
+    etag_of,
     load,
     object_headers,
 )
+from .lock import GCSLock
 
 log = logging.getLogger(__name__)
 
 MIN_PART_SIZE = 64 << 10
-#: The published part list is compacted (32 parts composed into one) beyond this.
-_MAX_LISTED_PARTS = 2 * COMPOSE_LIMIT
 _DELETE_CONCURRENCY = 8
 #: What follows ``{id}.`` in the names of part and temporary objects.
 _TEMP_SUFFIX = re.compile(r"(?:p[0-9]{6}|c)-[0-9a-f]{12}")
 
 
-class Part(TypedDict):
-    name: str
-    size: int
-
-
-class GCSStore(LeasedStore["GCSLock"]):
+class GCSStore(LeasedStore[GCSLock]):
     name = "gcs"
+    lock_class = GCSLock
     _log = log
     capabilities = frozenset({
         Capability.TERMINATE, Capability.CONCATENATE, Capability.CONCATENATE_UNFINISHED,
@@ -164,7 +159,7 @@ class GCSStore(LeasedStore["GCSLock"]):
         if upload.is_complete:  # zero-length upload: the (empty) object exists at once
             r = await self.bucket.put_replacing(self.key(upload.id), b"", what="creating an upload",
                                                 headers=object_headers(upload.metadata))
-            state["object_etag"] = _etag(r)
+            state["object_etag"] = etag_of(r)
         try:
             await self.write_info(upload.id, state, etag=None)
         except Conflict:
@@ -242,7 +237,7 @@ class GCSStore(LeasedStore["GCSLock"]):
             r = await self.bucket.put_replacing(key, b"", what="concatenating uploads",
                                                 headers=headers)
         await lock.publish(length=total, offset=total, completed_at=time.time(),
-                           expires_at=final.expires_at, object_etag=_etag(r))
+                           expires_at=final.expires_at, object_etag=etag_of(r))
         return lock.upload
 
     async def list_records(self) -> dict[str, str]:
@@ -298,10 +293,6 @@ class GCSStore(LeasedStore["GCSLock"]):
                            store=self, key=self.key(upload.id))
 
 
-def _etag(result: dict[str, Any]) -> str:
-    return f'"{result.get("generation") or result.get("etag") or ""}"'
-
-
 def _timestamp(value: Any) -> float | None:
     if not isinstance(value, str):
         return None
@@ -325,153 +316,3 @@ class GCSDownload(Download):
         async for chunk in self.store.bucket.stream(self.key, start, start + length - 1,
                                                     "reading an upload"):
             yield chunk
-
-
-class GCSLock(LeasedLock[GCSStore]):
-    """A held lease on one upload, and the write buffer of the request holding it."""
-
-    _log = log
-
-    def __init__(self, store: GCSStore, state: dict[str, Any], generation: str,
-                 token: str) -> None:
-        self._buf = bytearray()  # body bytes not yet in a part
-        self._staged: list[Part] = []  # parts uploaded since the last commit
-        self._pending: list[asyncio.Task[Part]] = []  # at most one part in flight
-        super().__init__(store, state, generation, token)
-
-    def _merges(self, current: dict[str, Any]) -> bool:
-        """Without a nonce, only a record that still names our lease at our revision was
-        changed by a waiter alone (our own landed write is found by ``own_write``)."""
-        return bool(holder_of(current) == self.token and current.get("rev") == self.state["rev"])
-
-    # -- writing ----------------------------------------------------------------------
-
-    def _next_index(self) -> int:
-        return len(self.state["parts"]) + len(self._staged) + len(self._pending)
-
-    async def write(self, data: bytes) -> None:
-        if self.lost:
-            raise UploadBusy("the upload was taken over by another request")
-        self._buf += data
-        self.written += len(data)
-        size = self.store.part_size
-        while len(self._buf) >= size:
-            await self._cut(size)
-
-    async def _cut(self, size: int) -> None:
-        """Start uploading the first ``size`` bytes of the buffer as the next part."""
-        while self._pending:
-            await self._settle_one()
-        self._check_lease()
-        body = bytes(memoryview(self._buf)[:size])
-        del self._buf[:size]
-        name = self.store.part_name(self.upload.id, self._next_index())
-        self._pending.append(asyncio.get_running_loop().create_task(self._upload(name, body)))
-
-    async def _upload(self, name: str, body: bytes) -> Part:
-        await self.store.bucket.put(name, body, what="uploading a part")
-        return {"name": name, "size": len(body)}
-
-    async def _settle_one(self) -> None:
-        """Wait for the oldest in-flight part and stage it; 32 staged parts are composed
-        into one (they are not published yet, so the originals go at once)."""
-        try:
-            part = await self._pending[0]
-        except BaseException:
-            await self.drain()
-            raise
-        self._pending.pop(0)
-        self._staged.append(part)
-        if len(self._staged) >= COMPOSE_LIMIT:
-            self._check_lease()
-            staged, self._staged = self._staged, []
-            self._staged = [await self._compose(staged)]
-            await self.store.delete_quietly(p["name"] for p in staged)
-
-    async def _settle(self) -> None:
-        while self._pending:
-            await self._settle_one()
-
-    async def _compose(self, parts: list[Part]) -> Part:
-        name = self.store.part_name(self.upload.id, self._next_index())
-        await self.store.bucket.compose(name, [p["name"] for p in parts],
-                                        what="composing parts")
-        return {"name": name, "size": sum(p["size"] for p in parts)}
-
-    async def drain(self) -> None:
-        """Let in-flight part uploads finish (or fail) without staging them."""
-        pending, self._pending = self._pending, []
-        for task in pending:
-            with contextlib.suppress(Exception):
-                await task
-
-    async def _tidy(self, published: list[Part], new: list[Part]) -> tuple[list[Part], list[str]]:
-        """The part list to publish, kept short by server-side composes; and the objects
-        that become garbage once it is published."""
-        garbage: list[str] = []
-        if (published and new and published[-1]["size"] + new[0]["size"] <= self.store.part_size):
-            # a small last part and a small remainder: merge them
-            merged = await self._compose([published[-1], new[0]])
-            garbage += [published[-1]["name"], new[0]["name"]]
-            parts = [*published[:-1], merged, *new[1:]]
-        else:
-            parts = [*published, *new]
-        while len(parts) > _MAX_LISTED_PARTS:
-            head = parts[:COMPOSE_LIMIT]
-            parts = [await self._compose(head), *parts[COMPOSE_LIMIT:]]
-            garbage += [p["name"] for p in head]
-        return parts, garbage
-
-    async def commit(self, *, length: int | None = None,
-                     expires_at: float | None = None) -> Upload:
-        changes, complete = self._commit_changes(length, expires_at)
-        garbage: list[str] = []
-        if complete or self.written:
-            await self._settle()
-            if self._buf:  # the remainder becomes a (smaller) part: nothing stays in memory
-                self._check_lease()
-                body, self._buf = bytes(self._buf), bytearray()
-                name = self.store.part_name(self.upload.id, self._next_index())
-                self._staged.append(await self._upload(name, body))
-            self._check_lease()
-            published: list[Part] = self.state["parts"]
-            if complete:
-                changes.update(parts=[*published, *self._staged], completing=True)
-            else:
-                changes["parts"], garbage = await self._tidy(published, self._staged)
-        await self.publish(**changes)
-        self._staged, self.written = [], 0
-        await self.store.delete_quietly(garbage)
-        if complete:
-            await self.finish_completion()
-        return self.upload
-
-    async def finish_completion(self) -> None:
-        """Compose the parts of a record that says ``completing`` into the final object,
-        record the finished upload, then delete the parts."""
-        store = self.store
-        parts: list[Part] = self.state["parts"]
-        headers = object_headers(self.upload.metadata)
-        key = store.key(self.upload.id)
-        self._check_lease()
-        if parts:
-            result = await store.compose_all(self.upload.id, key, [p["name"] for p in parts],
-                                             headers=headers, what="completing an upload")
-        else:
-            result = await store.bucket.put_replacing(key, b"", what="completing an upload",
-                                                      headers=headers)
-        await self.publish(completed_at=time.time(), object_etag=_etag(result), parts=[],
-                           completing=None)
-        await store.delete_quietly(p["name"] for p in parts)
-
-    async def rollback(self) -> None:
-        """Forget what this request wrote; its unpublished parts are deleted."""
-        with contextlib.suppress(Exception):
-            await self._settle()  # let the part in flight land, so it is deleted too
-        staged, self._staged = self._staged, []
-        self.written = 0
-        self._buf = bytearray()
-        await self.store.delete_quietly(p["name"] for p in staged)
-
-
-GCSStore.lock_class = GCSLock
