@@ -24,7 +24,8 @@ from tusd_py.protocol.errors import (
     UploadBusy,
     UploadExists,
 )
-from tusd_py.storage.azure.store import AzureStore, block_size_for
+from tusd_py.storage.azure.sizing import block_size_for
+from tusd_py.storage.azure.store import AzureStore
 from tusd_py.storage.base import Upload
 from tusd_py.storage.ids import new_upload_id
 

@@ -29,9 +29,6 @@ from ..object.lease import Conflict, new_record
 from ..object.lease import decode_upload as decode_upload  # re-exported for the driver
 from ..object.lease import dump as dump
 
-#: The service limits the driver plans with (Azure block blobs).
-MAX_BLOCKS = 50_000  # committed blocks per blob
-MAX_BLOCK_SIZE = 4000 << 20  # bytes per staged block (service version 2019-12-12+)
 #: Azure limits all metadata of a blob to 8 KiB; the tus metadata copy stays below this.
 MAX_METADATA_COPY = 7 << 10
 

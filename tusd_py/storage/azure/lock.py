@@ -1,4 +1,4 @@
-"""The Azure driver's write lock (``AzureLock``) and downloads (``AzureDownload``).
+"""The Azure driver's write lock (``AzureLock``).
 
 See ``tusd_py.storage.azure.store`` for the design: the lock is a lease in ``.info`` taken and
 renewed by compare-and-set; body bytes become uncommitted blocks of the upload's blob,
@@ -11,19 +11,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from azure.core import MatchConditions
-from azure.storage.blob.aio import BlobClient
 
-from ...protocol.errors import SizeExceeded, StorageError, UploadBusy
-from ..base import Download, Upload
+from ...protocol.errors import StorageError, UploadBusy
+from ..base import Upload
 from ..object.lease import LeasedLock
 from .errors import (
     CONFLICT_CODES,
-    MAX_BLOCK_SIZE,
-    MAX_BLOCKS,
     azure_errors,
     blob_headers,
     block_count,
@@ -33,46 +29,12 @@ from .errors import (
     block_runs,
     error_code,
 )
+from .sizing import block_size_for
 
 if TYPE_CHECKING:
     from .store import AzureStore
 
 log = logging.getLogger(__name__)
-
-MIB = 1 << 20
-
-
-def block_size_for(used: int, *, base: int, length: int | None, done: int) -> int:
-    """The size of the next full block, given ``used`` blocks holding ``done`` bytes.
-
-    Known length: ``max(base, ceil(bytes still to come / blocks left))`` (whole MiB
-    when above ``base``),
-    so the 50,000 blocks never run out. Deferred length: ``base``, doubling every 4,545
-    blocks (eleven tiers reach Azure's 190.7 TiB from any base)."""
-    left = MAX_BLOCKS - used - 1  # one block kept for a short last one
-    if left <= 0:
-        raise SizeExceeded("upload has too many blocks for one Azure blob (50,000)")
-    if length is not None:
-        need = -(-max(length - done, 0) // left)
-        size = base if need <= base else -(-need // MIB) * MIB
-    else:
-        size = base << min(used // (MAX_BLOCKS // 11), 12)
-    return min(size, MAX_BLOCK_SIZE)
-
-
-class AzureDownload(Download):
-    def __init__(self, *, size: int, etag: str, last_modified: float, blob: BlobClient) -> None:
-        super().__init__(size=size, etag=etag, last_modified=last_modified)
-        self.blob = blob
-
-    async def read(self, start: int, length: int) -> AsyncIterator[bytes]:
-        """Stream ``length`` bytes from ``start``: ranged GETs of 2 MiB, passed through."""
-        if length <= 0:
-            return
-        async with azure_errors("reading an upload"):
-            downloader = await self.blob.download_blob(offset=start, length=length)
-            async for chunk in downloader.chunks():
-                yield chunk
 
 
 class AzureLock(LeasedLock["AzureStore"]):

@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -56,8 +56,6 @@ from ..ids import check_upload_id, is_upload_id
 from ..object.lease import LeasedStore
 from .errors import (
     CONFLICT_CODES,
-    MAX_BLOCK_SIZE,
-    MAX_BLOCKS,
     NOT_FOUND_CODES,
     NOT_IMPLEMENTED_CODES,
     Conflict,
@@ -71,9 +69,10 @@ from .errors import (
     error_code,
     load,
 )
-from .lock import AzureDownload, AzureLock, block_size_for
+from .lock import AzureLock
+from .sizing import MAX_BLOCK_SIZE, MAX_BLOCKS
 
-__all__ = ["AzureDownload", "AzureLock", "AzureStore", "block_size_for"]
+__all__ = ["AzureDownload", "AzureLock", "AzureStore"]
 
 log = logging.getLogger(__name__)
 
@@ -441,3 +440,18 @@ class AzureStore(LeasedStore[AzureLock]):
         return AzureDownload(size=upload.offset, etag=etag,
                              last_modified=upload.completed_at or upload.created_at,
                              blob=self.blob(upload.id))
+
+
+class AzureDownload(Download):
+    def __init__(self, *, size: int, etag: str, last_modified: float, blob: BlobClient) -> None:
+        super().__init__(size=size, etag=etag, last_modified=last_modified)
+        self.blob = blob
+
+    async def read(self, start: int, length: int) -> AsyncIterator[bytes]:
+        """Stream ``length`` bytes from ``start``: ranged GETs of 2 MiB, passed through."""
+        if length <= 0:
+            return
+        async with azure_errors("reading an upload"):
+            downloader = await self.blob.download_blob(offset=start, length=length)
+            async for chunk in downloader.chunks():
+                yield chunk
