@@ -14,7 +14,8 @@ from tests.http.helpers import TUS, create, download, head, patch, path_of, uplo
 from tests.plugins.app import make_config
 from tests.plugins.gcs import PART_SIZE
 from tusd_py.core.sweeper import sweep_once
-from tusd_py.http.app import HANDLER, create_app
+from tusd_py.http.app import HANDLER, STORE, create_app
+from tusd_py.protocol.errors import StorageError
 
 KIB = 1 << 10
 
@@ -117,3 +118,24 @@ async def test_gcs_down_is_503_with_a_clear_message(aiohttp_client, gcs_storage_
     assert r.status == 503
     assert "storage unreachable" in await r.text()
     assert (await client.get("/readyz")).status == 503
+
+
+async def test_a_corrupt_record_is_a_storage_error(gcs_app_factory, gcs_put, gcs_bucket, gcs_storage_config):
+    """An ``.info`` that is not JSON (written behind the driver's back) is a 500 with
+    the reason, from the driver's ``get`` and ``lock`` as over HTTP: never an unhandled
+    exception."""
+    client = await gcs_app_factory()
+    path = await create(client, 10)
+    upload_id = path.rsplit("/", 1)[1]
+    gcs_put(gcs_bucket, f"{gcs_storage_config['prefix']}{upload_id}.info", b"\xff{not json")
+    r = await patch(client, path, 0, b"0123456789")
+    assert r.status == 500
+    assert await r.text() == "unreadable .info record\n"
+    assert (await head(client, path)).status == 500
+    r = await client.get(path)
+    assert r.status == 500 and await r.text() == "unreadable .info record\n"
+    store = client.app[STORE]
+    with pytest.raises(StorageError, match=r"unreadable \.info record"):
+        await store.get(upload_id)
+    with pytest.raises(StorageError, match=r"unreadable \.info record"):
+        await store.lock(upload_id, 0)

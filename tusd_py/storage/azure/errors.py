@@ -11,7 +11,6 @@ counter. Every change is a conditional Put Blob (``If-Match`` on the ETag;
 from __future__ import annotations
 
 import base64
-import json
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,10 +23,7 @@ from azure.storage.blob import BlobBlock, BlockState, ContentSettings
 
 from ...protocol.errors import ServiceUnavailable, StorageError, TusError
 from ...protocol.headers import Metadata, format_metadata, metadata_text
-from ..base import Upload
-from ..object.lease import Conflict, new_record
-from ..object.lease import decode_upload as decode_upload  # re-exported for the driver
-from ..object.lease import dump as dump
+from ..object.lease import Conflict
 
 #: Azure limits all metadata of a blob to 8 KiB; the tus metadata copy stays below this.
 MAX_METADATA_COPY = 7 << 10
@@ -41,26 +37,6 @@ NOT_FOUND_CODES = frozenset({"BlobNotFound", "ResourceNotFound"})
 NOT_IMPLEMENTED_CODES = frozenset({"APINotImplemented", "NotImplemented"})
 
 _MIME = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}")
-
-
-def encode_upload(upload: Upload) -> dict[str, Any]:
-    """A new record for ``upload`` (see ``leased.new_record``), as stored in ``.info``."""
-    return new_record(
-        upload,
-        blocks=[],  # published blocks in blob order, as runs (see block_runs)
-        completing=None,  # True between publishing the last block and Put Block List
-        blob_etag=None,  # ETag of the final blob once complete
-    )
-
-
-def load(body: bytes) -> dict[str, Any]:
-    try:
-        state = json.loads(body)
-    except ValueError:
-        raise StorageError("unreadable .info record") from None
-    if not isinstance(state, dict) or state.get("v") != 1:
-        raise StorageError("unreadable .info record")
-    return state
 
 
 def block_id(token: str, number: int) -> str:

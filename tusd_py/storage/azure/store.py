@@ -54,6 +54,7 @@ from ...protocol.errors import StorageError, UploadExists
 from ..base import Capability, Download, Upload
 from ..ids import check_upload_id, is_upload_id
 from ..object.lease import LeasedStore
+from ..object.record import decode_upload, dump, load, new_record
 from .errors import (
     CONFLICT_CODES,
     NOT_FOUND_CODES,
@@ -63,11 +64,7 @@ from .errors import (
     blob_headers,
     block_id,
     block_list,
-    decode_upload,
-    dump,
-    encode_upload,
     error_code,
-    load,
 )
 from .lock import AzureLock
 from .sizing import MAX_BLOCK_SIZE, MAX_BLOCKS
@@ -249,7 +246,12 @@ class AzureStore(LeasedStore[AzureLock]):
     # -- Store ----------------------------------------------------------------------
 
     async def create(self, upload: Upload) -> Upload:
-        state = encode_upload(upload)
+        state = new_record(
+            upload,
+            blocks=[],  # published blocks in blob order, as runs (see block_runs)
+            completing=None,  # True between publishing the last block and Put Block List
+            blob_etag=None,  # ETag of the final blob once complete
+        )
         if upload.is_complete:  # zero-length upload: the (empty) blob exists at once
             state["blob_etag"] = await self.put_empty(upload)
         try:

@@ -1,5 +1,5 @@
 """The GCS driver's view of a bucket: gcloud-aio-storage calls with retries, conditional
-writes and error translation; and the ``.info`` record encoding.
+writes and error translation; and the final object's headers.
 
 Every call is retried on transient failures (connection errors, timeouts, 408, 429 and
 5xx) with exponential backoff and jitter; what still fails becomes a ``TusError``: 503
@@ -10,7 +10,6 @@ everything else (missing bucket, refused credentials).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import re
@@ -23,10 +22,7 @@ from gcloud.aio.storage import Storage
 
 from ...protocol.errors import ServiceUnavailable, StorageError, TusError
 from ...protocol.headers import Metadata, metadata_text
-from ..base import Upload
-from ..object.lease import Conflict, new_record
-from ..object.lease import decode_upload as decode_upload  # re-exported for the driver
-from ..object.lease import dump as dump
+from ..object.lease import Conflict
 
 log = logging.getLogger(__name__)
 
@@ -257,29 +253,6 @@ class Bucket:
 def etag_of(result: dict[str, Any]) -> str:
     """The ETag the driver gives an object, from GCS's answer about it (its generation)."""
     return f'"{result.get("generation") or result.get("etag") or ""}"'
-
-
-# -- the .info record -----------------------------------------------------------------
-
-
-def encode_upload(upload: Upload) -> dict[str, Any]:
-    """A new record for ``upload`` (see ``leased.new_record``), as stored in ``.info``."""
-    return new_record(
-        upload,
-        parts=[],  # published part objects, in order: [{"name", "size"}]
-        completing=None,  # True while the parts are being composed into the object
-        object_etag=None,  # of the final object once complete
-    )
-
-
-def load(body: bytes) -> dict[str, Any]:
-    try:
-        state = json.loads(body)
-    except ValueError:
-        state = None
-    if not isinstance(state, dict) or state.get("v") != 1:
-        raise StorageError("unreadable .info record")
-    return state
 
 
 def object_headers(metadata: Metadata) -> dict[str, str]:

@@ -49,15 +49,12 @@ from ...protocol.errors import StorageError, UploadExists
 from ..base import Capability, Download, Upload
 from ..ids import check_upload_id, is_upload_id
 from ..object.lease import LeasedStore, holder_of
+from ..object.record import decode_upload, dump, load, new_record
 from .client import (
     COMPOSE_LIMIT,
     Bucket,
     Conflict,
-    decode_upload,
-    dump,
-    encode_upload,
     etag_of,
-    load,
     object_headers,
 )
 from .lock import GCSLock
@@ -155,7 +152,12 @@ class GCSStore(LeasedStore[GCSLock]):
     # -- Store ----------------------------------------------------------------------
 
     async def create(self, upload: Upload) -> Upload:
-        state = encode_upload(upload)
+        state = new_record(
+            upload,
+            parts=[],  # published part objects, in order: [{"name", "size"}]
+            completing=None,  # True while the parts are being composed into the object
+            object_etag=None,  # of the final object once complete
+        )
         if upload.is_complete:  # zero-length upload: the (empty) object exists at once
             r = await self.bucket.put_replacing(self.key(upload.id), b"", what="creating an upload",
                                                 headers=object_headers(upload.metadata))

@@ -18,9 +18,9 @@ its lock class (``lock_class``, with ``drain`` and ``finish_completion``: comple
 upload whose record says ``completing``) and, if its writes carry no nonce, how to
 recognise its own landed write (``stamp``/``own_write``, GCS).
 
-Also shared: the record's tus fields (``new_record``, ``decode_upload``, ``dump``), the
-commit prologue (``LeasedLock._commit_changes``), and the expiry sweep and the listing of
-owed finishing hooks over a listing of the records (``list_records``, ``_scan``).
+Also shared (the record's codec is ``record``): the commit prologue
+(``LeasedLock._commit_changes``), and the expiry sweep and the listing of owed
+finishing hooks over a listing of the records (``list_records``, ``_scan``).
 
 Writes of upload bytes under a lease (``LeasedLock.bounded``): each one, with every
 retry of its client library, must be over before another request could take the lease
@@ -36,9 +36,7 @@ Clocks: lease expiry compares wall clocks of replicas; keep them NTP-synchronise
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -58,7 +56,7 @@ from ..base import Store, Upload, UploadLock
 from ..ids import check_upload_id
 
 __all__ = ["POLL_MAX", "POLL_MIN", "WRITE_MARGIN", "Conflict", "LeasedLock", "LeasedStore",
-           "Record", "decode_upload", "dump", "holder_of", "new_record"]
+           "Record", "holder_of"]
 
 POLL_MIN, POLL_MAX = 0.05, 0.5  # lock polling backoff while another replica holds it
 #: Writes under a lease end this fraction of ``lease_duration`` before the lease expires
@@ -77,45 +75,6 @@ class Conflict(Exception):
 
     #: The record and tag found after the failure (None: gone, or not read).
     current: Record | None = None
-
-
-def new_record(upload: Upload, **fields: Any) -> dict[str, Any]:
-    """A new record, as stored in ``.info``: the tus fields of ``upload``, the driver's
-    own ``fields``, no lease, revision 0."""
-    return {
-        "v": 1,
-        "id": upload.id,
-        "length": upload.length,
-        "offset": upload.offset,
-        "metadata": {k: None if v is None else base64.b64encode(v).decode()
-                     for k, v in upload.metadata.items()},
-        "created_at": upload.created_at,
-        "expires_at": upload.expires_at,
-        "is_partial": upload.is_partial,
-        "final_of": list(upload.final_of),
-        "completed_at": upload.completed_at,
-        "finish_owed": upload.finish_owed,
-        **fields,
-        "lease": None,  # {"holder": token, "until": epoch seconds}
-        "rev": 0,
-    }
-
-
-def decode_upload(state: dict[str, Any], location: str) -> Upload:
-    """The upload a record describes."""
-    return Upload(
-        id=state["id"], length=state["length"], offset=state["offset"],
-        metadata={k: None if v is None else base64.b64decode(v)
-                  for k, v in state["metadata"].items()},
-        created_at=state["created_at"], expires_at=state["expires_at"],
-        is_partial=bool(state["is_partial"]), final_of=tuple(state["final_of"]),
-        completed_at=state["completed_at"], location=location,
-        finish_owed=bool(state.get("finish_owed", False)),
-    )
-
-
-def dump(state: dict[str, Any]) -> bytes:
-    return json.dumps(state, separators=(",", ":")).encode()
 
 
 def holder_of(state: dict[str, Any]) -> Any:

@@ -9,11 +9,10 @@ ETag; ``If-None-Match: *`` on create), so concurrent writers cannot both succeed
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, TypedDict
+from typing import TypedDict
 from urllib.parse import quote
 
 import aiohttp
@@ -21,10 +20,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ...protocol.errors import ServiceUnavailable, StorageError, TusError
 from ...protocol.headers import Metadata, metadata_text
-from ..base import Upload
-from ..object.lease import Conflict, new_record
-from ..object.lease import decode_upload as decode_upload  # re-exported for the driver
-from ..object.lease import dump as dump
+from ..object.lease import Conflict
 
 #: S3 error codes meaning "slow down"; botocore's standard retry mode already retried them.
 THROTTLING_CODES = frozenset({
@@ -42,24 +38,6 @@ class Part(TypedDict):
     n: int
     etag: str
     size: int
-
-
-def encode_upload(upload: Upload) -> dict[str, Any]:
-    """A new record for ``upload`` (see ``leased.new_record``), as stored in ``.info``."""
-    return new_record(
-        upload,
-        mpu=None,  # multipart upload id, once the first full part is written
-        parts=[],  # published parts: [{"n", "etag", "size"}]
-        tail=None,  # {"key": ..., "size": ...}: bytes that do not fill a part yet
-        object_etag=None,  # ETag of the final object once complete
-    )
-
-
-def load(body: bytes) -> dict[str, Any]:
-    state = json.loads(body)
-    if not isinstance(state, dict) or state.get("v") != 1:
-        raise StorageError("unreadable .info record")
-    return state
 
 
 def object_headers(metadata: Metadata) -> dict[str, str]:

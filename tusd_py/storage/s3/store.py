@@ -55,16 +55,13 @@ from ...protocol.errors import (
 from ..base import Capability, Download, Upload
 from ..ids import check_upload_id, is_upload_id
 from ..object.lease import LeasedStore
+from ..object.record import decode_upload, dump, load, new_record
 from .buffer import BufferGauge, ChunkBuffer
 from .errors import (
     CONFLICT_CODES,
     NOT_FOUND_CODES,
     Conflict,
-    decode_upload,
-    dump,
-    encode_upload,
     error_code,
-    load,
     object_headers,
     s3_errors,
 )
@@ -232,7 +229,13 @@ class S3Store(LeasedStore[S3Lock]):
     # -- Store ----------------------------------------------------------------------
 
     async def create(self, upload: Upload) -> Upload:
-        state = encode_upload(upload)
+        state = new_record(
+            upload,
+            mpu=None,  # multipart upload id, once the first full part is written
+            parts=[],  # published parts: [{"n", "etag", "size"}]
+            tail=None,  # {"key": ..., "size": ...}: bytes that do not fill a part yet
+            object_etag=None,  # ETag of the final object once complete
+        )
         key = self.key(upload.id)
         if upload.is_complete:  # zero-length upload: the (empty) object exists at once
             async with s3_errors("creating an upload"):
