@@ -12,16 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 import aiohttp
 from gcloud.aio.storage import Storage
 
+from ...protocol.content import stored_content
 from ...protocol.errors import ServiceUnavailable, StorageError, TusError
-from ...protocol.headers import Metadata, metadata_text
+from ...protocol.headers import Metadata
 from ..object.lease import Conflict
 
 log = logging.getLogger(__name__)
@@ -31,7 +30,6 @@ T = TypeVar("T")
 #: GCS compose takes at most this many source objects per request.
 COMPOSE_LIMIT = 32
 TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-_MIME = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}")
 
 
 class Missing(Exception):
@@ -256,19 +254,10 @@ def etag_of(result: dict[str, Any]) -> str:
 
 
 def object_headers(metadata: Metadata) -> dict[str, str]:
-    """Content-Type/Content-Disposition of the final object, from tus metadata.
-
-    ``filetype`` becomes the Content-Type when it is a well-formed MIME type; the
-    disposition is always ``attachment`` (objects may be served straight from the
-    bucket, where an inline text/html upload would be a stored XSS)."""
-    headers: dict[str, str] = {}
-    filetype = (metadata_text(metadata, "filetype") or "").strip()
-    headers["Content-Type"] = filetype.lower() if _MIME.fullmatch(filetype) else \
-        "application/octet-stream"
-    filename = metadata_text(metadata, "filename")
-    if filename:
-        name = filename.replace("\\", "/").rsplit("/", 1)[-1][:255]
-        ascii_name = "".join(c if 0x20 <= ord(c) < 0x7F and c not in '"\\' else "_" for c in name)
-        headers["Content-Disposition"] = (
-            f'attachment; filename="{ascii_name}"; filename*=UTF-8\'\'{quote(name, safe="")}')
+    """Content-Type (and Content-Disposition) of the final object, from tus metadata
+    (``protocol.content.stored_content``)."""
+    content_type, disposition = stored_content(metadata)
+    headers = {"Content-Type": content_type}
+    if disposition is not None:
+        headers["Content-Disposition"] = disposition
     return headers

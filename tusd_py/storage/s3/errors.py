@@ -9,17 +9,16 @@ ETag; ``If-None-Match: *`` on create), so concurrent writers cannot both succeed
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypedDict
-from urllib.parse import quote
 
 import aiohttp
 from botocore.exceptions import BotoCoreError, ClientError
 
+from ...protocol.content import stored_content
 from ...protocol.errors import ServiceUnavailable, StorageError, TusError
-from ...protocol.headers import Metadata, metadata_text
+from ...protocol.headers import Metadata
 from ..object.lease import Conflict
 
 #: S3 error codes meaning "slow down"; botocore's standard retry mode already retried them.
@@ -31,8 +30,6 @@ THROTTLING_CODES = frozenset({
 CONFLICT_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
-_MIME = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}")
-
 
 class Part(TypedDict):
     n: int
@@ -41,23 +38,12 @@ class Part(TypedDict):
 
 
 def object_headers(metadata: Metadata) -> dict[str, str]:
-    """ContentType/ContentDisposition for the final object, from tus metadata.
-
-    ``filetype`` becomes the Content-Type when it is a well-formed MIME type; the
-    disposition is always ``attachment`` (objects may be served straight from the
-    bucket, where an inline text/html upload would be a stored XSS)."""
-    headers: dict[str, str] = {}
-    filetype = (metadata_text(metadata, "filetype") or "").strip()
-    if _MIME.fullmatch(filetype):
-        headers["ContentType"] = filetype.lower()
-    else:
-        headers["ContentType"] = "application/octet-stream"
-    filename = metadata_text(metadata, "filename")
-    if filename:
-        name = filename.replace("\\", "/").rsplit("/", 1)[-1][:255]
-        ascii_name = "".join(c if 0x20 <= ord(c) < 0x7F and c not in '"\\' else "_" for c in name)
-        headers["ContentDisposition"] = (
-            f'attachment; filename="{ascii_name}"; filename*=UTF-8\'\'{quote(name, safe="")}')
+    """ContentType (and ContentDisposition) arguments for the final object, from tus
+    metadata (``protocol.content.stored_content``)."""
+    content_type, disposition = stored_content(metadata)
+    headers = {"ContentType": content_type}
+    if disposition is not None:
+        headers["ContentDisposition"] = disposition
     return headers
 
 
