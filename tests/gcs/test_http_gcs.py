@@ -13,9 +13,9 @@ import pytest
 from tests.http.helpers import TUS, create, download, head, patch, path_of, upload
 from tests.plugins.app import make_config
 from tests.plugins.gcs import PART_SIZE
+from tests.plugins.object_stores import GARBAGE, check_corrupt_record
 from tusd_py.core.sweeper import sweep_once
-from tusd_py.http.app import HANDLER, STORE, create_app
-from tusd_py.protocol.errors import StorageError
+from tusd_py.http.app import HANDLER, create_app
 
 KIB = 1 << 10
 
@@ -121,21 +121,9 @@ async def test_gcs_down_is_503_with_a_clear_message(aiohttp_client, gcs_storage_
 
 
 async def test_a_corrupt_record_is_a_storage_error(gcs_app_factory, gcs_put, gcs_bucket, gcs_storage_config):
-    """An ``.info`` that is not JSON (written behind the driver's back) is a 500 with
-    the reason, from the driver's ``get`` and ``lock`` as over HTTP: never an unhandled
-    exception."""
+    """An ``.info`` that is not JSON (written with the emulator's own client) is a 500
+    with the reason, never an unhandled exception."""
     client = await gcs_app_factory()
-    path = await create(client, 10)
-    upload_id = path.rsplit("/", 1)[1]
-    gcs_put(gcs_bucket, f"{gcs_storage_config['prefix']}{upload_id}.info", b"\xff{not json")
-    r = await patch(client, path, 0, b"0123456789")
-    assert r.status == 500
-    assert await r.text() == "unreadable .info record\n"
-    assert (await head(client, path)).status == 500
-    r = await client.get(path)
-    assert r.status == 500 and await r.text() == "unreadable .info record\n"
-    store = client.app[STORE]
-    with pytest.raises(StorageError, match=r"unreadable \.info record"):
-        await store.get(upload_id)
-    with pytest.raises(StorageError, match=r"unreadable \.info record"):
-        await store.lock(upload_id, 0)
+    prefix = gcs_storage_config["prefix"]
+    await check_corrupt_record(client, lambda upload_id: gcs_put(
+        gcs_bucket, f"{prefix}{upload_id}.info", GARBAGE))

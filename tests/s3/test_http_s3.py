@@ -12,9 +12,9 @@ import pytest
 
 from tests.http.helpers import TUS, create, download, head, patch, path_of, upload
 from tests.plugins.app import make_config
+from tests.plugins.object_stores import GARBAGE, check_corrupt_record
 from tusd_py.core.sweeper import sweep_once
-from tusd_py.http.app import HANDLER, STORE, create_app
-from tusd_py.protocol.errors import StorageError
+from tusd_py.http.app import HANDLER, create_app
 
 MIB = 1 << 20
 
@@ -138,23 +138,11 @@ async def test_s3_down_is_503_with_a_clear_message(aiohttp_client, s3_storage_co
     assert (await client.get("/readyz")).status == 503
 
 
-async def test_a_corrupt_record_is_a_storage_error(s3_app_factory, s3_client, s3_bucket, s3_storage_config):
-    """An ``.info`` that is not JSON (written behind the driver's back) is a 500 with
-    the reason, from the driver's ``get`` and ``lock`` as over HTTP: never an unhandled
-    exception."""
+async def test_a_corrupt_record_is_a_storage_error(s3_app_factory, s3_client, s3_bucket,
+                                                   s3_storage_config):
+    """An ``.info`` that is not JSON (written with the emulator's own client) is a 500
+    with the reason, never an unhandled exception."""
     client = await s3_app_factory()
-    path = await create(client, 10)
-    upload_id = path.rsplit("/", 1)[1]
-    s3_client.put_object(Bucket=s3_bucket, Key=f"{s3_storage_config['prefix']}{upload_id}.info",
-                         Body=b"\xff{not json")
-    r = await patch(client, path, 0, b"0123456789")
-    assert r.status == 500
-    assert await r.text() == "unreadable .info record\n"
-    assert (await head(client, path)).status == 500
-    r = await client.get(path)
-    assert r.status == 500 and await r.text() == "unreadable .info record\n"
-    store = client.app[STORE]
-    with pytest.raises(StorageError, match=r"unreadable \.info record"):
-        await store.get(upload_id)
-    with pytest.raises(StorageError, match=r"unreadable \.info record"):
-        await store.lock(upload_id, 0)
+    prefix = s3_storage_config["prefix"]
+    await check_corrupt_record(client, lambda upload_id: s3_client.put_object(
+        Bucket=s3_bucket, Key=f"{prefix}{upload_id}.info", Body=GARBAGE))
