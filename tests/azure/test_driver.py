@@ -200,11 +200,11 @@ async def test_stale_writer_blocks_are_never_committed(make_store, azure_contain
     await asyncio.sleep(1.1)
     taken = await b.lock(upload.id, 0)
     await taken.write(b"n" * (256 * KIB))
-    await taken._settle()
+    await taken.parts.collect()
     stale.lost = False
     stale.state["lease"]["until"] = time.time() + 60  # it still believes in its lease
     await stale.write(b"o" * (256 * KIB))  # stages a full block with the same number
-    await stale._settle()
+    await stale.parts.collect()
     await taken.write(b"n" * (256 * KIB))
     up = await taken.commit()
     await taken.release()

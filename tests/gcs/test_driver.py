@@ -233,8 +233,8 @@ async def test_writer_dying_during_completion_is_finished_by_the_next_reader(mak
     await write(a, upload.id, data[:PART])
     lock = await a.lock(upload.id, 0)
     await lock.write(data[PART:])
-    await lock._settle()
-    staged = lock._staged
+    await lock._collect()
+    staged = lock.parts.done
     lock._renewer.cancel()
     # the record says "completing" with every part, then the process dies
     await lock.publish(offset=len(data), parts=[*lock.state["parts"], *staged], completing=True)
@@ -251,7 +251,7 @@ async def test_sweeper_removes_orphans_only(make_store, gcs_objects, gcs_bucket)
     dead = await new_upload(store, 10 * PART)
     lock = await store.lock(dead.id, 0)
     await lock.write(os.urandom(2 * PART))
-    await lock._settle()
+    await lock._collect()
     lock._renewer.cancel()  # the writer dies: its staged parts are never published
     await store.bucket.put(PREFIX + new_upload_id() + ".p000000-0123456789ab", b"x", what="test")
     before = gcs_objects(gcs_bucket)

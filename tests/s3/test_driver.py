@@ -95,8 +95,8 @@ async def test_parts_grow_when_the_part_count_would_run_out(make_store, s3_clien
     lock = await store.lock(upload.id, 1)
     for i in range(0, len(data), 64 * 1024):
         await lock.write(data[i:i + 64 * 1024])
-    await lock._settle()
-    sizes = [p["size"] for p in lock._staged]
+    await lock.parts.collect()
+    sizes = [p["size"] for p in lock.parts.done]
     up = await lock.commit()
     await lock.release()
     assert sizes == [6 * MIB, 6 * MIB]
@@ -219,7 +219,7 @@ async def test_writer_dying_during_completion_is_finished_by_the_next_reader(mak
     lock = await a.lock(upload.id, 1)
     for i in range(0, len(data), 64 * 1024):
         await lock.write(data[i:i + 64 * 1024])
-    await lock._settle()
+    await lock.parts.collect()
     # commit() up to CompleteMultipartUpload, then the process is gone (no final record)
     await lock._finish({"length": len(data), "offset": len(data), "expires_at": None})
     lock._renewer.cancel()

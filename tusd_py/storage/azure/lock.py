@@ -7,8 +7,6 @@ published in the record at each commit and committed as the blob at completion.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -18,6 +16,7 @@ from azure.core import MatchConditions
 from ...protocol.errors import StorageError, UploadBusy
 from ..base import Upload
 from ..object.lease import LeasedLock
+from ..object.parts import PartUploads
 from .errors import (
     CONFLICT_CODES,
     azure_errors,
@@ -45,16 +44,15 @@ class AzureLock(LeasedLock["AzureStore"]):
     def __init__(self, store: AzureStore, state: dict[str, Any], etag: str, token: str) -> None:
         self._buf = bytearray()  # body bytes not yet in a block
         self._numbers = 0  # block ids used under this lease
-        self._staged: list[int] = []  # numbers of the blocks staged since the last commit
-        self._staged_size = 0
-        #: Blocks being staged, oldest first: (task, id, size).
-        self._pending: list[tuple[asyncio.Task[None], int, int]] = []
+        #: One block staging while the next one fills, and the numbers of the blocks
+        #: staged since the last commit (``parts.done``).
+        self.parts: PartUploads[int] = PartUploads()
         super().__init__(store, state, etag, token)
 
     # -- writing ----------------------------------------------------------------------
 
     def _used_blocks(self) -> int:
-        return block_count(self.state["blocks"]) + len(self._staged) + len(self._pending)
+        return block_count(self.state["blocks"]) + self.parts.count
 
     def _bytes_in_blocks(self) -> int:
         return self.upload.offset + self.written - len(self._buf)
@@ -76,8 +74,7 @@ class AzureLock(LeasedLock["AzureStore"]):
 
     async def _cut(self, size: int) -> None:
         """Start staging the first ``size`` bytes of the buffer as the next block."""
-        while self._pending:  # one block in flight while the next one fills
-            await self._settle_one()
+        await self.parts.room()  # one block in flight while the next one fills
         self._check_lease()
         # bytes, not the bytearray: the SDK and aiohttp slice the body to its length,
         # a copy for a bytearray but the very object for bytes. The old buffer is freed
@@ -88,57 +85,37 @@ class AzureLock(LeasedLock["AzureStore"]):
         self._buf = rest
         number = self._numbers
         self._numbers += 1
-        task = asyncio.get_running_loop().create_task(
-            self._stage(block_id(self.token, number), body))
-        self._pending.append((task, number, len(body)))
+        self.parts.start(self._stage(number, body), len(body))
 
-    async def _stage(self, ident: str, body: bytes) -> None:
+    async def _stage(self, number: int, body: bytes) -> int:
+        """Stage ``body`` as block ``number`` of this lease; returns the number."""
         async with azure_errors("staging a block"):
-            await self.store.blob(self.upload.id).stage_block(ident, body, length=len(body))
-
-    async def _settle_one(self) -> None:
-        """Wait for the oldest in-flight block and stage it."""
-        task, number, size = self._pending[0]
-        try:
-            await task
-        except BaseException:
-            await self.drain()
-            raise
-        self._pending.pop(0)
-        self._staged.append(number)
-        self._staged_size += size
-
-    async def _settle(self) -> None:
-        while self._pending:
-            await self._settle_one()
-
-    async def drain(self) -> None:
-        """Let in-flight stagings finish (or fail) without keeping them."""
-        pending, self._pending = self._pending, []
-        for task, _, _ in pending:
-            with contextlib.suppress(Exception):
-                await task
+            await self.store.blob(self.upload.id).stage_block(
+                block_id(self.token, number), body, length=len(body))
+        return number
 
     async def commit(self, *, length: int | None = None,
                      expires_at: float | None = None) -> Upload:
         changes, complete = self._commit_changes(length, expires_at)
         if self.written or complete:
-            await self._settle()
+            await self.parts.collect()
             if self._buf:  # the short block: nothing received is lost across replicas
                 self._check_lease()
                 await self._cut(len(self._buf))
-                await self._settle()
+                await self.parts.collect()
             self._check_lease()
-            changes["blocks"] = block_runs(self.state["blocks"], self.token, self._staged)
+            changes["blocks"] = block_runs(self.state["blocks"], self.token, self.parts.done)
             if complete:
                 # Published with every block before Put Block List: a crash in between
                 # is finished by the next lock (see finish_completion).
                 await self.publish(**changes, completing=True)
-                self._staged, self._staged_size, self.written = [], 0, 0
+                self.parts.clear()
+                self.written = 0
                 await self.finish_completion()
                 return self.upload
         await self.publish(**changes)
-        self._staged, self._staged_size, self.written = [], 0, 0
+        self.parts.clear()
+        self.written = 0
         return self.upload
 
     async def finish_completion(self) -> None:
@@ -173,5 +150,6 @@ class AzureLock(LeasedLock["AzureStore"]):
         """Forget what this request wrote: its staged blocks stay unreferenced (Azure
         drops uncommitted blocks that are not in the list at completion)."""
         await self.drain()
-        self._staged, self._staged_size, self.written = [], 0, 0
+        self.parts.clear()
+        self.written = 0
         self._buf = bytearray()

@@ -5,7 +5,6 @@ See ``tusd_py.storage.gcs.store`` for the object layout.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 from ...protocol.errors import UploadBusy
 from ..base import Upload
 from ..object.lease import LeasedLock, holder_of
+from ..object.parts import PartUploads
 from .client import COMPOSE_LIMIT, etag_of, object_headers
 
 if TYPE_CHECKING:
@@ -38,8 +38,9 @@ class GCSLock(LeasedLock["GCSStore"]):
     def __init__(self, store: GCSStore, state: dict[str, Any], generation: str,
                  token: str) -> None:
         self._buf = bytearray()  # body bytes not yet in a part
-        self._staged: list[Part] = []  # parts uploaded since the last commit
-        self._pending: list[asyncio.Task[Part]] = []  # at most one part in flight
+        #: One part uploading while the next one fills, and the parts uploaded since the
+        #: last commit (``parts.done``).
+        self.parts: PartUploads[Part] = PartUploads()
         super().__init__(store, state, generation, token)
 
     def _merges(self, current: dict[str, Any]) -> bool:
@@ -50,7 +51,7 @@ class GCSLock(LeasedLock["GCSStore"]):
     # -- writing ----------------------------------------------------------------------
 
     def _next_index(self) -> int:
-        return len(self.state["parts"]) + len(self._staged) + len(self._pending)
+        return len(self.state["parts"]) + self.parts.count
 
     async def write(self, data: bytes) -> None:
         if self.lost:
@@ -63,50 +64,33 @@ class GCSLock(LeasedLock["GCSStore"]):
 
     async def _cut(self, size: int) -> None:
         """Start uploading the first ``size`` bytes of the buffer as the next part."""
-        while self._pending:
-            await self._settle_one()
+        await self._collect()
         self._check_lease()
         body = bytes(memoryview(self._buf)[:size])
         del self._buf[:size]
         name = self.store.part_name(self.upload.id, self._next_index())
-        self._pending.append(asyncio.get_running_loop().create_task(self._upload(name, body)))
+        self.parts.start(self._upload(name, body), size)
 
     async def _upload(self, name: str, body: bytes) -> Part:
         await self.store.bucket.put(name, body, what="uploading a part")
         return {"name": name, "size": len(body)}
 
-    async def _settle_one(self) -> None:
-        """Wait for the oldest in-flight part and stage it; 32 staged parts are composed
+    async def _collect(self) -> None:
+        """Wait for the part in flight and collect it; 32 collected parts are composed
         into one (they are not published yet, so the originals go at once)."""
-        try:
-            part = await self._pending[0]
-        except BaseException:
-            await self.drain()
-            raise
-        self._pending.pop(0)
-        self._staged.append(part)
-        if len(self._staged) >= COMPOSE_LIMIT:
+        parts = self.parts
+        await parts.collect()
+        if len(parts.done) >= COMPOSE_LIMIT:
             self._check_lease()
-            staged, self._staged = self._staged, []
-            self._staged = [await self._compose(staged)]
-            await self.store.delete_quietly(p["name"] for p in staged)
-
-    async def _settle(self) -> None:
-        while self._pending:
-            await self._settle_one()
+            done, parts.done = parts.done, []
+            parts.done = [await self._compose(done)]
+            await self.store.delete_quietly(p["name"] for p in done)
 
     async def _compose(self, parts: list[Part]) -> Part:
         name = self.store.part_name(self.upload.id, self._next_index())
         await self.store.bucket.compose(name, [p["name"] for p in parts],
                                         what="composing parts")
         return {"name": name, "size": sum(p["size"] for p in parts)}
-
-    async def drain(self) -> None:
-        """Let in-flight part uploads finish (or fail) without staging them."""
-        pending, self._pending = self._pending, []
-        for task in pending:
-            with contextlib.suppress(Exception):
-                await task
 
     async def _tidy(self, published: list[Part], new: list[Part]) -> tuple[list[Part], list[str]]:
         """The part list to publish, kept short by server-side composes; and the objects
@@ -130,20 +114,19 @@ class GCSLock(LeasedLock["GCSStore"]):
         changes, complete = self._commit_changes(length, expires_at)
         garbage: list[str] = []
         if complete or self.written:
-            await self._settle()
+            await self._collect()
             if self._buf:  # the remainder becomes a (smaller) part: nothing stays in memory
-                self._check_lease()
-                body, self._buf = bytes(self._buf), bytearray()
-                name = self.store.part_name(self.upload.id, self._next_index())
-                self._staged.append(await self._upload(name, body))
+                await self._cut(len(self._buf))
+                await self.parts.collect()
             self._check_lease()
             published: list[Part] = self.state["parts"]
             if complete:
-                changes.update(parts=[*published, *self._staged], completing=True)
+                changes.update(parts=[*published, *self.parts.done], completing=True)
             else:
-                changes["parts"], garbage = await self._tidy(published, self._staged)
+                changes["parts"], garbage = await self._tidy(published, self.parts.done)
         await self.publish(**changes)
-        self._staged, self.written = [], 0
+        self.parts.clear()
+        self.written = 0
         await self.store.delete_quietly(garbage)
         if complete:
             await self.finish_completion()
@@ -170,8 +153,9 @@ class GCSLock(LeasedLock["GCSStore"]):
     async def rollback(self) -> None:
         """Forget what this request wrote; its unpublished parts are deleted."""
         with contextlib.suppress(Exception):
-            await self._settle()  # let the part in flight land, so it is deleted too
-        staged, self._staged = self._staged, []
+            await self._collect()  # let the part in flight land, so it is deleted too
+        done = self.parts.done
+        self.parts.clear()
         self.written = 0
         self._buf = bytearray()
-        await self.store.delete_quietly(p["name"] for p in staged)
+        await self.store.delete_quietly(p["name"] for p in done)

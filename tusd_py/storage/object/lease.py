@@ -14,7 +14,7 @@ generation), so two writers can never both succeed.
   writes the record by CAS, merging over a concurrent ``wanted`` flag.
 
 A driver implements the record I/O (``read_info``, ``write_info``, ``decode_record``),
-its lock class (``lock_class``, with ``drain`` and ``finish_completion``: completing an
+its lock class (``lock_class``, with ``parts`` and ``finish_completion``: completing an
 upload whose record says ``completing``) and, if its writes carry no nonce, how to
 recognise its own landed write (``stamp``/``own_write``, GCS).
 
@@ -54,6 +54,7 @@ from ...protocol.errors import (
 )
 from ..base import Store, Upload, UploadLock
 from ..ids import check_upload_id
+from .parts import PartUploads
 
 __all__ = ["POLL_MAX", "POLL_MIN", "WRITE_MARGIN", "Conflict", "LeasedLock", "LeasedStore",
            "Record", "holder_of"]
@@ -86,6 +87,8 @@ class LeasedLock(UploadLock, Generic[S]):
 
     #: Logger of the driver's lock module (lease warnings are logged under its name).
     _log: ClassVar[logging.Logger] = logging.getLogger(__name__)
+    #: The part uploads of the request holding the lock (set by the driver's lock).
+    parts: PartUploads[Any]
 
     def __init__(self, store: S, state: dict[str, Any], etag: str, token: str) -> None:
         self.store = store
@@ -110,10 +113,6 @@ class LeasedLock(UploadLock, Generic[S]):
             self._renew(), name=f"{store.name}-lease-{self.upload.id}")
 
     # -- what a driver implements -------------------------------------------------------
-
-    @abstractmethod
-    async def drain(self) -> None:
-        """Let in-flight uploads of body bytes finish (or fail)."""
 
     @abstractmethod
     async def finish_completion(self) -> None:
@@ -280,6 +279,10 @@ class LeasedLock(UploadLock, Generic[S]):
     async def settle_finish(self) -> Upload:
         await self.publish(finish_owed=False)
         return self.upload
+
+    async def drain(self) -> None:
+        """Let in-flight uploads of body bytes finish (or fail) without collecting them."""
+        await self.parts.drain()
 
     async def release(self) -> None:
         if self.released:
