@@ -41,19 +41,19 @@ async def test_multipart_upload_with_tail_object_across_patches(make_store, s3_c
     data = os.urandom(12 * MIB + 123)
     meta = {"filename": "r\u00e9sum\u00e9.pdf".encode(), "filetype": b"application/pdf"}
     upload = await new_upload(store, len(data), metadata=meta)
-    info_key, tail0, tail1 = (f"{PREFIX}{upload.id}{s}" for s in (".info", ".part", ".part.1"))
+    record_key, tail0, tail1 = (f"{PREFIX}{upload.id}{s}" for s in (".info", ".part", ".part.1"))
 
     # 3 MiB: less than a part, kept as the tail object
     up = await write(store, upload.id, data[:3 * MIB])
     assert up.offset == 3 * MIB
-    assert keys(s3_client, s3_bucket) == {info_key, tail0}
+    assert keys(s3_client, s3_bucket) == {record_key, tail0}
     assert s3_client.head_object(Bucket=s3_bucket, Key=tail0)["ContentLength"] == 3 * MIB
     assert mpus(s3_client, s3_bucket) == []
 
     # +4 MiB: the tail and new bytes make part 1 (5 MiB), 2 MiB stay in the other slot
     up = await write(store, upload.id, data[3 * MIB:7 * MIB])
     assert up.offset == 7 * MIB
-    assert keys(s3_client, s3_bucket) == {info_key, tail1}
+    assert keys(s3_client, s3_bucket) == {record_key, tail1}
     [mpu] = mpus(s3_client, s3_bucket)
     parts = s3_client.list_parts(Bucket=s3_bucket, Key=f"{PREFIX}{upload.id}",
                                  UploadId=mpu["UploadId"])["Parts"]
@@ -64,7 +64,7 @@ async def test_multipart_upload_with_tail_object_across_patches(make_store, s3_c
     other = await make_store()
     up = await write(other, upload.id, data[7 * MIB:])
     assert up.is_complete and up.offset == len(data)
-    assert keys(s3_client, s3_bucket) == {info_key, f"{PREFIX}{upload.id}"}
+    assert keys(s3_client, s3_bucket) == {record_key, f"{PREFIX}{upload.id}"}
     assert mpus(s3_client, s3_bucket) == []
     head = s3_client.head_object(Bucket=s3_bucket, Key=f"{PREFIX}{upload.id}")
     assert head["ContentType"] == "application/pdf"

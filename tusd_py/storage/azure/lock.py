@@ -41,18 +41,18 @@ class AzureLock(LeasedLock["AzureStore"]):
 
     _log = log
 
-    def __init__(self, store: AzureStore, state: dict[str, Any], etag: str, token: str) -> None:
+    def __init__(self, store: AzureStore, record: dict[str, Any], etag: str, token: str) -> None:
         self._buf = bytearray()  # body bytes not yet in a block
         self._numbers = 0  # block ids used under this lease
         #: One block staging while the next one fills, and the numbers of the blocks
         #: staged since the last commit (``parts.done``).
         self.parts: PartUploads[int] = PartUploads()
-        super().__init__(store, state, etag, token)
+        super().__init__(store, record, etag, token)
 
     # -- writing ----------------------------------------------------------------------
 
     def _used_blocks(self) -> int:
-        return block_count(self.state["blocks"]) + self.parts.count
+        return block_count(self.record["blocks"]) + self.parts.count
 
     def _bytes_in_blocks(self) -> int:
         return self.upload.offset + self.written - len(self._buf)
@@ -104,7 +104,7 @@ class AzureLock(LeasedLock["AzureStore"]):
                 await self._cut(len(self._buf))
                 await self.parts.collect()
             self._check_lease()
-            changes["blocks"] = block_runs(self.state["blocks"], self.token, self.parts.done)
+            changes["blocks"] = block_runs(self.record["blocks"], self.token, self.parts.done)
             if complete:
                 # Published with every block before Put Block List: a crash in between
                 # is finished by the next lock (see finish_completion).
@@ -124,7 +124,7 @@ class AzureLock(LeasedLock["AzureStore"]):
         mark the record complete."""
         store = self.store
         blob = store.blob(self.upload.id)
-        blocks = block_ids(self.state["blocks"])
+        blocks = block_ids(self.record["blocks"])
         settings, metadata = blob_headers(self.upload.metadata, self.upload.id)
         async with azure_errors("completing an upload"):
             if not blocks:
@@ -141,7 +141,7 @@ class AzureLock(LeasedLock["AzureStore"]):
                         raise
                     # Committed already, by a holder that died before recording it?
                     props = await blob.get_blob_properties()
-                    if props.size != self.state["offset"]:
+                    if props.size != self.record["offset"]:
                         raise StorageError("the upload's blob exists with another size") from None
                     etag = str(props.etag)
         await self.publish(completed_at=time.time(), blob_etag=etag, blocks=[], completing=None)

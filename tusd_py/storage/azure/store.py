@@ -193,25 +193,25 @@ class AzureStore(LeasedStore[AzureLock]):
 
     # -- names ----------------------------------------------------------------------
 
-    def name_of(self, upload_id: str) -> str:
+    def key(self, upload_id: str) -> str:
         return self.prefix + check_upload_id(upload_id)
 
     def blob(self, upload_id: str) -> BlobClient:
-        return self.client.get_blob_client(self.name_of(upload_id))
+        return self.client.get_blob_client(self.key(upload_id))
 
-    def info_blob(self, upload_id: str) -> BlobClient:
-        return self.client.get_blob_client(self.name_of(upload_id) + ".info")
+    def record_blob(self, upload_id: str) -> BlobClient:
+        return self.client.get_blob_client(self.key(upload_id) + ".info")
 
     def _location(self, upload_id: str) -> str:
-        return f"azure://{self.container}/{self.name_of(upload_id)}"
+        return f"azure://{self.container}/{self.key(upload_id)}"
 
     # -- the record ---------------------------------------------------------------
 
-    async def read_info(self, upload_id: str) -> tuple[dict[str, Any], str] | None:
+    async def read_record(self, upload_id: str) -> tuple[dict[str, Any], str] | None:
         """(record, ETag), or None if there is no such upload."""
         async with azure_errors("reading an upload record"):
             try:
-                downloader = await self.info_blob(upload_id).download_blob()
+                downloader = await self.record_blob(upload_id).download_blob()
                 data = await downloader.readall()
             except Exception as exc:
                 if error_code(exc)[0] in NOT_FOUND_CODES or error_code(exc)[1] == 404:
@@ -219,7 +219,7 @@ class AzureStore(LeasedStore[AzureLock]):
                 raise
         return load(data), str(downloader.properties.etag)
 
-    async def write_info(self, upload_id: str, state: dict[str, Any], *, etag: str | None) -> str:
+    async def write_record(self, upload_id: str, record: dict[str, Any], *, etag: str | None) -> str:
         """Conditional put of the record: ``If-Match: etag``, or ``If-None-Match: *`` when
         ``etag`` is None. Returns the new ETag; raises ``Conflict`` if the condition failed."""
         if etag is None:
@@ -229,8 +229,8 @@ class AzureStore(LeasedStore[AzureLock]):
                          "match_condition": MatchConditions.IfNotModified}
         async with azure_errors("writing an upload record"):
             try:
-                r = await self.info_blob(upload_id).upload_blob(
-                    dump(state), content_settings=ContentSettings(content_type="application/json"),
+                r = await self.record_blob(upload_id).upload_blob(
+                    dump(record), content_settings=ContentSettings(content_type="application/json"),
                     **condition)
             except Exception as exc:
                 code, status = error_code(exc)
@@ -240,22 +240,22 @@ class AzureStore(LeasedStore[AzureLock]):
                 raise
         return str(r["etag"])
 
-    def decode_record(self, state: dict[str, Any]) -> Upload:
-        return decode_upload(state, self._location(state["id"]))
+    def decode_record(self, record: dict[str, Any]) -> Upload:
+        return decode_upload(record, self._location(record["id"]))
 
     # -- Store ----------------------------------------------------------------------
 
     async def create(self, upload: Upload) -> Upload:
-        state = new_record(
+        record = new_record(
             upload,
             blocks=[],  # published blocks in blob order, as runs (see block_runs)
             completing=None,  # True between publishing the last block and Put Block List
             blob_etag=None,  # ETag of the final blob once complete
         )
         if upload.is_complete:  # zero-length upload: the (empty) blob exists at once
-            state["blob_etag"] = await self.put_empty(upload)
+            record["blob_etag"] = await self.put_empty(upload)
         try:
-            await self.write_info(upload.id, state, etag=None)
+            await self.write_record(upload.id, record, etag=None)
         except Conflict:
             raise UploadExists() from None
         return upload.copy(location=self._location(upload.id))
@@ -276,7 +276,7 @@ class AzureStore(LeasedStore[AzureLock]):
             await lock.drain()
             lock.terminated = True
         async with azure_errors("terminating an upload"):
-            for blob in (self.info_blob(upload_id), self.blob(upload_id)):
+            for blob in (self.record_blob(upload_id), self.blob(upload_id)):
                 try:
                     await blob.delete_blob()
                 except Exception as exc:
@@ -423,7 +423,7 @@ class AzureStore(LeasedStore[AzureLock]):
             for name, first_seen in list(self._orphans.items()):
                 if now - first_seen < grace:
                     continue
-                if await self.read_info(name[len(self.prefix):]) is not None:
+                if await self.read_record(name[len(self.prefix):]) is not None:
                     continue  # created since the listing
                 try:
                     await self.client.get_blob_client(name).delete_blob()
@@ -437,7 +437,7 @@ class AzureStore(LeasedStore[AzureLock]):
         return removed
 
     async def download(self, upload: Upload) -> Download:
-        found = await self.read_info(upload.id)
+        found = await self.read_record(upload.id)
         etag = (found[0].get("blob_etag") if found else None) or f'"{upload.id}-{upload.offset}"'
         return AzureDownload(size=upload.offset, etag=etag,
                              last_modified=upload.completed_at or upload.created_at,

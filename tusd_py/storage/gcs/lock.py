@@ -35,23 +35,23 @@ class GCSLock(LeasedLock["GCSStore"]):
 
     _log = log
 
-    def __init__(self, store: GCSStore, state: dict[str, Any], generation: str,
+    def __init__(self, store: GCSStore, record: dict[str, Any], generation: str,
                  token: str) -> None:
         self._buf = bytearray()  # body bytes not yet in a part
         #: One part uploading while the next one fills, and the parts uploaded since the
         #: last commit (``parts.done``).
         self.parts: PartUploads[Part] = PartUploads()
-        super().__init__(store, state, generation, token)
+        super().__init__(store, record, generation, token)
 
     def _merges(self, current: dict[str, Any]) -> bool:
         """Without a nonce, only a record that still names our lease at our revision was
         changed by a waiter alone (our own landed write is found by ``own_write``)."""
-        return bool(holder_of(current) == self.token and current.get("rev") == self.state["rev"])
+        return bool(holder_of(current) == self.token and current.get("rev") == self.record["rev"])
 
     # -- writing ----------------------------------------------------------------------
 
     def _next_index(self) -> int:
-        return len(self.state["parts"]) + self.parts.count
+        return len(self.record["parts"]) + self.parts.count
 
     async def write(self, data: bytes) -> None:
         if self.lost:
@@ -119,7 +119,7 @@ class GCSLock(LeasedLock["GCSStore"]):
                 await self._cut(len(self._buf))
                 await self.parts.collect()
             self._check_lease()
-            published: list[Part] = self.state["parts"]
+            published: list[Part] = self.record["parts"]
             if complete:
                 changes.update(parts=[*published, *self.parts.done], completing=True)
             else:
@@ -136,7 +136,7 @@ class GCSLock(LeasedLock["GCSStore"]):
         """Compose the parts of a record that says ``completing`` into the final object,
         record the finished upload, then delete the parts."""
         store = self.store
-        parts: list[Part] = self.state["parts"]
+        parts: list[Part] = self.record["parts"]
         headers = object_headers(self.upload.metadata)
         key = store.key(self.upload.id)
         self._check_lease()

@@ -110,7 +110,7 @@ class GCSStore(LeasedStore[GCSLock]):
     def key(self, upload_id: str) -> str:
         return self.prefix + check_upload_id(upload_id)
 
-    def info_key(self, upload_id: str) -> str:
+    def record_key(self, upload_id: str) -> str:
         return self.key(upload_id) + ".info"
 
     def part_name(self, upload_id: str, index: int) -> str:
@@ -124,25 +124,25 @@ class GCSStore(LeasedStore[GCSLock]):
 
     # -- the record ---------------------------------------------------------------
 
-    async def read_info(self, upload_id: str) -> tuple[dict[str, Any], str] | None:
+    async def read_record(self, upload_id: str) -> tuple[dict[str, Any], str] | None:
         """(record, generation), or None if there is no such upload."""
-        found = await self.bucket.read(self.info_key(upload_id), "reading an upload record")
+        found = await self.bucket.read(self.record_key(upload_id), "reading an upload record")
         if found is None:
             return None
         return load(found[0]), found[1]
 
-    async def write_info(self, upload_id: str, state: dict[str, Any], *,
-                         etag: str | None) -> str:
+    async def write_record(self, upload_id: str, record: dict[str, Any], *,
+                           etag: str | None) -> str:
         """Conditional write of the record (``etag``: the generation read; None: only if
         absent). Returns the new generation; raises ``Conflict`` if the condition failed."""
-        return await self.bucket.write(self.info_key(upload_id), dump(state),
+        return await self.bucket.write(self.record_key(upload_id), dump(record),
                                        if_generation=etag or "0",
                                        what="writing an upload record")
 
-    def decode_record(self, state: dict[str, Any]) -> Upload:
-        return decode_upload(state, self._location(state["id"]))
+    def decode_record(self, record: dict[str, Any]) -> Upload:
+        return decode_upload(record, self._location(record["id"]))
 
-    def stamp(self, state: dict[str, Any]) -> None:
+    def stamp(self, record: dict[str, Any]) -> None:
         """No nonce: a landed write is recognised by its revision and lease holder."""
 
     def own_write(self, written: dict[str, Any], current: dict[str, Any]) -> bool:
@@ -152,7 +152,7 @@ class GCSStore(LeasedStore[GCSLock]):
     # -- Store ----------------------------------------------------------------------
 
     async def create(self, upload: Upload) -> Upload:
-        state = new_record(
+        record = new_record(
             upload,
             parts=[],  # published part objects, in order: [{"name", "size"}]
             completing=None,  # True while the parts are being composed into the object
@@ -161,12 +161,12 @@ class GCSStore(LeasedStore[GCSLock]):
         if upload.is_complete:  # zero-length upload: the (empty) object exists at once
             r = await self.bucket.put_replacing(self.key(upload.id), b"", what="creating an upload",
                                                 headers=object_headers(upload.metadata))
-            state["object_etag"] = etag_of(r)
+            record["object_etag"] = etag_of(r)
         try:
-            await self.write_info(upload.id, state, etag=None)
+            await self.write_record(upload.id, record, etag=None)
         except Conflict:
-            found = await self.bucket.read(self.info_key(upload.id), "creating an upload")
-            if found is None or found[0] != dump(state):  # not our own retried write
+            found = await self.bucket.read(self.record_key(upload.id), "creating an upload")
+            if found is None or found[0] != dump(record):  # not our own retried write
                 raise UploadExists() from None
         return upload.copy(location=self._location(upload.id))
 
@@ -218,7 +218,7 @@ class GCSStore(LeasedStore[GCSLock]):
             lock.terminated = True
         key = self.key(upload_id)
         # The record goes first: once it is gone the upload no longer exists.
-        await self.bucket.delete(self.info_key(upload_id), "terminating an upload")
+        await self.bucket.delete(self.record_key(upload_id), "terminating an upload")
         names = [item["name"] async for item in self.bucket.list(key + ".", "terminating an upload")]
         await self.delete_quietly([*names, key])
         self._record_cache.pop(upload_id, None)
@@ -273,22 +273,22 @@ class GCSStore(LeasedStore[GCSLock]):
         doomed: list[str] = []
         for name, upload_id in candidates:
             if upload_id not in records:
-                found = await self.read_info(upload_id)
+                found = await self.read_record(upload_id)
                 records[upload_id] = found[0] if found else None
-            state = records[upload_id]
-            if state is None:
+            record = records[upload_id]
+            if record is None:
                 doomed.append(name)
                 continue
-            lease = state.get("lease")
+            lease = record.get("lease")
             if lease is not None and lease["until"] > now:
                 continue  # a live writer's parts are not yet listed in the record
-            if name not in {p["name"] for p in state.get("parts", ())}:
+            if name not in {p["name"] for p in record.get("parts", ())}:
                 doomed.append(name)
         await self.delete_quietly(doomed)
         return len(doomed)
 
     async def download(self, upload: Upload) -> Download:
-        found = await self.read_info(upload.id)
+        found = await self.read_record(upload.id)
         etag = (found[0].get("object_etag") if found else None) or f'"{upload.id}-{upload.offset}"'
         return GCSDownload(size=upload.offset, etag=etag,
                            last_modified=upload.completed_at or upload.created_at,

@@ -56,7 +56,7 @@ class S3Lock(LeasedLock["S3Store"]):
 
     _log = log
 
-    def __init__(self, store: S3Store, state: dict[str, Any], etag: str, token: str) -> None:
+    def __init__(self, store: S3Store, record: dict[str, Any], etag: str, token: str) -> None:
         #: The tail, then the body bytes not yet in a part: at most ``part_size`` of it
         #: in memory, the rest of a grown part in a spill file (``s3_buffer``).
         self._buf = store.new_buffer()
@@ -64,14 +64,14 @@ class S3Lock(LeasedLock["S3Store"]):
         #: Parts uploading while the body streams in, and those uploaded since the last
         #: commit (``parts.done``).
         self.parts: PartUploads[Part] = PartUploads(store.part_concurrency)
-        super().__init__(store, state, etag, token)
+        super().__init__(store, record, etag, token)
 
     # -- writing ----------------------------------------------------------------------
 
     async def _load_tail(self) -> None:
         if self._loaded:
             return
-        tail = self.state.get("tail")
+        tail = self.record.get("tail")
         store = self.store
         self._buf.clear()
         cached = store._tail_cache.pop(self.upload.id, None)
@@ -96,10 +96,10 @@ class S3Lock(LeasedLock["S3Store"]):
         self._loaded = True
 
     def _next_part_number(self) -> int:
-        return len(self.state["parts"]) + self.parts.count + 1
+        return len(self.record["parts"]) + self.parts.count + 1
 
     def _bytes_in_parts(self) -> int:
-        return sum(p["size"] for p in self.state["parts"]) + self.parts.size
+        return sum(p["size"] for p in self.record["parts"]) + self.parts.size
 
     def _target(self) -> int:
         length = self.upload.length
@@ -137,14 +137,14 @@ class S3Lock(LeasedLock["S3Store"]):
             async with self.bounded("uploading a part"), s3_errors("uploading a part"):
                 r = await store.s3.upload_part(
                     Bucket=store.bucket, Key=store.key(self.upload.id),
-                    UploadId=self.state["mpu"], PartNumber=number, Body=reader,
+                    UploadId=self.record["mpu"], PartNumber=number, Body=reader,
                     ContentLength=len(reader))
         finally:
             body.clear()
         return {"n": number, "etag": str(r["ETag"]), "size": len(reader)}
 
     async def _ensure_mpu(self) -> None:
-        if self.state.get("mpu"):
+        if self.record.get("mpu"):
             return
         store = self.store
         async with s3_errors("starting a multipart upload"):
@@ -157,7 +157,7 @@ class S3Lock(LeasedLock["S3Store"]):
     async def commit(self, *, length: int | None = None,
                      expires_at: float | None = None) -> Upload:
         changes, complete = self._commit_changes(length, expires_at)
-        old_tail = self.state.get("tail")
+        old_tail = self.record.get("tail")
         if complete or self.written:
             await self._load_tail()
             await self.parts.collect()
@@ -166,12 +166,12 @@ class S3Lock(LeasedLock["S3Store"]):
                 changes.update(await self._finish(changes), completed_at=time.time(),
                                tail=None, mpu=None, parts=[], completing=None)
             else:
-                changes["parts"] = [*self.state["parts"], *self.parts.done]
+                changes["parts"] = [*self.record["parts"], *self.parts.done]
                 changes["tail"] = await self._store_tail(old_tail)
         await self.publish(**changes)
         self.parts.clear()
         self.written = 0
-        if old_tail and old_tail != self.state.get("tail"):
+        if old_tail and old_tail != self.record.get("tail"):
             store = self.store
             with contextlib.suppress(Exception):  # a leftover is removed by the sweeper
                 await store.s3.delete_object(Bucket=store.bucket, Key=old_tail["key"])
@@ -199,8 +199,8 @@ class S3Lock(LeasedLock["S3Store"]):
         """Make the final object from the published + staged parts and the buffer."""
         store = self.store
         key = store.key(self.upload.id)
-        parts = [*self.state["parts"], *self.parts.done]
-        mpu = self.state.get("mpu")
+        parts = [*self.record["parts"], *self.parts.done]
+        mpu = self.record.get("mpu")
         if mpu is None:
             async with self.bounded("completing an upload"), s3_errors("completing an upload"):
                 r = await store.s3.put_object(Bucket=store.bucket, Key=key, Body=self._reader(),
@@ -280,7 +280,7 @@ class S3Lock(LeasedLock["S3Store"]):
 
     async def finish_completion(self) -> None:
         """Complete a multipart upload whose record says ``completing`` (see ``_finish``)."""
-        mpu, parts = self.state["mpu"], self.state["parts"]
+        mpu, parts = self.record["mpu"], self.record["parts"]
         try:
             etag = await self._complete_mpu(mpu, parts)
         except _PartsMismatch as exc:
@@ -299,7 +299,7 @@ class S3Lock(LeasedLock["S3Store"]):
         self._loaded = False
 
     def _released(self) -> None:
-        tail = self.state.get("tail")
+        tail = self.record.get("tail")
         buf = self._buf
         if (self._loaded and not (self.written or self.terminated or self.lost) and tail
                 and len(buf) == tail["size"] and buf.in_memory):

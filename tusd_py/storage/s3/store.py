@@ -182,7 +182,7 @@ class S3Store(LeasedStore[S3Lock]):
     def key(self, upload_id: str) -> str:
         return self.prefix + check_upload_id(upload_id)
 
-    def info_key(self, upload_id: str) -> str:
+    def record_key(self, upload_id: str) -> str:
         return self.key(upload_id) + ".info"
 
     def tail_key(self, upload_id: str, slot: int) -> str:
@@ -193,11 +193,11 @@ class S3Store(LeasedStore[S3Lock]):
 
     # -- the record ---------------------------------------------------------------
 
-    async def read_info(self, upload_id: str) -> tuple[dict[str, Any], str] | None:
+    async def read_record(self, upload_id: str) -> tuple[dict[str, Any], str] | None:
         """(record, ETag), or None if there is no such upload."""
         async with s3_errors("reading an upload record"):
             try:
-                r = await self.s3.get_object(Bucket=self.bucket, Key=self.info_key(upload_id))
+                r = await self.s3.get_object(Bucket=self.bucket, Key=self.record_key(upload_id))
             except Exception as exc:
                 if error_code(exc)[0] in NOT_FOUND_CODES:
                     return None
@@ -206,15 +206,15 @@ class S3Store(LeasedStore[S3Lock]):
                 data = await body.read()
         return load(data), r["ETag"]
 
-    async def write_info(self, upload_id: str, state: dict[str, Any], *,
-                         etag: str | None) -> str:
+    async def write_record(self, upload_id: str, record: dict[str, Any], *,
+                           etag: str | None) -> str:
         """Conditional put of the record: ``If-Match: etag``, or ``If-None-Match: *`` when
         ``etag`` is None. Returns the new ETag; raises ``Conflict`` if the condition failed."""
         condition = {"IfMatch": etag} if etag is not None else {"IfNoneMatch": "*"}
         async with s3_errors("writing an upload record"):
             try:
                 r = await self.s3.put_object(
-                    Bucket=self.bucket, Key=self.info_key(upload_id), Body=dump(state),
+                    Bucket=self.bucket, Key=self.record_key(upload_id), Body=dump(record),
                     ContentType="application/json", **condition)
             except Exception as exc:
                 code = error_code(exc)[0]
@@ -223,13 +223,13 @@ class S3Store(LeasedStore[S3Lock]):
                 raise
         return str(r["ETag"])
 
-    def decode_record(self, state: dict[str, Any]) -> Upload:
-        return decode_upload(state, self._location(state["id"]))
+    def decode_record(self, record: dict[str, Any]) -> Upload:
+        return decode_upload(record, self._location(record["id"]))
 
     # -- Store ----------------------------------------------------------------------
 
     async def create(self, upload: Upload) -> Upload:
-        state = new_record(
+        record = new_record(
             upload,
             mpu=None,  # multipart upload id, once the first full part is written
             parts=[],  # published parts: [{"n", "etag", "size"}]
@@ -246,9 +246,9 @@ class S3Store(LeasedStore[S3Lock]):
                     if error_code(exc)[0] in CONFLICT_CODES:
                         raise UploadExists() from None
                     raise
-            state["object_etag"] = r["ETag"]
+            record["object_etag"] = r["ETag"]
         try:
-            await self.write_info(upload.id, state, etag=None)
+            await self.write_record(upload.id, record, etag=None)
         except Conflict:
             if upload.is_complete:  # the id's other upload had no object yet: not ours
                 with contextlib.suppress(Exception):
@@ -262,15 +262,15 @@ class S3Store(LeasedStore[S3Lock]):
         lock = self._held.get(upload_id)
         if lock is not None:
             await lock.drain()
-            state: dict[str, Any] | None = lock.state
+            record: dict[str, Any] | None = lock.record
             lock.terminated = True
         else:
-            found = await self.read_info(upload_id)
-            state = found[0] if found else None
+            found = await self.read_record(upload_id)
+            record = found[0] if found else None
         async with s3_errors("terminating an upload"):
-            if state is not None and state.get("mpu"):
-                await self._abort(self.key(upload_id), state["mpu"])
-            keys = [self.info_key(upload_id), self.key(upload_id),
+            if record is not None and record.get("mpu"):
+                await self._abort(self.key(upload_id), record["mpu"])
+            keys = [self.record_key(upload_id), self.key(upload_id),
                     *(self.tail_key(upload_id, slot) for slot in (0, 1))]
             # The record goes first: once it is gone the upload no longer exists.
             for key in keys:
@@ -393,14 +393,14 @@ class S3Store(LeasedStore[S3Lock]):
         removed = 0
         records: dict[str, dict[str, Any] | None] = {}
 
-        async def record(upload_id: str) -> dict[str, Any] | None:
+        async def record_of(upload_id: str) -> dict[str, Any] | None:
             if upload_id not in records:
-                found = await self.read_info(upload_id)
+                found = await self.read_record(upload_id)
                 records[upload_id] = found[0] if found else None
             return records[upload_id]
 
-        def idle(state: dict[str, Any] | None) -> bool:
-            lease = (state or {}).get("lease")
+        def idle(record: dict[str, Any] | None) -> bool:
+            lease = (record or {}).get("lease")
             return lease is None or lease["until"] <= now
 
         grace = self.lease_duration
@@ -415,8 +415,8 @@ class S3Store(LeasedStore[S3Lock]):
                     if initiated is not None and initiated.replace(
                             tzinfo=initiated.tzinfo or UTC).timestamp() > now - grace:
                         continue  # just created; its writer records it next
-                    state = await record(upload_id)
-                    if state is not None and (state.get("mpu") == mpu["UploadId"] or not idle(state)):
+                    record = await record_of(upload_id)
+                    if record is not None and (record.get("mpu") == mpu["UploadId"] or not idle(record)):
                         continue
                     await self._abort(mpu["Key"], mpu["UploadId"])
                     log.info("aborted dangling multipart upload for %s", upload_id)
@@ -430,16 +430,16 @@ class S3Store(LeasedStore[S3Lock]):
                         continue
                     if obj["LastModified"].timestamp() > now - grace:
                         continue
-                    state = await record(upload_id)
-                    tail = (state or {}).get("tail") or {}
-                    if state is not None and (tail.get("key") == obj["Key"] or not idle(state)):
+                    record = await record_of(upload_id)
+                    tail = (record or {}).get("tail") or {}
+                    if record is not None and (tail.get("key") == obj["Key"] or not idle(record)):
                         continue
                     await self.s3.delete_object(Bucket=self.bucket, Key=obj["Key"])
                     removed += 1
         return removed
 
     async def download(self, upload: Upload) -> Download:
-        found = await self.read_info(upload.id)
+        found = await self.read_record(upload.id)
         etag = (found[0].get("object_etag") if found else None) or f'"{upload.id}-{upload.offset}"'
         return S3Download(size=upload.offset, etag=etag,
                           last_modified=upload.completed_at or upload.created_at,
