@@ -1,11 +1,6 @@
-"""The ``{prefix}{id}.info`` record of the Azure driver, blob headers, and Azure error
-translation.
-
-The record is one small JSON blob per upload and the only source of truth: any replica
-can serve any request from it. It holds the tus fields, the ids of the blocks staged for
-the upload's blob and published so far (in order), a write lease, and a revision
-counter. Every change is a conditional Put Blob (``If-Match`` on the ETag;
-``If-None-Match: *`` on create), so two writers can never both succeed.
+"""Azure error translation (SDK and network failures as ``TusError`` values), and what the
+store and its lock share: block ids (they embed the writer's lease token) and their runs
+in the record, and the final blob's headers.
 """
 
 from __future__ import annotations

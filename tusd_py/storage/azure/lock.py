@@ -1,8 +1,7 @@
-"""The Azure driver's write lock (``AzureLock``).
-
-See ``tusd_py.storage.azure.store`` for the design: the lock is a lease in ``.info`` taken and
-renewed by compare-and-set; body bytes become uncommitted blocks of the upload's blob,
-published in the record at each commit and committed as the blob at completion.
+"""The Azure driver's write lock: the record's lease plus the request's block stagings.
+Full blocks are staged while the body streams in; ``commit`` stages the remainder as a
+short block and publishes the block ids and offset in one conditional write of the
+record; completion commits the blocks as the blob.
 """
 
 from __future__ import annotations

@@ -1,38 +1,10 @@
 """Azure Blob Storage driver (azure-storage-blob, aio): stateless replicas over one container.
 
-Blobs, for an upload ``id`` under ``prefix``:
-
-* ``{prefix}{id}.info``: the record (JSON, see ``azure_info``): tus fields, the ids of
-  the blocks published so far, write lease, revision. The only source of truth; HEAD is
-  one GET of it.
-* ``{prefix}{id}``: a block blob. While the upload is written its bytes are *uncommitted*
-  blocks of this blob (Put Block); completion commits them in order (Put Block List)
-  with the blob's Content-Type/Content-Disposition (from ``filetype``/``filename``) and
-  metadata. No byte is ever copied twice.
-
-Writes (the lease protocol is shared, see ``leased``): ``lock`` takes a lease by
-compare-and-set of ``.info`` (``If-Match`` on its ETag); a lease whose ``until`` has
-passed (its holder died) is taken over. While a PATCH streams, a task renews the lease
-every ``lease_duration / 3``. Body bytes are buffered up to one block (``part_size``)
-and each full block is staged while the body keeps streaming (memory per PATCH: about
-two blocks, one filling, one in flight). ``commit`` stages the bytes that do not fill a
-block as a smaller block, then publishes the new block ids and offset in one conditional
-write of the record: an acknowledged offset always has its bytes behind it, on every
-replica, and a writer whose lease was taken over cannot publish (its ETag is stale).
-Block ids embed the writer's lease token, so a stale writer's blocks can never be
-committed by anybody.
-
-Completion is crash-safe: the record is first published with every block and
-``completing``; then Put Block List runs with ``If-None-Match: *``; then the record is
-marked complete. A process that dies between the steps leaves ``completing`` behind,
-and the next lock (or HEAD) on any replica finishes the job with the same block list.
-
-Limits: a blob holds at most 50,000 blocks; each PATCH adds ``ceil(bytes / block)`` + at
-most one short block. With a known length the block size grows past ``part_size`` when
-the upload would not fit otherwise. Azure discards uncommitted blocks of a blob that saw
-no Put Block for a week: keep ``expiration.after`` below that.
-
-Clocks: lease expiry compares wall clocks of replicas; keep them NTP-synchronised.
+Per upload ``id`` under ``prefix``: ``{id}.info``, the record (the only source of
+truth), and the block blob ``{id}``, whose bytes stay uncommitted blocks until
+completion commits them in order. The write lock is in ``lock``, block ids and error
+translation in ``errors``, block sizing in ``sizing``. Azure discards uncommitted
+blocks of a blob that saw no Put Block for a week: keep ``expiration.after`` below that.
 """
 
 from __future__ import annotations

@@ -1,10 +1,7 @@
-"""The GCS driver's view of a bucket: gcloud-aio-storage calls with retries, conditional
-writes and error translation; and the final object's headers.
-
-Every call is retried on transient failures (connection errors, timeouts, 408, 429 and
-5xx) with exponential backoff and jitter; what still fails becomes a ``TusError``: 503
-with "retry later" for throttling, outages and network errors, 500 with the reason for
-everything else (missing bucket, refused credentials).
+"""The GCS driver's view of a bucket: gcloud-aio-storage calls retried on transient
+failures, conditional writes, and what still fails as a ``TusError`` (503 "retry later"
+for throttling, outages and network errors, 500 with the reason otherwise); and the
+final object's headers.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""The GCS driver's write lock: a lease in ``.info`` plus the request's part uploads.
-
-See ``tusd_py.storage.gcs.store`` for the object layout.
+"""The GCS driver's write lock: the record's lease plus the request's part uploads. Full
+parts upload while the body streams in; ``commit`` uploads the remainder as a smaller
+part and publishes the part list (kept short by server-side composes) and offset in one
+conditional write of the record.
 """
 
 from __future__ import annotations

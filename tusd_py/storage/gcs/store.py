@@ -1,36 +1,9 @@
 """Google Cloud Storage driver (gcloud-aio-storage): stateless replicas over one bucket.
 
-Objects, for an upload ``id`` under ``prefix``:
-
-* ``{prefix}{id}.info``: the record (JSON, see ``client``): tus fields, the published
-  part objects, a write lease and a revision. The only source of truth; HEAD is one GET
-  of it. Every change is a conditional write (``ifGenerationMatch`` on the generation
-  read; ``ifGenerationMatch=0`` on create), so two writers can never both succeed.
-* ``{prefix}{id}.p{n:06d}-{random}``: part objects while the upload is written. Names
-  are never reused, so a writer whose lease was taken over (a stalled replica) cannot
-  overwrite a part another writer published; whatever it leaves is unreferenced and
-  swept.
-* ``{prefix}{id}``: the final object, composed from the parts at completion
-  (Content-Type/Content-Disposition from the ``filetype``/``filename`` metadata); the
-  parts are deleted afterwards.
-
-Writes (the lease protocol is shared, see ``leased``): ``lock`` takes a lease by
-compare-and-set of ``.info``; a lease whose ``until`` has passed (its holder died) is
-taken over. While a PATCH streams, a task renews the lease every ``lease_duration / 3``.
-Body bytes are buffered up to ``part_size`` and each full part is uploaded while the
-body keeps streaming (memory per PATCH: about two parts). ``commit`` uploads the
-remainder as a smaller part, then publishes parts and offset in
-one conditional write of the record: an acknowledged offset always has its bytes behind
-it, in any replica, after any crash. The part list stays short: a small last part is
-merged with the next PATCH's small remainder by compose (server-side, no bytes through
-the daemon), and runs of 32 parts are composed into one segment once the list passes 64.
-
-Completion records ``completing`` with the final part list first, then composes (in
-rounds of 32 sources) and records the finished upload; a replica that dies in between
-leaves a record from which the next lock or HEAD finishes the job.
-
-Clocks: lease expiry compares wall clocks of replicas; keep them NTP-synchronised
-(skew well under ``lease_duration``).
+Per upload ``id`` under ``prefix``: ``{id}.info``, the record (the only source of
+truth); part objects ``{id}.p{n:06d}-{random}`` (names never reused) while it is
+written; ``{id}``, composed from the parts at completion. The write lock is in
+``lock``, the bucket calls (retries, conditional writes, errors) in ``client``.
 """
 
 from __future__ import annotations

@@ -1,36 +1,10 @@
-"""The write lease shared by the object-store drivers (S3, GCS, Azure).
+"""The write lease shared by the object-store drivers (S3, GCS, Azure), kept in each
+upload's record (``lease``, ``wanted``, ``rev``) and changed only by compare-and-set.
 
-Each upload's record (``.info``) carries its lease: ``lease`` ({``holder``: a random
-token, ``until``: wall-clock expiry}), ``wanted`` (a waiter's takeover request) and
-``rev`` (bumped by every write under a lease). Every change of the record is a
-compare-and-set on the tag the store returned when it was read (an ETag, or a GCS
-generation), so two writers can never both succeed.
-
-* ``LeasedStore.lock`` takes the lease by CAS when it is free or expired (its holder
-  died), polls with backoff while another request (any replica) holds a live one, and
-  once flags the record ``wanted`` so a live holder elsewhere yields.
-* ``LeasedLock`` renews the lease every ``lease_duration / 3`` while a request streams,
-  notices a ``wanted`` flag naming its lease (``on_takeover_request``, called once), and
-  writes the record by CAS, merging over a concurrent ``wanted`` flag.
-
-A driver implements the record I/O (``read_record``, ``write_record``, ``decode_record``),
-its lock class (``lock_class``, with ``parts`` and ``finish_completion``: completing an
-upload whose record says ``completing``) and, if its writes carry no nonce, how to
-recognise its own landed write (``stamp``/``own_write``, GCS).
-
-Also shared (the record's codec is ``record``): the commit prologue
-(``LeasedLock._commit_changes``), and the expiry sweep and the listing of owed
-finishing hooks over a listing of the records (``list_records``, ``_scan``).
-
-Writes of upload bytes under a lease (``LeasedLock.bounded``): each one, with every
-retry of its client library, must be over before another request could take the lease
-over, or a stale attempt could land after the new holder's (S3: part N replaced under
-the new holder's feet). So each runs under a deadline ``WRITE_MARGIN x lease_duration``
-before the lease's expiry, moved on by every renewal, and is cancelled at once when the
-lease is found lost (``_lose``).
-
-Clocks: lease expiry compares wall clocks of replicas; keep them NTP-synchronised
-(skew well under ``lease_duration``; the write margin absorbs less than that).
+``LeasedStore.lock`` takes it when free or expired and waits (asking a live holder to
+yield) otherwise; ``LeasedLock`` renews it while a request streams, writes the record
+under it, and keeps every write of body bytes inside it (``bounded``). Lease expiry
+compares the wall clocks of replicas: keep them NTP-synchronised.
 """
 
 from __future__ import annotations

@@ -1,10 +1,5 @@
-"""The ``{prefix}{id}.info`` record of the S3 driver, and S3 error translation.
-
-The record is one small JSON object per upload and the only source of truth: any
-replica can serve any request from it. It holds the tus fields, the multipart upload id
-and the parts published so far, where the incomplete tail part lives, a write lease,
-and a revision counter. Every change is a conditional PutObject (``If-Match`` on the
-ETag; ``If-None-Match: *`` on create), so concurrent writers cannot both succeed.
+"""S3 error translation (botocore and network failures as ``TusError`` values), and what
+the store and its lock share: the record's part entries and the final object's headers.
 """
 
 from __future__ import annotations

@@ -1,17 +1,7 @@
-"""The S3 driver's write lock: a lease in ``.info`` plus the request's part buffer.
-
-See ``tusd_py.storage.s3.store`` for the object layout. A lock holds the lease (renewed every
-``lease_duration / 3`` while the request streams), buffers body chunks up to a part,
-uploads full parts while the body keeps arriving, stores the incomplete tail at commit
-and publishes everything with one conditional write of the record. A waiter elsewhere
-may flag the record (``wanted``); the holder merges over the flag and tells its request
-through ``on_takeover_request``.
-
-Every write of body bytes (parts, tail, final object, completion) runs under
-``bounded``: it is cancelled before the lease could pass to another request, so a stale
-retry of part N can never land over the next holder's part N. Should S3 still hold
-another part than the record lists (CompleteMultipartUpload says InvalidPart), the
-record is moved back to the end of the intact parts instead of failing every request.
+"""The S3 driver's write lock: the record's lease plus the request's part buffer and part
+uploads. Full parts upload while the body streams in; ``commit`` stores the tail and
+publishes parts and offset in one conditional write of the record. Every write of body
+bytes runs under ``bounded``, so a stale retry never lands over the next holder's part.
 """
 
 from __future__ import annotations
@@ -58,7 +48,7 @@ class S3Lock(LeasedLock["S3Store"]):
 
     def __init__(self, store: S3Store, record: dict[str, Any], etag: str, token: str) -> None:
         #: The tail, then the body bytes not yet in a part: at most ``part_size`` of it
-        #: in memory, the rest of a grown part in a spill file (``s3_buffer``).
+        #: in memory, the rest of a grown part in a spill file (``buffer``).
         self._buf = store.new_buffer()
         self._loaded = False  # _buf holds the stored tail
         #: Parts uploading while the body streams in, and those uploaded since the last
@@ -196,7 +186,7 @@ class S3Lock(LeasedLock["S3Store"]):
         return ChunksReader(self._buf.chunks())
 
     async def _finish(self, changes: dict[str, Any]) -> dict[str, Any]:
-        """Make the final object from the published + staged parts and the buffer."""
+        """Make the final object from the published and collected parts and the buffer."""
         store = self.store
         key = store.key(self.upload.id)
         parts = [*self.record["parts"], *self.parts.done]
@@ -290,7 +280,7 @@ class S3Lock(LeasedLock["S3Store"]):
                            completing=None)
 
     async def rollback(self) -> None:
-        """Forget what this request wrote: staged parts stay unreferenced (they are
+        """Forget what this request wrote: its uploaded parts stay unreferenced (they are
         overwritten by the next part with that number, or dropped at completion)."""
         await self.drain()
         self.parts.clear()

@@ -1,37 +1,10 @@
 """S3 storage driver (aioboto3): stateless replicas over one bucket.
 
-Objects, for an upload ``id`` under ``prefix``:
-
-* ``{prefix}{id}.info``: the record (JSON, see ``errors``): tus fields, multipart upload
-  id, published parts, tail location, write lease, revision. The only source of truth;
-  HEAD is one GET of it.
-* ``{prefix}{id}``: the multipart upload while it is being written, then the final object
-  (Content-Type/Content-Disposition from the ``filetype``/``filename`` metadata).
-* ``{prefix}{id}.part`` (alternating with ``{prefix}{id}.part.1``): the incomplete tail,
-  the bytes past the last full part. S3 parts must be at least 5 MiB, so a PATCH that
-  ends mid-part stores its remainder here at commit, before the record that points to
-  it. The next PATCH (on any replica) reads it back and prepends it to the next part.
-  The two slots alternate so the tail the record points to is never overwritten before
-  the record moves on: a crash at any point loses nothing acknowledged.
-
-Writes (the lease protocol is shared with the other object stores, see ``leased``):
-``lock`` takes a lease by compare-and-set of ``.info`` (``If-Match`` on its
-ETag); a lease whose ``until`` has passed (its holder died) is taken over. While a
-PATCH streams, a task renews the lease every ``lease_duration / 3``; every upload of
-body bytes is cut off before the lease could be taken over (``LeasedLock.bounded``).
-Body bytes are buffered up to one part and each full part is uploaded while the body
-keeps streaming; memory per PATCH is at most two times ``part_size`` (one part filling,
-one in flight), whatever the effective part size: the rest of a grown part spills to an
-anonymous temporary file (``s3_buffer``). ``commit`` uploads the
-tail object, then publishes the new parts and offset in one conditional write of the
-record: an acknowledged offset always has its bytes behind it, and a writer whose lease
-was taken over cannot publish (its ETag is stale).
-
-The lock (lease, part buffer, commit) lives in ``lock``; the record format and error
-translation in ``errors``; part sizing in ``sizing``.
-
-Clocks: lease expiry compares wall clocks of replicas; keep them NTP-synchronised
-(skew well under ``lease_duration``).
+Per upload ``id`` under ``prefix``: ``{id}.info``, the record (the only source of
+truth); ``{id}``, the multipart upload, then the final object; ``{id}.part`` and
+``{id}.part.1``, the incomplete tail in two alternating slots. The write lock is in
+``lock``, error translation in ``errors``, the part buffer in ``buffer`` and part
+sizing in ``sizing``.
 """
 
 from __future__ import annotations
