@@ -32,7 +32,8 @@ RUN groupadd --system --gid 10001 tusd \
 COPY --from=build /opt/tusd-py /opt/tusd-py
 COPY deploy/tusd.yaml /etc/tusd-py/tusd.yaml
 USER 10001:10001
-WORKDIR /data
+# The local driver's default data_dir (./data) is then the volume, /data.
+WORKDIR /
 VOLUME ["/data"]
 EXPOSE 8080
 # SIGTERM: in-flight uploads get server.shutdown_grace (25s in deploy/tusd.yaml), their

@@ -97,8 +97,11 @@ class Server:
         if self.name == BASELINE:
             return [sys.executable, "-m", "bench.baseline_server", "--port", str(self.port),
                     "--data-dir", str(self.data_dir)]
-        return [sys.executable, "-m", "tusd_py", "serve", "--host", "127.0.0.1",
-                "--port", str(self.port), "--data-dir", str(self.data_dir)]
+        command = [sys.executable, "-m", "tusd_py", "serve", "--host", "127.0.0.1",
+                   "--port", str(self.port)]
+        if self.extra_env.get("TUSD_STORAGE__DRIVER", "local") == "local":
+            command += ["--data-dir", str(self.data_dir)]  # a key of the local driver only
+        return command
 
     def start(self, timeout: float = 30.0) -> Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TUSD_")}

@@ -40,7 +40,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from .http.app import create_app
+
     config = _config_from(args)
+    create_app(config)  # what serve builds before it listens: the driver, the hooks
     sys.stdout.write(dump_config(config))
     return 0
 

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -25,6 +26,7 @@ from pydantic import (
     ValidationInfo,
     field_serializer,
     field_validator,
+    model_validator,
 )
 
 from .protocol.checksum import ALGORITHMS
@@ -156,40 +158,130 @@ class ServerConfig(Section):
         return value
 
 
-class StorageConfig(Section):
-    """One flat section for every driver; each driver reads the keys it needs."""
+MIB = 1 << 20
 
-    driver: Literal["local", "s3", "gcs", "azure"] = "local"
-    # local
+
+def _size_text(n: int) -> str:
+    for unit, factor in (("GiB", 1 << 30), ("MiB", MIB), ("KiB", 1 << 10)):
+        if n % factor == 0:
+            return f"{n // factor}{unit}"
+    return str(n)
+
+
+def _size_range(low: int, high: int | None, why: str) -> AfterValidator:
+    """A size check whose message says the limit in the units the config takes."""
+
+    def check(value: int) -> int:
+        if value < low or (high is not None and value > high):
+            bound = f"between {_size_text(low)} and {_size_text(high)}" if high else \
+                f"at least {_size_text(low)}"
+            raise ValueError(f"must be {bound} ({why})")
+        return value
+
+    return AfterValidator(check)
+
+
+class LocalStorage(Section):
+    """``driver: local``: records in SQLite, bytes in files, under one directory."""
+
+    driver: Literal["local"] = "local"
     #: Directory for the SQLite database and the upload files (local driver).
     data_dir: str = "./data"
     #: fsync data before each offset commit and run SQLite with synchronous=FULL
     #: (survives power loss; without it an acknowledged offset survives a kill -9).
     fsync: bool = False
-    # object stores (s3, gcs, azure)
-    bucket: str | None = None
+
+
+class MemoryStorage(Section):
+    """``driver: memory``: everything in this process's memory, lost when it exits (tests,
+    trying things out, the reference for driver authors; not for production)."""
+
+    driver: Literal["memory"]
+
+
+def _at_least_a_second(value: float) -> float:
+    if value < 1:
+        raise ValueError("must be at least 1s")
+    return value
+
+
+class _ObjectStorage(Section):
+    """Keys every object-store driver (s3, gcs, azure) has."""
+
+    #: Object (blob) names start with this; give tusd-py its own bucket or prefix.
     prefix: str = ""
+    #: A writer's lease on an upload lasts this long unless renewed (every third of it
+    #: while a PATCH streams); a replica that died is taken over after at most this.
+    lease_duration: Annotated[Duration, AfterValidator(_at_least_a_second)] = 10.0
+
+
+class S3Storage(_ObjectStorage):
+    """``driver: s3``: one bucket shared by any number of replicas."""
+
+    driver: Literal["s3"]
+    #: The bucket (it must exist). Credentials come from the AWS chain, never this file.
+    bucket: Annotated[str, Field(min_length=1)]
+    #: For S3-compatible servers (path-style addressing then).
     endpoint_url: str | None = None
     region: str | None = None
-    part_size: Size = 8 << 20
-    #: s3, gcs, azure: a writer's lease on an upload lasts this long unless renewed (every third of
-    #: it while a PATCH streams); a replica that died is taken over after at most this.
-    lease_duration: Duration = 10.0
-    #: s3: where the part of a grown part (huge or deferred-length uploads) that exceeds
-    #: part_size in memory is spilled, as unlinked temporary files (unset: the system
-    #: temp dir, $TMPDIR). Bounded by one grown part per PATCH, gone when it is uploaded.
+    #: Multipart part size: S3 wants 5MiB..5GiB; grows with Upload-Length past 10,000 parts.
+    part_size: Annotated[Size, _size_range(5 * MIB, 5 << 30, "S3's part size limits")] = 8 * MIB
+    #: Where the part of a grown part (huge or deferred-length uploads) that exceeds
+    #: part_size in memory is spilled, as unlinked temporary files (unset: $TMPDIR).
     spill_dir: str | None = None
-    # azure (part_size: the block size; lease_duration: as for s3)
-    #: Container holding the uploads (it must exist).
-    container: str | None = None
-    #: Account connection string; unset: AZURE_STORAGE_CONNECTION_STRING, else account_url.
+
+
+class GCSStorage(_ObjectStorage):
+    """``driver: gcs``: one bucket shared by any number of replicas."""
+
+    driver: Literal["gcs"]
+    #: The bucket (it must exist). Credentials: GOOGLE_APPLICATION_CREDENTIALS or the
+    #: metadata server; never this file.
+    bucket: Annotated[str, Field(min_length=1)]
+    #: e.g. http://127.0.0.1:4443 for fake-gcs-server (http:// means no credentials).
+    endpoint_url: str | None = None
+    #: Size of the part objects composed into the upload (at least 64KiB).
+    part_size: Annotated[Size, _size_range(64 << 10, None, "smaller parts cost more requests")] = 8 * MIB
+
+
+class AzureStorage(_ObjectStorage):
+    """``driver: azure``: one container shared by any number of replicas."""
+
+    driver: Literal["azure"]
+    #: Container holding the uploads (it must exist unless create_container is on).
+    container: Annotated[str, Field(min_length=1)]
+    #: Account connection string (secret); unset: AZURE_STORAGE_CONNECTION_STRING, else
+    #: account_url.
     connection_string: SecretStr | None = None
     #: https://<account>.blob.core.windows.net (with a SAS query, or Entra ID sign-in
     #: through azure-identity) when there is no connection string.
     account_url: str | None = None
+    #: Block size (64KiB..4000MiB).
+    part_size: Annotated[Size, _size_range(64 << 10, 4000 * MIB, "Azure's block size limit")] = 8 * MIB
     #: Create the container (private) at start-up if it does not exist; needs the
     #: permission to (off: a missing container is reported by /readyz and as 500s).
     create_container: bool = False
+
+    @model_validator(mode="after")
+    def _credentials(self) -> AzureStorage:
+        if self.connection_string is None and not self.account_url:
+            raise ValueError("connection_string or account_url is required "
+                             f"(or set {AZURE_CONNECTION_STRING_ENV})")
+        return self
+
+
+#: The azure driver's fallback for ``storage.connection_string`` (the SDK's usual name).
+AZURE_CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
+
+StorageConfig = LocalStorage | MemoryStorage | S3Storage | GCSStorage | AzureStorage
+#: Driver names, in the order the docs list them.
+DRIVERS = ("local", "s3", "gcs", "azure", "memory")
+
+
+def _default_driver(value: Any) -> Any:
+    if isinstance(value, Mapping) and "driver" not in value:
+        return {**value, "driver": "local"}
+    return value
 
 
 class ExpirationConfig(Section):
@@ -271,7 +363,8 @@ class HooksConfig(Section):
 
 class Config(Section):
     server: ServerConfig = ServerConfig()
-    storage: StorageConfig = StorageConfig()
+    storage: Annotated[StorageConfig, Field(discriminator="driver"),
+                       BeforeValidator(_default_driver)] = LocalStorage()
     expiration: ExpirationConfig = ExpirationConfig()
     hooks: HooksConfig = HooksConfig()
 
@@ -360,19 +453,49 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None,
         _set_path(flag_tree, dotted.split("."), value)
         sources[dotted] = "command line"
     tree = _merge(tree, flag_tree)
+    _azure_connection_from_env(tree, env, sources)
 
     try:
         return Config.model_validate(tree)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            key = ".".join(str(p) for p in err["loc"])
-            origin = sources.get(key) or next(
-                (src for dotted, src in sources.items() if dotted.startswith(key + ".")),
-                f"file {config_file}" if config_file else "defaults")
-            message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-            lines.append(f"  {key}: {message} (from {origin})")
+        default_origin = f"file {config_file}" if config_file else "defaults"
+        lines = [_describe(err, sources, default_origin) for err in exc.errors()]
         raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None
+
+
+def _azure_connection_from_env(tree: dict[str, Any], env: Mapping[str, str],
+                               sources: dict[str, str]) -> None:
+    """The azure driver takes its connection string from the SDK's usual variable when
+    neither ``connection_string`` nor ``account_url`` is configured."""
+    storage = tree.get("storage")
+    if (isinstance(storage, dict) and storage.get("driver") == "azure"
+            and not storage.get("connection_string") and not storage.get("account_url")
+            and env.get(AZURE_CONNECTION_STRING_ENV)):
+        storage["connection_string"] = env[AZURE_CONNECTION_STRING_ENV]
+        sources["storage.connection_string"] = f"env {AZURE_CONNECTION_STRING_ENV}"
+
+
+def _describe(err: Any, sources: Mapping[str, str], default_origin: str) -> str:
+    """One line for one validation error: the dotted key, what is wrong, where it came from."""
+    loc = [str(p) for p in err["loc"]]
+    driver = None
+    if loc[:1] == ["storage"] and len(loc) > 1 and loc[1] in DRIVERS:
+        driver = loc.pop(1)  # the union's tag: not part of the key the user wrote
+    if err["type"] == "union_tag_invalid":
+        loc = [*loc, "driver"]
+        message = f"unknown driver; choose one of {', '.join(DRIVERS)}"
+    elif err["type"] == "extra_forbidden":
+        message = f"not a setting of the {driver} driver" if driver else "unknown key"
+    elif err["type"] == "missing" and driver:
+        message = f"required for the {driver} driver"
+    else:
+        message = err["msg"].removeprefix("Value error, ")
+    key = ".".join(loc)
+    if err["type"] == "missing" and "storage.driver" in sources:
+        return f"  {key}: {message} (storage.driver from {sources['storage.driver']})"
+    origin = sources.get(key) or next(
+        (src for dotted, src in sources.items() if dotted.startswith(key + ".")), default_origin)
+    return f"  {key}: {message} (from {origin})"
 
 
 def dump_config(config: Config) -> str:

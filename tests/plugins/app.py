@@ -17,12 +17,17 @@ from tusd_py.config import Config, load_config
 from tusd_py.http.app import create_app
 
 #: Drivers the HTTP protocol suite runs against.
-DRIVERS = ["local", "s3", "azure", "gcs"]
+DRIVERS = ["local", "memory", "s3", "azure", "gcs"]
 
 
 @pytest.fixture
 def local_storage_config(tmp_path: Path) -> dict[str, Any]:
     return {"driver": "local", "data_dir": str(tmp_path / "data")}
+
+
+@pytest.fixture
+def memory_storage_config() -> dict[str, Any]:
+    return {"driver": "memory"}
 
 
 @pytest.fixture(params=DRIVERS)

@@ -55,10 +55,12 @@ class Daemon:
         env.update(self.extra_env)
         env["PYTHONUNBUFFERED"] = "1"
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tusd_py", "serve", "--host", "127.0.0.1",
-             "--port", str(self.port), "--data-dir", str(self.data_dir)],
-            cwd=self.data_dir.parent, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        command = [sys.executable, "-m", "tusd_py", "serve", "--host", "127.0.0.1",
+                   "--port", str(self.port)]
+        if env.get("TUSD_STORAGE__DRIVER", "local") == "local":
+            command += ["--data-dir", str(self.data_dir)]  # a key of the local driver only
+        self.proc = subprocess.Popen(command, cwd=self.data_dir.parent, env=env,
+                                     stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -119,7 +119,7 @@ async def test_finish_owed_cleared_elsewhere_is_seen(stores):
     assert (await write(a, "u9", b"ok")).is_complete  # a remembers it complete and owed
     lock = await b.lock("u9", 1)
     assert lock.upload.finish_owed
-    await lock.settle_finish()
+    await b.clear_finish_owed(lock)
     await lock.release()
     lock = await a.lock("u9", 1)
     assert lock.upload.finish_owed is False

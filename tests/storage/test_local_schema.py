@@ -54,7 +54,7 @@ async def test_owed_finishes_lists_completed_owed_uploads_oldest_first(tmp_path)
         assert await store.owed_finishes(time.time() - 60) == []  # none finished that early
         lock = await store.lock(owed[0].id, 1)
         try:
-            assert (await lock.settle_finish()).finish_owed is False
+            assert (await store.clear_finish_owed(lock)).finish_owed is False
         finally:
             await lock.release()
         assert await store.owed_finishes(time.time() + 1) == [owed[2].id, owed[1].id]

@@ -47,14 +47,17 @@ def test_env_forms(tmp_path):
         "TUSD_SERVER__CORS__ALLOWED_ORIGINS": "https://a.example, https://b.example",
         "TUSD_SERVER__MAX_SIZE": "1GiB",
         "TUSD_SERVER__BASE_PATH": "/uploads",
-        "TUSD_STORAGE__PART_SIZE": "5242880",
         "UNRELATED": "x",
     })
     assert config.server.behind_proxy is True
     assert config.server.cors.allowed_origins == ["https://a.example", "https://b.example"]
     assert config.server.max_size == 1 << 30
     assert config.server.base_path == "/uploads/"
+    config = load_config("/dev/null", env={
+        "TUSD_STORAGE__DRIVER": "s3", "TUSD_STORAGE__BUCKET": "b",
+        "TUSD_STORAGE__PART_SIZE": "5242880", "TUSD_STORAGE__LEASE_DURATION": "1m"})
     assert config.storage.part_size == 5242880
+    assert config.storage.lease_duration == 60
 
 
 @pytest.mark.parametrize("env,needle", [
@@ -98,13 +101,80 @@ def test_serve_with_bad_config_exits_2_without_traceback(tmp_path):
 
 def test_check_config_prints_effective_config_with_secrets_masked(tmp_path):
     result = run_cli("check-config", "--config", "/dev/null", "--port", "9999",
-                     "--data-dir", str(tmp_path),
-                     env={"TUSD_STORAGE__CONNECTION_STRING": "AccountKey=supersecret"})
+                     "--data-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert "port: 9999" in result.stdout
     assert f"data_dir: {tmp_path}" in result.stdout
+    result = run_cli("check-config", "--config", "/dev/null", env={
+        "TUSD_STORAGE__DRIVER": "azure", "TUSD_STORAGE__CONTAINER": "c",
+        "TUSD_STORAGE__CONNECTION_STRING": "AccountKey=supersecret"})
+    assert result.returncode == 0, result.stderr
     assert "supersecret" not in result.stdout
     assert "**********" in result.stdout
+
+
+@pytest.mark.parametrize("env,needle", [
+    ({"TUSD_STORAGE__DRIVER": "s3"},
+     "storage.bucket: required for the s3 driver (storage.driver from env TUSD_STORAGE__DRIVER)"),
+    ({"TUSD_STORAGE__DRIVER": "gcs"}, "storage.bucket: required for the gcs driver"),
+    ({"TUSD_STORAGE__DRIVER": "azure", "TUSD_STORAGE__CONNECTION_STRING": "x"},
+     "storage.container: required for the azure driver"),
+    ({"TUSD_STORAGE__DRIVER": "azure", "TUSD_STORAGE__CONTAINER": "c"},
+     "connection_string or account_url is required (or set AZURE_STORAGE_CONNECTION_STRING)"),
+    ({"TUSD_STORAGE__DRIVER": "s3", "TUSD_STORAGE__BUCKET": "b", "TUSD_STORAGE__DATA_DIR": "/d"},
+     "storage.data_dir: not a setting of the s3 driver (from env TUSD_STORAGE__DATA_DIR)"),
+    ({"TUSD_STORAGE__BUCKET": "b"}, "storage.bucket: not a setting of the local driver"),
+    ({"TUSD_STORAGE__DRIVER": "s3", "TUSD_STORAGE__BUCKET": "b", "TUSD_STORAGE__PART_SIZE": "4MiB"},
+     "storage.part_size: must be between 5MiB and 5GiB"),
+    ({"TUSD_STORAGE__DRIVER": "gcs", "TUSD_STORAGE__BUCKET": "b", "TUSD_STORAGE__PART_SIZE": "1000"},
+     "storage.part_size: must be at least 64KiB"),
+    ({"TUSD_STORAGE__DRIVER": "azure", "TUSD_STORAGE__CONTAINER": "c",
+      "TUSD_STORAGE__CONNECTION_STRING": "x", "TUSD_STORAGE__PART_SIZE": "1000"},
+     "storage.part_size: must be between 64KiB and 4000MiB"),
+    ({"TUSD_STORAGE__DRIVER": "s3", "TUSD_STORAGE__BUCKET": "b",
+      "TUSD_STORAGE__LEASE_DURATION": "500ms"}, "storage.lease_duration: must be at least 1s"),
+])
+def test_check_config_refuses_what_serve_refuses(tmp_path, env, needle):
+    """Each driver's keys are checked when the config is read: check-config and serve
+    exit 2 with the same one-line reason, before anything is started."""
+    with pytest.raises(ConfigError) as err:
+        load_config("/dev/null", env=env)
+    assert needle in str(err.value)
+    for command in ("check-config", "serve"):
+        result = run_cli(command, "--config", "/dev/null", env=env)
+        assert result.returncode == 2, (command, result.stdout, result.stderr)
+        assert needle in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_driver_flag_of_another_driver_is_refused():
+    result = run_cli("check-config", "--config", "/dev/null", "--data-dir", "/d",
+                     env={"TUSD_STORAGE__DRIVER": "s3", "TUSD_STORAGE__BUCKET": "b"})
+    assert result.returncode == 2
+    assert "storage.data_dir: not a setting of the s3 driver (from command line)" in result.stderr
+
+
+def test_azure_connection_string_from_the_sdk_variable():
+    config = load_config("/dev/null", env={
+        "TUSD_STORAGE__DRIVER": "azure", "TUSD_STORAGE__CONTAINER": "c",
+        "AZURE_STORAGE_CONNECTION_STRING": "from-env"})
+    secret = config.storage.connection_string
+    assert secret is not None and secret.get_secret_value() == "from-env"
+    config = load_config("/dev/null", env={
+        "TUSD_STORAGE__DRIVER": "azure", "TUSD_STORAGE__CONTAINER": "c",
+        "TUSD_STORAGE__ACCOUNT_URL": "https://a.example", "AZURE_STORAGE_CONNECTION_STRING": "x"})
+    assert config.storage.connection_string is None
+
+
+def test_check_config_names_a_missing_driver_extra():
+    """Without the SDK the driver needs, check-config fails as serve would, naming the extra."""
+    code = ("import sys; sys.modules['aioboto3'] = None; from tusd_py.cli import main; "
+            "sys.exit(main(['check-config', '--config', '/dev/null']))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUSD_")}
+    env.update({"TUSD_STORAGE__DRIVER": "s3", "TUSD_STORAGE__BUCKET": "b"})
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, timeout=60)
+    assert result.returncode == 2
+    assert "storage.driver: s3 needs the s3 extra (pip install '.[s3]'" in result.stderr
 
 
 def test_shipped_config_file_is_valid():
@@ -114,7 +184,7 @@ def test_shipped_config_file_is_valid():
 
 
 def test_s3_spill_dir_reaches_the_driver(tmp_path):
-    from tusd_py.storage import build_store
+    from tusd_py.storage.registry import build_store
 
     config = load_config("/dev/null", env={
         "TUSD_STORAGE__DRIVER": "s3", "TUSD_STORAGE__BUCKET": "b",

@@ -55,7 +55,15 @@ from ..protocol.errors import (
     UnsupportedVersion,
 )
 from ..protocol.errors import MismatchedOffset as OffsetMismatch
-from ..storage.base import Capability, Store, Upload, UploadLock
+from ..storage.base import (
+    CanConcatenate,
+    CanDownload,
+    CanTerminate,
+    Capability,
+    Store,
+    Upload,
+    UploadLock,
+)
 from ..storage.ids import check_upload_id, is_upload_id
 from .events import EventBus
 from .writers import Lease, LeaseRegistry, StopReason
@@ -363,7 +371,9 @@ class TusHandler:
             if lock.upload.is_complete:  # another request got there first
                 return lock.upload
             final = lock.upload.copy(expires_at=self._next_expiry(time.time(), True))
-            final = await self.store.concatenate(final, partials)
+            store = self.store
+            assert isinstance(store, CanConcatenate)  # creating a final checked caps
+            final = await store.concatenate(final, partials)
         finally:
             await self._release(lease, lock)
         await self.events.pre_finish(final, request)
@@ -590,7 +600,9 @@ class TusHandler:
         try:
             upload = lock.upload
             await self.events.pre_terminate(upload, request)
-            await self.store.terminate(upload_id)
+            store = self.store
+            assert isinstance(store, CanTerminate)  # checked above
+            await store.terminate(upload_id)
         finally:
             await self._release(lease, lock)
         self.events.terminated(upload, request)
@@ -606,7 +618,9 @@ class TusHandler:
             upload = await self._settle_final(request, upload)
         if not upload.is_complete:
             raise NotFound("upload is not finished")
-        source = await self.store.download(upload)
+        store = self.store
+        assert isinstance(store, CanDownload)  # checked above
+        source = await store.download(upload)
         headers = download_headers(upload.metadata)
         headers["Tus-Resumable"] = TUS_VERSION
         if source.path is None:

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from ..http.metrics import Metrics
 from ..protocol.errors import NotFound, UploadBusy
-from ..storage.base import Capability
+from ..storage.base import CanExpire, Capability
 from .handler import TusHandler
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 async def sweep_once(handler: TusHandler, now: float | None = None) -> int:
     """Delete every upload expired at ``now``; returns how many were deleted."""
     store = handler.store
-    if Capability.EXPIRE not in store.capabilities:
+    if not isinstance(store, CanExpire):
         return 0
     now = time.time() if now is None else now
     deleted = 0

@@ -55,11 +55,11 @@ from aiohttp import web
 from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry, Counter
 
-from ..config import HooksConfig
+from ..config import ConfigError, HooksConfig
 from ..core.events import UploadListener
 from ..core.writers import LeaseRegistry, StopReason
 from ..protocol.errors import NotFound, TusError, UploadBusy
-from ..storage.base import Store, Upload, UploadLock
+from ..storage.base import CanTrackFinish, Store, Upload, UploadLock
 from ..storage.ids import is_upload_id
 from .http import CircuitOpen, HookError
 from .payload import (
@@ -179,6 +179,9 @@ class HookListener(UploadListener):
                                     registry=registry)
         #: post-finish is tracked in storage (``finish_owed``) and re-delivered.
         self.tracks_finish = POST_FINISH in self.enabled and config.redeliver_after > 0
+        if self.tracks_finish and not isinstance(store, CanTrackFinish):
+            raise ConfigError(f"hooks.redeliver_after: the {driver} driver cannot track "
+                              "post-finish deliveries; set it to 0")
         if self.tracks_finish:
             self.redeliveries.labels(POST_FINISH)
         for hook_type in self.enabled:
@@ -602,13 +605,13 @@ class HookListener(UploadListener):
                     self._defer(delivery, "pre-finish failed")
                     return
                 if not allowed:
-                    await lock.settle_finish()
+                    await self._clear_owed(lock)
                     return
                 # Queued with the id alone: the payload comes from the record read now.
                 delivery = self._delivery(POST_FINISH, upload, None, owed=True,
                                           redelivery=True)
             if await self._deliver(delivery):
-                await lock.settle_finish()
+                await self._clear_owed(lock)
             else:
                 self._defer(delivery, "a backend failed")
 
@@ -630,12 +633,20 @@ class HookListener(UploadListener):
                 return False
         return True
 
+    def _tracker(self) -> CanTrackFinish:
+        store = self.store
+        assert isinstance(store, CanTrackFinish)  # checked in __init__ when tracks_finish
+        return store
+
+    async def _clear_owed(self, lock: UploadLock) -> None:
+        await self._tracker().clear_finish_owed(lock)
+
     async def _forget_finish(self, upload_id: str) -> None:
         """pre-finish refused the upload: post-finish is not owed (never re-delivered)."""
         try:
             async with self._claim(upload_id, CLAIM_WAIT) as lock:
                 if lock is not None and lock.upload.finish_owed:
-                    await lock.settle_finish()
+                    await self._clear_owed(lock)
         except Exception as exc:
             log.warning("upload %s: could not clear its owed post-finish after pre-finish "
                         "refused it: %s", upload_id, exc)
@@ -644,7 +655,7 @@ class HookListener(UploadListener):
         """Queue the uploads whose post-finish is ``redeliver_after`` overdue; how many."""
         before = time.time() - self.config.redeliver_after
         queued = 0
-        for upload_id in await self.store.owed_finishes(before, REDELIVER_BATCH):
+        for upload_id in await self._tracker().owed_finishes(before, REDELIVER_BATCH):
             if upload_id in self._owed:
                 continue
             # The id alone: the worker reads the record under the upload's lock (it may

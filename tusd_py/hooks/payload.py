@@ -51,7 +51,8 @@ TERMINATION_REJECTED_BODY = "upload termination has been rejected by server\n"
 ACCESS_DENIED_BODY = "access denied\n"
 
 #: tusd's names for the storage types, by our driver name.
-_STORAGE_TYPES = {"local": "filestore", "s3": "s3store", "gcs": "gcsstore", "azure": "azurestore"}
+_STORAGE_TYPES = {"local": "filestore", "s3": "s3store", "gcs": "gcsstore", "azure": "azurestore",
+                  "memory": "memorystore"}
 
 _METADATA_KEY = re.compile(r"[^\s,]+")
 
@@ -113,6 +114,8 @@ def storage_info(upload: Upload, driver: str) -> dict[str, str] | None:
     kind = _STORAGE_TYPES.get(driver, driver)
     if driver == "local":
         return {"Type": kind, "Path": upload.location}
+    if driver == "memory":  # not a tusd store: the upload id is all there is to say
+        return {"Type": kind, "Key": upload.id}
     location = upload.location
     if "://" in location:  # s3://bucket/key, gs://bucket/key, azure://container/key
         location = location.split("://", 1)[1]

@@ -16,7 +16,8 @@ from ..core.handler import TusHandler
 from ..core.sweeper import sweeper_ctx
 from ..hooks import setup_hooks
 from ..protocol import TUS_VERSION, TusError
-from ..storage import Store, build_store
+from ..storage import Store
+from ..storage.registry import build_store
 from ..web import add_demo_routes
 from .limits import limits_middleware
 from .logs import RequestAnnotator

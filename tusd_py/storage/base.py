@@ -1,42 +1,36 @@
-"""The storage driver contract.
+"""The storage driver contract: ``Store`` and ``UploadLock`` (required), and the optional
+capabilities a driver has by implementing them (``CanTerminate`` ...; ``capabilities_of``
+derives what the server advertises from them, so one cannot be declared and missing).
 
-A driver keeps two things per upload: a record (the ``Upload`` below) and its bytes.
-It never sees an HTTP request; handlers parse the protocol and tell the driver what to do.
-
-The write path is built so that an acknowledged offset always has its bytes behind it
-and two writers can never both succeed:
-
-1. ``lock(id)`` takes a per-upload lock that excludes other requests, processes and
-   replicas (local: ``flock``; object stores: a lease written with a conditional put),
-   and reads the record fresh under it.
-2. ``UploadLock.write(data)`` stores bytes at ``offset + written`` without publishing
-   them: they stay invisible until the commit.
-3. ``UploadLock.commit()`` publishes them with a compare-and-set of the offset
-   (``expected == lock.upload.offset``); ``rollback()`` drops them instead (checksum
-   mismatch, oversized body).
-4. ``UploadLock.release()`` always runs last.
-
-Optional features are declared in ``capabilities``; the server advertises exactly those.
+A driver keeps a record (``Upload``) and the bytes of each upload, and never sees an HTTP
+request. Writes: ``lock`` -> ``write`` (unpublished) -> ``commit`` (compare-and-set of the
+offset) or ``rollback`` -> ``release``; docs/internals.md explains why that order keeps an
+acknowledged offset safe. ``storage/memory`` is the smallest complete driver.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 from ..protocol.headers import Metadata
 from .ids import new_upload_id
 
 
 class Capability(enum.Enum):
+    """What a store can do beyond the required contract (see ``capabilities_of``)."""
+
     TERMINATE = "termination"
     CONCATENATE = "concatenation"
     CONCATENATE_UNFINISHED = "concatenation-unfinished"
     DEFER_LENGTH = "creation-defer-length"
     EXPIRE = "expiration"  # the driver can list and delete expired uploads
     DOWNLOAD = "download"  # GET of a finished upload
+    TRACK_FINISH = "track-finish"  # post-finish owed in the record, listed for re-delivery
 
 
 @dataclass(slots=True)
@@ -55,7 +49,7 @@ class Upload:
     location: str = ""  # driver specific: a path, or bucket/key
     #: The finishing hooks (pre-finish, post-finish) are owed once the upload completes:
     #: set at creation when post-finish hooks are re-delivered, cleared once delivered
-    #: (``UploadLock.settle_finish``). Listed by ``Store.owed_finishes``.
+    #: (``CanTrackFinish.clear_finish_owed``), listed by ``CanTrackFinish.owed_finishes``.
     finish_owed: bool = False
 
     @property
@@ -82,16 +76,30 @@ class Upload:
 
 @dataclass
 class Download:
-    """How to read a finished upload: a local ``path`` (served with sendfile) or ``read``."""
+    """How to read a finished upload: ``read`` of any range, and for a local file its
+    ``path`` too (the server then sends it with sendfile). Drivers without a path
+    override ``read``."""
 
     size: int
     etag: str
     last_modified: float
     path: str | None = None
 
-    async def read(self, start: int, length: int) -> AsyncIterator[bytes]:  # pragma: no cover
-        raise NotImplementedError
-        yield b""
+    async def read(self, start: int, length: int) -> AsyncIterator[bytes]:
+        if self.path is None:
+            raise NotImplementedError("a Download without a path must override read()")
+        loop = asyncio.get_running_loop()
+        with open(self.path, "rb") as file:
+            file.seek(start)
+            while length > 0:
+                chunk = await loop.run_in_executor(None, file.read, min(length, _FILE_CHUNK))
+                if not chunk:
+                    return
+                length -= len(chunk)
+                yield chunk
+
+
+_FILE_CHUNK = 256 * 1024
 
 
 class UploadLock(ABC):
@@ -133,17 +141,16 @@ class UploadLock(ABC):
     async def release(self) -> None:
         """Give the lock up. Idempotent."""
 
-    async def settle_finish(self) -> Upload:
-        """Clear ``upload.finish_owed`` in the record (its finishing hooks were delivered,
-        or pre-finish refused it); returns the new record and makes it ``self.upload``."""
-        raise NotImplementedError
-
 
 class Store(ABC):
-    """A storage driver. Subclasses set ``name`` and ``capabilities``."""
+    """A storage driver: the required part of the contract. Subclasses set ``name``."""
 
     name: str = "base"
-    capabilities: frozenset[Capability] = frozenset()
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        """What this store implements (``capabilities_of``)."""
+        return capabilities_of(self)
 
     async def start(self) -> None:
         """Open connections, create tables/buckets, reconcile after a crash."""
@@ -161,7 +168,8 @@ class Store(ABC):
 
     @abstractmethod
     async def create(self, upload: Upload) -> Upload:
-        """Create a new upload (its id is fresh and unique); returns it with ``location`` set."""
+        """Create a new upload (its id is fresh and unique); returns it with ``location`` set.
+        Raises ``UploadExists`` if the id is taken."""
 
     @abstractmethod
     async def get(self, upload_id: str) -> Upload | None:
@@ -175,34 +183,71 @@ class Store(ABC):
         (in any process or replica) still holds it after ``wait``.
         """
 
-    # -- optional capabilities ------------------------------------------------
-
-    async def terminate(self, upload_id: str) -> None:
-        """Delete an upload's record and bytes (``Capability.TERMINATE``/``EXPIRE``).
-
-        The caller holds the upload's lock."""
-        raise NotImplementedError
-
-    async def concatenate(self, final: Upload, partials: list[Upload]) -> Upload:
-        """Fill ``final`` with the bytes of ``partials`` (all complete), in order, and
-        return it completed (``Capability.CONCATENATE``)."""
-        raise NotImplementedError
-
-    async def expired(self, now: float, limit: int = 1000) -> list[str]:
-        """Ids of uploads whose ``expires_at`` is before ``now`` (``Capability.EXPIRE``)."""
-        raise NotImplementedError
-
-    async def download(self, upload: Upload) -> Download:
-        """How to read a completed upload (``Capability.DOWNLOAD``)."""
-        raise NotImplementedError
-
-    async def owed_finishes(self, before: float, limit: int = 100) -> list[str]:
-        """Ids of completed uploads whose ``finish_owed`` is still set and which were
-        completed before ``before`` (their finishing hooks were never delivered: the
-        daemon died, or the receiver failed), oldest first where the driver can tell."""
-        raise NotImplementedError
-
     async def sweep_extra(self, now: float) -> int:
         """Driver-specific cleanup the sweeper runs after deleting expired uploads (S3:
         abort dangling multipart uploads). Returns how many things were removed."""
         return 0
+
+
+# -- optional capabilities: a store has one by having its methods ---------------------
+
+
+@runtime_checkable
+class CanTerminate(Protocol):
+    async def terminate(self, upload_id: str) -> None:
+        """Delete an upload's record and bytes. The caller holds the upload's lock."""
+
+
+@runtime_checkable
+class CanConcatenate(Protocol):
+    async def concatenate(self, final: Upload, partials: list[Upload]) -> Upload:
+        """Fill ``final`` with the bytes of ``partials`` (all complete), in order, and
+        return it completed. The caller holds the final's lock. (A final may be created
+        before its partials finish: concatenation-unfinished comes with this.)"""
+
+
+@runtime_checkable
+class CanExpire(Protocol):
+    async def expired(self, now: float, limit: int = 1000) -> list[str]:
+        """Ids of uploads whose ``expires_at`` is before ``now`` (the sweeper deletes
+        them with ``terminate``, so a store with this has ``CanTerminate`` too)."""
+
+    async def terminate(self, upload_id: str) -> None: ...
+
+
+@runtime_checkable
+class CanDownload(Protocol):
+    async def download(self, upload: Upload) -> Download:
+        """How to read a completed upload."""
+
+
+@runtime_checkable
+class CanTrackFinish(Protocol):
+    """post-finish delivery tracked in the record (``Upload.finish_owed``)."""
+
+    async def owed_finishes(self, before: float, limit: int = 100) -> list[str]:
+        """Ids of completed uploads whose ``finish_owed`` is still set and which were
+        completed before ``before``, oldest first where the driver can tell."""
+
+    async def clear_finish_owed(self, lock: UploadLock) -> Upload:
+        """Clear ``finish_owed`` of the locked upload (its finishing hooks were delivered,
+        or pre-finish refused it); returns the new record, also made ``lock.upload``."""
+
+
+_PROTOCOLS: tuple[tuple[type, frozenset[Capability]], ...] = (
+    (CanTerminate, frozenset({Capability.TERMINATE})),
+    (CanConcatenate, frozenset({Capability.CONCATENATE, Capability.CONCATENATE_UNFINISHED})),
+    (CanExpire, frozenset({Capability.EXPIRE})),
+    (CanDownload, frozenset({Capability.DOWNLOAD})),
+    (CanTrackFinish, frozenset({Capability.TRACK_FINISH})),
+)
+
+
+def capabilities_of(store: Store) -> frozenset[Capability]:
+    """What ``store`` implements: deferred lengths always (``commit(length=)`` is part of
+    the required contract), each optional capability when its methods are there."""
+    have = {Capability.DEFER_LENGTH}
+    for protocol, capabilities in _PROTOCOLS:
+        if isinstance(store, protocol):
+            have |= capabilities
+    return frozenset(have)

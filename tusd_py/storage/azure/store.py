@@ -23,7 +23,7 @@ from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClien
 
 from ...config import ConfigError
 from ...protocol.errors import StorageError, UploadExists
-from ..base import Capability, Download, Upload
+from ..base import Download, Upload
 from ..ids import check_upload_id, is_upload_id
 from ..object.lease import LeasedStore
 from ..object.record import decode_upload, dump, load, new_record
@@ -57,10 +57,6 @@ class AzureStore(LeasedStore[AzureLock]):
     name = "azure"
     lock_class = AzureLock
     _log = log
-    capabilities = frozenset({
-        Capability.TERMINATE, Capability.CONCATENATE, Capability.CONCATENATE_UNFINISHED,
-        Capability.DEFER_LENGTH, Capability.EXPIRE, Capability.DOWNLOAD,
-    })
 
     def __init__(self, container: str | None, *, connection_string: str | None = None,
                  account_url: str | None = None, credential: Any = None, prefix: str = "",

@@ -19,7 +19,7 @@ from typing import Any
 
 from ...config import ConfigError
 from ...protocol.errors import StorageError, UploadExists
-from ..base import Capability, Download, Upload
+from ..base import Download, Upload
 from ..ids import check_upload_id, is_upload_id
 from ..object.lease import LeasedStore, holder_of
 from ..object.record import decode_upload, dump, load, new_record
@@ -44,10 +44,6 @@ class GCSStore(LeasedStore[GCSLock]):
     name = "gcs"
     lock_class = GCSLock
     _log = log
-    capabilities = frozenset({
-        Capability.TERMINATE, Capability.CONCATENATE, Capability.CONCATENATE_UNFINISHED,
-        Capability.DEFER_LENGTH, Capability.EXPIRE, Capability.DOWNLOAD,
-    })
 
     def __init__(self, bucket: str | None, *, prefix: str = "", endpoint_url: str | None = None,
                  part_size: int = 8 << 20, lease_duration: float = 10.0,

@@ -29,7 +29,7 @@ import aiosqlite
 
 from ...protocol.errors import MismatchedOffset, NotFound, StorageError, UploadBusy, UploadExists
 from ...protocol.headers import Metadata
-from ..base import Capability, Download, Store, Upload, UploadLock
+from ..base import Download, Store, Upload, UploadLock
 from ..ids import check_upload_id, is_upload_id, new_time_ordered_upload_id
 from .batch import INSERT_COLUMNS, GroupCommit
 
@@ -72,10 +72,6 @@ def _decode_metadata(text: str) -> Metadata:
 
 class LocalStore(Store):
     name = "local"
-    capabilities = frozenset({
-        Capability.TERMINATE, Capability.CONCATENATE, Capability.CONCATENATE_UNFINISHED,
-        Capability.DEFER_LENGTH, Capability.EXPIRE, Capability.DOWNLOAD,
-    })
 
     def __init__(self, data_dir: str, *, fsync: bool = False) -> None:
         self.data_dir = os.path.abspath(data_dir)
@@ -364,9 +360,11 @@ class LocalStore(Store):
             " ORDER BY completed_at LIMIT ?", (before, limit))
         return [row[0] for row in rows]
 
-    async def _settle_finish(self, upload: Upload) -> Upload:
+    async def clear_finish_owed(self, lock: UploadLock) -> Upload:
+        upload = lock.upload
         await self.db.execute("UPDATE uploads SET finish_owed = 0 WHERE id = ?", (upload.id,))
-        return self._remember(upload.copy(finish_owed=False))
+        lock.upload = self._remember(upload.copy(finish_owed=False))
+        return lock.upload
 
     async def download(self, upload: Upload) -> Download:
         path = self._path(upload.id)
@@ -429,10 +427,6 @@ class LocalLock(UploadLock):
         # whereas truncating could cut bytes the database just acknowledged.
         self.written = 0
         self.upload = await self.store._commit(self, new_offset, length, expires_at)
-        return self.upload
-
-    async def settle_finish(self) -> Upload:
-        self.upload = await self.store._settle_finish(self.upload)
         return self.upload
 
     async def rollback(self) -> None:

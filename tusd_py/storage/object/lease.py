@@ -250,10 +250,6 @@ class LeasedLock(UploadLock, Generic[S]):
         complete = new_length is not None and new_offset == new_length
         return {"length": new_length, "offset": new_offset, "expires_at": expires_at}, complete
 
-    async def settle_finish(self) -> Upload:
-        await self.publish(finish_owed=False)
-        return self.upload
-
     async def drain(self) -> None:
         """Let in-flight uploads of body bytes finish (or fail) without collecting them."""
         await self.parts.drain()
@@ -374,6 +370,11 @@ class LeasedStore(Store, Generic[L]):
 
         await asyncio.gather(*(refresh(i) for i in changed))
         return cache
+
+    async def clear_finish_owed(self, lock: UploadLock) -> Upload:
+        assert isinstance(lock, LeasedLock)
+        await lock.publish(finish_owed=False)
+        return lock.upload
 
     async def expired(self, now: float, limit: int = 1000) -> list[str]:
         """Records whose ``expires_at`` has passed (see ``_scan`` for the cost)."""

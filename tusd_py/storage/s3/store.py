@@ -25,7 +25,7 @@ from ...protocol.errors import (
     StorageError,
     UploadExists,
 )
-from ..base import Capability, Download, Upload
+from ..base import Download, Upload
 from ..ids import check_upload_id, is_upload_id
 from ..object.lease import LeasedStore
 from ..object.record import decode_upload, dump, load, new_record
@@ -53,10 +53,6 @@ class S3Store(LeasedStore[S3Lock]):
     name = "s3"
     lock_class = S3Lock
     _log = log
-    capabilities = frozenset({
-        Capability.TERMINATE, Capability.CONCATENATE, Capability.CONCATENATE_UNFINISHED,
-        Capability.DEFER_LENGTH, Capability.EXPIRE, Capability.DOWNLOAD,
-    })
 
     def __init__(self, bucket: str | None, *, prefix: str = "", endpoint_url: str | None = None,
                  region: str | None = None, part_size: int = 8 << 20,
