@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 from tests.plugins.stores import new_upload, read_all, started_stores, write
-from tusd_py.config import ConfigError
 from tusd_py.protocol.errors import (
     MismatchedOffset,
     NotFound,
@@ -56,17 +55,6 @@ def names(container: Any, uncommitted: bool = False) -> set[str]:
 def block_sizes(container: Any, name: str) -> tuple[list[int], list[int]]:
     committed, uncommitted = container.get_blob_client(name).get_block_list("all")
     return [b.size for b in committed], [b.size for b in uncommitted]
-
-
-def test_configuration_errors(monkeypatch):
-    with pytest.raises(ConfigError, match="container"):
-        AzureStore(None, connection_string="x")
-    with pytest.raises(ConfigError, match="part_size"):
-        AzureStore("c", connection_string="x", part_size=1000)
-    with pytest.raises(ConfigError, match="AZURE_STORAGE_CONNECTION_STRING"):
-        AzureStore("c", env={})
-    store = AzureStore("c", env={"AZURE_STORAGE_CONNECTION_STRING": "from-env"})
-    assert store._connection_string == "from-env"
 
 
 def test_block_runs_keep_the_record_small():

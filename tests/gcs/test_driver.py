@@ -16,7 +16,6 @@ import pytest
 
 from tests.plugins import stores
 from tests.plugins.stores import new_upload, read_all, started_stores
-from tusd_py.config import ConfigError
 from tusd_py.protocol.errors import MismatchedOffset, NotFound, ServiceUnavailable, UploadBusy
 from tusd_py.storage.base import Upload
 from tusd_py.storage.gcs.store import GCSStore
@@ -46,13 +45,6 @@ write = functools.partial(stores.write, piece=16 * KIB)
 
 def names(objects: dict[str, int]) -> set[str]:
     return set(objects)
-
-
-def test_config_is_checked_at_start():
-    with pytest.raises(ConfigError, match="bucket"):
-        GCSStore(None)
-    with pytest.raises(ConfigError, match="64KiB"):
-        GCSStore("b", part_size=1000)
 
 
 async def test_parts_across_patches_then_one_composed_object(make_store, gcs_objects, gcs_bucket):

@@ -14,11 +14,9 @@ import pytest
 
 from tests.plugins.s3 import MIB, PREFIX
 from tests.plugins.stores import new_upload, read_all, write
-from tusd_py.config import ConfigError
 from tusd_py.protocol.errors import MismatchedOffset, NotFound, UploadBusy
 from tusd_py.storage.base import Upload
 from tusd_py.storage.ids import new_upload_id
-from tusd_py.storage.s3.store import S3Store
 
 
 def keys(s3_client: Any, bucket: str) -> set[str]:
@@ -27,13 +25,6 @@ def keys(s3_client: Any, bucket: str) -> set[str]:
 
 def mpus(s3_client: Any, bucket: str) -> list[dict[str, Any]]:
     return list(s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", ()))
-
-
-def test_part_size_below_5_mib_is_refused_at_start():
-    with pytest.raises(ConfigError, match="at least 5MiB"):
-        S3Store("bucket", part_size=4 * MIB)
-    with pytest.raises(ConfigError, match="bucket"):
-        S3Store(None)
 
 
 async def test_multipart_upload_with_tail_object_across_patches(make_store, s3_client, s3_bucket):

@@ -10,9 +10,8 @@ blocks of a blob that saw no Put Block for a week: keep ``expiration.after`` bel
 from __future__ import annotations
 
 import logging
-import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -39,14 +38,13 @@ from .errors import (
     error_code,
 )
 from .lock import AzureLock
-from .sizing import MAX_BLOCK_SIZE, MAX_BLOCKS
+from .sizing import MAX_BLOCKS
 
 __all__ = ["AzureDownload", "AzureLock", "AzureStore"]
 
 log = logging.getLogger(__name__)
 
 MIB = 1 << 20
-CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
 #: Concatenation copies each partial in server-side ranges of at most this (Put Block
 #: From URL takes 100 MiB on every service version, 4000 MiB on recent ones).
 _COPY_RANGE = 100 * MIB
@@ -58,21 +56,15 @@ class AzureStore(LeasedStore[AzureLock]):
     lock_class = AzureLock
     _log = log
 
-    def __init__(self, container: str | None, *, connection_string: str | None = None,
+    def __init__(self, container: str, *, connection_string: str | None = None,
                  account_url: str | None = None, credential: Any = None, prefix: str = "",
                  part_size: int = 8 << 20, lease_duration: float = 10.0,
-                 create_container: bool = False, env: Mapping[str, str] | None = None) -> None:
-        if not container:
-            raise ConfigError("storage.container: required for the azure driver")
-        if part_size < 64 << 10 or part_size > MAX_BLOCK_SIZE:
-            raise ConfigError("storage.part_size: must be between 64KiB and 4000MiB "
-                              "for the azure driver")
+                 create_container: bool = False) -> None:
+        """The values come checked from ``config.AzureStorage`` (which also reads
+        AZURE_STORAGE_CONNECTION_STRING when neither credential is configured)."""
+        if not connection_string and not account_url:
+            raise ValueError("AzureStore needs a connection_string or an account_url")
         super().__init__(lease_duration)
-        if not connection_string and not account_url:
-            connection_string = (os.environ if env is None else env).get(CONNECTION_STRING_ENV)
-        if not connection_string and not account_url:
-            raise ConfigError("storage.connection_string or storage.account_url: one is "
-                              f"required for the azure driver (or set {CONNECTION_STRING_ENV})")
         self.container = container
         self.prefix = prefix
         self.part_size = part_size

@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Iterable
 from datetime import datetime
 from typing import Any
 
-from ...config import ConfigError
 from ...protocol.errors import StorageError, UploadExists
 from ..base import Download, Upload
 from ..ids import check_upload_id, is_upload_id
@@ -34,7 +33,6 @@ from .lock import GCSLock
 
 log = logging.getLogger(__name__)
 
-MIN_PART_SIZE = 64 << 10
 _DELETE_CONCURRENCY = 8
 #: What follows ``{id}.`` in the names of part and temporary objects.
 _TEMP_SUFFIX = re.compile(r"(?:p[0-9]{6}|c)-[0-9a-f]{12}")
@@ -45,13 +43,10 @@ class GCSStore(LeasedStore[GCSLock]):
     lock_class = GCSLock
     _log = log
 
-    def __init__(self, bucket: str | None, *, prefix: str = "", endpoint_url: str | None = None,
+    def __init__(self, bucket: str, *, prefix: str = "", endpoint_url: str | None = None,
                  part_size: int = 8 << 20, lease_duration: float = 10.0,
                  retry_attempts: int = 5) -> None:
-        if not bucket:
-            raise ConfigError("storage.bucket: required for the gcs driver")
-        if part_size < MIN_PART_SIZE:
-            raise ConfigError("storage.part_size: must be at least 64KiB for the gcs driver")
+        """The values come checked from ``config.GCSStorage``."""
         super().__init__(lease_duration)
         self.bucket = Bucket(bucket, endpoint_url=endpoint_url, attempts=retry_attempts)
         self.prefix = prefix

@@ -18,7 +18,6 @@ from abc import abstractmethod
 from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar, Generic, TypeVar
 
-from ...config import ConfigError
 from ...protocol.errors import (
     MismatchedOffset,
     NotFound,
@@ -284,8 +283,6 @@ class LeasedStore(Store, Generic[L]):
     _log: ClassVar[logging.Logger] = logging.getLogger(__name__)
 
     def __init__(self, lease_duration: float) -> None:
-        if lease_duration < 1:
-            raise ConfigError("storage.lease_duration: must be at least 1s")
         self.lease_duration = lease_duration
         #: Locks this process holds, so terminate/concatenate can write under them.
         self._held: dict[str, L] = {}

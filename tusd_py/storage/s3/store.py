@@ -20,7 +20,6 @@ from typing import Any
 import aioboto3
 from botocore.config import Config as BotoConfig
 
-from ...config import ConfigError
 from ...protocol.errors import (
     StorageError,
     UploadExists,
@@ -54,18 +53,12 @@ class S3Store(LeasedStore[S3Lock]):
     lock_class = S3Lock
     _log = log
 
-    def __init__(self, bucket: str | None, *, prefix: str = "", endpoint_url: str | None = None,
+    def __init__(self, bucket: str, *, prefix: str = "", endpoint_url: str | None = None,
                  region: str | None = None, part_size: int = 8 << 20,
                  lease_duration: float = 10.0, max_parts: int = MAX_PARTS,
                  max_pool_connections: int = 64, retry_attempts: int = 5,
                  part_concurrency: int = 1, spill_dir: str | None = None) -> None:
-        if not bucket:
-            raise ConfigError("storage.bucket: required for the s3 driver")
-        if part_size < MIN_PART_SIZE:
-            raise ConfigError("storage.part_size: must be at least 5MiB for the s3 driver "
-                              "(S3's minimum part size)")
-        if part_size > MAX_PART_SIZE:
-            raise ConfigError("storage.part_size: must be at most 5GiB for the s3 driver")
+        """The values come checked from ``config.S3Storage`` (part size within S3's limits)."""
         super().__init__(lease_duration)
         self.bucket = bucket
         self.prefix = prefix
