@@ -14,7 +14,8 @@ from tests.http.helpers import TUS, b64, create, download, head, patch, path_of,
 from tests.plugins.app import make_config
 from tests.plugins.object_stores import GARBAGE, check_corrupt_record
 from tusd_py.core.sweeper import sweep_once
-from tusd_py.http.app import HANDLER, STORE, create_app
+from tusd_py.http.app import create_app
+from tusd_py.http.keys import HANDLER, STORE
 
 MIB = 1 << 20
 

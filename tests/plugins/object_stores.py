@@ -8,7 +8,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.http.helpers import create, head, patch
-from tusd_py.http.app import STORE
+from tusd_py.http.keys import STORE
 from tusd_py.protocol.errors import StorageError
 
 #: Bytes that are no record: not UTF-8, not JSON.

@@ -14,7 +14,8 @@ from tests.http.helpers import TUS, create, download, head, patch, path_of, uplo
 from tests.plugins.app import make_config
 from tests.plugins.object_stores import GARBAGE, check_corrupt_record
 from tusd_py.core.sweeper import sweep_once
-from tusd_py.http.app import HANDLER, create_app
+from tusd_py.http.app import create_app
+from tusd_py.http.keys import HANDLER
 
 MIB = 1 << 20
 
