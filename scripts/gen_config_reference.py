@@ -318,8 +318,8 @@ HEADER = """\
 Every key of the configuration, generated from the config models. How the file, the
 environment and flags combine is on [Configuration](index.md).
 
-- **Env** is the key's environment variable: `{prefix}` + the key path upper-cased and
-  joined by `__`. Lists take comma-separated values or a JSON list
+- Under each key is its environment variable: `{prefix}` + the key path upper-cased
+  and joined by `__`. Lists take comma-separated values or a JSON list
   (`a,b` or `["a","b"]`); maps take a JSON object.
 - **Sizes** are bytes, written `1048576`, `8MiB` or `5MB`; **durations** are seconds,
   written `60`, `250ms`, `30s`, `5m`, `24h` or `7d`.
@@ -328,9 +328,9 @@ environment and flags combine is on [Configuration](index.md).
 
 
 def _table_md(table: Table) -> list[str]:
-    lines = ["| Key | Env | Type | Default | Meaning |", "|---|---|---|---|---|"]
+    lines = ["| Key and env | Type | Default | Meaning |", "|---|---|---|---|"]
     for key in table.keys:
-        lines.append(f"| `{key.path}` | `{key.env}` | {key.type} | {key.default} | {key.meaning} |")
+        lines.append(f"| `{key.path}`<br>`{key.env}` | {key.type} | {key.default} | {key.meaning} |")
     return lines
 
 

@@ -63,7 +63,7 @@ def page_keys(text: str) -> tuple[set[DriverKey], dict[str, str]]:
             driver = None
         elif m := re.match(r"### `driver: (\w+)`", line):
             driver = m.group(1)
-        elif m := re.match(r"\| `([a-z_.]+)` \| `TUSD_[A-Z_]+` \|", line):
+        elif m := re.match(r"\| `([a-z_.]+)`<br>`TUSD_[A-Z_]+` \|", line):
             keys.add((driver, m.group(1)))
             meanings[m.group(1)] = line.rstrip(" |").rsplit(" | ", 1)[-1].strip()
         elif m := re.match(r"`(storage\.driver)` \(env `TUSD_STORAGE__DRIVER`", line):
