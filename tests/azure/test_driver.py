@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 from tests.plugins.stores import new_upload, read_all, started_stores, write
-from tusd_py.config import ConfigError
 from tusd_py.protocol.errors import (
     MismatchedOffset,
     NotFound,
@@ -24,7 +23,8 @@ from tusd_py.protocol.errors import (
     UploadBusy,
     UploadExists,
 )
-from tusd_py.storage.azure.store import AzureStore, block_size_for
+from tusd_py.storage.azure.sizing import block_size_for
+from tusd_py.storage.azure.store import AzureStore
 from tusd_py.storage.base import Upload
 from tusd_py.storage.ids import new_upload_id
 
@@ -55,17 +55,6 @@ def names(container: Any, uncommitted: bool = False) -> set[str]:
 def block_sizes(container: Any, name: str) -> tuple[list[int], list[int]]:
     committed, uncommitted = container.get_blob_client(name).get_block_list("all")
     return [b.size for b in committed], [b.size for b in uncommitted]
-
-
-def test_configuration_errors(monkeypatch):
-    with pytest.raises(ConfigError, match="container"):
-        AzureStore(None, connection_string="x")
-    with pytest.raises(ConfigError, match="part_size"):
-        AzureStore("c", connection_string="x", part_size=1000)
-    with pytest.raises(ConfigError, match="AZURE_STORAGE_CONNECTION_STRING"):
-        AzureStore("c", env={})
-    store = AzureStore("c", env={"AZURE_STORAGE_CONNECTION_STRING": "from-env"})
-    assert store._connection_string == "from-env"
 
 
 def test_block_runs_keep_the_record_small():
@@ -108,7 +97,7 @@ async def test_blocks_across_patches_and_replicas_then_one_commit(make_store, az
     up = await write(other, upload.id, data[300 * KIB:600 * KIB])
     assert up.offset == 600 * KIB
     assert block_sizes(azure_container_client, name)[1] == [256 * KIB, 44 * KIB, 256 * KIB, 44 * KIB]
-    state, _ = await store.read_info(upload.id)
+    state, _ = await store.read_record(upload.id)
     assert [run[1:] for run in state["blocks"]] == [[0, 2], [0, 2]]  # one run per PATCH
 
     up = await write(store, upload.id, data[600 * KIB:])
@@ -199,11 +188,11 @@ async def test_stale_writer_blocks_are_never_committed(make_store, azure_contain
     await asyncio.sleep(1.1)
     taken = await b.lock(upload.id, 0)
     await taken.write(b"n" * (256 * KIB))
-    await taken._settle()
+    await taken.parts.collect()
     stale.lost = False
-    stale.state["lease"]["until"] = time.time() + 60  # it still believes in its lease
+    stale.record["lease"]["until"] = time.time() + 60  # it still believes in its lease
     await stale.write(b"o" * (256 * KIB))  # stages a full block with the same number
-    await stale._settle()
+    await stale.parts.collect()
     await taken.write(b"n" * (256 * KIB))
     up = await taken.commit()
     await taken.release()
@@ -245,14 +234,14 @@ async def test_expired_lists_only_expired_records(make_store):
     await new_upload(store, 10)
     assert await store.expired(now) == [old.id]
     reads = 0
-    read_info = store.read_info
+    read_record = store.read_record
 
     async def counting(upload_id: str) -> Any:
         nonlocal reads
         reads += 1
-        return await read_info(upload_id)
+        return await read_record(upload_id)
 
-    store.read_info = counting  # type: ignore[method-assign]
+    store.read_record = counting  # type: ignore[method-assign]
     assert await store.expired(now) == [old.id]  # second sweep from the ETag cache
     assert reads == 0
     await write(store, old.id, b"x")  # commit without expires_at: never expires now
@@ -315,7 +304,7 @@ class AzureLockProbe:
         from tusd_py.storage.azure.errors import block_ids, block_list
 
         await lock.store.blob(lock.upload.id).commit_block_list(
-            block_list(block_ids(lock.state["blocks"])))
+            block_list(block_ids(lock.record["blocks"])))
 
 
 async def test_concatenation_copies_server_side(make_store, azure_container_client):

@@ -12,6 +12,7 @@ import pytest
 
 from tests.http.helpers import TUS, b64, create, download, head, patch, path_of, upload
 from tests.plugins.app import make_config
+from tests.plugins.object_stores import GARBAGE, check_corrupt_record
 from tusd_py.core.sweeper import sweep_once
 from tusd_py.http.app import HANDLER, STORE, create_app
 
@@ -148,3 +149,13 @@ async def test_create_container_at_start(azure_app_factory, azure_container,
     finally:
         with BlobServiceClient.from_connection_string(azurite_connection_string) as service:
             service.delete_container(name)
+
+
+async def test_a_corrupt_record_is_a_storage_error(azure_app_factory, azure_container_client,
+                                                   azure_storage_config):
+    """An ``.info`` that is not JSON (written with the emulator's own client) is a 500
+    with the reason, never an unhandled exception."""
+    client = await azure_app_factory()
+    prefix = azure_storage_config["prefix"]
+    await check_corrupt_record(client, lambda upload_id: azure_container_client.upload_blob(
+        f"{prefix}{upload_id}.info", GARBAGE, overwrite=True))

@@ -16,7 +16,6 @@ import pytest
 
 from tests.plugins import stores
 from tests.plugins.stores import new_upload, read_all, started_stores
-from tusd_py.config import ConfigError
 from tusd_py.protocol.errors import MismatchedOffset, NotFound, ServiceUnavailable, UploadBusy
 from tusd_py.storage.base import Upload
 from tusd_py.storage.gcs.store import GCSStore
@@ -48,13 +47,6 @@ def names(objects: dict[str, int]) -> set[str]:
     return set(objects)
 
 
-def test_config_is_checked_at_start():
-    with pytest.raises(ConfigError, match="bucket"):
-        GCSStore(None)
-    with pytest.raises(ConfigError, match="64KiB"):
-        GCSStore("b", part_size=1000)
-
-
 async def test_parts_across_patches_then_one_composed_object(make_store, gcs_objects, gcs_bucket):
     store = await make_store()
     data = os.urandom(5 * PART + 123)
@@ -64,12 +56,12 @@ async def test_parts_across_patches_then_one_composed_object(make_store, gcs_obj
     # PATCH 1: two full parts and a small remainder part, published with the offset
     up = await write(store, upload.id, data[:2 * PART + 100])
     assert up.offset == 2 * PART + 100 and not up.is_complete
-    state = (await store.read_info(upload.id))[0]  # type: ignore[index]
+    state = (await store.read_record(upload.id))[0]  # type: ignore[index]
     assert [p["size"] for p in state["parts"]] == [PART, PART, 100]
     assert state["lease"] is None
     # PATCH 2: small; merged with the small last part by compose (no read-back)
     up = await write(store, upload.id, data[2 * PART + 100:2 * PART + 300])
-    state = (await store.read_info(upload.id))[0]  # type: ignore[index]
+    state = (await store.read_record(upload.id))[0]  # type: ignore[index]
     assert [p["size"] for p in state["parts"]] == [PART, PART, 300]
     objects = gcs_objects(gcs_bucket)
     assert {n for n in objects if n.startswith(key + ".p")} == {p["name"] for p in state["parts"]}
@@ -95,7 +87,7 @@ async def test_more_than_32_parts_compose_in_rounds(make_store, gcs_objects, gcs
         for i in range(0, 40 * PART, 32 * KIB):
             await lock.write(data[i:i + 32 * KIB])
         mid = await lock.commit()
-        state = (await store.read_info(upload.id))[0]  # type: ignore[index]
+        state = (await store.read_record(upload.id))[0]  # type: ignore[index]
         assert len(state["parts"]) == 9  # 40 parts uploaded: one segment of 32, then 8
         assert sum(p["size"] for p in state["parts"]) == mid.offset == 40 * PART
         await lock.write(data[40 * PART:])
@@ -116,7 +108,7 @@ async def test_final_compose_of_more_than_32_listed_parts(make_store, gcs_object
     for i, piece in enumerate(pieces[:-1]):
         up = await write(store, upload.id, piece)
         assert up.offset == (i + 1) * PART
-    state = (await store.read_info(upload.id))[0]  # type: ignore[index]
+    state = (await store.read_record(upload.id))[0]  # type: ignore[index]
     assert len(state["parts"]) == 49
     done = await write(store, upload.id, pieces[-1])
     assert done.is_complete
@@ -130,7 +122,7 @@ async def test_part_list_is_compacted_beyond_64(make_store):
     upload = await new_upload(store, None)
     for piece in pieces:
         await write(store, upload.id, piece)
-    state = (await store.read_info(upload.id))[0]  # type: ignore[index]
+    state = (await store.read_record(upload.id))[0]  # type: ignore[index]
     assert len(state["parts"]) <= 64
     done = await write(store, upload.id, b"", length=70 * PART)
     assert done.is_complete and done.length == 70 * PART
@@ -233,11 +225,11 @@ async def test_writer_dying_during_completion_is_finished_by_the_next_reader(mak
     await write(a, upload.id, data[:PART])
     lock = await a.lock(upload.id, 0)
     await lock.write(data[PART:])
-    await lock._settle()
-    staged = lock._staged
+    await lock._collect()
+    staged = lock.parts.done
     lock._renewer.cancel()
     # the record says "completing" with every part, then the process dies
-    await lock.publish(offset=len(data), parts=[*lock.state["parts"], *staged], completing=True)
+    await lock.publish(offset=len(data), parts=[*lock.record["parts"], *staged], completing=True)
     await asyncio.sleep(1.1)
     found = await b.get(upload.id)
     assert found is not None and found.is_complete and found.offset == len(data)
@@ -251,7 +243,7 @@ async def test_sweeper_removes_orphans_only(make_store, gcs_objects, gcs_bucket)
     dead = await new_upload(store, 10 * PART)
     lock = await store.lock(dead.id, 0)
     await lock.write(os.urandom(2 * PART))
-    await lock._settle()
+    await lock._collect()
     lock._renewer.cancel()  # the writer dies: its staged parts are never published
     await store.bucket.put(PREFIX + new_upload_id() + ".p000000-0123456789ab", b"x", what="test")
     before = gcs_objects(gcs_bucket)
@@ -325,7 +317,7 @@ async def test_a_waiting_replica_asks_the_holder_to_stop(make_store):
     up = await taken.commit()
     await taken.release()
     assert await read_all(b, up) == b"x" * 10 + b"y" * 90
-    state = (await b.read_info(upload.id))[0]  # type: ignore[index]
+    state = (await b.read_record(upload.id))[0]  # type: ignore[index]
     assert state["lease"] is None and state["wanted"] is None
 
 

@@ -13,6 +13,7 @@ import pytest
 from tests.http.helpers import TUS, create, download, head, patch, path_of, upload
 from tests.plugins.app import make_config
 from tests.plugins.gcs import PART_SIZE
+from tests.plugins.object_stores import GARBAGE, check_corrupt_record
 from tusd_py.core.sweeper import sweep_once
 from tusd_py.http.app import HANDLER, create_app
 
@@ -117,3 +118,12 @@ async def test_gcs_down_is_503_with_a_clear_message(aiohttp_client, gcs_storage_
     assert r.status == 503
     assert "storage unreachable" in await r.text()
     assert (await client.get("/readyz")).status == 503
+
+
+async def test_a_corrupt_record_is_a_storage_error(gcs_app_factory, gcs_put, gcs_bucket, gcs_storage_config):
+    """An ``.info`` that is not JSON (written with the emulator's own client) is a 500
+    with the reason, never an unhandled exception."""
+    client = await gcs_app_factory()
+    prefix = gcs_storage_config["prefix"]
+    await check_corrupt_record(client, lambda upload_id: gcs_put(
+        gcs_bucket, f"{prefix}{upload_id}.info", GARBAGE))

@@ -8,6 +8,8 @@
 * ``gcs_daemon_env``: the same as ``TUSD_STORAGE__*`` env for ``daemon_factory``.
 * ``gcs_objects``: ``gcs_objects(bucket) -> {name: size}``, to look behind the driver's
   back in assertions (plain HTTP, not the driver's client).
+* ``gcs_put``: ``gcs_put(bucket, name, data)`` writes an object behind the driver's back
+  (plain HTTP, a media upload).
 """
 
 from __future__ import annotations
@@ -73,3 +75,16 @@ def gcs_objects(gcs_endpoint: str) -> Callable[[str], dict[str, int]]:
                 return out
 
     return objects
+
+
+@pytest.fixture(scope="session")
+def gcs_put(gcs_endpoint: str) -> Callable[[str, str, bytes], None]:
+    def put(bucket: str, name: str, data: bytes) -> None:
+        query = urllib.parse.urlencode({"uploadType": "media", "name": name})
+        request = urllib.request.Request(
+            f"{gcs_endpoint}/upload/storage/v1/b/{bucket}/o?{query}", data=data,
+            headers={"Content-Type": "application/octet-stream"}, method="POST")
+        with urllib.request.urlopen(request, timeout=10) as r:
+            assert r.status == 200
+
+    return put

@@ -14,11 +14,9 @@ import pytest
 
 from tests.plugins.s3 import MIB, PREFIX
 from tests.plugins.stores import new_upload, read_all, write
-from tusd_py.config import ConfigError
 from tusd_py.protocol.errors import MismatchedOffset, NotFound, UploadBusy
 from tusd_py.storage.base import Upload
 from tusd_py.storage.ids import new_upload_id
-from tusd_py.storage.s3.store import S3Store
 
 
 def keys(s3_client: Any, bucket: str) -> set[str]:
@@ -29,31 +27,24 @@ def mpus(s3_client: Any, bucket: str) -> list[dict[str, Any]]:
     return list(s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", ()))
 
 
-def test_part_size_below_5_mib_is_refused_at_start():
-    with pytest.raises(ConfigError, match="at least 5MiB"):
-        S3Store("bucket", part_size=4 * MIB)
-    with pytest.raises(ConfigError, match="bucket"):
-        S3Store(None)
-
-
 async def test_multipart_upload_with_tail_object_across_patches(make_store, s3_client, s3_bucket):
     store = await make_store()
     data = os.urandom(12 * MIB + 123)
     meta = {"filename": "r\u00e9sum\u00e9.pdf".encode(), "filetype": b"application/pdf"}
     upload = await new_upload(store, len(data), metadata=meta)
-    info_key, tail0, tail1 = (f"{PREFIX}{upload.id}{s}" for s in (".info", ".part", ".part.1"))
+    record_key, tail0, tail1 = (f"{PREFIX}{upload.id}{s}" for s in (".info", ".part", ".part.1"))
 
     # 3 MiB: less than a part, kept as the tail object
     up = await write(store, upload.id, data[:3 * MIB])
     assert up.offset == 3 * MIB
-    assert keys(s3_client, s3_bucket) == {info_key, tail0}
+    assert keys(s3_client, s3_bucket) == {record_key, tail0}
     assert s3_client.head_object(Bucket=s3_bucket, Key=tail0)["ContentLength"] == 3 * MIB
     assert mpus(s3_client, s3_bucket) == []
 
     # +4 MiB: the tail and new bytes make part 1 (5 MiB), 2 MiB stay in the other slot
     up = await write(store, upload.id, data[3 * MIB:7 * MIB])
     assert up.offset == 7 * MIB
-    assert keys(s3_client, s3_bucket) == {info_key, tail1}
+    assert keys(s3_client, s3_bucket) == {record_key, tail1}
     [mpu] = mpus(s3_client, s3_bucket)
     parts = s3_client.list_parts(Bucket=s3_bucket, Key=f"{PREFIX}{upload.id}",
                                  UploadId=mpu["UploadId"])["Parts"]
@@ -64,7 +55,7 @@ async def test_multipart_upload_with_tail_object_across_patches(make_store, s3_c
     other = await make_store()
     up = await write(other, upload.id, data[7 * MIB:])
     assert up.is_complete and up.offset == len(data)
-    assert keys(s3_client, s3_bucket) == {info_key, f"{PREFIX}{upload.id}"}
+    assert keys(s3_client, s3_bucket) == {record_key, f"{PREFIX}{upload.id}"}
     assert mpus(s3_client, s3_bucket) == []
     head = s3_client.head_object(Bucket=s3_bucket, Key=f"{PREFIX}{upload.id}")
     assert head["ContentType"] == "application/pdf"
@@ -95,8 +86,8 @@ async def test_parts_grow_when_the_part_count_would_run_out(make_store, s3_clien
     lock = await store.lock(upload.id, 1)
     for i in range(0, len(data), 64 * 1024):
         await lock.write(data[i:i + 64 * 1024])
-    await lock._settle()
-    sizes = [p["size"] for p in lock._staged]
+    await lock.parts.collect()
+    sizes = [p["size"] for p in lock.parts.done]
     up = await lock.commit()
     await lock.release()
     assert sizes == [6 * MIB, 6 * MIB]
@@ -219,7 +210,7 @@ async def test_writer_dying_during_completion_is_finished_by_the_next_reader(mak
     lock = await a.lock(upload.id, 1)
     for i in range(0, len(data), 64 * 1024):
         await lock.write(data[i:i + 64 * 1024])
-    await lock._settle()
+    await lock.parts.collect()
     # commit() up to CompleteMultipartUpload, then the process is gone (no final record)
     await lock._finish({"length": len(data), "offset": len(data), "expires_at": None})
     lock._renewer.cancel()

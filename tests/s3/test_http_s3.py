@@ -12,6 +12,7 @@ import pytest
 
 from tests.http.helpers import TUS, create, download, head, patch, path_of, upload
 from tests.plugins.app import make_config
+from tests.plugins.object_stores import GARBAGE, check_corrupt_record
 from tusd_py.core.sweeper import sweep_once
 from tusd_py.http.app import HANDLER, create_app
 
@@ -135,3 +136,13 @@ async def test_s3_down_is_503_with_a_clear_message(aiohttp_client, s3_storage_co
     assert r.status == 503
     assert "storage unreachable" in await r.text()
     assert (await client.get("/readyz")).status == 503
+
+
+async def test_a_corrupt_record_is_a_storage_error(s3_app_factory, s3_client, s3_bucket,
+                                                   s3_storage_config):
+    """An ``.info`` that is not JSON (written with the emulator's own client) is a 500
+    with the reason, never an unhandled exception."""
+    client = await s3_app_factory()
+    prefix = s3_storage_config["prefix"]
+    await check_corrupt_record(client, lambda upload_id: s3_client.put_object(
+        Bucket=s3_bucket, Key=f"{prefix}{upload_id}.info", Body=GARBAGE))

@@ -41,8 +41,8 @@ async def test_grown_parts_keep_at_most_part_size_in_memory(make_store, s3_clien
     for i in range(12 * MIB, len(data), PIECE):
         await lock.write(data[i:i + PIECE])
         assert lock._buf.memory <= PART_SIZE + PIECE
-    await lock._settle()
-    assert [p["size"] for p in lock._staged] == [15 * MIB, 15 * MIB]
+    await lock.parts.collect()
+    assert [p["size"] for p in lock.parts.done] == [15 * MIB, 15 * MIB]
     up = await lock.commit()
     await lock.release()
     assert up.is_complete

@@ -8,48 +8,21 @@ import os
 import re
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import quote
 
 from aiohttp import hdrs, web
 
-from ..protocol import Metadata, metadata_text
+from ..protocol import Metadata
+from ..protocol.content import download_content
 from ..storage.base import Download
-
-#: filetype values served inline with their own Content-Type; everything else is sent
-#: as application/octet-stream + attachment, so an upload cannot become a stored XSS.
-SAFE_INLINE_TYPES = frozenset({
-    "text/plain", "image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp",
-    "audio/wave", "audio/wav", "audio/x-wav", "audio/x-pn-wav", "audio/webm", "audio/ogg",
-    "audio/mpeg", "video/webm", "video/ogg", "video/mp4", "application/ogg", "application/pdf",
-})
 
 
 def download_headers(metadata: Metadata) -> dict[str, str]:
     """Content-Type and Content-Disposition for a download, from the upload's metadata."""
-    filetype = (metadata_text(metadata, "filetype") or "").strip().lower()
-    media_type, _, params = filetype.partition(";")
-    media_type = media_type.strip()
-    inline = media_type in SAFE_INLINE_TYPES
-    content_type = "application/octet-stream"
-    if inline:
-        charset = _CHARSET.search(params)  # the one parameter worth keeping
-        content_type = media_type + (f"; charset={charset.group(1)}" if charset else "")
-    disposition = "inline" if inline else "attachment"
-    filename = metadata_text(metadata, "filename")
-    if filename:
-        disposition += _disposition_filename(filename)
+    content_type, disposition = download_content(metadata)
     return {"Content-Type": content_type, "Content-Disposition": disposition,
             "X-Content-Type-Options": "nosniff"}
 
 
-def _disposition_filename(name: str) -> str:
-    """RFC 6266 filename parameters: an ASCII fallback plus the exact UTF-8 form."""
-    name = name.replace("\\", "/").rsplit("/", 1)[-1][:255]
-    ascii_name = "".join(c if 0x20 <= ord(c) < 0x7F and c not in '"\\' else "_" for c in name)
-    return f'; filename="{ascii_name}"; filename*=UTF-8\'\'{quote(name, safe="")}'
-
-
-_CHARSET = re.compile(r"(?:^|;)\s*charset=\"?([a-z0-9._-]{1,40})\"?\s*(?:;|$)")
 _BYTE_RANGE = re.compile(r"bytes=(\d*)-(\d*)", re.ASCII | re.IGNORECASE)
 
 

@@ -1,37 +1,24 @@
-"""The ``{prefix}{id}.info`` record of the Azure driver, blob headers, and Azure error
-translation.
-
-The record is one small JSON blob per upload and the only source of truth: any replica
-can serve any request from it. It holds the tus fields, the ids of the blocks staged for
-the upload's blob and published so far (in order), a write lease, and a revision
-counter. Every change is a conditional Put Blob (``If-Match`` on the ETag;
-``If-None-Match: *`` on create), so two writers can never both succeed.
+"""Azure error translation (SDK and network failures as ``TusError`` values), and what the
+store and its lock share: block ids (they embed the writer's lease token) and their runs
+in the record, and the final blob's headers.
 """
 
 from __future__ import annotations
 
 import base64
-import json
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 from azure.core.exceptions import AzureError, HttpResponseError
 from azure.storage.blob import BlobBlock, BlockState, ContentSettings
 
+from ...protocol.content import stored_content
 from ...protocol.errors import ServiceUnavailable, StorageError, TusError
-from ...protocol.headers import Metadata, format_metadata, metadata_text
-from ..base import Upload
-from ..object.lease import Conflict, new_record
-from ..object.lease import decode_upload as decode_upload  # re-exported for the driver
-from ..object.lease import dump as dump
+from ...protocol.headers import Metadata, format_metadata
+from ..object.lease import Conflict
 
-#: The service limits the driver plans with (Azure block blobs).
-MAX_BLOCKS = 50_000  # committed blocks per blob
-MAX_BLOCK_SIZE = 4000 << 20  # bytes per staged block (service version 2019-12-12+)
 #: Azure limits all metadata of a blob to 8 KiB; the tus metadata copy stays below this.
 MAX_METADATA_COPY = 7 << 10
 
@@ -43,27 +30,6 @@ NOT_FOUND_CODES = frozenset({"BlobNotFound", "ResourceNotFound"})
 #: The service cannot Put Block From URL (Azurite before 3.37, some Azure Stack builds).
 NOT_IMPLEMENTED_CODES = frozenset({"APINotImplemented", "NotImplemented"})
 
-_MIME = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}")
-
-
-def encode_upload(upload: Upload) -> dict[str, Any]:
-    """A new record for ``upload`` (see ``leased.new_record``), as stored in ``.info``."""
-    return new_record(
-        upload,
-        blocks=[],  # published blocks in blob order, as runs (see block_runs)
-        completing=None,  # True between publishing the last block and Put Block List
-        blob_etag=None,  # ETag of the final blob once complete
-    )
-
-
-def load(body: bytes) -> dict[str, Any]:
-    try:
-        state = json.loads(body)
-    except ValueError:
-        raise StorageError("unreadable .info record") from None
-    if not isinstance(state, dict) or state.get("v") != 1:
-        raise StorageError("unreadable .info record")
-    return state
 
 
 def block_id(token: str, number: int) -> str:
@@ -102,28 +68,17 @@ def block_count(runs: list[list[Any]]) -> int:
 
 
 def blob_headers(metadata: Metadata, upload_id: str) -> tuple[ContentSettings, dict[str, str]]:
-    """(content settings, blob metadata) for the final blob, from tus metadata.
-
-    ``filetype`` becomes the Content-Type when it is a well-formed MIME type; the
-    disposition is always ``attachment`` (blobs may be served straight from the
-    container, where an inline text/html upload would be a stored XSS). The blob's
-    metadata holds the upload id and the tus metadata in its header form."""
-    settings: dict[str, str] = {}
-    filetype = (metadata_text(metadata, "filetype") or "").strip()
-    settings["content_type"] = filetype.lower() if _MIME.fullmatch(filetype) else "application/octet-stream"
-    filename = metadata_text(metadata, "filename")
-    if filename:
-        name = filename.replace("\\", "/").rsplit("/", 1)[-1][:255]
-        ascii_name = "".join(c if 0x20 <= ord(c) < 0x7F and c not in '"\\' else "_" for c in name)
-        settings["content_disposition"] = (
-            f'attachment; filename="{ascii_name}"; filename*=UTF-8\'\'{quote(name, safe="")}')
+    """(content settings, blob metadata) for the final blob, from tus metadata: its
+    Content-Type and Content-Disposition (``protocol.content.stored_content``), and the
+    upload id and the tus metadata in its header form."""
+    content_type, disposition = stored_content(metadata)
     blob_metadata = {"tus_id": upload_id}
     if metadata:
         text = format_metadata(metadata)
         if len(text) <= MAX_METADATA_COPY:
             blob_metadata["tus_metadata"] = text
-    return ContentSettings(content_type=settings["content_type"],
-                           content_disposition=settings.get("content_disposition")), blob_metadata
+    return ContentSettings(content_type=content_type,
+                           content_disposition=disposition), blob_metadata
 
 
 def block_list(ids: list[str]) -> list[BlobBlock]:

@@ -1,29 +1,23 @@
-"""The Azure driver's write lock (``AzureLock``) and downloads (``AzureDownload``).
-
-See ``tusd_py.storage.azure.store`` for the design: the lock is a lease in ``.info`` taken and
-renewed by compare-and-set; body bytes become uncommitted blocks of the upload's blob,
-published in the record at each commit and committed as the blob at completion.
+"""The Azure driver's write lock: the record's lease plus the request's block stagings.
+Full blocks are staged while the body streams in; ``commit`` stages the remainder as a
+short block and publishes the block ids and offset in one conditional write of the
+record; completion commits the blocks as the blob.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from azure.core import MatchConditions
-from azure.storage.blob.aio import BlobClient
 
-from ...protocol.errors import SizeExceeded, StorageError, UploadBusy
-from ..base import Download, Upload
+from ...protocol.errors import StorageError, UploadBusy
+from ..base import Upload
 from ..object.lease import LeasedLock
+from ..object.parts import PartUploads
 from .errors import (
     CONFLICT_CODES,
-    MAX_BLOCK_SIZE,
-    MAX_BLOCKS,
     azure_errors,
     blob_headers,
     block_count,
@@ -33,46 +27,12 @@ from .errors import (
     block_runs,
     error_code,
 )
+from .sizing import block_size_for
 
 if TYPE_CHECKING:
     from .store import AzureStore
 
 log = logging.getLogger(__name__)
-
-MIB = 1 << 20
-
-
-def block_size_for(used: int, *, base: int, length: int | None, done: int) -> int:
-    """The size of the next full block, given ``used`` blocks holding ``done`` bytes.
-
-    Known length: ``max(base, ceil(bytes still to come / blocks left))`` (whole MiB
-    when above ``base``),
-    so the 50,000 blocks never run out. Deferred length: ``base``, doubling every 4,545
-    blocks (eleven tiers reach Azure's 190.7 TiB from any base)."""
-    left = MAX_BLOCKS - used - 1  # one block kept for a short last one
-    if left <= 0:
-        raise SizeExceeded("upload has too many blocks for one Azure blob (50,000)")
-    if length is not None:
-        need = -(-max(length - done, 0) // left)
-        size = base if need <= base else -(-need // MIB) * MIB
-    else:
-        size = base << min(used // (MAX_BLOCKS // 11), 12)
-    return min(size, MAX_BLOCK_SIZE)
-
-
-class AzureDownload(Download):
-    def __init__(self, *, size: int, etag: str, last_modified: float, blob: BlobClient) -> None:
-        super().__init__(size=size, etag=etag, last_modified=last_modified)
-        self.blob = blob
-
-    async def read(self, start: int, length: int) -> AsyncIterator[bytes]:
-        """Stream ``length`` bytes from ``start``: ranged GETs of 2 MiB, passed through."""
-        if length <= 0:
-            return
-        async with azure_errors("reading an upload"):
-            downloader = await self.blob.download_blob(offset=start, length=length)
-            async for chunk in downloader.chunks():
-                yield chunk
 
 
 class AzureLock(LeasedLock["AzureStore"]):
@@ -80,19 +40,18 @@ class AzureLock(LeasedLock["AzureStore"]):
 
     _log = log
 
-    def __init__(self, store: AzureStore, state: dict[str, Any], etag: str, token: str) -> None:
+    def __init__(self, store: AzureStore, record: dict[str, Any], etag: str, token: str) -> None:
         self._buf = bytearray()  # body bytes not yet in a block
         self._numbers = 0  # block ids used under this lease
-        self._staged: list[int] = []  # numbers of the blocks staged since the last commit
-        self._staged_size = 0
-        #: Blocks being staged, oldest first: (task, id, size).
-        self._pending: list[tuple[asyncio.Task[None], int, int]] = []
-        super().__init__(store, state, etag, token)
+        #: One block staging while the next one fills, and the numbers of the blocks
+        #: staged since the last commit (``parts.done``).
+        self.parts: PartUploads[int] = PartUploads()
+        super().__init__(store, record, etag, token)
 
     # -- writing ----------------------------------------------------------------------
 
     def _used_blocks(self) -> int:
-        return block_count(self.state["blocks"]) + len(self._staged) + len(self._pending)
+        return block_count(self.record["blocks"]) + self.parts.count
 
     def _bytes_in_blocks(self) -> int:
         return self.upload.offset + self.written - len(self._buf)
@@ -114,8 +73,7 @@ class AzureLock(LeasedLock["AzureStore"]):
 
     async def _cut(self, size: int) -> None:
         """Start staging the first ``size`` bytes of the buffer as the next block."""
-        while self._pending:  # one block in flight while the next one fills
-            await self._settle_one()
+        await self.parts.room()  # one block in flight while the next one fills
         self._check_lease()
         # bytes, not the bytearray: the SDK and aiohttp slice the body to its length,
         # a copy for a bytearray but the very object for bytes. The old buffer is freed
@@ -126,57 +84,37 @@ class AzureLock(LeasedLock["AzureStore"]):
         self._buf = rest
         number = self._numbers
         self._numbers += 1
-        task = asyncio.get_running_loop().create_task(
-            self._stage(block_id(self.token, number), body))
-        self._pending.append((task, number, len(body)))
+        self.parts.start(self._stage(number, body), len(body))
 
-    async def _stage(self, ident: str, body: bytes) -> None:
+    async def _stage(self, number: int, body: bytes) -> int:
+        """Stage ``body`` as block ``number`` of this lease; returns the number."""
         async with azure_errors("staging a block"):
-            await self.store.blob(self.upload.id).stage_block(ident, body, length=len(body))
-
-    async def _settle_one(self) -> None:
-        """Wait for the oldest in-flight block and stage it."""
-        task, number, size = self._pending[0]
-        try:
-            await task
-        except BaseException:
-            await self.drain()
-            raise
-        self._pending.pop(0)
-        self._staged.append(number)
-        self._staged_size += size
-
-    async def _settle(self) -> None:
-        while self._pending:
-            await self._settle_one()
-
-    async def drain(self) -> None:
-        """Let in-flight stagings finish (or fail) without keeping them."""
-        pending, self._pending = self._pending, []
-        for task, _, _ in pending:
-            with contextlib.suppress(Exception):
-                await task
+            await self.store.blob(self.upload.id).stage_block(
+                block_id(self.token, number), body, length=len(body))
+        return number
 
     async def commit(self, *, length: int | None = None,
                      expires_at: float | None = None) -> Upload:
         changes, complete = self._commit_changes(length, expires_at)
         if self.written or complete:
-            await self._settle()
+            await self.parts.collect()
             if self._buf:  # the short block: nothing received is lost across replicas
                 self._check_lease()
                 await self._cut(len(self._buf))
-                await self._settle()
+                await self.parts.collect()
             self._check_lease()
-            changes["blocks"] = block_runs(self.state["blocks"], self.token, self._staged)
+            changes["blocks"] = block_runs(self.record["blocks"], self.token, self.parts.done)
             if complete:
                 # Published with every block before Put Block List: a crash in between
                 # is finished by the next lock (see finish_completion).
                 await self.publish(**changes, completing=True)
-                self._staged, self._staged_size, self.written = [], 0, 0
+                self.parts.clear()
+                self.written = 0
                 await self.finish_completion()
                 return self.upload
         await self.publish(**changes)
-        self._staged, self._staged_size, self.written = [], 0, 0
+        self.parts.clear()
+        self.written = 0
         return self.upload
 
     async def finish_completion(self) -> None:
@@ -185,7 +123,7 @@ class AzureLock(LeasedLock["AzureStore"]):
         mark the record complete."""
         store = self.store
         blob = store.blob(self.upload.id)
-        blocks = block_ids(self.state["blocks"])
+        blocks = block_ids(self.record["blocks"])
         settings, metadata = blob_headers(self.upload.metadata, self.upload.id)
         async with azure_errors("completing an upload"):
             if not blocks:
@@ -202,7 +140,7 @@ class AzureLock(LeasedLock["AzureStore"]):
                         raise
                     # Committed already, by a holder that died before recording it?
                     props = await blob.get_blob_properties()
-                    if props.size != self.state["offset"]:
+                    if props.size != self.record["offset"]:
                         raise StorageError("the upload's blob exists with another size") from None
                     etag = str(props.etag)
         await self.publish(completed_at=time.time(), blob_etag=etag, blocks=[], completing=None)
@@ -211,5 +149,6 @@ class AzureLock(LeasedLock["AzureStore"]):
         """Forget what this request wrote: its staged blocks stay unreferenced (Azure
         drops uncommitted blocks that are not in the list at completion)."""
         await self.drain()
-        self._staged, self._staged_size, self.written = [], 0, 0
+        self.parts.clear()
+        self.written = 0
         self._buf = bytearray()

@@ -1,46 +1,17 @@
 """Azure Blob Storage driver (azure-storage-blob, aio): stateless replicas over one container.
 
-Blobs, for an upload ``id`` under ``prefix``:
-
-* ``{prefix}{id}.info``: the record (JSON, see ``azure_info``): tus fields, the ids of
-  the blocks published so far, write lease, revision. The only source of truth; HEAD is
-  one GET of it.
-* ``{prefix}{id}``: a block blob. While the upload is written its bytes are *uncommitted*
-  blocks of this blob (Put Block); completion commits them in order (Put Block List)
-  with the blob's Content-Type/Content-Disposition (from ``filetype``/``filename``) and
-  metadata. No byte is ever copied twice.
-
-Writes (the lease protocol is shared, see ``leased``): ``lock`` takes a lease by
-compare-and-set of ``.info`` (``If-Match`` on its ETag); a lease whose ``until`` has
-passed (its holder died) is taken over. While a PATCH streams, a task renews the lease
-every ``lease_duration / 3``. Body bytes are buffered up to one block (``part_size``)
-and each full block is staged while the body keeps streaming (memory per PATCH: about
-two blocks, one filling, one in flight). ``commit`` stages the bytes that do not fill a
-block as a smaller block, then publishes the new block ids and offset in one conditional
-write of the record: an acknowledged offset always has its bytes behind it, on every
-replica, and a writer whose lease was taken over cannot publish (its ETag is stale).
-Block ids embed the writer's lease token, so a stale writer's blocks can never be
-committed by anybody.
-
-Completion is crash-safe: the record is first published with every block and
-``completing``; then Put Block List runs with ``If-None-Match: *``; then the record is
-marked complete. A process that dies between the steps leaves ``completing`` behind,
-and the next lock (or HEAD) on any replica finishes the job with the same block list.
-
-Limits: a blob holds at most 50,000 blocks; each PATCH adds ``ceil(bytes / block)`` + at
-most one short block. With a known length the block size grows past ``part_size`` when
-the upload would not fit otherwise. Azure discards uncommitted blocks of a blob that saw
-no Put Block for a week: keep ``expiration.after`` below that.
-
-Clocks: lease expiry compares wall clocks of replicas; keep them NTP-synchronised.
+Per upload ``id`` under ``prefix``: ``{id}.info``, the record (the only source of
+truth), and the block blob ``{id}``, whose bytes stay uncommitted blocks until
+completion commits them in order. The write lock is in ``lock``, block ids and error
+translation in ``errors``, block sizing in ``sizing``. Azure discards uncommitted
+blocks of a blob that saw no Put Block for a week: keep ``expiration.after`` below that.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -54,10 +25,9 @@ from ...protocol.errors import StorageError, UploadExists
 from ..base import Download, Upload
 from ..ids import check_upload_id, is_upload_id
 from ..object.lease import LeasedStore
+from ..object.record import decode_upload, dump, load, new_record
 from .errors import (
     CONFLICT_CODES,
-    MAX_BLOCK_SIZE,
-    MAX_BLOCKS,
     NOT_FOUND_CODES,
     NOT_IMPLEMENTED_CODES,
     Conflict,
@@ -65,20 +35,16 @@ from .errors import (
     blob_headers,
     block_id,
     block_list,
-    decode_upload,
-    dump,
-    encode_upload,
     error_code,
-    load,
 )
-from .lock import AzureDownload, AzureLock, block_size_for
+from .lock import AzureLock
+from .sizing import MAX_BLOCKS
 
-__all__ = ["AzureDownload", "AzureLock", "AzureStore", "block_size_for"]
+__all__ = ["AzureDownload", "AzureLock", "AzureStore"]
 
 log = logging.getLogger(__name__)
 
 MIB = 1 << 20
-CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
 #: Concatenation copies each partial in server-side ranges of at most this (Put Block
 #: From URL takes 100 MiB on every service version, 4000 MiB on recent ones).
 _COPY_RANGE = 100 * MIB
@@ -90,21 +56,15 @@ class AzureStore(LeasedStore[AzureLock]):
     lock_class = AzureLock
     _log = log
 
-    def __init__(self, container: str | None, *, connection_string: str | None = None,
+    def __init__(self, container: str, *, connection_string: str | None = None,
                  account_url: str | None = None, credential: Any = None, prefix: str = "",
                  part_size: int = 8 << 20, lease_duration: float = 10.0,
-                 create_container: bool = False, env: Mapping[str, str] | None = None) -> None:
-        if not container:
-            raise ConfigError("storage.container: required for the azure driver")
-        if part_size < 64 << 10 or part_size > MAX_BLOCK_SIZE:
-            raise ConfigError("storage.part_size: must be between 64KiB and 4000MiB "
-                              "for the azure driver")
+                 create_container: bool = False) -> None:
+        """The values come checked from ``config.AzureStorage`` (which also reads
+        AZURE_STORAGE_CONNECTION_STRING when neither credential is configured)."""
+        if not connection_string and not account_url:
+            raise ValueError("AzureStore needs a connection_string or an account_url")
         super().__init__(lease_duration)
-        if not connection_string and not account_url:
-            connection_string = (os.environ if env is None else env).get(CONNECTION_STRING_ENV)
-        if not connection_string and not account_url:
-            raise ConfigError("storage.connection_string or storage.account_url: one is "
-                              f"required for the azure driver (or set {CONNECTION_STRING_ENV})")
         self.container = container
         self.prefix = prefix
         self.part_size = part_size
@@ -193,25 +153,25 @@ class AzureStore(LeasedStore[AzureLock]):
 
     # -- names ----------------------------------------------------------------------
 
-    def name_of(self, upload_id: str) -> str:
+    def key(self, upload_id: str) -> str:
         return self.prefix + check_upload_id(upload_id)
 
     def blob(self, upload_id: str) -> BlobClient:
-        return self.client.get_blob_client(self.name_of(upload_id))
+        return self.client.get_blob_client(self.key(upload_id))
 
-    def info_blob(self, upload_id: str) -> BlobClient:
-        return self.client.get_blob_client(self.name_of(upload_id) + ".info")
+    def record_blob(self, upload_id: str) -> BlobClient:
+        return self.client.get_blob_client(self.key(upload_id) + ".info")
 
     def _location(self, upload_id: str) -> str:
-        return f"azure://{self.container}/{self.name_of(upload_id)}"
+        return f"azure://{self.container}/{self.key(upload_id)}"
 
     # -- the record ---------------------------------------------------------------
 
-    async def read_info(self, upload_id: str) -> tuple[dict[str, Any], str] | None:
+    async def read_record(self, upload_id: str) -> tuple[dict[str, Any], str] | None:
         """(record, ETag), or None if there is no such upload."""
         async with azure_errors("reading an upload record"):
             try:
-                downloader = await self.info_blob(upload_id).download_blob()
+                downloader = await self.record_blob(upload_id).download_blob()
                 data = await downloader.readall()
             except Exception as exc:
                 if error_code(exc)[0] in NOT_FOUND_CODES or error_code(exc)[1] == 404:
@@ -219,7 +179,7 @@ class AzureStore(LeasedStore[AzureLock]):
                 raise
         return load(data), str(downloader.properties.etag)
 
-    async def write_info(self, upload_id: str, state: dict[str, Any], *, etag: str | None) -> str:
+    async def write_record(self, upload_id: str, record: dict[str, Any], *, etag: str | None) -> str:
         """Conditional put of the record: ``If-Match: etag``, or ``If-None-Match: *`` when
         ``etag`` is None. Returns the new ETag; raises ``Conflict`` if the condition failed."""
         if etag is None:
@@ -229,8 +189,8 @@ class AzureStore(LeasedStore[AzureLock]):
                          "match_condition": MatchConditions.IfNotModified}
         async with azure_errors("writing an upload record"):
             try:
-                r = await self.info_blob(upload_id).upload_blob(
-                    dump(state), content_settings=ContentSettings(content_type="application/json"),
+                r = await self.record_blob(upload_id).upload_blob(
+                    dump(record), content_settings=ContentSettings(content_type="application/json"),
                     **condition)
             except Exception as exc:
                 code, status = error_code(exc)
@@ -240,17 +200,22 @@ class AzureStore(LeasedStore[AzureLock]):
                 raise
         return str(r["etag"])
 
-    def decode_record(self, state: dict[str, Any]) -> Upload:
-        return decode_upload(state, self._location(state["id"]))
+    def decode_record(self, record: dict[str, Any]) -> Upload:
+        return decode_upload(record, self._location(record["id"]))
 
     # -- Store ----------------------------------------------------------------------
 
     async def create(self, upload: Upload) -> Upload:
-        state = encode_upload(upload)
+        record = new_record(
+            upload,
+            blocks=[],  # published blocks in blob order, as runs (see block_runs)
+            completing=None,  # True between publishing the last block and Put Block List
+            blob_etag=None,  # ETag of the final blob once complete
+        )
         if upload.is_complete:  # zero-length upload: the (empty) blob exists at once
-            state["blob_etag"] = await self.put_empty(upload)
+            record["blob_etag"] = await self.put_empty(upload)
         try:
-            await self.write_info(upload.id, state, etag=None)
+            await self.write_record(upload.id, record, etag=None)
         except Conflict:
             raise UploadExists() from None
         return upload.copy(location=self._location(upload.id))
@@ -271,7 +236,7 @@ class AzureStore(LeasedStore[AzureLock]):
             await lock.drain()
             lock.terminated = True
         async with azure_errors("terminating an upload"):
-            for blob in (self.info_blob(upload_id), self.blob(upload_id)):
+            for blob in (self.record_blob(upload_id), self.blob(upload_id)):
                 try:
                     await blob.delete_blob()
                 except Exception as exc:
@@ -418,7 +383,7 @@ class AzureStore(LeasedStore[AzureLock]):
             for name, first_seen in list(self._orphans.items()):
                 if now - first_seen < grace:
                     continue
-                if await self.read_info(name[len(self.prefix):]) is not None:
+                if await self.read_record(name[len(self.prefix):]) is not None:
                     continue  # created since the listing
                 try:
                     await self.client.get_blob_client(name).delete_blob()
@@ -432,8 +397,23 @@ class AzureStore(LeasedStore[AzureLock]):
         return removed
 
     async def download(self, upload: Upload) -> Download:
-        found = await self.read_info(upload.id)
+        found = await self.read_record(upload.id)
         etag = (found[0].get("blob_etag") if found else None) or f'"{upload.id}-{upload.offset}"'
         return AzureDownload(size=upload.offset, etag=etag,
                              last_modified=upload.completed_at or upload.created_at,
                              blob=self.blob(upload.id))
+
+
+class AzureDownload(Download):
+    def __init__(self, *, size: int, etag: str, last_modified: float, blob: BlobClient) -> None:
+        super().__init__(size=size, etag=etag, last_modified=last_modified)
+        self.blob = blob
+
+    async def read(self, start: int, length: int) -> AsyncIterator[bytes]:
+        """Stream ``length`` bytes from ``start``: ranged GETs of 2 MiB, passed through."""
+        if length <= 0:
+            return
+        async with azure_errors("reading an upload"):
+            downloader = await self.blob.download_blob(offset=start, length=length)
+            async for chunk in downloader.chunks():
+                yield chunk

@@ -1,32 +1,24 @@
-"""The GCS driver's view of a bucket: gcloud-aio-storage calls with retries, conditional
-writes and error translation; and the ``.info`` record encoding.
-
-Every call is retried on transient failures (connection errors, timeouts, 408, 429 and
-5xx) with exponential backoff and jitter; what still fails becomes a ``TusError``: 503
-with "retry later" for throttling, outages and network errors, 500 with the reason for
-everything else (missing bucket, refused credentials).
+"""The GCS driver's view of a bucket: gcloud-aio-storage calls retried on transient
+failures, conditional writes, and what still fails as a ``TusError`` (503 "retry later"
+for throttling, outages and network errors, 500 with the reason otherwise); and the
+final object's headers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 import aiohttp
 from gcloud.aio.storage import Storage
 
+from ...protocol.content import stored_content
 from ...protocol.errors import ServiceUnavailable, StorageError, TusError
-from ...protocol.headers import Metadata, metadata_text
-from ..base import Upload
-from ..object.lease import Conflict, new_record
-from ..object.lease import decode_upload as decode_upload  # re-exported for the driver
-from ..object.lease import dump as dump
+from ...protocol.headers import Metadata
+from ..object.lease import Conflict
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +27,6 @@ T = TypeVar("T")
 #: GCS compose takes at most this many source objects per request.
 COMPOSE_LIMIT = 32
 TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-_MIME = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}")
 
 
 class Missing(Exception):
@@ -254,43 +245,16 @@ class Bucket:
                                lambda: self.storage.get_bucket_metadata(self.name, timeout=5))
 
 
-# -- the .info record -----------------------------------------------------------------
-
-
-def encode_upload(upload: Upload) -> dict[str, Any]:
-    """A new record for ``upload`` (see ``leased.new_record``), as stored in ``.info``."""
-    return new_record(
-        upload,
-        parts=[],  # published part objects, in order: [{"name", "size"}]
-        completing=None,  # True while the parts are being composed into the object
-        object_etag=None,  # of the final object once complete
-    )
-
-
-def load(body: bytes) -> dict[str, Any]:
-    try:
-        state = json.loads(body)
-    except ValueError:
-        state = None
-    if not isinstance(state, dict) or state.get("v") != 1:
-        raise StorageError("unreadable .info record")
-    return state
+def etag_of(result: dict[str, Any]) -> str:
+    """The ETag the driver gives an object, from GCS's answer about it (its generation)."""
+    return f'"{result.get("generation") or result.get("etag") or ""}"'
 
 
 def object_headers(metadata: Metadata) -> dict[str, str]:
-    """Content-Type/Content-Disposition of the final object, from tus metadata.
-
-    ``filetype`` becomes the Content-Type when it is a well-formed MIME type; the
-    disposition is always ``attachment`` (objects may be served straight from the
-    bucket, where an inline text/html upload would be a stored XSS)."""
-    headers: dict[str, str] = {}
-    filetype = (metadata_text(metadata, "filetype") or "").strip()
-    headers["Content-Type"] = filetype.lower() if _MIME.fullmatch(filetype) else \
-        "application/octet-stream"
-    filename = metadata_text(metadata, "filename")
-    if filename:
-        name = filename.replace("\\", "/").rsplit("/", 1)[-1][:255]
-        ascii_name = "".join(c if 0x20 <= ord(c) < 0x7F and c not in '"\\' else "_" for c in name)
-        headers["Content-Disposition"] = (
-            f'attachment; filename="{ascii_name}"; filename*=UTF-8\'\'{quote(name, safe="")}')
+    """Content-Type (and Content-Disposition) of the final object, from tus metadata
+    (``protocol.content.stored_content``)."""
+    content_type, disposition = stored_content(metadata)
+    headers = {"Content-Type": content_type}
+    if disposition is not None:
+        headers["Content-Disposition"] = disposition
     return headers

@@ -1,44 +1,16 @@
-"""The write lease shared by the object-store drivers (S3, GCS, Azure).
+"""The write lease shared by the object-store drivers (S3, GCS, Azure), kept in each
+upload's record (``lease``, ``wanted``, ``rev``) and changed only by compare-and-set.
 
-Each upload's record (``.info``) carries its lease: ``lease`` ({``holder``: a random
-token, ``until``: wall-clock expiry}), ``wanted`` (a waiter's takeover request) and
-``rev`` (bumped by every write under a lease). Every change of the record is a
-compare-and-set on the tag the store returned when it was read (an ETag, or a GCS
-generation), so two writers can never both succeed.
-
-* ``LeasedStore.lock`` takes the lease by CAS when it is free or expired (its holder
-  died), polls with backoff while another request (any replica) holds a live one, and
-  once flags the record ``wanted`` so a live holder elsewhere yields.
-* ``LeasedLock`` renews the lease every ``lease_duration / 3`` while a request streams,
-  notices a ``wanted`` flag naming its lease (``on_takeover_request``, called once), and
-  writes the record by CAS, merging over a concurrent ``wanted`` flag.
-
-A driver implements the record I/O (``read_info``, ``write_info``, ``decode_record``),
-its lock class (``lock_class``, with ``drain`` and ``finish_completion``: completing an
-upload whose record says ``completing``) and, if its writes carry no nonce, how to
-recognise its own landed write (``stamp``/``own_write``, GCS).
-
-Also shared: the record's tus fields (``new_record``, ``decode_upload``, ``dump``), the
-commit prologue (``LeasedLock._commit_changes``), and the expiry sweep and the listing of
-owed finishing hooks over a listing of the records (``list_records``, ``_scan``).
-
-Writes of upload bytes under a lease (``LeasedLock.bounded``): each one, with every
-retry of its client library, must be over before another request could take the lease
-over, or a stale attempt could land after the new holder's (S3: part N replaced under
-the new holder's feet). So each runs under a deadline ``WRITE_MARGIN x lease_duration``
-before the lease's expiry, moved on by every renewal, and is cancelled at once when the
-lease is found lost (``_lose``).
-
-Clocks: lease expiry compares wall clocks of replicas; keep them NTP-synchronised
-(skew well under ``lease_duration``; the write margin absorbs less than that).
+``LeasedStore.lock`` takes it when free or expired and waits (asking a live holder to
+yield) otherwise; ``LeasedLock`` renews it while a request streams, writes the record
+under it, and keeps every write of body bytes inside it (``bounded``). Lease expiry
+compares the wall clocks of replicas: keep them NTP-synchronised.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -46,7 +18,6 @@ from abc import abstractmethod
 from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar, Generic, TypeVar
 
-from ...config import ConfigError
 from ...protocol.errors import (
     MismatchedOffset,
     NotFound,
@@ -56,9 +27,10 @@ from ...protocol.errors import (
 )
 from ..base import Store, Upload, UploadLock
 from ..ids import check_upload_id
+from .parts import PartUploads
 
 __all__ = ["POLL_MAX", "POLL_MIN", "WRITE_MARGIN", "Conflict", "LeasedLock", "LeasedStore",
-           "Record", "decode_upload", "dump", "holder_of", "new_record"]
+           "TaggedRecord", "holder_of"]
 
 POLL_MIN, POLL_MAX = 0.05, 0.5  # lock polling backoff while another replica holds it
 #: Writes under a lease end this fraction of ``lease_duration`` before the lease expires
@@ -66,7 +38,7 @@ POLL_MIN, POLL_MAX = 0.05, 0.5  # lock polling backoff while another replica hol
 WRITE_MARGIN = 0.25
 
 #: A record and the tag (ETag or generation) it was read with.
-Record = tuple[dict[str, Any], str]
+TaggedRecord = tuple[dict[str, Any], str]
 
 S = TypeVar("S", bound="LeasedStore[Any]")
 L = TypeVar("L", bound="LeasedLock[Any]")
@@ -76,50 +48,11 @@ class Conflict(Exception):
     """A conditional write failed: the record changed (or vanished) since it was read."""
 
     #: The record and tag found after the failure (None: gone, or not read).
-    current: Record | None = None
+    current: TaggedRecord | None = None
 
 
-def new_record(upload: Upload, **fields: Any) -> dict[str, Any]:
-    """A new record, as stored in ``.info``: the tus fields of ``upload``, the driver's
-    own ``fields``, no lease, revision 0."""
-    return {
-        "v": 1,
-        "id": upload.id,
-        "length": upload.length,
-        "offset": upload.offset,
-        "metadata": {k: None if v is None else base64.b64encode(v).decode()
-                     for k, v in upload.metadata.items()},
-        "created_at": upload.created_at,
-        "expires_at": upload.expires_at,
-        "is_partial": upload.is_partial,
-        "final_of": list(upload.final_of),
-        "completed_at": upload.completed_at,
-        "finish_owed": upload.finish_owed,
-        **fields,
-        "lease": None,  # {"holder": token, "until": epoch seconds}
-        "rev": 0,
-    }
-
-
-def decode_upload(state: dict[str, Any], location: str) -> Upload:
-    """The upload a record describes."""
-    return Upload(
-        id=state["id"], length=state["length"], offset=state["offset"],
-        metadata={k: None if v is None else base64.b64decode(v)
-                  for k, v in state["metadata"].items()},
-        created_at=state["created_at"], expires_at=state["expires_at"],
-        is_partial=bool(state["is_partial"]), final_of=tuple(state["final_of"]),
-        completed_at=state["completed_at"], location=location,
-        finish_owed=bool(state.get("finish_owed", False)),
-    )
-
-
-def dump(state: dict[str, Any]) -> bytes:
-    return json.dumps(state, separators=(",", ":")).encode()
-
-
-def holder_of(state: dict[str, Any]) -> Any:
-    return (state.get("lease") or {}).get("holder")
+def holder_of(record: dict[str, Any]) -> Any:
+    return (record.get("lease") or {}).get("holder")
 
 
 class LeasedLock(UploadLock, Generic[S]):
@@ -127,14 +60,16 @@ class LeasedLock(UploadLock, Generic[S]):
 
     #: Logger of the driver's lock module (lease warnings are logged under its name).
     _log: ClassVar[logging.Logger] = logging.getLogger(__name__)
+    #: The part uploads of the request holding the lock (set by the driver's lock).
+    parts: PartUploads[Any]
 
-    def __init__(self, store: S, state: dict[str, Any], etag: str, token: str) -> None:
+    def __init__(self, store: S, record: dict[str, Any], etag: str, token: str) -> None:
         self.store = store
-        self.state = state
+        self.record = record
         #: The record's tag as last read or written (ETag; generation for GCS).
         self.etag = etag
         self.token = token
-        self.upload = store.decode_record(state)
+        self.upload = store.decode_record(record)
         self.written = 0
         self.terminated = False
         self.released = False
@@ -153,10 +88,6 @@ class LeasedLock(UploadLock, Generic[S]):
     # -- what a driver implements -------------------------------------------------------
 
     @abstractmethod
-    async def drain(self) -> None:
-        """Let in-flight uploads of body bytes finish (or fail)."""
-
-    @abstractmethod
     async def finish_completion(self) -> None:
         """Finish an upload whose record says ``completing`` (its writer died half-way)."""
 
@@ -173,7 +104,7 @@ class LeasedLock(UploadLock, Generic[S]):
 
     @property
     def lease_until(self) -> float:
-        return float((self.state.get("lease") or {}).get("until", 0.0))
+        return float((self.record.get("lease") or {}).get("until", 0.0))
 
     def _check_lease(self) -> None:
         if self.lost or self.released or time.time() > self.lease_until - 0.5:
@@ -245,7 +176,7 @@ class LeasedLock(UploadLock, Generic[S]):
             try:
                 if time.monotonic() - last < renew_every:
                     if self.on_takeover_request is not None and not self._stop_asked:
-                        found = await self.store.read_info(self.upload.id)
+                        found = await self.store.read_record(self.upload.id)
                         if (found is not None and found[1] != self.etag and found[0].get("wanted")
                                 and holder_of(found[0]) == self.token):
                             self._stop_wanted()
@@ -253,7 +184,7 @@ class LeasedLock(UploadLock, Generic[S]):
                 async with self._io:
                     if self.released or self.terminated:
                         return
-                    await self._write_state({})
+                    await self._write_record({})
                 last = time.monotonic()
             except Conflict:
                 self._log.warning("upload %s: lease taken over by another request",
@@ -266,7 +197,7 @@ class LeasedLock(UploadLock, Generic[S]):
                     self._lose()
                     return
 
-    async def _write_state(self, changes: dict[str, Any], *, release: bool = False) -> None:
+    async def _write_record(self, changes: dict[str, Any], *, release: bool = False) -> None:
         """CAS the record with ``changes`` and a renewed (or, with ``release``, no) lease.
         The caller holds ``_io``.
 
@@ -276,9 +207,9 @@ class LeasedLock(UploadLock, Generic[S]):
         for _ in range(5):
             lease = None if release else {
                 "holder": self.token, "until": time.time() + self.store.lease_duration}
-            new = dict(self.state, **changes, lease=lease, wanted=None, rev=self.state["rev"] + 1)
+            new = dict(self.record, **changes, lease=lease, wanted=None, rev=self.record["rev"] + 1)
             try:
-                self.etag = await self.store.cas_info(self.upload.id, new, self.etag)
+                self.etag = await self.store.cas_record(self.upload.id, new, self.etag)
             except Conflict as exc:
                 current = exc.current
                 if current is None or not self._merges(current[0]):
@@ -287,7 +218,7 @@ class LeasedLock(UploadLock, Generic[S]):
                     self._stop_wanted()
                 self.etag = current[1]
                 continue
-            self.state = new
+            self.record = new
             self._move_bounds()  # the lease was renewed (or given back)
             return
         raise Conflict("the record keeps changing")
@@ -298,11 +229,11 @@ class LeasedLock(UploadLock, Generic[S]):
             raise UploadBusy("the upload was taken over by another request")
         async with self._io:
             try:
-                await self._write_state(changes)
+                await self._write_record(changes)
             except Conflict:
                 self._lose()
                 raise MismatchedOffset("the upload changed underneath this request") from None
-        self.upload = self.store.decode_record(self.state)
+        self.upload = self.store.decode_record(self.record)
 
     def _commit_changes(self, length: int | None,
                         expires_at: float | None) -> tuple[dict[str, Any], bool]:
@@ -317,6 +248,10 @@ class LeasedLock(UploadLock, Generic[S]):
             raise StorageError("more bytes than the upload's length")
         complete = new_length is not None and new_offset == new_length
         return {"length": new_length, "offset": new_offset, "expires_at": expires_at}, complete
+
+    async def drain(self) -> None:
+        """Let in-flight uploads of body bytes finish (or fail) without collecting them."""
+        await self.parts.drain()
 
     async def release(self) -> None:
         if self.released:
@@ -333,7 +268,7 @@ class LeasedLock(UploadLock, Generic[S]):
             return
         try:
             async with self._io:
-                await self._write_state({}, release=True)
+                await self._write_record({}, release=True)
         except Exception as exc:  # the lease runs out on its own
             self._log.info("upload %s: lease not released (%s); it expires in %.0fs",
                            self.upload.id, exc, self.store.lease_duration)
@@ -342,14 +277,12 @@ class LeasedLock(UploadLock, Generic[S]):
 class LeasedStore(Store, Generic[L]):
     """A store whose uploads are written under a lease in their record."""
 
-    #: The driver's lock class, made by ``lock`` as ``lock_class(store, state, etag, token)``.
+    #: The driver's lock class, made by ``lock`` as ``lock_class(store, record, etag, token)``.
     lock_class: ClassVar[type[LeasedLock[Any]]]
     #: Logger of the driver's store module.
     _log: ClassVar[logging.Logger] = logging.getLogger(__name__)
 
     def __init__(self, lease_duration: float) -> None:
-        if lease_duration < 1:
-            raise ConfigError("storage.lease_duration: must be at least 1s")
         self.lease_duration = lease_duration
         #: Locks this process holds, so terminate/concatenate can write under them.
         self._held: dict[str, L] = {}
@@ -360,17 +293,17 @@ class LeasedStore(Store, Generic[L]):
     # -- what a driver implements -------------------------------------------------------
 
     @abstractmethod
-    async def read_info(self, upload_id: str) -> Record | None:
+    async def read_record(self, upload_id: str) -> TaggedRecord | None:
         """(record, tag), or None if there is no such upload."""
 
     @abstractmethod
-    async def write_info(self, upload_id: str, state: dict[str, Any], *,
-                         etag: str | None) -> str:
+    async def write_record(self, upload_id: str, record: dict[str, Any], *,
+                           etag: str | None) -> str:
         """Conditional write of the record: only over ``etag``, or (None) only if absent.
         Returns the new tag; raises ``Conflict`` if the condition failed."""
 
     @abstractmethod
-    def decode_record(self, state: dict[str, Any]) -> Upload:
+    def decode_record(self, record: dict[str, Any]) -> Upload:
         """The upload a record describes (with the driver's location)."""
 
     @abstractmethod
@@ -378,15 +311,15 @@ class LeasedStore(Store, Generic[L]):
         """id -> tag (as the listing shows it) of every record under the prefix."""
 
     def listed_tag(self, tag: str) -> str:
-        """A tag ``read_info`` returned, in the form ``list_records`` shows it."""
+        """A tag ``read_record`` returned, in the form ``list_records`` shows it."""
         return tag
 
-    def stamp(self, state: dict[str, Any]) -> None:
+    def stamp(self, record: dict[str, Any]) -> None:
         """Mark a record about to be written so ``own_write`` can recognise it: a fresh
-        nonce ``w`` (S3, Azure). Every write of a record is stamped (``cas_info``, and
+        nonce ``w`` (S3, Azure). Every write of a record is stamped (``cas_record``, and
         the takeover and ``wanted`` writes of ``lock``), so no record copied from ours
         by another writer carries our nonce."""
-        state["w"] = uuid.uuid4().hex[:16]
+        record["w"] = uuid.uuid4().hex[:16]
 
     def own_write(self, written: dict[str, Any], current: dict[str, Any]) -> bool:
         """Whether ``current`` (read after a failed condition) is ``written`` itself: an
@@ -397,16 +330,16 @@ class LeasedStore(Store, Generic[L]):
 
     # -- the record ---------------------------------------------------------------------
 
-    async def cas_info(self, upload_id: str, state: dict[str, Any], etag: str) -> str:
-        """``write_info`` over ``etag`` that survives an ambiguous retry (see
+    async def cas_record(self, upload_id: str, record: dict[str, Any], etag: str) -> str:
+        """``write_record`` over ``etag`` that survives an ambiguous retry (see
         ``own_write``). A real conflict raises ``Conflict`` carrying the current
         (record, tag)."""
-        self.stamp(state)
+        self.stamp(record)
         try:
-            return await self.write_info(upload_id, state, etag=etag)
+            return await self.write_record(upload_id, record, etag=etag)
         except Conflict as exc:
-            current = await self.read_info(upload_id)
-            if current is not None and self.own_write(state, current[0]):
+            current = await self.read_record(upload_id)
+            if current is not None and self.own_write(record, current[0]):
                 return current[1]
             exc.current = current
             raise
@@ -425,11 +358,11 @@ class LeasedStore(Store, Generic[L]):
 
         async def refresh(upload_id: str) -> None:
             async with semaphore:
-                found = await self.read_info(upload_id)
+                found = await self.read_record(upload_id)
             if found is not None:
-                state = found[0]
-                owed_since = state.get("completed_at") if state.get("finish_owed") else None
-                cache[upload_id] = (self.listed_tag(found[1]), state.get("expires_at"),
+                record = found[0]
+                owed_since = record.get("completed_at") if record.get("finish_owed") else None
+                cache[upload_id] = (self.listed_tag(found[1]), record.get("expires_at"),
                                     owed_since)
 
         await asyncio.gather(*(refresh(i) for i in changed))
@@ -454,13 +387,13 @@ class LeasedStore(Store, Generic[L]):
         return [i for _, i in owed[:limit]]
 
     async def get(self, upload_id: str) -> Upload | None:
-        found = await self.read_info(check_upload_id(upload_id))
+        found = await self.read_record(check_upload_id(upload_id))
         if found is None:
             return None
         if found[0].get("completing") and upload_id not in self._held:
             try:  # a writer died while completing it: finish the job now
                 await (await self.lock(upload_id, 0)).release()
-                found = await self.read_info(upload_id) or found
+                found = await self.read_record(upload_id) or found
             except UploadBusy:
                 pass
         return self.decode_record(found[0])
@@ -475,22 +408,22 @@ class LeasedStore(Store, Generic[L]):
         delay = POLL_MIN
         asked = False
         while True:
-            found = await self.read_info(upload_id)
+            found = await self.read_record(upload_id)
             if found is None:
                 raise NotFound()
-            state, etag = found
-            lease = state.get("lease")
+            record, etag = found
+            lease = record.get("lease")
             now = time.time()
             if lease is not None and lease.get("holder") == token:  # our retried write landed
-                return await self._locked(upload_id, state, etag, token)
+                return await self._locked(upload_id, record, etag, token)
             if lease is None or lease["until"] <= now:
                 if lease is not None:
                     self._log.info("upload %s: taking over an expired lease", upload_id)
-                new = dict(state, lease={"holder": token, "until": now + self.lease_duration},
-                           wanted=None, rev=state["rev"] + 1)
+                new = dict(record, lease={"holder": token, "until": now + self.lease_duration},
+                           wanted=None, rev=record["rev"] + 1)
                 self.stamp(new)  # not the nonce of the holder we take over from
                 try:
-                    etag = await self.write_info(upload_id, new, etag=etag)
+                    etag = await self.write_record(upload_id, new, etag=etag)
                 except Conflict:
                     continue  # somebody else changed it: look again
                 return await self._locked(upload_id, new, etag, token)
@@ -502,17 +435,17 @@ class LeasedStore(Store, Generic[L]):
                 # whose client went silent then commits what it has and lets us in.
                 # Only this flag is added to the latest record (CAS on its tag).
                 asked = True
-                flagged = dict(state, wanted={"by": token, "at": now})
+                flagged = dict(record, wanted={"by": token, "at": now})
                 self.stamp(flagged)  # the holder's nonce stays the holder's
                 with contextlib.suppress(Conflict):
-                    await self.write_info(upload_id, flagged, etag=etag)
+                    await self.write_record(upload_id, flagged, etag=etag)
             await asyncio.sleep(min(delay, remaining))
             delay = min(delay * 2, POLL_MAX)
 
-    async def _locked(self, upload_id: str, state: dict[str, Any], etag: str, token: str) -> L:
-        lock: L = self.lock_class(self, state, etag, token)  # type: ignore[assignment]
+    async def _locked(self, upload_id: str, record: dict[str, Any], etag: str, token: str) -> L:
+        lock: L = self.lock_class(self, record, etag, token)  # type: ignore[assignment]
         self._held[upload_id] = lock
-        if state.get("completing"):
+        if record.get("completing"):
             try:
                 await lock.finish_completion()
             except BaseException:

@@ -1,23 +1,6 @@
-"""The S3 driver's part buffer: body chunks kept as received, sent without joining;
-what does not fit in memory is spilled to an anonymous temporary file.
-
-aiohttp hands a PATCH body over in ``bytes`` chunks of up to 64 KiB. Joining them into
-one part-sized object costs a second copy of the part at the moment it is cut (and
-aiohttp slices a bytearray body once more when it sends it). Instead the chunks stay
-as they are and a part is uploaded from a seekable reader over them, so a part's bytes
-exist once in memory while it fills and while it uploads.
-
-Parts grow beyond ``part_size`` for uploads larger than ``part_size x 10,000`` and for
-long deferred-length uploads (``s3_sizing``). So that memory per PATCH stays bounded by
-``part_size`` whatever the effective part size, a buffer with a ``limit`` keeps at most
-``limit`` bytes (plus the chunk that crossed it) in memory and appends the rest of a
-grown part to a ``SpillFile``: a ``tempfile.TemporaryFile`` (unlinked at once, so
-nothing outlives the process, not even a kill -9), closed as soon as no buffer or
-part body refers to it any more. A part of exactly ``limit`` bytes is cut the moment
-it fills, before anything would spill: normal parts never touch the disk.
-
-``BufferGauge`` accounts for the bytes that buffers and in-flight part bodies keep in
-memory (one per store; tests read its peak).
+"""The S3 driver's part buffer: body chunks kept as received and sent without joining, so
+a part's bytes exist once in memory; beyond ``limit`` bytes in memory the rest of a
+grown part spills to an anonymous temporary file. ``BufferGauge`` counts what is held.
 """
 
 from __future__ import annotations

@@ -1,30 +1,20 @@
-"""The ``{prefix}{id}.info`` record of the S3 driver, and S3 error translation.
-
-The record is one small JSON object per upload and the only source of truth: any
-replica can serve any request from it. It holds the tus fields, the multipart upload id
-and the parts published so far, where the incomplete tail part lives, a write lease,
-and a revision counter. Every change is a conditional PutObject (``If-Match`` on the
-ETag; ``If-None-Match: *`` on create), so concurrent writers cannot both succeed.
+"""S3 error translation (botocore and network failures as ``TusError`` values), and what
+the store and its lock share: the record's part entries and the final object's headers.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, TypedDict
-from urllib.parse import quote
+from typing import TypedDict
 
 import aiohttp
 from botocore.exceptions import BotoCoreError, ClientError
 
+from ...protocol.content import stored_content
 from ...protocol.errors import ServiceUnavailable, StorageError, TusError
-from ...protocol.headers import Metadata, metadata_text
-from ..base import Upload
-from ..object.lease import Conflict, new_record
-from ..object.lease import decode_upload as decode_upload  # re-exported for the driver
-from ..object.lease import dump as dump
+from ...protocol.headers import Metadata
+from ..object.lease import Conflict
 
 #: S3 error codes meaning "slow down"; botocore's standard retry mode already retried them.
 THROTTLING_CODES = frozenset({
@@ -35,8 +25,6 @@ THROTTLING_CODES = frozenset({
 CONFLICT_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
-_MIME = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}")
-
 
 class Part(TypedDict):
     n: int
@@ -44,42 +32,13 @@ class Part(TypedDict):
     size: int
 
 
-def encode_upload(upload: Upload) -> dict[str, Any]:
-    """A new record for ``upload`` (see ``leased.new_record``), as stored in ``.info``."""
-    return new_record(
-        upload,
-        mpu=None,  # multipart upload id, once the first full part is written
-        parts=[],  # published parts: [{"n", "etag", "size"}]
-        tail=None,  # {"key": ..., "size": ...}: bytes that do not fill a part yet
-        object_etag=None,  # ETag of the final object once complete
-    )
-
-
-def load(body: bytes) -> dict[str, Any]:
-    state = json.loads(body)
-    if not isinstance(state, dict) or state.get("v") != 1:
-        raise StorageError("unreadable .info record")
-    return state
-
-
 def object_headers(metadata: Metadata) -> dict[str, str]:
-    """ContentType/ContentDisposition for the final object, from tus metadata.
-
-    ``filetype`` becomes the Content-Type when it is a well-formed MIME type; the
-    disposition is always ``attachment`` (objects may be served straight from the
-    bucket, where an inline text/html upload would be a stored XSS)."""
-    headers: dict[str, str] = {}
-    filetype = (metadata_text(metadata, "filetype") or "").strip()
-    if _MIME.fullmatch(filetype):
-        headers["ContentType"] = filetype.lower()
-    else:
-        headers["ContentType"] = "application/octet-stream"
-    filename = metadata_text(metadata, "filename")
-    if filename:
-        name = filename.replace("\\", "/").rsplit("/", 1)[-1][:255]
-        ascii_name = "".join(c if 0x20 <= ord(c) < 0x7F and c not in '"\\' else "_" for c in name)
-        headers["ContentDisposition"] = (
-            f'attachment; filename="{ascii_name}"; filename*=UTF-8\'\'{quote(name, safe="")}')
+    """ContentType (and ContentDisposition) arguments for the final object, from tus
+    metadata (``protocol.content.stored_content``)."""
+    content_type, disposition = stored_content(metadata)
+    headers = {"ContentType": content_type}
+    if disposition is not None:
+        headers["ContentDisposition"] = disposition
     return headers
 
 

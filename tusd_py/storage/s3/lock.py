@@ -1,22 +1,11 @@
-"""The S3 driver's write lock: a lease in ``.info`` plus the request's part buffer.
-
-See ``tusd_py.storage.s3.store`` for the object layout. A lock holds the lease (renewed every
-``lease_duration / 3`` while the request streams), buffers body chunks up to a part,
-uploads full parts while the body keeps arriving, stores the incomplete tail at commit
-and publishes everything with one conditional write of the record. A waiter elsewhere
-may flag the record (``wanted``); the holder merges over the flag and tells its request
-through ``on_takeover_request``.
-
-Every write of body bytes (parts, tail, final object, completion) runs under
-``bounded``: it is cancelled before the lease could pass to another request, so a stale
-retry of part N can never land over the next holder's part N. Should S3 still hold
-another part than the record lists (CompleteMultipartUpload says InvalidPart), the
-record is moved back to the end of the intact parts instead of failing every request.
+"""The S3 driver's write lock: the record's lease plus the request's part buffer and part
+uploads. Full parts upload while the body streams in; ``commit`` stores the tail and
+publishes parts and offset in one conditional write of the record. Every write of body
+bytes runs under ``bounded``, so a stale retry never lands over the next holder's part.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -25,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ...protocol.errors import StorageError, UploadBusy
 from ..base import Upload
 from ..object.lease import LeasedLock
+from ..object.parts import PartUploads
 from .buffer import ChunkBuffer, ChunksReader
 from .errors import (
     NOT_FOUND_CODES,
@@ -56,23 +46,22 @@ class S3Lock(LeasedLock["S3Store"]):
 
     _log = log
 
-    def __init__(self, store: S3Store, state: dict[str, Any], etag: str, token: str) -> None:
+    def __init__(self, store: S3Store, record: dict[str, Any], etag: str, token: str) -> None:
         #: The tail, then the body bytes not yet in a part: at most ``part_size`` of it
-        #: in memory, the rest of a grown part in a spill file (``s3_buffer``).
+        #: in memory, the rest of a grown part in a spill file (``buffer``).
         self._buf = store.new_buffer()
         self._loaded = False  # _buf holds the stored tail
-        self._staged: list[Part] = []  # parts uploaded since the last commit
-        self._staged_size = 0
-        #: Parts being uploaded, oldest first, with their sizes.
-        self._pending: list[tuple[asyncio.Task[Part], int]] = []
-        super().__init__(store, state, etag, token)
+        #: Parts uploading while the body streams in, and those uploaded since the last
+        #: commit (``parts.done``).
+        self.parts: PartUploads[Part] = PartUploads(store.part_concurrency)
+        super().__init__(store, record, etag, token)
 
     # -- writing ----------------------------------------------------------------------
 
     async def _load_tail(self) -> None:
         if self._loaded:
             return
-        tail = self.state.get("tail")
+        tail = self.record.get("tail")
         store = self.store
         self._buf.clear()
         cached = store._tail_cache.pop(self.upload.id, None)
@@ -97,11 +86,10 @@ class S3Lock(LeasedLock["S3Store"]):
         self._loaded = True
 
     def _next_part_number(self) -> int:
-        return len(self.state["parts"]) + len(self._staged) + len(self._pending) + 1
+        return len(self.record["parts"]) + self.parts.count + 1
 
     def _bytes_in_parts(self) -> int:
-        pending = sum(size for _, size in self._pending)
-        return sum(p["size"] for p in self.state["parts"]) + self._staged_size + pending
+        return sum(p["size"] for p in self.record["parts"]) + self.parts.size
 
     def _target(self) -> int:
         length = self.upload.length
@@ -124,14 +112,12 @@ class S3Lock(LeasedLock["S3Store"]):
 
     async def _cut(self, size: int) -> None:
         """Start uploading the first ``size`` bytes of the buffer as the next part."""
-        while len(self._pending) >= self.store.part_concurrency:
-            await self._settle_one()
+        await self.parts.room()
         self._check_lease()
         await self._ensure_mpu()
         body = self._buf.take(size)  # the chunks themselves: no copy of the part
         number = self._next_part_number()
-        task = asyncio.get_running_loop().create_task(self._upload_part(number, body))
-        self._pending.append((task, size))
+        self.parts.start(self._upload_part(number, body), size)
 
     async def _upload_part(self, number: int, body: ChunkBuffer) -> Part:
         """Upload ``body`` as part ``number``, then free it (memory and spill file)."""
@@ -141,31 +127,14 @@ class S3Lock(LeasedLock["S3Store"]):
             async with self.bounded("uploading a part"), s3_errors("uploading a part"):
                 r = await store.s3.upload_part(
                     Bucket=store.bucket, Key=store.key(self.upload.id),
-                    UploadId=self.state["mpu"], PartNumber=number, Body=reader,
+                    UploadId=self.record["mpu"], PartNumber=number, Body=reader,
                     ContentLength=len(reader))
         finally:
             body.clear()
         return {"n": number, "etag": str(r["ETag"]), "size": len(reader)}
 
-    async def _settle_one(self) -> None:
-        """Wait for the oldest in-flight part and stage it."""
-        task, _ = self._pending[0]
-        try:
-            part = await task
-        except BaseException:
-            await self.drain()
-            raise
-        self._pending.pop(0)
-        self._staged.append(part)
-        self._staged_size += part["size"]
-
-    async def _settle(self) -> None:
-        """Wait for every in-flight part and stage them, in order."""
-        while self._pending:
-            await self._settle_one()
-
     async def _ensure_mpu(self) -> None:
-        if self.state.get("mpu"):
+        if self.record.get("mpu"):
             return
         store = self.store
         async with s3_errors("starting a multipart upload"):
@@ -175,30 +144,24 @@ class S3Lock(LeasedLock["S3Store"]):
         # Recorded at once, so a crash before the next commit cannot orphan it.
         await self.publish(mpu=r["UploadId"])
 
-    async def drain(self) -> None:
-        """Let in-flight part uploads finish (or fail) without staging them."""
-        pending, self._pending = self._pending, []
-        for task, _ in pending:
-            with contextlib.suppress(Exception):
-                await task
-
     async def commit(self, *, length: int | None = None,
                      expires_at: float | None = None) -> Upload:
         changes, complete = self._commit_changes(length, expires_at)
-        old_tail = self.state.get("tail")
+        old_tail = self.record.get("tail")
         if complete or self.written:
             await self._load_tail()
-            await self._settle()
+            await self.parts.collect()
             self._check_lease()
             if complete:
                 changes.update(await self._finish(changes), completed_at=time.time(),
                                tail=None, mpu=None, parts=[], completing=None)
             else:
-                changes["parts"] = [*self.state["parts"], *self._staged]
+                changes["parts"] = [*self.record["parts"], *self.parts.done]
                 changes["tail"] = await self._store_tail(old_tail)
         await self.publish(**changes)
-        self._staged, self._staged_size, self.written = [], 0, 0
-        if old_tail and old_tail != self.state.get("tail"):
+        self.parts.clear()
+        self.written = 0
+        if old_tail and old_tail != self.record.get("tail"):
             store = self.store
             with contextlib.suppress(Exception):  # a leftover is removed by the sweeper
                 await store.s3.delete_object(Bucket=store.bucket, Key=old_tail["key"])
@@ -223,11 +186,11 @@ class S3Lock(LeasedLock["S3Store"]):
         return ChunksReader(self._buf.chunks())
 
     async def _finish(self, changes: dict[str, Any]) -> dict[str, Any]:
-        """Make the final object from the published + staged parts and the buffer."""
+        """Make the final object from the published and collected parts and the buffer."""
         store = self.store
         key = store.key(self.upload.id)
-        parts = [*self.state["parts"], *self._staged]
-        mpu = self.state.get("mpu")
+        parts = [*self.record["parts"], *self.parts.done]
+        mpu = self.record.get("mpu")
         if mpu is None:
             async with self.bounded("completing an upload"), s3_errors("completing an upload"):
                 r = await store.s3.put_object(Bucket=store.bucket, Key=key, Body=self._reader(),
@@ -243,7 +206,7 @@ class S3Lock(LeasedLock["S3Store"]):
         # after CompleteMultipartUpload, the next lock (or HEAD) finishes the job
         # instead of finding a record that points at a multipart upload that is gone.
         await self.publish(**changes, parts=parts, tail=None, completing=True)
-        self._staged, self._staged_size = [], 0
+        self.parts.clear()
         try:
             return {"object_etag": await self._complete_mpu(mpu, parts)}
         except _PartsMismatch as exc:
@@ -299,14 +262,15 @@ class S3Lock(LeasedLock["S3Store"]):
                   "landed); offset moved back from %d to %d", self.upload.id, number,
                   self.upload.offset, offset)
         await self.publish(offset=offset, parts=intact, tail=None, completing=None)
-        self._staged, self._staged_size, self.written = [], 0, 0
+        self.parts.clear()
+        self.written = 0
         self._buf.clear()
         self._loaded = True  # no tail: the next bytes start part ``number``
         return offset
 
     async def finish_completion(self) -> None:
         """Complete a multipart upload whose record says ``completing`` (see ``_finish``)."""
-        mpu, parts = self.state["mpu"], self.state["parts"]
+        mpu, parts = self.record["mpu"], self.record["parts"]
         try:
             etag = await self._complete_mpu(mpu, parts)
         except _PartsMismatch as exc:
@@ -316,15 +280,16 @@ class S3Lock(LeasedLock["S3Store"]):
                            completing=None)
 
     async def rollback(self) -> None:
-        """Forget what this request wrote: staged parts stay unreferenced (they are
+        """Forget what this request wrote: its uploaded parts stay unreferenced (they are
         overwritten by the next part with that number, or dropped at completion)."""
         await self.drain()
-        self._staged, self._staged_size, self.written = [], 0, 0
+        self.parts.clear()
+        self.written = 0
         self._buf.clear()
         self._loaded = False
 
     def _released(self) -> None:
-        tail = self.state.get("tail")
+        tail = self.record.get("tail")
         buf = self._buf
         if (self._loaded and not (self.written or self.terminated or self.lost) and tail
                 and len(buf) == tail["size"] and buf.in_memory):

@@ -1,16 +1,6 @@
-"""S3 multipart part sizing: no upload size ceiling from the 10,000-part limit.
-
-S3 multipart uploads have at most 10,000 parts, each 5 MiB..5 GiB except the last,
-and the object is at most 5 TiB. Fixed 8 MiB parts would cap an upload near 78 GiB, so
-the size of each part is chosen when it is cut:
-
-* known length: ``max(part_size, ceil(bytes still to come / parts still available))``,
-  rounded up to whole MiB. Up to ``part_size x 10,000`` (78 GiB at 8 MiB) every part is
-  ``part_size``; beyond, parts are as large as they must be and the count never runs out.
-* deferred length: the part size doubles every ``max_parts // 11`` parts (909 on S3), so
-  even from a 5 MiB start the 10,000 parts reach more than S3's 5 TiB object limit
-  (parts are capped at 5 GiB). Once the length is declared, the known-length rule takes
-  over for the remaining parts.
+"""S3 multipart part sizing: each part's size is chosen when it is cut, so the 10,000-part
+limit never caps an upload below S3's 5 TiB object limit (known length: parts grow as
+needed; deferred length: they double every ``max_parts // 11`` parts).
 """
 
 from __future__ import annotations

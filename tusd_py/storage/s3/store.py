@@ -1,37 +1,10 @@
 """S3 storage driver (aioboto3): stateless replicas over one bucket.
 
-Objects, for an upload ``id`` under ``prefix``:
-
-* ``{prefix}{id}.info``: the record (JSON, see ``errors``): tus fields, multipart upload
-  id, published parts, tail location, write lease, revision. The only source of truth;
-  HEAD is one GET of it.
-* ``{prefix}{id}``: the multipart upload while it is being written, then the final object
-  (Content-Type/Content-Disposition from the ``filetype``/``filename`` metadata).
-* ``{prefix}{id}.part`` (alternating with ``{prefix}{id}.part.1``): the incomplete tail,
-  the bytes past the last full part. S3 parts must be at least 5 MiB, so a PATCH that
-  ends mid-part stores its remainder here at commit, before the record that points to
-  it. The next PATCH (on any replica) reads it back and prepends it to the next part.
-  The two slots alternate so the tail the record points to is never overwritten before
-  the record moves on: a crash at any point loses nothing acknowledged.
-
-Writes (the lease protocol is shared with the other object stores, see ``leased``):
-``lock`` takes a lease by compare-and-set of ``.info`` (``If-Match`` on its
-ETag); a lease whose ``until`` has passed (its holder died) is taken over. While a
-PATCH streams, a task renews the lease every ``lease_duration / 3``; every upload of
-body bytes is cut off before the lease could be taken over (``LeasedLock.bounded``).
-Body bytes are buffered up to one part and each full part is uploaded while the body
-keeps streaming; memory per PATCH is at most two times ``part_size`` (one part filling,
-one in flight), whatever the effective part size: the rest of a grown part spills to an
-anonymous temporary file (``s3_buffer``). ``commit`` uploads the
-tail object, then publishes the new parts and offset in one conditional write of the
-record: an acknowledged offset always has its bytes behind it, and a writer whose lease
-was taken over cannot publish (its ETag is stale).
-
-The lock (lease, part buffer, commit) lives in ``lock``; the record format and error
-translation in ``errors``; part sizing in ``sizing``.
-
-Clocks: lease expiry compares wall clocks of replicas; keep them NTP-synchronised
-(skew well under ``lease_duration``).
+Per upload ``id`` under ``prefix``: ``{id}.info``, the record (the only source of
+truth); ``{id}``, the multipart upload, then the final object; ``{id}.part`` and
+``{id}.part.1``, the incomplete tail in two alternating slots. The write lock is in
+``lock``, error translation in ``errors``, the part buffer in ``buffer`` and part
+sizing in ``sizing``.
 """
 
 from __future__ import annotations
@@ -47,7 +20,6 @@ from typing import Any
 import aioboto3
 from botocore.config import Config as BotoConfig
 
-from ...config import ConfigError
 from ...protocol.errors import (
     StorageError,
     UploadExists,
@@ -55,16 +27,13 @@ from ...protocol.errors import (
 from ..base import Download, Upload
 from ..ids import check_upload_id, is_upload_id
 from ..object.lease import LeasedStore
+from ..object.record import decode_upload, dump, load, new_record
 from .buffer import BufferGauge, ChunkBuffer
 from .errors import (
     CONFLICT_CODES,
     NOT_FOUND_CODES,
     Conflict,
-    decode_upload,
-    dump,
-    encode_upload,
     error_code,
-    load,
     object_headers,
     s3_errors,
 )
@@ -84,18 +53,12 @@ class S3Store(LeasedStore[S3Lock]):
     lock_class = S3Lock
     _log = log
 
-    def __init__(self, bucket: str | None, *, prefix: str = "", endpoint_url: str | None = None,
+    def __init__(self, bucket: str, *, prefix: str = "", endpoint_url: str | None = None,
                  region: str | None = None, part_size: int = 8 << 20,
                  lease_duration: float = 10.0, max_parts: int = MAX_PARTS,
                  max_pool_connections: int = 64, retry_attempts: int = 5,
                  part_concurrency: int = 1, spill_dir: str | None = None) -> None:
-        if not bucket:
-            raise ConfigError("storage.bucket: required for the s3 driver")
-        if part_size < MIN_PART_SIZE:
-            raise ConfigError("storage.part_size: must be at least 5MiB for the s3 driver "
-                              "(S3's minimum part size)")
-        if part_size > MAX_PART_SIZE:
-            raise ConfigError("storage.part_size: must be at most 5GiB for the s3 driver")
+        """The values come checked from ``config.S3Storage`` (part size within S3's limits)."""
         super().__init__(lease_duration)
         self.bucket = bucket
         self.prefix = prefix
@@ -181,7 +144,7 @@ class S3Store(LeasedStore[S3Lock]):
     def key(self, upload_id: str) -> str:
         return self.prefix + check_upload_id(upload_id)
 
-    def info_key(self, upload_id: str) -> str:
+    def record_key(self, upload_id: str) -> str:
         return self.key(upload_id) + ".info"
 
     def tail_key(self, upload_id: str, slot: int) -> str:
@@ -192,11 +155,11 @@ class S3Store(LeasedStore[S3Lock]):
 
     # -- the record ---------------------------------------------------------------
 
-    async def read_info(self, upload_id: str) -> tuple[dict[str, Any], str] | None:
+    async def read_record(self, upload_id: str) -> tuple[dict[str, Any], str] | None:
         """(record, ETag), or None if there is no such upload."""
         async with s3_errors("reading an upload record"):
             try:
-                r = await self.s3.get_object(Bucket=self.bucket, Key=self.info_key(upload_id))
+                r = await self.s3.get_object(Bucket=self.bucket, Key=self.record_key(upload_id))
             except Exception as exc:
                 if error_code(exc)[0] in NOT_FOUND_CODES:
                     return None
@@ -205,15 +168,15 @@ class S3Store(LeasedStore[S3Lock]):
                 data = await body.read()
         return load(data), r["ETag"]
 
-    async def write_info(self, upload_id: str, state: dict[str, Any], *,
-                         etag: str | None) -> str:
+    async def write_record(self, upload_id: str, record: dict[str, Any], *,
+                           etag: str | None) -> str:
         """Conditional put of the record: ``If-Match: etag``, or ``If-None-Match: *`` when
         ``etag`` is None. Returns the new ETag; raises ``Conflict`` if the condition failed."""
         condition = {"IfMatch": etag} if etag is not None else {"IfNoneMatch": "*"}
         async with s3_errors("writing an upload record"):
             try:
                 r = await self.s3.put_object(
-                    Bucket=self.bucket, Key=self.info_key(upload_id), Body=dump(state),
+                    Bucket=self.bucket, Key=self.record_key(upload_id), Body=dump(record),
                     ContentType="application/json", **condition)
             except Exception as exc:
                 code = error_code(exc)[0]
@@ -222,13 +185,19 @@ class S3Store(LeasedStore[S3Lock]):
                 raise
         return str(r["ETag"])
 
-    def decode_record(self, state: dict[str, Any]) -> Upload:
-        return decode_upload(state, self._location(state["id"]))
+    def decode_record(self, record: dict[str, Any]) -> Upload:
+        return decode_upload(record, self._location(record["id"]))
 
     # -- Store ----------------------------------------------------------------------
 
     async def create(self, upload: Upload) -> Upload:
-        state = encode_upload(upload)
+        record = new_record(
+            upload,
+            mpu=None,  # multipart upload id, once the first full part is written
+            parts=[],  # published parts: [{"n", "etag", "size"}]
+            tail=None,  # {"key": ..., "size": ...}: bytes that do not fill a part yet
+            object_etag=None,  # ETag of the final object once complete
+        )
         key = self.key(upload.id)
         if upload.is_complete:  # zero-length upload: the (empty) object exists at once
             async with s3_errors("creating an upload"):
@@ -239,9 +208,9 @@ class S3Store(LeasedStore[S3Lock]):
                     if error_code(exc)[0] in CONFLICT_CODES:
                         raise UploadExists() from None
                     raise
-            state["object_etag"] = r["ETag"]
+            record["object_etag"] = r["ETag"]
         try:
-            await self.write_info(upload.id, state, etag=None)
+            await self.write_record(upload.id, record, etag=None)
         except Conflict:
             if upload.is_complete:  # the id's other upload had no object yet: not ours
                 with contextlib.suppress(Exception):
@@ -255,15 +224,15 @@ class S3Store(LeasedStore[S3Lock]):
         lock = self._held.get(upload_id)
         if lock is not None:
             await lock.drain()
-            state: dict[str, Any] | None = lock.state
+            record: dict[str, Any] | None = lock.record
             lock.terminated = True
         else:
-            found = await self.read_info(upload_id)
-            state = found[0] if found else None
+            found = await self.read_record(upload_id)
+            record = found[0] if found else None
         async with s3_errors("terminating an upload"):
-            if state is not None and state.get("mpu"):
-                await self._abort(self.key(upload_id), state["mpu"])
-            keys = [self.info_key(upload_id), self.key(upload_id),
+            if record is not None and record.get("mpu"):
+                await self._abort(self.key(upload_id), record["mpu"])
+            keys = [self.record_key(upload_id), self.key(upload_id),
                     *(self.tail_key(upload_id, slot) for slot in (0, 1))]
             # The record goes first: once it is gone the upload no longer exists.
             for key in keys:
@@ -386,14 +355,14 @@ class S3Store(LeasedStore[S3Lock]):
         removed = 0
         records: dict[str, dict[str, Any] | None] = {}
 
-        async def record(upload_id: str) -> dict[str, Any] | None:
+        async def record_of(upload_id: str) -> dict[str, Any] | None:
             if upload_id not in records:
-                found = await self.read_info(upload_id)
+                found = await self.read_record(upload_id)
                 records[upload_id] = found[0] if found else None
             return records[upload_id]
 
-        def idle(state: dict[str, Any] | None) -> bool:
-            lease = (state or {}).get("lease")
+        def idle(record: dict[str, Any] | None) -> bool:
+            lease = (record or {}).get("lease")
             return lease is None or lease["until"] <= now
 
         grace = self.lease_duration
@@ -408,8 +377,8 @@ class S3Store(LeasedStore[S3Lock]):
                     if initiated is not None and initiated.replace(
                             tzinfo=initiated.tzinfo or UTC).timestamp() > now - grace:
                         continue  # just created; its writer records it next
-                    state = await record(upload_id)
-                    if state is not None and (state.get("mpu") == mpu["UploadId"] or not idle(state)):
+                    record = await record_of(upload_id)
+                    if record is not None and (record.get("mpu") == mpu["UploadId"] or not idle(record)):
                         continue
                     await self._abort(mpu["Key"], mpu["UploadId"])
                     log.info("aborted dangling multipart upload for %s", upload_id)
@@ -423,16 +392,16 @@ class S3Store(LeasedStore[S3Lock]):
                         continue
                     if obj["LastModified"].timestamp() > now - grace:
                         continue
-                    state = await record(upload_id)
-                    tail = (state or {}).get("tail") or {}
-                    if state is not None and (tail.get("key") == obj["Key"] or not idle(state)):
+                    record = await record_of(upload_id)
+                    tail = (record or {}).get("tail") or {}
+                    if record is not None and (tail.get("key") == obj["Key"] or not idle(record)):
                         continue
                     await self.s3.delete_object(Bucket=self.bucket, Key=obj["Key"])
                     removed += 1
         return removed
 
     async def download(self, upload: Upload) -> Download:
-        found = await self.read_info(upload.id)
+        found = await self.read_record(upload.id)
         etag = (found[0].get("object_etag") if found else None) or f'"{upload.id}-{upload.offset}"'
         return S3Download(size=upload.offset, etag=etag,
                           last_modified=upload.completed_at or upload.created_at,
