@@ -86,14 +86,23 @@ def _healthcheck_command() -> list[str]:
     return command
 
 
-def test_healthcheck_command_probes_healthz(daemon: Daemon) -> None:
-    """The HEALTHCHECK's own command, pointed at a real daemon (and at a dead port)."""
-    command = [sys.executable if c == "python" else c for c in _healthcheck_command()]
-    assert "/healthz" in command[-1]
-    live = [c.replace("127.0.0.1:8080", f"127.0.0.1:{daemon.port}") for c in command]
-    assert subprocess.run(live, capture_output=True, timeout=10).returncode == 0
-    dead = [c.replace("127.0.0.1:8080", f"127.0.0.1:{free_port()}") for c in command]
-    assert subprocess.run(dead, capture_output=True, timeout=10).returncode != 0
+def test_healthcheck_command_probes_the_configured_port(daemon: Daemon, tmp_path: Path) -> None:
+    """The HEALTHCHECK's own command, run as the image runs it (TUSD_CONFIG=deploy/tusd.yaml)
+    with the port moved by TUSD_SERVER__PORT: healthy against a real daemon on that port,
+    unhealthy (one line, exit 1) when nothing listens there."""
+    command = _healthcheck_command()
+    assert command == ["tusd-py", "healthcheck"]
+    command = [str(BIN / command[0]), *command[1:]]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUSD_")}
+    env["TUSD_CONFIG"] = str(ROOT / "deploy/tusd.yaml")
+    live = subprocess.run(command, env={**env, "TUSD_SERVER__PORT": str(daemon.port)},
+                          capture_output=True, text=True, timeout=10, cwd=tmp_path)
+    assert (live.returncode, live.stderr) == (0, "")
+    dead_port = free_port()
+    dead = subprocess.run(command, env={**env, "TUSD_SERVER__PORT": str(dead_port)},
+                          capture_output=True, text=True, timeout=10, cwd=tmp_path)
+    assert dead.returncode == 1
+    assert dead.stderr == f"tusd-py healthcheck: http://127.0.0.1:{dead_port}/healthz: connection refused\n"
 
 
 def test_compose_config_validates() -> None:
