@@ -13,11 +13,21 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -c requirements/constraints.txt -e '.[all,test,docs]'
 npm ci --no-audit --no-fund --loglevel=error
-# System packages for tests/ops: nginx (reverse proxy in front of the daemon) and chromium
-# (headless browser tests). Debian's postinst does not start nginx without an init system.
-if [ ! -x /usr/sbin/nginx ] || [ ! -x /usr/bin/chromium ]; then
+# System packages for tests/ops: nginx (reverse proxy in front of the daemon), chromium
+# (headless browser tests), podman + runc + debootstrap (the image built and run,
+# tests/ops/test_image.py) and python3-venv (the install floor on Debian's own python3,
+# tests/ops/test_install_floor.py). Debian's postinst does not start nginx without an
+# init system.
+PACKAGES="nginx chromium podman runc debootstrap python3-venv"
+missing=""
+for package in $PACKAGES; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
+        || missing="$missing $package"
+done
+if [ -n "$missing" ]; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx chromium >/dev/null
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 
 .venv/bin/ruff check tusd_py tests bench scripts
