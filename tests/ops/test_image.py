@@ -25,12 +25,14 @@ import subprocess
 import tarfile
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 import pytest
+import yaml
 
 from tests.plugins.daemon import ROOT, free_port
 from tests.system.tusreq import create, get, offset_of, patch
@@ -93,13 +95,15 @@ class Podman:
         return proc
 
     def run(self, name: str, port: int, volume: str, *options: str) -> str:
-        """Start the image as the manifests do: read-only root, /data a volume, tmpfs /tmp,
-        no init (PID 1 is the daemon), on host loopback at ``port``."""
+        """Start the image as the Kubernetes manifests run it: read-only root, /data a
+        volume, tmpfs /tmp, every capability dropped, no privilege escalation, no init
+        (PID 1 is the daemon); on host loopback at ``port``."""
         self.containers.append(name)
         if volume not in self.volumes:
             self.volumes.append(volume)
         self("run", "-d", "--name", name, "--network", "host", "--read-only",
-             "--tmpfs", "/tmp:rw,size=64m", "-v", f"{volume}:/data",
+             "--tmpfs", "/tmp:rw,size=64m", "-v", f"{volume}:/data", "--cap-drop", "all",
+             "--security-opt", "no-new-privileges",
              "-e", "TUSD_SERVER__HOST=127.0.0.1", "-e", f"TUSD_SERVER__PORT={port}",
              *options, IMAGE)
         deadline = time.monotonic() + 30
@@ -209,6 +213,35 @@ def test_non_root_read_only_root_and_healthcheck_on_another_port(podman: Podman)
     wrong = podman("exec", name, "tusd-py", "healthcheck", "--port", str(closed), check=False)
     assert (wrong.returncode, wrong.stderr) == (
         1, f"tusd-py healthcheck: http://127.0.0.1:{closed}/healthz: connection refused\n")
+
+
+def test_runs_with_the_kubernetes_configmap(podman: Podman, tmp_path: Path) -> None:
+    """The local overlay's rendered ConfigMap mounted over /etc/tusd-py, as the pod mounts
+    it: the daemon reads it (TUSD_CONFIG), serves, and stores in /data."""
+    from tests.ops.test_kubernetes import resource
+
+    config_dir = tmp_path / "config"
+    config_dir.mkdir(mode=0o755)
+    tmp_path.chmod(0o755)
+    (config_dir / "tusd.yaml").write_text(resource("local", "ConfigMap")["data"]["tusd.yaml"])
+    (config_dir / "tusd.yaml").chmod(0o644)
+    port = free_port()
+    name = podman.run("tusd-py-imagetest-k8s", port, "tusd-py-imagetest-k8s",
+                      "-v", f"{config_dir}:/etc/tusd-py:ro", "--user", f"{UID}:{UID}")
+    dumped = yaml.safe_load(podman("exec", name, "tusd-py", "check-config").stdout)
+    assert (dumped["storage"]["driver"], dumped["storage"]["data_dir"]) == ("local", "/data")
+    assert dumped["server"]["behind_proxy"] is True and dumped["server"]["port"] == port
+    assert podman("healthcheck", "run", name, check=False).returncode == 0
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/files/", method="POST", headers={
+        "Tus-Resumable": "1.0.0", "Upload-Length": "5", "X-Forwarded-Host": "uploads.example.com",
+        "X-Forwarded-Proto": "https"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 201
+        location = response.headers["Location"]
+    assert location.startswith("https://uploads.example.com/files/"), location
+    upload_id = location.rsplit("/", 1)[1]
+    listing = podman("exec", name, "ls", "/data/uploads").stdout.split()
+    assert upload_id in listing
 
 
 async def test_upload_through_the_image_keeps_its_bytes(podman: Podman) -> None:
