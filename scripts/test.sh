@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the test suite needs (Python extras, pinned Node tools, system
 # packages for the system tests) and run it: lint, type check, the documentation build,
-# pytest. Needs root for apt-get unless nginx and chromium are installed already.
+# pytest. Needs root for apt-get unless the system packages below are installed already.
 # Usage: scripts/test.sh [pytest args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
