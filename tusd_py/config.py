@@ -138,10 +138,16 @@ class ServerConfig(Section):
     max_concurrent_uploads: int = Field(default=0, ge=0)
     #: Longest request line and longest header field accepted (aiohttp answers 400 beyond).
     max_header_size: Size = Field(default=16384, ge=1024)
+    #: Most partial uploads one final upload may name (concatenation); more get 400.
+    #: Each one costs a lookup (and a pre-access hook) while the final is created.
+    max_concat_partials: int = Field(default=100, ge=1, le=1024)
     #: When set, every tus request (not OPTIONS, /healthz, /readyz, /metrics)
     #: must carry ``Authorization: Bearer <token>``; 401 otherwise. For per-user auth use
     #: a pre-create hook instead (docs: Hooks).
     auth_token: SecretStr | None = None
+    #: /readyz answers 503 while the storage's local disk (the local driver's data_dir)
+    #: has less free space than this (0: not checked). A full disk answers 507.
+    min_free_disk: Size = 64 * 1024 * 1024
     #: Serve Prometheus metrics at /metrics.
     metrics: bool = True
     #: Serve the browser demo (Uppy Dashboard + Tus) at GET /. Keep off in production.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
@@ -19,7 +20,7 @@ from ..storage.base import Capability
 from ..storage.registry import build_store
 from ..web import add_demo_routes
 from .cors import cors_headers
-from .keys import CONFIG, EVENTS, GATE, HANDLER, METRICS, REGISTRY, STORE
+from .keys import CONFIG, EVENTS, GATE, HANDLER, METRICS, READINESS, REGISTRY, STORE
 from .limits import limits_middleware
 from .logs import RequestAnnotator
 from .metrics import Metrics
@@ -34,14 +35,50 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: storage answers within 5 s."""
+    """Readiness: storage answers within 5 s and its local disk has room
+    (``server.min_free_disk``). A failure is answered without details (they may name
+    a directory or a bucket); the log has them (``readiness``)."""
     store = request.app[STORE]
     try:
         await asyncio.wait_for(store.ping(), 5)
+        reason = low_disk(store.writable_paths(), request.app[CONFIG].server.min_free_disk)
     except Exception as exc:  # any failure means "not ready"
         reason = str(exc) or type(exc).__name__
-        return web.Response(status=503, text=f"storage not ready: {reason}\n")
+    request.app[READINESS].report(reason)
+    if reason is not None:
+        return web.Response(status=503, text="storage not ready\n")
     return web.Response(text="ready\n")
+
+
+def low_disk(paths: tuple[str, ...], min_free: int) -> str | None:
+    """Why a directory cannot take writes (read-only, less than ``min_free`` bytes
+    free), or None."""
+    for path in paths:
+        st = os.statvfs(path)
+        if st.f_flag & os.ST_RDONLY:
+            return f"{path} is on a read-only file system"
+        free = st.f_bavail * st.f_frsize
+        if min_free and free < min_free:
+            return (f"{path} has {free} bytes free, less than server.min_free_disk "
+                    f"({min_free})")
+    return None
+
+
+class Readiness:
+    """The last readiness verdict, logged when it changes (probes come every few
+    seconds: one line per change, not per probe)."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    def report(self, reason: str | None) -> None:
+        if reason == self.reason:
+            return
+        if reason is None:
+            log.warning("ready again: storage answers and can take writes")
+        else:
+            log.warning("not ready: %s", reason)
+        self.reason = reason
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -82,6 +119,7 @@ def create_app(config: Config, store: Store | None = None,
     app[HANDLER] = handler
     app[REGISTRY] = registry
     app[GATE] = gate
+    app[READINESS] = Readiness()
     if tus_metrics is not None:
         app[METRICS] = tus_metrics
     if config.server.cors.enabled:
