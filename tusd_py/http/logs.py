@@ -156,8 +156,12 @@ class AccessLogger(AbstractAccessLogger):
         else:
             upload_id = received = None
         if upload_id is None:
-            match_info = getattr(request, "match_info", None)
-            upload_id = match_info.get("upload_id") if match_info is not None else None
+            try:
+                upload_id = request.match_info.get("upload_id")  # type: ignore[attr-defined]
+            except (AttributeError, AssertionError):
+                # A request aiohttp refused while parsing it (400) was never routed:
+                # it has no match_info, and web.Request asserts one.
+                upload_id = None
         bytes_in = request.content_length or 0
         path, status = request.path, response.status
         bytes_out = response.body_length
