@@ -114,6 +114,13 @@ class ServerConfig(Section):
     checksum_algorithms: StrList = list(ALGORITHMS)
     #: A PATCH whose body sends nothing for this long is ended (bytes so far are kept).
     idle_timeout: Annotated[Duration, Field(gt=0)] = 30.0
+    #: An upload body must bring at least this many bytes in every
+    #: ``min_body_rate_window``, or it is ended as on idle_timeout (the bytes so far are
+    #: kept; 408 with Upload-Offset, the client resumes). Frees the connection and its
+    #: max_concurrent_uploads slot from a client trickling bytes. 0: no minimum.
+    min_body_rate: Size = 1024
+    #: The window over which ``min_body_rate`` is measured.
+    min_body_rate_window: Annotated[Duration, Field(gt=0)] = 10.0
     #: How long a request waits for an upload another request is writing, before 423.
     lock_wait: Duration = 3.0
     #: A writer idle for this long gives its upload up to a newer request at once
@@ -331,6 +338,10 @@ class HttpHookConfig(Section):
     retries: Annotated[int, Field(ge=0, le=20)] = 3
     #: Wait before retry n: backoff * 2**(n-1).
     backoff: Duration = 1.0
+    #: All attempts of one hook call and the waits between them end within this; then
+    #: the hook has failed (a blocking hook's request gets 500). Keep it well under a
+    #: client's patience: a hanging receiver holds every POST this long.
+    total_timeout: Annotated[Duration, Field(gt=0)] = 15.0
     #: Client request headers copied onto the hook request (e.g. Authorization, Cookie).
     forward_headers: StrList = []
     #: Fixed headers sent with every hook request (e.g. a shared secret); masked in dumps.

@@ -85,7 +85,9 @@ class TusHandler:
         self.writers = WriterRegistry(
             store, idle_timeout=self.server.idle_timeout, lock_wait=self.server.lock_wait,
             takeover_idle=self.server.lock_takeover_idle)
-        self.receiver = BodyReceiver(self.writers, self.events, self.server.idle_timeout)
+        self.receiver = BodyReceiver(
+            self.writers, self.events, self.server.idle_timeout,
+            (self.server.min_body_rate, self.server.min_body_rate_window))
         self.base_path = self.server.base_path
         self.expire_after = config.expiration.after
         self.expire_completed_after = config.expiration.completed_after
