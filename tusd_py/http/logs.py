@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..core.events import UploadListener
 from ..storage.base import Upload
@@ -90,6 +91,16 @@ _handler: BufferedStderrHandler | None = None
 _json_lines = False
 
 
+class ParseErrorFilter(logging.Filter):
+    """Drops aiohttp's "Error handling request" traceback for a request it could not
+    parse (``HttpProcessingError``: a malformed request line or header): it is the
+    client's fault, answered 400, and has its one access-log line like any request."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, HttpProcessingError)
+
+
 def setup_logging(level: str = "info", fmt: str = "text") -> None:
     global _handler, _json_lines
     # The daemon logs no caller location, thread or process names: skipping their
@@ -105,6 +116,9 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ParseErrorFilter) for f in server_log.filters):
+        server_log.addFilter(ParseErrorFilter())
     root.setLevel(level.upper())
     _handler = handler
     _json_lines = fmt == "json"
