@@ -57,10 +57,8 @@ def low_disk(paths: tuple[str, ...], min_free: int) -> str | None:
         st = os.statvfs(path)
         if st.f_flag & os.ST_RDONLY:
             return f"{path} is on a read-only file system"
-        free = st.f_bavail * st.f_frsize
-        if min_free and free < min_free:
-            return (f"{path} has {free} bytes free, less than server.min_free_disk "
-                    f"({min_free})")
+        if min_free and st.f_bavail * st.f_frsize < min_free:
+            return f"{path} has less free space than server.min_free_disk ({min_free} bytes)"
     return None
 
 
