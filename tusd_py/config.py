@@ -121,6 +121,19 @@ class ServerConfig(Section):
     min_body_rate: Size = 1024
     #: The window over which ``min_body_rate`` is measured.
     min_body_rate_window: Annotated[Duration, Field(gt=0)] = 10.0
+    #: A connection whose request line and headers have not all arrived this long after
+    #: it opened (or after the first byte of a later request) is closed with 408.
+    header_timeout: Annotated[Duration, Field(gt=0)] = 10.0
+    #: An idle keep-alive connection is closed after this long (keep it above the idle
+    #: timeout of a reverse proxy's upstream connections: nginx and load balancers use 60s).
+    keepalive_timeout: Annotated[Duration, Field(gt=0)] = 75.0
+    #: Most connections open at once; a new one beyond it is answered 503 (Retry-After,
+    #: Connection: close) and closed. 0: half of what the open-file limit (raised to its
+    #: hard limit at start) leaves after 64 descriptors, so the cap comes first.
+    max_connections: int = Field(default=0, ge=0)
+    #: Most connections open at once from one client address (0: no limit). Behind a
+    #: reverse proxy every connection comes from the proxy: leave it 0 there.
+    max_connections_per_address: int = Field(default=0, ge=0)
     #: How long a request waits for an upload another request is writing, before 423.
     lock_wait: Duration = 3.0
     #: A writer idle for this long gives its upload up to a newer request at once

@@ -1,0 +1,238 @@
+"""Connection-level limits, below aiohttp's request handling: a header-read timeout, the
+keep-alive timeout, caps on open connections (total and per client address), the
+open-file limit raised at start, and accept errors logged once per episode.
+
+aiohttp has a keep-alive timeout but nothing that ends a request whose line or headers
+never finish, and no cap on connections: ``GuardedHandler`` (its ``RequestHandler`` with
+a timer per connection) and ``ConnectionGuard`` add them; ``GuardedRunner`` makes the
+app's server build ``GuardedHandler`` connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import time
+from typing import Any, cast
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from ..config import ServerConfig
+
+log = logging.getLogger("tusd_py.connections")
+
+#: File descriptors kept out of the automatic ``server.max_connections``: the listening
+#: sockets, the database and its journal files, the log, hook and object-store clients.
+FD_RESERVE = 64
+#: A refused connection is answered and closed within this many seconds.
+REFUSAL_LINGER = 0.5
+#: Beyond this many refused connections still lingering, new ones are closed unanswered.
+MAX_LINGERING = 32
+#: Refusals and accept errors are logged at most once per this many seconds (counted).
+LOG_INTERVAL = 10.0
+
+_REFUSAL_BODY = b"too many connections; retry later\n"
+REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+           b"Content-Length: " + str(len(_REFUSAL_BODY)).encode() + b"\r\nRetry-After: 1\r\n"
+           b"Tus-Resumable: 1.0.0\r\nConnection: close\r\n\r\n" + _REFUSAL_BODY)
+HEADER_TIMEOUT_ANSWER = (b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n"
+                         b"Connection: close\r\n\r\n")
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (as Go's runtime does); returns
+    (before, after). Left as it is where the system refuses."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft >= hard:
+        return soft, soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        return soft, soft
+    return soft, hard
+
+
+def automatic_max_connections() -> int:
+    """Half of what the open-file limit leaves after ``FD_RESERVE``: an upload in
+    progress holds its socket and its file."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(16, (soft - FD_RESERVE) // 2)
+
+
+class _Throttled:
+    """One log line per ``LOG_INTERVAL`` for a recurring condition, with the count."""
+
+    def __init__(self) -> None:
+        self.last = 0.0
+        self.unlogged = 0
+
+    def log(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if self.last and now - self.last < LOG_INTERVAL:
+            self.unlogged += 1
+            return
+        more = f" ({self.unlogged} more since the last line)" if self.unlogged else ""
+        self.last, self.unlogged = now, 0
+        log.warning(message + "%s", *args, more)
+
+
+class ConnectionGuard:
+    """The open connections of one daemon, total and per client address, and what a
+    connection may take: ``header_timeout`` for its request line and headers."""
+
+    def __init__(self, server: ServerConfig, *, max_connections: int | None = None) -> None:
+        self.header_timeout = server.header_timeout
+        self.max_total = max_connections or server.max_connections or automatic_max_connections()
+        self.max_per_address = server.max_connections_per_address
+        self.total = 0
+        self.per_address: dict[str, int] = {}
+        self.lingering = 0
+        self.refused = 0
+        self._refusals = _Throttled()
+        self._accept_errors = _Throttled()
+
+    def admit(self, address: str) -> bool:
+        """Count a new connection from ``address``; False if it is over a cap."""
+        count = self.per_address.get(address, 0)
+        if self.total >= self.max_total or (self.max_per_address and count >= self.max_per_address):
+            return False
+        self.total += 1
+        self.per_address[address] = count + 1
+        return True
+
+    def release(self, address: str) -> None:
+        self.total -= 1
+        count = self.per_address[address] - 1
+        if count:
+            self.per_address[address] = count
+        else:
+            del self.per_address[address]
+
+    def refuse(self, transport: asyncio.Transport, address: str) -> bool:
+        """Answer 503 and close (within ``REFUSAL_LINGER``), or close at once when too
+        many refusals linger already; True if it lingers (``refusal_closed`` follows)."""
+        self.refused += 1
+        self._refusals.log("refusing connections: %d open (server.max_connections %d, "
+                           "per address %s); latest from %s", self.total, self.max_total,
+                           self.max_per_address or "unlimited", address or "a local socket")
+        if self.lingering >= MAX_LINGERING:
+            transport.abort()
+            return False
+        self.lingering += 1
+        transport.write(REFUSAL)
+        if transport.can_write_eof():
+            transport.write_eof()
+        asyncio.get_running_loop().call_later(REFUSAL_LINGER, transport.abort)
+        return True
+
+    def refusal_closed(self) -> None:
+        self.lingering -= 1
+
+    def loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """The loop's exception handler: accept() failing for want of file descriptors
+        (asyncio pauses accepting for a second and reports every attempt) is logged
+        once per episode; anything else as asyncio would."""
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and "accept" in str(context.get("message", "")):
+            self._accept_errors.log("cannot accept connections: %s (%d open; the open-file "
+                                    "limit is %d)", exc.strerror, self.total,
+                                    resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+            return
+        loop.default_exception_handler(context)
+
+
+class GuardedHandler(RequestHandler):
+    """aiohttp's connection protocol with the guard's limits: refused over a cap, and
+    closed (408) when a request's line and headers take longer than ``header_timeout``
+    (from the connection's start, or from the first byte of a later request; between
+    requests aiohttp's keep-alive timeout applies)."""
+
+    __slots__ = ("_address", "_guard", "_header_handle", "_refused")
+
+    def __init__(self, manager: web.Server, guard: ConnectionGuard, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._guard = guard
+        self._address: str | None = None
+        self._refused = False
+        self._header_handle: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        address = peer[0] if isinstance(peer, tuple) else ""
+        guard = self._guard
+        if not guard.admit(address):
+            self._force_close = True  # data_received drops whatever it sends
+            self._refused = guard.refuse(cast(asyncio.Transport, transport), address)
+            return
+        self._address = address
+        super().connection_made(transport)
+        self._header_handle = self._loop.call_later(guard.header_timeout, self._header_timed_out)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        waiter = self._waiter
+        if waiter is None or waiter.done():  # a request is being handled, or was parsed
+            if self._header_handle is not None:
+                self._header_handle.cancel()
+                self._header_handle = None
+        elif self._header_handle is None:  # the first bytes of the next request
+            self._header_handle = self._loop.call_later(self._guard.header_timeout,
+                                                        self._header_timed_out)
+
+    def _header_timed_out(self) -> None:
+        self._header_handle = None
+        waiter = self._waiter
+        if waiter is None or waiter.done() or self._force_close:
+            return
+        if self.transport is not None:
+            self.transport.write(HEADER_TIMEOUT_ANSWER)
+        log.debug("closed a connection from %s: no complete request line and headers "
+                  "within %gs", self._address or "a local socket", self._guard.header_timeout)
+        self.force_close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._header_handle is not None:
+            self._header_handle.cancel()
+            self._header_handle = None
+        if self._refused:
+            self._refused = False
+            self._guard.refusal_closed()
+            return
+        address = self._address
+        if address is not None:
+            self._address = None
+            self._guard.release(address)
+        super().connection_lost(exc)
+
+
+class GuardedServer(web.Server):
+    """The app's low-level server, building ``GuardedHandler`` connections."""
+
+    guard: ConnectionGuard
+
+    def __call__(self) -> RequestHandler:
+        return GuardedHandler(self, self.guard, loop=self._loop, **self._kwargs)
+
+
+class GuardedRunner(web.AppRunner):
+    """``web.AppRunner`` whose connections are ``GuardedHandler``; keep-alive connections
+    close after ``server.keepalive_timeout`` idle."""
+
+    __slots__ = ("guard",)
+
+    def __init__(self, app: web.Application, guard: ConnectionGuard,
+                 keepalive_timeout: float, **kwargs: Any) -> None:
+        super().__init__(app, keepalive_timeout=keepalive_timeout, **kwargs)
+        self.guard = guard
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # Application._make_handler builds a plain Server; only its protocol factory
+        # (__call__) differs, so the object is reused as a GuardedServer.
+        server.__class__ = GuardedServer
+        cast(GuardedServer, server).guard = self.guard
+        return server
