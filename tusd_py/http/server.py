@@ -8,6 +8,7 @@ what they received and answer 503; a watchdog exits with ``EXIT_OVERRUN`` past t
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import gc
 import logging
 import os
@@ -18,6 +19,7 @@ from aiohttp import web
 
 from ..config import Config
 from .app import create_app, drain_uploads
+from .connections import ConnectionGuard, GuardedRunner, raise_open_files_limit
 from .keys import GATE
 from .logs import AccessLogger, flush_logs, setup_logging
 
@@ -62,8 +64,10 @@ async def run(config: Config) -> None:
     app = create_app(config)
     gate = app[GATE]
     server = config.server
-    runner = web.AppRunner(
-        app,
+    guard = ConnectionGuard(server)
+    asyncio.get_running_loop().set_exception_handler(guard.loop_exception)
+    runner = GuardedRunner(
+        app, guard, server.keepalive_timeout,
         handle_signals=False,
         access_log_class=AccessLogger,
         access_log=logging.getLogger("tusd_py.access") if server.access_log else None,
@@ -138,6 +142,10 @@ def tune_malloc() -> bool:
 def serve(config: Config) -> None:
     """Serve until SIGTERM/SIGINT; returns after in-flight uploads are committed."""
     setup_logging(config.server.log_level, config.server.log_format)
+    faulthandler.enable()  # a fatal signal (SIGBUS from a mapped file) leaves a traceback
+    before, after = raise_open_files_limit()
+    if after != before:
+        log.debug("open-file limit raised from %d to %d", before, after)
     tune_malloc()
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
