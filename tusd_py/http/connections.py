@@ -173,20 +173,21 @@ class GuardedHandler(RequestHandler):
         self._header_handle = self._loop.call_later(guard.header_timeout, self._header_timed_out)
 
     def data_received(self, data: bytes) -> None:
+        parsed = self._request_count  # aiohttp counts each request whose headers it parsed
         super().data_received(data)
-        waiter = self._waiter
-        if waiter is None or waiter.done():  # a request is being handled, or was parsed
-            if self._header_handle is not None:
-                self._header_handle.cancel()
+        handle = self._header_handle
+        if handle is not None:
+            if self._request_count != parsed:  # the headers are complete
+                handle.cancel()
                 self._header_handle = None
-        elif self._header_handle is None:  # the first bytes of the next request
+        elif (self._request_count == parsed and (waiter := self._waiter) is not None
+              and not waiter.done()):  # idle between requests: the next one's first bytes
             self._header_handle = self._loop.call_later(self._guard.header_timeout,
                                                         self._header_timed_out)
 
     def _header_timed_out(self) -> None:
         self._header_handle = None
-        waiter = self._waiter
-        if waiter is None or waiter.done() or self._force_close:
+        if self._force_close:
             return
         if self.transport is not None:
             self.transport.write(HEADER_TIMEOUT_ANSWER)
