@@ -86,6 +86,12 @@ class ConnectionGuard:
 
     def __init__(self, server: ServerConfig, *, max_connections: int | None = None) -> None:
         self.header_timeout = server.header_timeout
+        #: Connections waiting for a request's line and headers (``GuardedHandler``); one
+        #: periodic check ends those past their deadline (a timer per connection would
+        #: cost more than the rest of the guard together).
+        self.awaiting: set[GuardedHandler] = set()
+        self._check_every = max(0.05, min(1.0, self.header_timeout / 4))
+        self._checker: asyncio.Task[None] | None = None
         self.max_total = max_connections or server.max_connections or automatic_max_connections()
         self.max_per_address = server.max_connections_per_address
         self.total = 0
@@ -95,22 +101,49 @@ class ConnectionGuard:
         self._refusals = _Throttled()
         self._accept_errors = _Throttled()
 
+    def start(self) -> None:
+        """Start the periodic header-timeout check (in the running loop)."""
+        if self._checker is None:
+            self._checker = asyncio.get_running_loop().create_task(
+                self._check_headers(), name="tusd-header-timeout")
+
+    def stop(self) -> None:
+        if self._checker is not None:
+            self._checker.cancel()
+            self._checker = None
+
+    async def _check_headers(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self._check_every)
+            now = loop.time()
+            late = [conn for conn in self.awaiting if conn.header_deadline <= now]
+            for conn in late:
+                self.awaiting.discard(conn)
+                conn.header_deadline = 0.0
+                conn.header_timed_out()
+
     def admit(self, address: str) -> bool:
-        """Count a new connection from ``address``; False if it is over a cap."""
-        count = self.per_address.get(address, 0)
-        if self.total >= self.max_total or (self.max_per_address and count >= self.max_per_address):
+        """Count a new connection from ``address`` ("" when per-address counting is
+        off); False if it is over a cap."""
+        if self.total >= self.max_total:
             return False
+        if self.max_per_address:
+            count = self.per_address.get(address, 0)
+            if count >= self.max_per_address:
+                return False
+            self.per_address[address] = count + 1
         self.total += 1
-        self.per_address[address] = count + 1
         return True
 
     def release(self, address: str) -> None:
         self.total -= 1
-        count = self.per_address[address] - 1
-        if count:
-            self.per_address[address] = count
-        else:
-            del self.per_address[address]
+        if self.max_per_address:
+            count = self.per_address[address] - 1
+            if count:
+                self.per_address[address] = count
+            else:
+                del self.per_address[address]
 
     def refuse(self, transport: asyncio.Transport, address: str) -> bool:
         """Answer 503 and close (within ``REFUSAL_LINGER``), or close at once when too
@@ -149,65 +182,72 @@ class GuardedHandler(RequestHandler):
     """aiohttp's connection protocol with the guard's limits: refused over a cap, and
     closed (408) when a request's line and headers take longer than ``header_timeout``
     (from the connection's start, or from the first byte of a later request; between
-    requests aiohttp's keep-alive timeout applies)."""
+    requests aiohttp's keep-alive timeout applies). Base methods are called by name, not
+    through ``super()``: this runs for every connection and every chunk received."""
 
-    __slots__ = ("_address", "_guard", "_header_handle", "_refused")
+    __slots__ = ("_address", "_guard", "_refused", "header_deadline")
 
     def __init__(self, manager: web.Server, guard: ConnectionGuard, **kwargs: Any) -> None:
-        super().__init__(manager, **kwargs)
+        RequestHandler.__init__(self, manager, **kwargs)
         self._guard = guard
         self._address: str | None = None
         self._refused = False
-        self._header_handle: asyncio.TimerHandle | None = None
+        #: Loop time by which the headers must be complete while waiting for them, else 0.
+        self.header_deadline = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        peer = transport.get_extra_info("peername")
-        address = peer[0] if isinstance(peer, tuple) else ""
         guard = self._guard
+        address = ""
+        if guard.max_per_address:
+            peer = transport.get_extra_info("peername")
+            address = peer[0] if isinstance(peer, tuple) else ""
         if not guard.admit(address):
             self._force_close = True  # data_received drops whatever it sends
+            if guard.max_per_address == 0:
+                peer = transport.get_extra_info("peername")
+                address = peer[0] if isinstance(peer, tuple) else ""
             self._refused = guard.refuse(cast(asyncio.Transport, transport), address)
             return
         self._address = address
-        super().connection_made(transport)
-        self._header_handle = self._loop.call_later(guard.header_timeout, self._header_timed_out)
+        RequestHandler.connection_made(self, transport)
+        self.header_deadline = self._loop.time() + guard.header_timeout
+        guard.awaiting.add(self)
 
     def data_received(self, data: bytes) -> None:
         parsed = self._request_count  # aiohttp counts each request whose headers it parsed
-        super().data_received(data)
-        handle = self._header_handle
-        if handle is not None:
+        RequestHandler.data_received(self, data)
+        if self.header_deadline:
             if self._request_count != parsed:  # the headers are complete
-                handle.cancel()
-                self._header_handle = None
+                self.header_deadline = 0.0
+                self._guard.awaiting.discard(self)
         elif (self._request_count == parsed and (waiter := self._waiter) is not None
               and not waiter.done()):  # idle between requests: the next one's first bytes
-            self._header_handle = self._loop.call_later(self._guard.header_timeout,
-                                                        self._header_timed_out)
+            self.header_deadline = self._loop.time() + self._guard.header_timeout
+            self._guard.awaiting.add(self)
 
-    def _header_timed_out(self) -> None:
-        self._header_handle = None
+    def header_timed_out(self) -> None:
+        """Called by the guard past ``header_deadline``: answer 408 and close."""
         if self._force_close:
             return
         if self.transport is not None:
             self.transport.write(HEADER_TIMEOUT_ANSWER)
-        log.debug("closed a connection from %s: no complete request line and headers "
-                  "within %gs", self._address or "a local socket", self._guard.header_timeout)
+        log.debug("closed a connection: no complete request line and headers within %gs",
+                  self._guard.header_timeout)
         self.force_close()
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        if self._header_handle is not None:
-            self._header_handle.cancel()
-            self._header_handle = None
         if self._refused:
             self._refused = False
             self._guard.refusal_closed()
             return
+        if self.header_deadline:
+            self.header_deadline = 0.0
+            self._guard.awaiting.discard(self)
         address = self._address
         if address is not None:
             self._address = None
             self._guard.release(address)
-        super().connection_lost(exc)
+        RequestHandler.connection_lost(self, exc)
 
 
 class GuardedServer(web.Server):
@@ -229,6 +269,14 @@ class GuardedRunner(web.AppRunner):
                  keepalive_timeout: float, **kwargs: Any) -> None:
         super().__init__(app, keepalive_timeout=keepalive_timeout, **kwargs)
         self.guard = guard
+
+    async def setup(self) -> None:
+        await super().setup()
+        self.guard.start()
+
+    async def cleanup(self) -> None:
+        self.guard.stop()
+        await super().cleanup()
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
