@@ -2,10 +2,11 @@
 keep-alive timeout, caps on open connections (total and per client address), the
 open-file limit raised at start, and accept errors logged once per episode.
 
-aiohttp has a keep-alive timeout but nothing that ends a request whose line or headers
-never finish, and no cap on connections: ``GuardedHandler`` (its ``RequestHandler`` with
-a timer per connection) and ``ConnectionGuard`` add them; ``GuardedRunner`` makes the
-app's server build ``GuardedHandler`` connections.
+aiohttp has a keep-alive timeout but nothing that ends a first request whose line or
+headers never finish, and no cap on connections. ``ConnectionGuard`` adds them through
+the two calls aiohttp's low-level server already gets for every connection
+(``GuardedServer.connection_made`` / ``connection_lost``), so nothing runs per request or
+per chunk received; ``GuardedRunner`` makes the app's server a ``GuardedServer``.
 """
 
 from __future__ import annotations
@@ -86,16 +87,20 @@ class ConnectionGuard:
 
     def __init__(self, server: ServerConfig, *, max_connections: int | None = None) -> None:
         self.header_timeout = server.header_timeout
-        #: Connections waiting for a request's line and headers (``GuardedHandler``); one
-        #: periodic check ends those past their deadline (a timer per connection would
-        #: cost more than the rest of the guard together).
-        self.awaiting: set[GuardedHandler] = set()
+        #: Connections waiting for their first request's line and headers, with the
+        #: loop time it must be complete by; one periodic check ends those past it (a
+        #: timer per connection would cost more than the rest of the guard together).
+        self.awaiting: dict[RequestHandler, float] = {}
+        #: Refused connections not closed yet.
+        self.refused_connections: set[RequestHandler] = set()
         self._check_every = max(0.05, min(1.0, self.header_timeout / 4))
         self._checker: asyncio.Task[None] | None = None
         self.max_total = max_connections or server.max_connections or automatic_max_connections()
         self.max_per_address = server.max_connections_per_address
         self.total = 0
         self.per_address: dict[str, int] = {}
+        #: The client address of each open connection (with a per-address cap only).
+        self.addresses: dict[RequestHandler, str] = {}
         self.lingering = 0
         self.refused = 0
         self._refusals = _Throttled()
@@ -117,11 +122,14 @@ class ConnectionGuard:
         while True:
             await asyncio.sleep(self._check_every)
             now = loop.time()
-            late = [conn for conn in self.awaiting if conn.header_deadline <= now]
-            for conn in late:
-                self.awaiting.discard(conn)
-                conn.header_deadline = 0.0
-                conn.header_timed_out()
+            awaiting = self.awaiting
+            # aiohttp counts each request whose line and headers it parsed.
+            done = [conn for conn, deadline in awaiting.items()
+                    if conn._request_count or deadline <= now]
+            for conn in done:
+                del awaiting[conn]
+                if not conn._request_count:
+                    _header_timed_out(conn, self.header_timeout)
 
     def admit(self, address: str) -> bool:
         """Count a new connection from ``address`` ("" when per-address counting is
@@ -145,25 +153,36 @@ class ConnectionGuard:
             else:
                 del self.per_address[address]
 
-    def refuse(self, transport: asyncio.Transport, address: str) -> bool:
-        """Answer 503 and close (within ``REFUSAL_LINGER``), or close at once when too
-        many refusals linger already; True if it lingers (``refusal_closed`` follows)."""
+    def refuse(self, handler: RequestHandler, transport: asyncio.Transport,
+               address: str) -> None:
+        """Answer 503 and close within ``REFUSAL_LINGER`` (unanswered at once when too many
+        refusals linger already). The transport is closed only once aiohttp's start() of
+        the connection has ended (it must not find the connection lost before it ran)."""
         self.refused += 1
         self._refusals.log("refusing connections: %d open (server.max_connections %d, "
                            "per address %s); latest from %s", self.total, self.max_total,
                            self.max_per_address or "unlimited", address or "a local socket")
-        if self.lingering >= MAX_LINGERING:
-            transport.abort()
-            return False
+        linger = 0.0
+        if self.lingering < MAX_LINGERING:
+            transport.write(REFUSAL)
+            if transport.can_write_eof():
+                transport.write_eof()
+            linger = REFUSAL_LINGER
         self.lingering += 1
-        transport.write(REFUSAL)
-        if transport.can_write_eof():
-            transport.write_eof()
-        asyncio.get_running_loop().call_later(REFUSAL_LINGER, transport.abort)
-        return True
+        self.refused_connections.add(handler)
+        loop = asyncio.get_running_loop()
 
-    def refusal_closed(self) -> None:
-        self.lingering -= 1
+        def close_later(_: object = None) -> None:
+            loop.call_later(linger, transport.abort)
+
+        def after_start() -> None:  # runs before the start() task's first step
+            task = handler._task_handler
+            if task is None or task.done():
+                close_later()
+            else:
+                task.add_done_callback(close_later)
+
+        loop.call_soon(after_start)
 
     def loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         """The loop's exception handler: accept() failing for want of file descriptors
@@ -178,90 +197,56 @@ class ConnectionGuard:
         loop.default_exception_handler(context)
 
 
-class GuardedHandler(RequestHandler):
-    """aiohttp's connection protocol with the guard's limits: refused over a cap, and
-    closed (408) when a request's line and headers take longer than ``header_timeout``
-    (from the connection's start, or from the first byte of a later request; between
-    requests aiohttp's keep-alive timeout applies). Base methods are called by name, not
-    through ``super()``: this runs for every connection and every chunk received."""
+def _peer_address(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    return peer[0] if isinstance(peer, tuple) else ""  # "" for a unix socket
 
-    __slots__ = ("_address", "_guard", "_refused", "header_deadline")
 
-    def __init__(self, manager: web.Server, guard: ConnectionGuard, **kwargs: Any) -> None:
-        RequestHandler.__init__(self, manager, **kwargs)
-        self._guard = guard
-        self._address: str | None = None
-        self._refused = False
-        #: Loop time by which the headers must be complete while waiting for them, else 0.
-        self.header_deadline = 0.0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        guard = self._guard
-        address = ""
-        if guard.max_per_address:
-            peer = transport.get_extra_info("peername")
-            address = peer[0] if isinstance(peer, tuple) else ""
-        if not guard.admit(address):
-            self._force_close = True  # data_received drops whatever it sends
-            if guard.max_per_address == 0:
-                peer = transport.get_extra_info("peername")
-                address = peer[0] if isinstance(peer, tuple) else ""
-            self._refused = guard.refuse(cast(asyncio.Transport, transport), address)
-            return
-        self._address = address
-        RequestHandler.connection_made(self, transport)
-        self.header_deadline = self._loop.time() + guard.header_timeout
-        guard.awaiting.add(self)
-
-    def data_received(self, data: bytes) -> None:
-        parsed = self._request_count  # aiohttp counts each request whose headers it parsed
-        RequestHandler.data_received(self, data)
-        if self.header_deadline:
-            if self._request_count != parsed:  # the headers are complete
-                self.header_deadline = 0.0
-                self._guard.awaiting.discard(self)
-        elif (self._request_count == parsed and (waiter := self._waiter) is not None
-              and not waiter.done()):  # idle between requests: the next one's first bytes
-            self.header_deadline = self._loop.time() + self._guard.header_timeout
-            self._guard.awaiting.add(self)
-
-    def header_timed_out(self) -> None:
-        """Called by the guard past ``header_deadline``: answer 408 and close."""
-        if self._force_close:
-            return
-        if self.transport is not None:
-            self.transport.write(HEADER_TIMEOUT_ANSWER)
-        log.debug("closed a connection: no complete request line and headers within %gs",
-                  self._guard.header_timeout)
-        self.force_close()
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        if self._refused:
-            self._refused = False
-            self._guard.refusal_closed()
-            return
-        if self.header_deadline:
-            self.header_deadline = 0.0
-            self._guard.awaiting.discard(self)
-        address = self._address
-        if address is not None:
-            self._address = None
-            self._guard.release(address)
-        RequestHandler.connection_lost(self, exc)
+def _header_timed_out(conn: RequestHandler, timeout: float) -> None:
+    """No complete first request within ``timeout``: answer 408 and close."""
+    if conn.transport is None:
+        return
+    conn.transport.write(HEADER_TIMEOUT_ANSWER)
+    log.debug("closed a connection: no complete request line and headers within %gs", timeout)
+    conn.force_close()
 
 
 class GuardedServer(web.Server):
-    """The app's low-level server, building ``GuardedHandler`` connections."""
+    """The app's low-level server with the guard's limits. aiohttp calls these two for
+    every connection (from ``RequestHandler.connection_made`` before it starts reading,
+    and from its ``connection_lost``): a connection over a cap is refused there (marked
+    force-closed, so aiohttp never reads from it), and one whose first request has not
+    arrived within ``header_timeout`` is closed by the guard's check. Between requests,
+    and for a later request's headers, aiohttp's keep-alive timeout applies."""
 
     guard: ConnectionGuard
 
-    def __call__(self) -> RequestHandler:
-        return GuardedHandler(self, self.guard, loop=self._loop, **self._kwargs)
+    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        guard = self.guard
+        address = _peer_address(transport) if guard.max_per_address else ""
+        if not guard.admit(address):
+            handler._force_close = True  # its start() ends at once; data_received drops data
+            guard.refuse(handler, transport, address or _peer_address(transport))
+            return
+        self._connections[handler] = transport
+        guard.awaiting[handler] = self._loop.time() + guard.header_timeout
+        if guard.max_per_address:
+            guard.addresses[handler] = address
+
+    def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
+        guard = self.guard
+        if handler in guard.refused_connections:
+            guard.refused_connections.discard(handler)
+            guard.lingering -= 1
+            return
+        guard.awaiting.pop(handler, None)
+        guard.release(guard.addresses.pop(handler, "") if guard.max_per_address else "")
+        super().connection_lost(handler, exc)
 
 
 class GuardedRunner(web.AppRunner):
-    """``web.AppRunner`` whose connections are ``GuardedHandler``; keep-alive connections
-    close after ``server.keepalive_timeout`` idle."""
+    """``web.AppRunner`` whose server is a ``GuardedServer``; keep-alive connections close
+    after ``server.keepalive_timeout`` idle."""
 
     __slots__ = ("guard",)
 
@@ -280,8 +265,8 @@ class GuardedRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
-        # Application._make_handler builds a plain Server; only its protocol factory
-        # (__call__) differs, so the object is reused as a GuardedServer.
+        # Application._make_handler builds a plain Server; a GuardedServer only differs
+        # in connection_made/connection_lost, so the object is reused as one.
         server.__class__ = GuardedServer
         cast(GuardedServer, server).guard = self.guard
         return server
