@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -75,6 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_if_threads_linger(status: int) -> None:
+    """Exit now if a thread the failed command started would keep the interpreter alive
+    (the exit status must not wait for a worker thread that never ends)."""
+    if any(t.is_alive() and not t.daemon and t is not threading.main_thread()
+           for t in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -85,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ConfigError as exc:
         print(f"tusd-py: {exc}", file=sys.stderr)
+        _exit_if_threads_linger(2)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -369,6 +369,11 @@ class ConfigError(Exception):
     """A configuration problem, with a message fit for an operator (no traceback)."""
 
 
+class StartupError(ConfigError):
+    """The daemon cannot start (a port in use, storage that does not open): one line
+    ``<what>: <why>`` for the operator; the command exits 2, as for a bad config."""
+
+
 def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
     for key in path[:-1]:
         node = tree.setdefault(key, {})

@@ -16,9 +16,10 @@ import threading
 
 from aiohttp import web
 
-from ..config import Config
+from ..config import Config, ConfigError, StartupError
 from .app import create_app, drain_uploads
 from .keys import GATE
+from .listen import listen, reason
 from .logs import AccessLogger, flush_logs, setup_logging
 
 log = logging.getLogger("tusd_py")
@@ -58,10 +59,24 @@ def start_watchdog(seconds: float) -> threading.Timer:
     return timer
 
 
+#: Seconds the clean-up after a failed start may take (the store, the hooks).
+STARTUP_CLEANUP_WAIT = 5.0
+
+
 async def run(config: Config) -> None:
-    app = create_app(config)
-    gate = app[GATE]
+    """Build the app, start its store and hooks, listen, serve until SIGTERM/SIGINT.
+
+    One guarded sequence: whatever fails on the way (a port in use, storage that does
+    not open) stops what was started before the error propagates as ``StartupError``
+    (or ``ConfigError``), so the process exits at once instead of waiting on threads.
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     server = config.server
+    app = create_app(config)  # builds the driver and the hooks; starts nothing
+    gate = app[GATE]
     runner = web.AppRunner(
         app,
         handle_signals=False,
@@ -70,21 +85,20 @@ async def run(config: Config) -> None:
         handler_cancellation=False,
         shutdown_timeout=CLOSE_WAIT,
     )
-    await runner.setup()
-    # Everything imported and built so far lives as long as the process: keep it out of
-    # the garbage collector's generations, so a full collection walks only what requests
-    # allocate (measured: a full collection of the ~50,000 start-up objects paused the
-    # loop for up to 70 ms on this machine; none happen after the freeze).
-    gc.freeze()
-    site = web.TCPSite(runner, server.host, server.port)
-    await site.start()
-    loop = asyncio.get_running_loop()
+    try:
+        await _start(runner)
+        # Everything imported and built so far lives as long as the process: keep it out of
+        # the garbage collector's generations, so a full collection walks only what requests
+        # allocate (measured: a full collection of the ~50,000 start-up objects paused the
+        # loop for up to 70 ms on this machine; none happen after the freeze).
+        gc.freeze()
+        site = await listen(runner, server)
+    except BaseException:
+        await _clean_up_failed_start(runner)
+        raise
     log.info("tusd-py listening on %s:%d%s (storage: %s, loop: %s)", server.host, server.port,
              server.base_path, config.storage.driver, type(loop).__module__.split(".")[0])
 
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     flusher = asyncio.create_task(_flush_logs_every(0.25))
     hard_deadline: float | None = None
     try:
@@ -106,6 +120,26 @@ async def run(config: Config) -> None:
         flusher.cancel()
         log.info("stopped")
         flush_logs()
+
+
+async def _start(runner: web.AppRunner) -> None:
+    """Start the app's contexts (store, sweeper, hooks); a failure says what failed."""
+    try:
+        await runner.setup()
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise StartupError(f"cannot start: {reason(exc)}") from exc
+
+
+async def _clean_up_failed_start(runner: web.AppRunner) -> None:
+    """Stop whatever a failed start had started (bounded: a failing start must not hang)."""
+    try:
+        async with asyncio.timeout(STARTUP_CLEANUP_WAIT):
+            await runner.cleanup()
+    except Exception as exc:  # the start-up error is the one to report
+        log.warning("clean-up after the failed start: %s", reason(exc))
+    flush_logs()
 
 
 async def _flush_logs_every(interval: float) -> None:

@@ -1,0 +1,115 @@
+"""Start-up failures: the real ``tusd-py serve`` in a subprocess says what failed in one
+line on stderr and exits 2 within seconds: no traceback, no hang."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.plugins.daemon import ROOT
+
+#: What the issue asks for: the exit within 5 s (the daemon takes ~1 s to import).
+LIMIT = 5.0
+
+
+def serve(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+          as_nobody: bool = False) -> tuple[subprocess.CompletedProcess[str], float]:
+    """``tusd-py serve`` with ``args`` (``as_nobody``: as user nobody, through setpriv);
+    the finished process and the seconds it took. A process still running after
+    ``LIMIT`` fails the test (the hang)."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("TUSD_")}
+    full_env.update({"PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"})
+    full_env.update(env or {})
+    prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if as_nobody else []
+    started = time.monotonic()
+    try:
+        result = subprocess.run([*prefix, sys.executable, "-m", "tusd_py", "serve", *args],
+                                capture_output=True, text=True, env=full_env, cwd=cwd or ROOT,
+                                timeout=LIMIT)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"serve still running after {LIMIT}s; stderr: {exc.stderr!r}")
+    return result, time.monotonic() - started
+
+
+def assert_refused(result: subprocess.CompletedProcess[str], line: str) -> None:
+    """Exit 2, ``line`` is the last line on stderr, and no traceback anywhere."""
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == line, result.stderr
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A port something else listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+def test_busy_port_exits_2_at_once(busy_port: int, tmp_path: Path) -> None:
+    """Was: a traceback, then a hang for ever (aiosqlite's worker thread kept the
+    interpreter alive after the failed bind)."""
+    result, took = serve("--config", "/dev/null", "--host", "127.0.0.1", "--port",
+                         str(busy_port), "--data-dir", str(tmp_path / "data"))
+    assert_refused(result, f"tusd-py: cannot listen on 127.0.0.1:{busy_port}: "
+                           "address already in use")
+    assert took < LIMIT
+
+
+@pytest.mark.parametrize("host,why", [
+    ("host.invalid", "cannot resolve the host name"),
+    ("192.0.2.1", "cannot assign requested address"),  # TEST-NET-1: not on this machine
+])
+def test_address_that_cannot_be_bound(host: str, why: str, tmp_path: Path) -> None:
+    result, _ = serve("--config", "/dev/null", "--host", host, "--port", "8080",
+                      "--data-dir", str(tmp_path / "data"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"tusd-py: cannot listen on {host}:8080: {why}"), result.stderr
+
+
+def test_data_dir_that_is_a_file(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.write_text("not a directory")
+    result, _ = serve("--config", "/dev/null", "--port", "0", "--data-dir", str(data))
+    assert_refused(result, f"tusd-py: cannot start the local storage: "
+                           f"not a directory: {data}/uploads")
+
+
+def test_unwritable_data_dir() -> None:
+    """A data dir the daemon's user may not create (as root: run it as nobody, in a
+    directory nobody can enter; pytest's tmp_path is private to root)."""
+    with tempfile.TemporaryDirectory(prefix="tusd-startup-") as top:
+        os.chmod(top, 0o755)
+        parent = Path(top) / "readonly"
+        parent.mkdir(mode=0o555)
+        result, _ = serve("--config", "/dev/null", "--port", "0", "--data-dir",
+                          str(parent / "data"), cwd=Path(top), as_nobody=os.geteuid() == 0)
+    assert_refused(result, f"tusd-py: cannot start the local storage: "
+                           f"permission denied: {parent}/data")
+
+
+def test_sqlite_database_that_cannot_be_opened(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "uploads.db").write_bytes(b"this is no SQLite database" * 100)
+    result, took = serve("--config", "/dev/null", "--port", "0", "--data-dir", str(data))
+    assert_refused(result, "tusd-py: cannot start the local storage: file is not a database")
+    assert took < LIMIT
+
+
+def test_python_hook_that_cannot_be_imported(tmp_path: Path) -> None:
+    result, _ = serve("--config", "/dev/null", "--port", "0", "--data-dir", str(tmp_path),
+                      env={"TUSD_HOOKS__PYTHON": "no_such_hooks_module:pre_create"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "tusd-py: hooks.python: cannot import 'no_such_hooks_module'"), result.stderr
