@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
-from .config import Config, ConfigError, dump_config, load_config
+from .config import Config, ConfigError, load_config
+from .config.report import describe_config
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +51,7 @@ def _check_config(args: argparse.Namespace) -> int:
 
     config = _config_from(args)
     create_app(config)  # what serve builds before it listens: the driver, the hooks
-    sys.stdout.write(dump_config(config))
+    sys.stdout.write(describe_config(config))
     return 0
 
 

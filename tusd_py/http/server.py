@@ -17,6 +17,7 @@ import threading
 from aiohttp import web
 
 from ..config import Config, ConfigError, StartupError
+from ..config.report import env_notes, origin_summary
 from .app import create_app, drain_uploads
 from .keys import GATE
 from .listen import listen, reason
@@ -172,6 +173,11 @@ def tune_malloc() -> bool:
 def serve(config: Config) -> None:
     """Serve until SIGTERM/SIGINT; returns after in-flight uploads are committed."""
     setup_logging(config.server.log_level, config.server.log_format)
+    log.info("config: %s", origin_summary(config))
+    for note in env_notes(config):
+        log.warning("%s", note)
+    if config.provenance.ignored_env:
+        log.debug("not settings, ignored: %s", ", ".join(config.provenance.ignored_env))
     tune_malloc()
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
