@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -57,6 +57,23 @@ def _split_list(value: Any) -> Any:
     return value
 
 
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
+
+
+def _bool_or(*words: str) -> Callable[[Any], Any]:
+    """A before-validator for a switch that takes true, false or one of ``words``."""
+
+    def parse(value: Any) -> Any:
+        if isinstance(value, bool) or value in words:
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise ValueError("must be true, false or " + " or ".join(words))
+
+    return parse
+
+
 Size = Annotated[int, BeforeValidator(_parse_size), Field(ge=0)]
 Duration = Annotated[float, BeforeValidator(_parse_duration), Field(ge=0)]
 StrList = Annotated[list[str], BeforeValidator(_split_list)]
@@ -93,8 +110,16 @@ class ServerConfig(Section):
     behind_proxy: bool = False
     #: Largest upload accepted (Tus-Max-Size); 0 means no limit.
     max_size: Size = 0
-    #: Serve finished uploads with GET.
+    #: Serve finished uploads with GET (false: 405, as tusd's -disable-download).
     download: bool = True
+    #: DELETE of uploads (the termination extension): true; false (405, not advertised,
+    #: as tusd's -disable-termination); unfinished-only: a finished upload cannot be
+    #: deleted (400, as @tus/server's disableTerminationForFinishedUploads).
+    termination: Annotated[bool | Literal["unfinished-only"],
+                           BeforeValidator(_bool_or("unfinished-only"))] = True
+    #: The concatenation extensions (false: Upload-Concat gets 400 and they are not
+    #: advertised, as tusd's -disable-concatenation).
+    concatenation: bool = True
     #: Checksum algorithms accepted in Upload-Checksum.
     checksum_algorithms: StrList = list(ALGORITHMS)
     #: A PATCH whose body sends nothing for this long is ended (bytes so far are kept).

@@ -37,6 +37,11 @@ def tcp_address(server: ServerConfig) -> str:
     return f"[{host}]:{server.port}" if ":" in host else f"{host}:{server.port}"
 
 
+def listen_url(server: ServerConfig) -> str:
+    """The tus endpoint as a URL on the listening address (``http://0.0.0.0:8080/files/``)."""
+    return f"http://{tcp_address(server)}{server.base_path}"
+
+
 async def listen(runner: web.AppRunner, server: ServerConfig) -> web.BaseSite:
     """Bind and start the listening socket; ``StartupError`` when that fails."""
     site = web.TCPSite(runner, server.host, server.port)

@@ -16,11 +16,12 @@ import threading
 
 from aiohttp import web
 
+from .. import __version__
 from ..config import Config, ConfigError, StartupError
-from ..config.report import env_notes, origin_summary
+from ..config.report import env_notes, origin_summary, storage_location
 from .app import create_app, drain_uploads
-from .keys import GATE
-from .listen import listen, reason
+from .keys import CONFIG, GATE, HANDLER, HOOKS
+from .listen import listen, listen_url, reason
 from .logs import AccessLogger, flush_logs, setup_logging
 
 log = logging.getLogger("tusd_py")
@@ -97,8 +98,7 @@ async def run(config: Config) -> None:
     except BaseException:
         await _clean_up_failed_start(runner)
         raise
-    log.info("tusd-py listening on %s:%d%s (storage: %s, loop: %s)", server.host, server.port,
-             server.base_path, config.storage.driver, type(loop).__module__.split(".")[0])
+    log.info("%s", describe_daemon(app, type(loop).__module__.split(".")[0]))
 
     flusher = asyncio.create_task(_flush_logs_every(0.25))
     hard_deadline: float | None = None
@@ -121,6 +121,21 @@ async def run(config: Config) -> None:
         flusher.cancel()
         log.info("stopped")
         flush_logs()
+
+
+def describe_daemon(app: web.Application, loop_name: str) -> str:
+    """The start-up line saying what this daemon is: version, URL, storage, extensions,
+    hooks."""
+    config = app[CONFIG]
+    listener = app.get(HOOKS)
+    hooks = "none"
+    if listener is not None:
+        hooks = (", ".join(backend.describe() for backend in listener.backends)
+                 + f" for {','.join(sorted(listener.enabled))}")
+    extensions = ",".join(app[HANDLER].extensions)
+    return (f"tusd-py {__version__} listening on {listen_url(config.server)} "
+            f"(storage: {config.storage.driver} {storage_location(config.storage)}; "
+            f"extensions: {extensions}; hooks: {hooks}; loop: {loop_name})")
 
 
 async def _start(runner: web.AppRunner) -> None:
