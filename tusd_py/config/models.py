@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from ..protocol.checksum import ALGORITHMS
-from ..protocol.constants import HookName
+from ..protocol.constants import ALLOW_METHODS, HookName
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 10**3, "kib": 1 << 10, "m": 1 << 20, "mb": 10**6,
           "mib": 1 << 20, "g": 1 << 30, "gb": 10**9, "gib": 1 << 30, "t": 1 << 40, "tb": 10**12,
@@ -83,12 +83,51 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+_ORIGIN = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#\s]+")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP header or method name
+
+
+def _check_origins(value: list[str]) -> list[str]:
+    for origin in value:
+        if origin.startswith("^"):
+            try:
+                re.compile(origin)
+            except re.error as exc:
+                raise ValueError(f"{origin!r} is not a regular expression: {exc}") from None
+        elif origin not in ("*", "null") and not _ORIGIN.fullmatch(origin):
+            raise ValueError(f"{origin!r} is not an origin (scheme://host[:port], no path), "
+                             "a pattern starting with ^, or *")
+    return value
+
+
+def _check_tokens(value: list[str]) -> list[str]:
+    bad = [v for v in value if not _TOKEN.fullmatch(v)]
+    if bad:
+        raise ValueError(f"not HTTP names: {bad}")
+    return value
+
+
+Tokens = Annotated[list[str], BeforeValidator(_split_list), AfterValidator(_check_tokens)]
+
+
 class CorsConfig(Section):
     enabled: bool = True
-    #: Origins allowed to call the API from a browser; ``*`` allows any (no credentials).
-    allowed_origins: StrList = ["*"]
+    #: Origins allowed to call the API from a browser: exact origins
+    #: (``https://app.example.com``), patterns starting with ``^`` that must match the
+    #: whole Origin (``^https://[a-z0-9-]+\.example\.com$``, as tusd's -cors-allow-origin),
+    #: or ``*`` for any (no credentials).
+    allowed_origins: Annotated[list[str], BeforeValidator(_split_list),
+                               AfterValidator(_check_origins)] = ["*"]
     #: Let browsers send cookies / HTTP auth (needs explicit allowed_origins, not ``*``).
     allow_credentials: bool = False
+    #: Methods a page may use (Access-Control-Allow-Methods).
+    allowed_methods: Tokens = list(ALLOW_METHODS)
+    #: Request headers a page may send besides the tus ones (Access-Control-Allow-Headers),
+    #: e.g. a custom header a pre-create hook reads.
+    allowed_headers: Tokens = []
+    #: Response headers a page may read besides the tus ones
+    #: (Access-Control-Expose-Headers), e.g. one a hook adds to its response.
+    exposed_headers: Tokens = []
     #: How long browsers may cache a preflight answer (Access-Control-Max-Age).
     max_age: Duration = 86400
 
