@@ -47,10 +47,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from .http.app import create_app
+    from .http.server import build
 
     config = _config_from(args)
-    create_app(config)  # what serve builds before it listens: the driver, the hooks
+    build(config)  # what serve builds before it listens: the driver, the hooks, TLS
     sys.stdout.write(describe_config(config))
     return 0
 

@@ -113,3 +113,49 @@ def test_python_hook_that_cannot_be_imported(tmp_path: Path) -> None:
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(
         "tusd-py: hooks.python: cannot import 'no_such_hooks_module'"), result.stderr
+
+
+def test_tls_files_that_cannot_be_used(tmp_path: Path) -> None:
+    """Each bad TLS file is named, by serve and by check-config alike."""
+    from tests.ops.test_listen import make_cert
+
+    cert, key, _ = make_cert(tmp_path, "one")
+    _, other_key, _ = make_cert(tmp_path, "two")
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not PEM at all\n")
+    missing = tmp_path / "missing.pem"
+    cases = [
+        (missing, key, f"server.tls.cert_file {missing}: no such file or directory"),
+        (junk, key, f"server.tls.cert_file {junk} holds no PEM certificate"),
+        (cert, junk, f"server.tls.key_file {junk} holds no PEM private key"),
+        (cert, cert, f"server.tls.key_file {cert} holds no PEM private key"),
+    ]
+    for cert_file, key_file, why in cases:
+        env = {"TUSD_SERVER__TLS__CERT_FILE": str(cert_file),
+               "TUSD_SERVER__TLS__KEY_FILE": str(key_file)}
+        result, _ = serve("--config", "/dev/null", "--port", "0", "--data-dir",
+                          str(tmp_path / "data"), env=env)
+        assert_refused(result, f"tusd-py: cannot load the TLS certificate: {why}")
+        check = subprocess.run([sys.executable, "-m", "tusd_py", "check-config", "-c", "/dev/null"],
+                               capture_output=True, text=True, timeout=30,
+                               env={**os.environ, **env})
+        assert check.returncode == 2 and check.stderr.strip().endswith(why), check.stderr
+    result, _ = serve("--config", "/dev/null", "--port", "0", "--data-dir", str(tmp_path / "data"),
+                      env={"TUSD_SERVER__TLS__CERT_FILE": str(cert),
+                           "TUSD_SERVER__TLS__KEY_FILE": str(other_key)})
+    assert_refused(result, f"tusd-py: cannot load the TLS certificate ({cert}, {other_key}): "
+                           "the key does not match the certificate")
+    result, _ = serve("--config", "/dev/null", "--port", "0",
+                      env={"TUSD_SERVER__TLS__CERT_FILE": str(cert)})
+    assert result.returncode == 2 and "server.tls: cert_file and key_file go together: " \
+        "key_file is not set (from env TUSD_SERVER__TLS__CERT_FILE)" in result.stderr
+
+
+def test_unix_socket_path_that_is_not_a_socket(tmp_path: Path) -> None:
+    path = tmp_path / "tusd.sock"
+    path.write_text("a regular file")
+    result, _ = serve("--config", "/dev/null", "--data-dir", str(tmp_path / "data"),
+                      env={"TUSD_SERVER__UNIX_SOCKET": str(path)})
+    assert_refused(result, f"tusd-py: cannot listen on unix:{path}: "
+                           "the path exists and is not a socket")
+    assert path.read_text() == "a regular file"

@@ -20,6 +20,7 @@ from .models import (
     ServerConfig,
     StartupError,
     StorageConfig,
+    TlsConfig,
     mask_url,
 )
 from .report import dump_config
@@ -45,6 +46,7 @@ __all__ = [
     "ServerConfig",
     "StartupError",
     "StorageConfig",
+    "TlsConfig",
     "dump_config",
     "find_config_file",
     "load_config",

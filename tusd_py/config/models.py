@@ -140,9 +140,43 @@ class CorsConfig(Section):
         return value
 
 
+class TlsConfig(Section):
+    """``server.tls``: HTTPS from a certificate and key file (both or neither)."""
+
+    #: PEM certificate chain, the server's certificate first. Read again on SIGHUP:
+    #: connections made after it get the new one, open ones keep theirs.
+    cert_file: str | None = None
+    #: PEM private key of cert_file (not encrypted).
+    key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> TlsConfig:
+        if bool(self.cert_file) != bool(self.key_file):
+            missing = "key_file" if self.cert_file else "cert_file"
+            raise ValueError(f"cert_file and key_file go together: {missing} is not set")
+        return self
+
+
+def _file_mode(value: Any) -> Any:
+    """``"0660"`` / ``"660"`` / ``0o660`` -> 0o660."""
+    if isinstance(value, str):
+        try:
+            return int(value, 8)
+        except ValueError:
+            raise ValueError(f"not an octal file mode: {value!r} (try 0660)") from None
+    return value
+
+
 class ServerConfig(Section):
     host: str = "0.0.0.0"
     port: int = Field(default=8080, ge=0, le=65535)
+    #: Listen on this unix socket instead of host:port, for a proxy on the same host
+    #: (nginx: ``proxy_pass http://unix:/run/tusd-py/tusd.sock:``). A stale socket file
+    #: is replaced; one a live process listens on is refused.
+    unix_socket: str | None = None
+    #: Permissions of the unix socket file (the proxy's user must be able to write it).
+    unix_socket_mode: Annotated[int, BeforeValidator(_file_mode), Field(ge=0, le=0o777)] = 0o660
+    tls: TlsConfig = TlsConfig()
     #: URL path the tus endpoint is mounted at.
     base_path: str = "/files/"
     #: Trust Forwarded / X-Forwarded-* headers when building Location URLs.
@@ -193,6 +227,10 @@ class ServerConfig(Section):
     metrics: bool = True
     #: Serve the browser demo (Uppy Dashboard + Tus) at GET /. Keep off in production.
     demo: bool = False
+
+    @field_serializer("unix_socket_mode")
+    def _octal(self, value: int) -> str:
+        return f"{value:04o}"
 
     @field_validator("base_path")
     @classmethod

@@ -3,6 +3,7 @@
 SIGTERM/SIGINT stop it within ``server.shutdown_grace + SHUTDOWN_MARGIN`` seconds: no new
 requests, the grace period for those in flight, then the uploads still running commit
 what they received and answer 503; a watchdog exits with ``EXIT_OVERRUN`` past the mark.
+SIGHUP reloads the TLS certificate (``server.tls``).
 """
 
 from __future__ import annotations
@@ -12,16 +13,17 @@ import gc
 import logging
 import os
 import signal
+import ssl
 import threading
 
 from aiohttp import web
 
 from .. import __version__
-from ..config import Config, ConfigError, StartupError
+from ..config import Config, ConfigError, ServerConfig, StartupError
 from ..config.report import env_notes, origin_summary, storage_location
 from .app import create_app, drain_uploads
 from .keys import CONFIG, GATE, HANDLER, HOOKS
-from .listen import listen, listen_url, reason
+from .listen import listen, listen_url, reason, reload_tls, remove_socket, tls_context
 from .logs import AccessLogger, flush_logs, setup_logging
 
 log = logging.getLogger("tusd_py")
@@ -65,6 +67,13 @@ def start_watchdog(seconds: float) -> threading.Timer:
 STARTUP_CLEANUP_WAIT = 5.0
 
 
+def build(config: Config) -> tuple[web.Application, ssl.SSLContext | None]:
+    """What ``serve`` builds before it starts anything: the app (driver, hooks) and the
+    TLS context; ``check-config`` builds the same, so it refuses what serve would."""
+    context = tls_context(config.server.tls)
+    return create_app(config), context
+
+
 async def run(config: Config) -> None:
     """Build the app, start its store and hooks, listen, serve until SIGTERM/SIGINT.
 
@@ -77,7 +86,9 @@ async def run(config: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     server = config.server
-    app = create_app(config)  # builds the driver and the hooks; starts nothing
+    app, context = build(config)  # starts nothing
+    if context is not None:
+        loop.add_signal_handler(signal.SIGHUP, _reload_tls, context, server)
     gate = app[GATE]
     runner = web.AppRunner(
         app,
@@ -94,7 +105,7 @@ async def run(config: Config) -> None:
         # allocate (measured: a full collection of the ~50,000 start-up objects paused the
         # loop for up to 70 ms on this machine; none happen after the freeze).
         gc.freeze()
-        site = await listen(runner, server)
+        site = await listen(runner, server, context)
     except BaseException:
         await _clean_up_failed_start(runner)
         raise
@@ -118,6 +129,7 @@ async def run(config: Config) -> None:
                 await runner.cleanup()
         except TimeoutError:
             log.error("shutdown: connections and store did not close in time")
+        remove_socket(server)
         flusher.cancel()
         log.info("stopped")
         flush_logs()
@@ -136,6 +148,17 @@ def describe_daemon(app: web.Application, loop_name: str) -> str:
     return (f"tusd-py {__version__} listening on {listen_url(config.server)} "
             f"(storage: {config.storage.driver} {storage_location(config.storage)}; "
             f"extensions: {extensions}; hooks: {hooks}; loop: {loop_name})")
+
+
+def _reload_tls(context: ssl.SSLContext, server: ServerConfig) -> None:
+    """SIGHUP: read the certificate and key again; on an error keep the old ones."""
+    try:
+        reload_tls(context, server.tls)
+    except StartupError as exc:
+        log.error("SIGHUP: %s; still serving the previous certificate", exc)
+    else:
+        log.info("SIGHUP: TLS certificate %s reloaded (new connections get it)",
+                 server.tls.cert_file)
 
 
 async def _start(runner: web.AppRunner) -> None:
