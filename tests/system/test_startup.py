@@ -159,3 +159,84 @@ def test_unix_socket_path_that_is_not_a_socket(tmp_path: Path) -> None:
     assert_refused(result, f"tusd-py: cannot listen on unix:{path}: "
                            "the path exists and is not a socket")
     assert path.read_text() == "a regular file"
+
+
+def test_required_storage_that_does_not_answer(tmp_path: Path) -> None:
+    """server.require_storage: an S3 endpoint nobody listens on -> exit 2 once the wait
+    is over, naming the bucket and the endpoint; without it the daemon would start and
+    answer 503 on /readyz."""
+    with socket.socket() as s:  # a port with no listener
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"TUSD_STORAGE__DRIVER": "s3", "TUSD_STORAGE__BUCKET": "uploads",
+           "TUSD_STORAGE__ENDPOINT_URL": f"http://127.0.0.1:{port}",
+           "TUSD_SERVER__REQUIRE_STORAGE": "true", "TUSD_SERVER__REQUIRE_STORAGE_TIMEOUT": "1.5s",
+           "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "1"}
+    result, took = serve("--config", "/dev/null", "--port", "0", env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"tusd-py: the s3 storage (s3://uploads/ at http://127.0.0.1:{port}) "
+                           "did not answer within 1.5s (server.require_storage)"), last
+    assert took < LIMIT
+
+
+def test_required_storage_that_answers(tmp_path: Path) -> None:
+    """The local store answers at once: the daemon starts (SIGTERM ends it, exit 0)."""
+    import signal
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUSD_")}
+    env.update({"TUSD_SERVER__REQUIRE_STORAGE": "true", "TUSD_SERVER__LOG_LEVEL": "info"})
+    proc = subprocess.Popen([sys.executable, "-m", "tusd_py", "serve", "--config", "/dev/null",
+                             "--host", "127.0.0.1", "--port", "0", "--data-dir",
+                             str(tmp_path / "data")], env=env, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    try:
+        for line in proc.stderr:
+            if "listening on" in line:
+                break
+        else:
+            pytest.fail("the daemon did not start")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+
+
+def test_required_storage_waits_for_the_bucket(moto_endpoint: str, s3_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """S3 answers but the bucket is missing: the daemon waits (it does not listen), the
+    bucket appears, the daemon starts. A bucket that never appears: exit 2 with S3's reason."""
+    import signal
+    import uuid
+
+    bucket = f"tus-{uuid.uuid4().hex[:16]}"
+    env = {"TUSD_STORAGE__DRIVER": "s3", "TUSD_STORAGE__BUCKET": bucket,
+           "TUSD_STORAGE__ENDPOINT_URL": moto_endpoint, "TUSD_SERVER__REQUIRE_STORAGE": "true",
+           "TUSD_SERVER__REQUIRE_STORAGE_TIMEOUT": "1s"}
+    result, _ = serve("--config", "/dev/null", "--port", "0", env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"tusd-py: the s3 storage (s3://{bucket}/ at {moto_endpoint}) did not "
+                           f"answer within 1s (server.require_storage): storage error 404 during access to "
+                           f"bucket {bucket}"), last
+
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("TUSD_")}
+    full_env.update({**env, "TUSD_SERVER__REQUIRE_STORAGE_TIMEOUT": "20s",
+                     "TUSD_SERVER__LOG_LEVEL": "info", "PYTHONUNBUFFERED": "1"})
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "tusd_py", "serve", "--config", "/dev/null",
+                                 "--host", "127.0.0.1", "--port", "0"], env=full_env,
+                                stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while "does not answer yet" not in log_path.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.05)
+        assert "listening on" not in log_path.read_text()
+        s3_client.create_bucket(Bucket=bucket)
+        while "listening on" not in log_path.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0

@@ -202,6 +202,12 @@ class ServerConfig(Section):
     #: A writer idle for this long gives its upload up to a newer request at once
     #: (a client that reconnected after a network drop resumes without waiting).
     lock_takeover_idle: Duration = 1.0
+    #: At start-up, wait up to require_storage_timeout for the storage to answer its
+    #: readiness check (what /readyz asks), and exit 2 if it does not. Off: start
+    #: anyway; /readyz answers 503 until the storage answers.
+    require_storage: bool = False
+    #: How long require_storage waits (the store's start included).
+    require_storage_timeout: Annotated[Duration, Field(gt=0)] = 30.0
     #: On SIGTERM, in-flight requests get this long to finish; then they are stopped,
     #: their bytes committed, and the daemon exits.
     shutdown_grace: Duration = 30.0

@@ -9,12 +9,14 @@ SIGHUP reloads the TLS certificate (``server.tls``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
 import signal
 import ssl
 import threading
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -22,9 +24,12 @@ from .. import __version__
 from ..config import Config, ConfigError, ServerConfig, StartupError
 from ..config.report import env_notes, origin_summary, storage_location
 from .app import create_app, drain_uploads
-from .keys import CONFIG, GATE, HANDLER, HOOKS
+from .keys import CONFIG, GATE, HANDLER, HOOKS, STORE
 from .listen import listen, listen_url, reason, reload_tls, remove_socket, tls_context
 from .logs import AccessLogger, flush_logs, setup_logging
+
+if TYPE_CHECKING:
+    from ..storage.base import Store
 
 log = logging.getLogger("tusd_py")
 
@@ -98,8 +103,17 @@ async def run(config: Config) -> None:
         handler_cancellation=False,
         shutdown_timeout=CLOSE_WAIT,
     )
+    wait = server.require_storage_timeout if server.require_storage else None
+    deadline = None if wait is None else loop.time() + wait
     try:
-        await _start(runner)
+        try:
+            async with asyncio.timeout_at(deadline):
+                await _start(runner)
+        except TimeoutError:
+            raise StartupError(f"the {_storage_text(config)} did not answer within "
+                               f"{wait:g}s (server.require_storage)") from None
+        if deadline is not None:
+            await _wait_for_storage(app[STORE], config, deadline, stop)
         # Everything imported and built so far lives as long as the process: keep it out of
         # the garbage collector's generations, so a full collection walks only what requests
         # allocate (measured: a full collection of the ~50,000 start-up objects paused the
@@ -159,6 +173,41 @@ def _reload_tls(context: ssl.SSLContext, server: ServerConfig) -> None:
     else:
         log.info("SIGHUP: TLS certificate %s reloaded (new connections get it)",
                  server.tls.cert_file)
+
+
+def _storage_text(config: Config) -> str:
+    return f"{config.storage.driver} storage ({storage_location(config.storage)})"
+
+
+#: Seconds between the storage checks of ``server.require_storage``.
+STORAGE_RETRY = 0.5
+
+
+async def _wait_for_storage(store: Store, config: Config, deadline: float,
+                            stop: asyncio.Event) -> None:
+    """``server.require_storage``: ping the store until it answers or ``deadline``
+    passes (``StartupError``); SIGTERM meanwhile ends the wait (and the start)."""
+    loop = asyncio.get_running_loop()
+    why = ""
+    while not stop.is_set():
+        try:
+            async with asyncio.timeout_at(deadline):
+                await store.ping()
+            return
+        except TimeoutError:
+            why = why or "no answer"
+        except Exception as exc:
+            if not why:
+                log.warning("the %s does not answer yet (%s); waiting up to %gs "
+                            "(server.require_storage)", _storage_text(config), reason(exc),
+                            config.server.require_storage_timeout)
+            why = reason(exc)
+        if loop.time() + STORAGE_RETRY >= deadline:
+            raise StartupError(f"the {_storage_text(config)} did not answer within "
+                               f"{config.server.require_storage_timeout:g}s "
+                               f"(server.require_storage): {why}")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), STORAGE_RETRY)
 
 
 async def _start(runner: web.AppRunner) -> None:
