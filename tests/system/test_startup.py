@@ -108,11 +108,43 @@ def test_sqlite_database_that_cannot_be_opened(tmp_path: Path) -> None:
 
 
 def test_python_hook_that_cannot_be_imported(tmp_path: Path) -> None:
-    result, _ = serve("--config", "/dev/null", "--port", "0", "--data-dir", str(tmp_path),
+    """The line says where the module was looked for: here, no config file, so the
+    working directory."""
+    result, _ = serve("--port", "0", "--data-dir", str(tmp_path / "data"), cwd=tmp_path,
                       env={"TUSD_HOOKS__PYTHON": "no_such_hooks_module:pre_create"})
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith(
-        "tusd-py: hooks.python: cannot import 'no_such_hooks_module'"), result.stderr
+    assert_refused(result, "tusd-py: hooks.python: cannot import 'no_such_hooks_module' "
+                           f"(looked on the Python path and in {tmp_path}): "
+                           "No module named 'no_such_hooks_module'")
+
+
+async def test_python_hook_next_to_the_config_file(daemon_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """hooks.python: ["myhooks:pre_create"] finds myhooks.py in the config file's
+    directory (and myhooks its own neighbour), with the daemon started elsewhere and no
+    PYTHONPATH. Was: "cannot import 'myhooks'"."""
+    import aiohttp
+
+    conf = tmp_path / "etc-tusd"
+    conf.mkdir()
+    (conf / "tusd.yaml").write_text(
+        "hooks:\n  python: [\"myhooks:pre_create\"]\n  enabled: [pre-create]\n")
+    (conf / "myhooks.py").write_text(
+        "from myhooks_rules import REQUIRED\n\n"
+        "def pre_create(hook):\n"
+        "    if REQUIRED not in hook['Event']['Upload']['MetaData']:\n"
+        "        return {'RejectUpload': True,\n"
+        "                'HTTPResponse': {'StatusCode': 400, 'Body': 'filename required'}}\n"
+        "    return {}\n")
+    (conf / "myhooks_rules.py").write_text("REQUIRED = 'filename'\n")
+    env = {"TUSD_CONFIG": str(conf / "tusd.yaml"), "PYTHONPATH": ""}
+    (tmp_path / "elsewhere").mkdir()
+    daemon = daemon_factory(env=env, data_dir=tmp_path / "elsewhere" / "data")
+    assert daemon.data_dir.parent != conf  # the daemon's working directory
+    tus = {"Tus-Resumable": "1.0.0", "Upload-Length": "1"}
+    async with aiohttp.ClientSession() as s:
+        async with s.post(daemon.url, headers=tus) as r:
+            assert r.status == 400 and await r.text() == "filename required"
+        async with s.post(daemon.url, headers={**tus, "Upload-Metadata": "filename YQ=="}) as r:
+            assert r.status == 201
 
 
 def test_tls_files_that_cannot_be_used(tmp_path: Path) -> None:

@@ -434,7 +434,10 @@ class HttpHookConfig(Section):
 
 class HooksConfig(Section):
     http: HttpHookConfig = HttpHookConfig()
-    #: In-process hooks: ``package.module:function`` (sync or async), called in order.
+    #: In-process hooks: ``package.module:function`` (sync or async), called in order. The
+    #: module comes from the Python path, else from the config file's directory (the
+    #: working directory without a config file): no PYTHONPATH needed for a hook module
+    #: next to the config file.
     python: StrList = []
     #: Events delivered (tusd's defaults; pre-finish, pre-terminate and pre-access are opt-in).
     enabled: Annotated[list[HookName], BeforeValidator(_split_list)] = [
