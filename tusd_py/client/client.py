@@ -25,12 +25,14 @@ from .parallel import upload_parallel
 from .storage import TuspyStorage, URLStorage, as_url_storage
 from .uploader import NETWORK_ERRORS, PIECE_SIZE, Progress, Source, Uploader
 
-__all__ = ["Response", "ServerInfo", "TusClient", "UploadInfo"]
+__all__ = ["Response", "RetryListener", "ServerInfo", "TusClient", "UploadInfo"]
 
 log = logging.getLogger("tusd_py.client")
 
 TUS_VERSION = "1.0.0"
 DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024
+#: ``on_retry(attempt, retries, delay_seconds, error)``: told before each retry's wait.
+RetryListener = Callable[[int, int, float, BaseException], Any]
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,9 @@ class TusClient:
     an entry tuspy wrote (under the bare fingerprint) for a URL on this endpoint's origin
     is resumed too, and ``tuspy_keys=True`` stores new entries under the bare
     fingerprint so that tuspy can resume them. ``limit_rate`` caps the upload rate in
-    bytes per second.
+    bytes per second. ``on_retry(attempt, retries, delay, error)`` is called before each
+    retry's wait (the CLI shows it); a server that cannot be reached is not retried twice
+    over (OPTIONS no longer falls back to the core protocol on a network error).
     """
 
     def __init__(self, url: str, *, headers: Mapping[str, str] | None = None,
@@ -112,7 +116,8 @@ class TusClient:
                  timeout: float = 30.0, url_storage: URLStorage | TuspyStorage | None = None,
                  fingerprinter: Fingerprinter | None = None,
                  session: aiohttp.ClientSession | None = None,
-                 limit_rate: float | None = None, tuspy_keys: bool = False) -> None:
+                 limit_rate: float | None = None, tuspy_keys: bool = False,
+                 on_retry: RetryListener | None = None) -> None:
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
         self.url = url
@@ -127,6 +132,7 @@ class TusClient:
         self.fingerprinter = fingerprinter or MD5Fingerprint()
         self.limit_rate = limit_rate
         self.tuspy_keys = tuspy_keys
+        self.on_retry = on_retry
         self._session = session
         self._own_session = session is None
         self._server_info: ServerInfo | None = None
@@ -193,8 +199,12 @@ class TusClient:
         ceiling = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
-    async def backoff_sleep(self, attempt: int) -> None:
-        await asyncio.sleep(self.delay(attempt))
+    async def backoff_sleep(self, attempt: int, error: BaseException | None = None) -> None:
+        """Wait before retry ``attempt``; ``on_retry`` hears of it first (with ``error``)."""
+        delay = self.delay(attempt)
+        if self.on_retry is not None and error is not None:
+            self.on_retry(attempt, self.retries, delay, error)
+        await asyncio.sleep(delay)
 
     def piece_size(self) -> int:
         if self.limit_rate:
@@ -227,6 +237,8 @@ class TusClient:
                                                 allow_redirects=False) as resp:
                     text = await resp.text(errors="replace") if method not in ("HEAD",) else ""
                     result = Response(resp.status, resp.headers, str(resp.url), text)
+            except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError):  # no retry cures it
+                raise TusClientError(f"{url} is not an http:// or https:// URL") from None
             except NETWORK_ERRORS as exc:
                 if not retry or attempt >= self.retries:
                     raise
@@ -234,16 +246,20 @@ class TusClient:
             else:
                 if result.status in expect:
                     return result
-                error = self._error(result, what or f"{method} {url}")
+                error = self._error(result, what or f"{method} {url}", method)
                 if not retry or attempt >= self.retries or not (
                         result.status >= 500 or result.status == 423):
                     raise error
             attempt += 1
             log.info("%s %s failed (%s); retry %d of %d", method, url, error, attempt, self.retries)
-            await self.backoff_sleep(attempt)
+            await self.backoff_sleep(attempt, error)
 
     @staticmethod
-    def _error(resp: Response, what: str) -> TusResponseError:
+    def _error(resp: Response, what: str, method: str = "") -> TusResponseError:
+        if method == "POST" and resp.status in (404, 405):
+            # Creation never answers these: the URL is not a tus endpoint.
+            return TusResponseError(f"{resp.url} is not a tus creation URL (POST)", resp.status,
+                                    resp.text)
         if resp.status in (404, 410):
             return UploadNotFound(f"{what}: no such upload {resp.url}", resp.status, resp.text)
         return TusResponseError(what, resp.status, resp.text)
@@ -256,7 +272,7 @@ class TusClient:
             if self._server_info is None or refresh:
                 try:
                     resp = await self.request("OPTIONS", self.url, expect=(200, 204), what="OPTIONS")
-                except (TusClientError, *NETWORK_ERRORS) as exc:  # type: ignore[misc]
+                except TusClientError as exc:  # the server answered, but not OPTIONS
                     log.info("OPTIONS %s failed (%s); assuming core protocol only", self.url, exc)
                     self._server_info = ServerInfo()
                 else:

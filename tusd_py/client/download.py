@@ -71,7 +71,7 @@ async def download(client: TusClient, url: str, dest: str | os.PathLike[str] | I
                     raise error from None
                 log.info("GET %s failed at %d (%s); retry %d of %d", url, written, error,
                          attempt, client.retries)
-                await client.backoff_sleep(attempt)
+                await client.backoff_sleep(attempt, error)
     finally:
         if own:
             out.close()
