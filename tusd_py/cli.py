@@ -1,4 +1,4 @@
-"""The ``tusd-py`` command line: ``serve``, ``check-config`` and the client commands."""
+"""The ``tusd-py`` command line: ``serve``, ``check-config``, ``healthcheck`` and the client commands."""
 
 from __future__ import annotations
 
@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="validate the config and print it (secrets masked)")
     _add_config_flags(check)
     check.set_defaults(func=_check_config)
+
+    from .healthcheck import add_command as add_healthcheck
+    add_healthcheck(commands, _add_config_flags, _config_from)
 
     try:
         from .client.cli import add_commands

@@ -111,6 +111,7 @@ Tokens = Annotated[list[str], BeforeValidator(_split_list), AfterValidator(_chec
 
 
 class CorsConfig(Section):
+    #: Answer CORS preflights and add CORS headers to responses.
     enabled: bool = True
     #: Origins allowed to call the API from a browser: exact origins
     #: (``https://app.example.com``), patterns starting with ``^`` that must match the
@@ -168,7 +169,9 @@ def _file_mode(value: Any) -> Any:
 
 
 class ServerConfig(Section):
+    #: Address to listen on (``--host``).
     host: str = "0.0.0.0"
+    #: Port to listen on (``--port``).
     port: int = Field(default=8080, ge=0, le=65535)
     #: Listen on this unix socket instead of host:port, for a proxy on the same host
     #: (nginx: ``proxy_pass http://unix:/run/tusd-py/tusd.sock:``). A stale socket file
@@ -212,9 +215,11 @@ class ServerConfig(Section):
     #: their bytes committed, and the daemon exits.
     shutdown_grace: Duration = 30.0
     cors: CorsConfig = CorsConfig()
+    #: Least severe log level written.
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     #: ``text`` or ``json`` (one JSON object per line).
     log_format: Literal["text", "json"] = "text"
+    #: One log line per request (logger ``tusd_py.access``).
     access_log: bool = True
     #: Largest request body: one PATCH, or the body of a creation-with-upload POST
     #: (0: no limit beyond max_size). A bigger Content-Length gets 413 before any byte
@@ -227,7 +232,7 @@ class ServerConfig(Section):
     max_header_size: Size = Field(default=16384, ge=1024)
     #: When set, every tus request (not OPTIONS, /healthz, /readyz, /metrics)
     #: must carry ``Authorization: Bearer <token>``; 401 otherwise. For per-user auth use
-    #: a pre-create hook instead (README "Operations").
+    #: a pre-create hook instead (docs: Hooks).
     auth_token: SecretStr | None = None
     #: Serve Prometheus metrics at /metrics.
     metrics: bool = True
@@ -320,6 +325,7 @@ class S3Storage(_ObjectStorage):
     bucket: Annotated[str, Field(min_length=1)]
     #: For S3-compatible servers (path-style addressing then).
     endpoint_url: str | None = None
+    #: The bucket's region (unset: from the AWS configuration).
     region: str | None = None
     #: Multipart part size: S3 wants 5MiB..5GiB; grows with Upload-Length past 10,000 parts.
     part_size: Annotated[Size, _size_range(5 * MIB, 5 << 30, "S3's part size limits")] = 8 * MIB
@@ -409,7 +415,7 @@ def mask_url(value: str | None) -> str | None:
 class HttpHookConfig(Section):
     #: Endpoint receiving tusd v2 hook requests (POST, JSON); unset: no HTTP hooks.
     url: str | None = None
-    #: Per attempt.
+    #: Per attempt; also bounds each Python hook call.
     timeout: Duration = 10.0
     #: Extra attempts after a network error or a 5xx answer (not after a 4xx).
     retries: Annotated[int, Field(ge=0, le=20)] = 3

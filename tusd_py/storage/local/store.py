@@ -403,7 +403,7 @@ class LocalLock(UploadLock):
 
     def write_nowait(self, data: bytes) -> None:
         # A pwrite into the page cache takes microseconds for the chunks aiohttp hands
-        # over; doing it inline avoids a thread hop per chunk (see README, benchmarks).
+        # over; doing it inline avoids a thread hop per chunk (see docs/internals.md).
         fd = self.fd
         assert fd is not None
         position = self.upload.offset + self.written
