@@ -315,3 +315,32 @@ def test_tls_on_a_unix_socket_is_https(served, tmp_path: Path) -> None:  # type:
             assert b"200 OK" in http_get_on(tls, "/healthz")
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_healthcheck_speaks_tls_and_unix_sockets(served, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """``tusd-py healthcheck`` probes the daemon as it listens: over TLS on the port, and
+    on the unix socket (it would fail against either with plain HTTP to a port)."""
+    crt, key, _ = make_cert(tmp_path, "probe")
+    port = free_port()
+    tls_env = {"TUSD_SERVER__HOST": "127.0.0.1", "TUSD_SERVER__PORT": str(port),
+               "TUSD_SERVER__TLS__CERT_FILE": str(crt), "TUSD_SERVER__TLS__KEY_FILE": str(key)}
+    directory = short_dir()
+    try:
+        sock = directory / "tusd.sock"
+        unix_env = {"TUSD_SERVER__UNIX_SOCKET": str(sock)}
+        tls_daemon = served(tls_env, tls_listening(port))
+        served(unix_env, lambda: _answers(sock))
+        for env in (tls_env, unix_env):
+            probe = subprocess.run([sys.executable, "-m", "tusd_py", "healthcheck", "--ready",
+                                    "--config", "/dev/null"], capture_output=True, text=True,
+                                   timeout=30, env={**os.environ, **env})
+            assert probe.returncode == 0, (env, probe.stderr)
+        tls_daemon.stop()
+        probe = subprocess.run([sys.executable, "-m", "tusd_py", "healthcheck", "--config",
+                                "/dev/null"], capture_output=True, text=True, timeout=30,
+                               env={**os.environ, **tls_env})
+        assert probe.returncode == 1
+        assert probe.stderr == (f"tusd-py healthcheck: https://127.0.0.1:{port}/healthz: "
+                                "connection refused\n")
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
