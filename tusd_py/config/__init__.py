@@ -1,5 +1,6 @@
 """Configuration: the models (``models``), reading them from file, env and flags
-(``load``), printing them (``report``). This module is the package's map."""
+(``load``) with where each value came from (``provenance``), printing them (``report``).
+This module is the package's map."""
 
 from .load import CONFIG_ENV, DEFAULT_CONFIG_PATHS, ENV_PREFIX, find_config_file, load_config
 from .models import (
@@ -23,6 +24,7 @@ from .models import (
     TlsConfig,
     mask_url,
 )
+from .provenance import Provenance
 from .report import dump_config
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "HttpHookConfig",
     "LocalStorage",
     "MemoryStorage",
+    "Provenance",
     "S3Storage",
     "ServerConfig",
     "StartupError",

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -24,6 +22,7 @@ from pydantic import (
 
 from ..protocol.checksum import ALGORITHMS
 from ..protocol.constants import ALLOW_METHODS, HookName
+from .provenance import Provenance
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 10**3, "kib": 1 << 10, "m": 1 << 20, "mb": 10**6,
           "mib": 1 << 20, "g": 1 << 30, "gb": 10**9, "gib": 1 << 30, "t": 1 << 40, "tb": 10**12,
@@ -460,32 +459,6 @@ class HooksConfig(Section):
     #: replica gets to it first; checked at start and every this often. 0: post-finish is
     #: at most once, like the other post-* events.
     redeliver_after: Duration = 60.0
-
-
-@dataclass(frozen=True)
-class Provenance:
-    """Where an effective configuration came from (``load_config`` fills it in)."""
-
-    #: The config file read (absolute path); None: there was none (built-in defaults).
-    file: str | None = None
-    #: Dotted key -> where its value came from: ``file <path>``, ``env <NAME>``,
-    #: ``command line``.
-    sources: Mapping[str, str] = field(default_factory=dict)
-    #: ``TUSD_*`` variables that are not settings (no ``__``: Kubernetes service links
-    #: such as ``TUSD_PORT``, ...): ignored.
-    ignored_env: tuple[str, ...] = ()
-    #: Ignored variables spelt like a setting with ``_`` for ``__`` -> the name meant.
-    misspelt_env: Mapping[str, str] = field(default_factory=dict)
-    #: The directory relative paths in the file are meant from: the file's directory,
-    #: else the working directory the config was read in.
-    base_dir: str = field(default_factory=os.getcwd)
-
-    def source_of(self, key: str) -> str | None:
-        """Where ``key`` (or, for a section or a mapping, a key under it) was set."""
-        if key in self.sources:
-            return self.sources[key]
-        return next((src for dotted, src in self.sources.items()
-                     if dotted.startswith(key + ".")), None)
 
 
 class Config(Section):
