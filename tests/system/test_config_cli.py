@@ -326,3 +326,13 @@ def test_serve_logs_the_config_it_loaded(daemon_factory, tmp_path):  # type: ign
     assert line.endswith(f"config: file {config}; env TUSD_EXPIRATION__SWEEP_INTERVAL, "
                          "TUSD_SERVER__LOG_LEVEL; command line server.host, server.port, "
                          "storage.data_dir")
+
+
+def test_check_config_output_stays_yaml_with_long_values():
+    """A long value is not folded over lines (a source comment after its first line
+    would break it)."""
+    url = "http://hooks.example/" + "long/" * 30 + "hooks"
+    result = run_cli("check-config", "--config", "/dev/null", env={"TUSD_HOOKS__HTTP__URL": url})
+    assert result.returncode == 0, result.stderr
+    assert f"    url: {url}  # env TUSD_HOOKS__HTTP__URL" in result.stdout.splitlines()
+    assert yaml.safe_load(result.stdout)["hooks"]["http"]["url"] == url

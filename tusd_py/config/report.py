@@ -13,10 +13,10 @@ from pydantic import BaseModel
 from .models import AzureStorage, Config, GCSStorage, LocalStorage, S3Storage, StorageConfig
 
 
-def dump_config(config: Config) -> str:
+def dump_config(config: Config, width: int = 80) -> str:
     """The effective config as YAML, secrets masked."""
     data = config.model_dump(mode="json")  # SecretStr dumps as '**********'
-    return yaml.safe_dump(data, sort_keys=False)
+    return yaml.safe_dump(data, sort_keys=False, width=width)
 
 
 def config_file_text(config: Config) -> str:
@@ -104,7 +104,8 @@ def describe_config(config: Config) -> str:
     changed = set(changed_keys(config))
     lines: list[str] = []
     path: list[tuple[int, str]] = []  # (indent, key) of the mappings the line is in
-    for line in dump_config(config).splitlines():
+    # One line per value (no folding), so a comment can follow every value.
+    for line in dump_config(config, width=1 << 30).splitlines():
         match = _KEY_LINE.match(line)
         if match:
             indent = len(match.group(1))
