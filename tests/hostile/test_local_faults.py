@@ -93,8 +93,10 @@ def test_an_immutable_shm_file_is_refused_at_start(tmp_path: Path, immutable: li
         [sys.executable, "-m", "tusd_py", "serve", "--host", "127.0.0.1", "--port", "0",
          "--data-dir", str(data)], capture_output=True, text=True, timeout=30,
         env={k: v for k, v in os.environ.items() if not k.startswith("TUSD_")})
-    assert proc.returncode not in (0, -7, 135)  # -7: SIGBUS
-    assert "uploads.db-shm" in proc.stderr
+    assert proc.returncode == 2  # not -7 (SIGBUS) or 135, and no traceback
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("tusd-py:")]
+    assert len(errors) == 1 and "uploads.db-shm" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 @needs_chattr
