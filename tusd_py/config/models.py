@@ -206,8 +206,9 @@ class ServerConfig(Section):
     min_body_rate: Size = 1024
     #: The window over which ``min_body_rate`` is measured.
     min_body_rate_window: Annotated[Duration, Field(gt=0)] = 10.0
-    #: A connection whose request line and headers have not all arrived this long after
-    #: it opened (or after the first byte of a later request) is closed with 408.
+    #: A connection whose first request line and headers have not all arrived this long
+    #: after it opened is closed with 408 (a later request on a kept-alive connection has
+    #: keepalive_timeout from the previous response).
     header_timeout: Annotated[Duration, Field(gt=0)] = 10.0
     #: An idle keep-alive connection is closed after this long (keep it above the idle
     #: timeout of a reverse proxy's upstream connections: nginx and load balancers use 60s).
