@@ -5,24 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
 
-import pytest
-
+from tests.storage.test_group_commit import row, store  # noqa: F401 (store: a fixture)
 from tusd_py.storage.local.batch import GroupCommit
 from tusd_py.storage.local.store import LocalStore
-
-
-@pytest.fixture
-async def store(tmp_path) -> AsyncIterator[LocalStore]:
-    s = LocalStore(str(tmp_path))
-    await s.start()
-    yield s
-    await s.stop()
-
-
-def row(upload_id: str, length: int | None = 10) -> tuple:
-    return (upload_id, length, 0, "{}", 0.0, None, 0, None, None, 0)  # INSERT_COLUMNS order
 
 
 async def test_an_integer_sqlite_cannot_store_fails_only_its_own_insert(store: LocalStore):
