@@ -5,10 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import AsyncIterator
 
-from tests.storage.test_group_commit import row, store  # noqa: F401 (store: a fixture)
+import pytest
+
+from tests.storage.test_group_commit import row
 from tusd_py.storage.local.batch import GroupCommit
 from tusd_py.storage.local.store import LocalStore
+
+
+@pytest.fixture
+async def store(tmp_path) -> AsyncIterator[LocalStore]:
+    s = LocalStore(str(tmp_path))
+    await s.start()
+    yield s
+    await s.stop()
 
 
 async def test_an_integer_sqlite_cannot_store_fails_only_its_own_insert(store: LocalStore):
