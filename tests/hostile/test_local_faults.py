@@ -56,6 +56,7 @@ def test_orphan_files_are_removed_at_start_whatever_their_age(daemon_factory, tm
     daemon.kill()
     with sqlite3.connect(data / "uploads.db") as db:  # what the killed DELETEs did first
         db.executemany("DELETE FROM uploads WHERE id = ?", [(i,) for i in ids[:4]])
+    time.sleep(2.1)  # past the clean-up's 2 s grace for files a create makes at that instant
     held = os.open(data / "uploads" / ids[3], os.O_RDONLY)  # a live writer elsewhere
     try:
         fcntl.flock(held, fcntl.LOCK_EX)

@@ -13,6 +13,7 @@ import pytest
 from tests.plugins.stores import started_stores, write
 from tusd_py.protocol.errors import MismatchedOffset
 from tusd_py.storage.base import Upload
+from tusd_py.storage.local import store as store_module
 from tusd_py.storage.local.store import LocalStore
 
 
@@ -98,9 +99,11 @@ async def test_reconcile_never_cuts_bytes_committed_by_another_process(tmp_path,
     await lock.release()
 
 
-async def test_files_without_a_record_are_removed_at_start_unless_locked(tmp_path, started):
+async def test_files_without_a_record_are_removed_at_start_unless_locked(tmp_path, started,
+                                                                        monkeypatch):
     """Whatever their age (a kill -9 during DELETEs leaves fresh ones); a file another
     live process holds the flock of (a create in flight) stays."""
+    monkeypatch.setattr(store_module, "ORPHAN_GRACE", 0.0)  # ctime cannot be set back
     a = await started(LocalStore(str(tmp_path)))
     await a.create(Upload(id="kept", length=3))
     await write(a, "kept", b"abc")  # complete: kept (it has a record)

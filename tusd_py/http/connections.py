@@ -223,25 +223,35 @@ class GuardedServer(web.Server):
 
     def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
         guard = self.guard
-        address = _peer_address(transport) if guard.max_per_address else ""
-        if not guard.admit(address):
+        if guard.max_per_address:
+            address = _peer_address(transport)
+            admitted = guard.admit(address)
+            if admitted:
+                guard.addresses[handler] = address
+        elif guard.total < guard.max_total:  # admit(), inline: this is every connection
+            guard.total += 1
+            admitted = True
+        else:
+            address, admitted = _peer_address(transport), False
+        if not admitted:
             handler._force_close = True  # its start() ends at once; data_received drops data
-            guard.refuse(handler, transport, address or _peer_address(transport))
+            guard.refuse(handler, transport, address)
             return
         self._connections[handler] = transport
         guard.awaiting[handler] = self._loop.time() + guard.header_timeout
-        if guard.max_per_address:
-            guard.addresses[handler] = address
 
     def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
         guard = self.guard
-        if handler in guard.refused_connections:
+        if guard.lingering and handler in guard.refused_connections:
             guard.refused_connections.discard(handler)
             guard.lingering -= 1
             return
         guard.awaiting.pop(handler, None)
-        guard.release(guard.addresses.pop(handler, "") if guard.max_per_address else "")
-        super().connection_lost(handler, exc)
+        if guard.max_per_address:
+            guard.release(guard.addresses.pop(handler, ""))
+        else:
+            guard.total -= 1
+        web.Server.connection_lost(self, handler, exc)
 
 
 class GuardedRunner(web.AppRunner):

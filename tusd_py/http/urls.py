@@ -98,6 +98,10 @@ def valid_prefix(prefix: str) -> bool:
     return all(_SEGMENT.fullmatch(s) and s not in (".", "..") for s in segments)
 
 
+#: The last host ``base_url`` found valid (a one-entry cache of ``valid_host``).
+_last_valid_host: str | None = None
+
+
 def _first(value: str) -> str:
     return value.split(",", 1)[0].strip()
 
@@ -126,6 +130,9 @@ def base_url(request: web.Request, behind_proxy: bool) -> str:
         claimed_prefix = _first(headers.get("X-Forwarded-Prefix", "")).rstrip("/")
         if valid_prefix(claimed_prefix):
             prefix = claimed_prefix
-    if not valid_host(host):
-        raise BadRequest("invalid Host header")
+    global _last_valid_host
+    if host != _last_valid_host:  # clients send the same Host again and again
+        if not valid_host(host):
+            raise BadRequest("invalid Host header")
+        _last_valid_host = host
     return f"{scheme}://{host}{prefix}"

@@ -126,7 +126,12 @@ def _apply(conn: sqlite3.Connection, inserts: list[Row],
         try:
             if inserts:
                 _insert_rows(conn, inserts)
-            matched: list[bool | Exception] = [_update(conn, row) for row in updates]
+            matched: list[bool | Exception] = []
+            for (upload_id, new_offset, new_length, expires_at, completed_at, old_offset,
+                 old_length) in updates:  # _update, inline: this is every PATCH's commit
+                cursor = conn.execute(_UPDATE, (new_offset, new_length, expires_at,
+                                                completed_at, upload_id, old_offset, old_length))
+                matched.append(cursor.rowcount == 1)
             conn.execute("COMMIT")
         finally:
             if conn.in_transaction:  # a statement (or the commit) failed

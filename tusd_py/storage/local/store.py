@@ -68,6 +68,9 @@ _COLUMNS = ", ".join(INSERT_COLUMNS)
 _LOCK_POLL = 0.02  # seconds between flock attempts while another process holds it
 _RECENT_MAX = 4096  # records remembered for lock() (a few hundred bytes each)
 _ORPHAN_BATCH = 100  # files without a record locked and checked at once at start-up
+#: Seconds a new file is spared by the orphan clean-up: a create in another process
+#: holds the file's flock from an instant after creating it (``create``).
+ORPHAN_GRACE = 2.0
 #: Seconds between checks that SQLite's shared-memory file can still be written.
 FAULT_CHECK_INTERVAL = 1.0
 
@@ -235,11 +238,14 @@ class LocalStore(Store):
         A file is only removed under its flock (taken without waiting) and once the
         database, read under that flock, has no row for it: a live process creating an
         upload holds the flock from the file's creation until its row is committed
-        (``create``), and one writing an upload holds it too."""
+        (``create``), and one writing an upload holds it too; a file made in the last
+        ``ORPHAN_GRACE`` seconds is spared (the instant between a create's open and flock)."""
         candidates = []
+        young = time.time() - ORPHAN_GRACE
         with os.scandir(self.upload_dir) as entries:
             for entry in entries:
-                if entry.name not in unfinished and is_upload_id(entry.name):
+                if (entry.name not in unfinished and is_upload_id(entry.name)
+                        and entry.stat().st_ctime < young):
                     candidates.append(entry.name)
         removed = 0
         for start in range(0, len(candidates), _ORPHAN_BATCH):
@@ -294,13 +300,11 @@ class LocalStore(Store):
         except OSError as exc:
             raise storage_error(exc, "cannot create the upload") from exc
         # Held until the row is committed: a start-up of another process sharing this
-        # directory takes a file it can flock and has no row for as an orphan.
+        # directory takes a file it can flock and has no row for as an orphan (unless it
+        # was made in the last ORPHAN_GRACE seconds: the instant before this flock).
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if os.fstat(fd).st_nlink == 0:
-                raise BlockingIOError
-        except BlockingIOError:
-            # That start-up took this file in the instant between open() and flock().
+        except BlockingIOError:  # not ours after all (cannot happen to a new file)
             os.close(fd)
             raise ServiceUnavailable("upload could not be created; retry",
                                      headers={"Retry-After": "1"}) from None
