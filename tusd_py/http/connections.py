@@ -102,7 +102,6 @@ class ConnectionGuard:
         #: The client address of each open connection (with a per-address cap only).
         self.addresses: dict[RequestHandler, str] = {}
         self.lingering = 0
-        self.refused = 0
         self._refusals = _Throttled()
         self._accept_errors = _Throttled()
 
@@ -158,7 +157,6 @@ class ConnectionGuard:
         """Answer 503 and close within ``REFUSAL_LINGER`` (unanswered at once when too many
         refusals linger already). The transport is closed only once aiohttp's start() of
         the connection has ended (it must not find the connection lost before it ran)."""
-        self.refused += 1
         self._refusals.log("refusing connections: %d open (server.max_connections %d, "
                            "per address %s); latest from %s", self.total, self.max_total,
                            self.max_per_address or "unlimited", address or "a local socket")
