@@ -181,6 +181,12 @@ class ServerConfig(Section):
     tls: TlsConfig = TlsConfig()
     #: URL path the tus endpoint is mounted at.
     base_path: str = "/files/"
+    #: Upload protocols spoken at base_path: ``tus`` (tus 1.0.0) and ``ietf-draft``
+    #: (Resumable Uploads for HTTP, interop versions 3 to 10: docs/ietf-draft.md).
+    #: Requests go to one by their headers (Tus-Resumable, Upload-Draft-Interop-Version);
+    #: OPTIONS advertises only those listed.
+    protocols: Annotated[list[Literal["tus", "ietf-draft"]], BeforeValidator(_split_list),
+                         Field(min_length=1)] = ["tus", "ietf-draft"]
     #: Trust Forwarded / X-Forwarded-* headers when building Location URLs.
     behind_proxy: bool = False
     #: Largest upload accepted (Tus-Max-Size); 0 means no limit.

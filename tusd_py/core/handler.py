@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -52,12 +53,16 @@ from ..protocol.errors import (
     UnsupportedVersion,
 )
 from ..protocol.errors import MismatchedOffset as OffsetMismatch
+from ..protocol.ietf import DRAFT_MARK, VERSION_HEADER, inconsistent
 from ..storage.base import CanDownload, CanTerminate, Capability, Store, Upload
 from ..storage.ids import check_upload_id, is_upload_id
 from .concat import Concatenation
 from .events import EventBus
 from .receive import BodyReceiver, Outcome, interrupted
 from .writers import Writer, WriterRegistry
+
+if TYPE_CHECKING:
+    from .ietf import DraftHandler
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +123,9 @@ class TusHandler:
             self._options_headers["Tus-Max-Size"] = str(self.server.max_size)
         if self.algorithms:
             self._options_headers["Tus-Checksum-Algorithm"] = ",".join(self.algorithms)
+        #: The IETF draft's handler (``core.ietf``), set when ``server.protocols`` has it:
+        #: requests without ``Tus-Resumable`` that name an interop version go there.
+        self.draft: DraftHandler | None = None
 
     def _extensions(self) -> list[str]:
         """Exactly what this store and config support."""
@@ -146,17 +154,18 @@ class TusHandler:
         upload_id = request.match_info.get("upload_id")
 
         if method == "OPTIONS":
+            if self.draft is not None and VERSION_HEADER in request.headers:
+                return await self.draft.dispatch(request)
             return web.Response(status=204, headers=self._options_headers)
         if method == "GET":
+            if self.draft is not None and VERSION_HEADER in request.headers:
+                return await self.draft.dispatch(request)
             if upload_id is None:
                 raise web.HTTPMethodNotAllowed(method, ["POST", "OPTIONS"])
-            if not self.server.download:
-                raise web.HTTPMethodNotAllowed(method, self.upload_methods)
-            check_upload_id(upload_id)
-            if self.events.access_checkers:
-                await self.events.pre_access(upload_id, request, method)
-            return await self.get(request, upload_id)
+            return await self.download_request(request, upload_id)
         if request.headers.get("Tus-Resumable") != TUS_VERSION:
+            if self.draft is not None and VERSION_HEADER in request.headers:
+                return await self.draft.dispatch(request)
             raise UnsupportedVersion(headers={"Tus-Version": TUS_VERSION})
         if upload_id is None:
             if method == "POST":
@@ -172,6 +181,15 @@ class TusHandler:
         if method == "DELETE":
             return await self.delete(request, upload_id)
         raise web.HTTPMethodNotAllowed(method, self.upload_methods)
+
+    async def download_request(self, request: web.Request, upload_id: str) -> web.StreamResponse:
+        """A GET of an upload URL: the download of a finished upload (either protocol's)."""
+        if not self.server.download:
+            raise web.HTTPMethodNotAllowed("GET", self.upload_methods)
+        check_upload_id(upload_id)
+        if self.events.access_checkers:
+            await self.events.pre_access(upload_id, request, "GET")
+        return await self.get(request, upload_id)
 
     # -- helpers ------------------------------------------------------------------
 
@@ -213,6 +231,8 @@ class TusHandler:
         if concat is not None and Capability.CONCATENATE not in self.caps:
             raise BadRequest("concatenation is not supported by this server")
         metadata = parse_metadata(headers.get("Upload-Metadata"))
+        if DRAFT_MARK in metadata:
+            raise BadRequest(f"the Upload-Metadata key {DRAFT_MARK!r} is reserved")
         now = time.time()
         if concat is not None and concat.final:
             upload = await self.concatenation.create_final(request, concat.final_urls, metadata, now)
@@ -282,6 +302,8 @@ class TusHandler:
 
     async def head(self, request: web.Request, upload_id: str) -> web.StreamResponse:
         upload = await self._load(upload_id)
+        if DRAFT_MARK in upload.metadata:  # created through the IETF draft
+            raise NotFound()
         if upload.is_final and not upload.is_complete:
             upload = await self.concatenation.assemble_final(request, upload)
         headers = self._tus_headers(upload)
@@ -327,11 +349,14 @@ class TusHandler:
 
     async def _write_body(self, request: web.Request, upload_id: str, offset: int,
                           declared: int | None, hasher: Hasher | None,
-                          expected_digest: bytes | None = None) -> Written:
+                          expected_digest: bytes | None = None, *, draft: bool = False,
+                          completes: bool = False) -> Written:
         """Lock, check, stream the body into the store, commit what may be kept.
 
         Refusals (409, 413, 460...) raise; a body that ended early (disconnect, idle,
-        takeover, shutdown) is committed and reported in ``Written.outcome``."""
+        takeover, shutdown) is committed and reported in ``Written.outcome``. ``draft``:
+        the request speaks the IETF draft (only its uploads are found); ``completes``: the
+        draft request ends the upload, whose length is then where its body ended."""
         content_length = parse_uint(request.headers.get("Content-Length"), "Content-Length",
                                     required=False)
         # Ours until released: a newer request (here, or on another replica through the
@@ -339,12 +364,16 @@ class TusHandler:
         writer, lock = await self.writers.claim(upload_id)
         try:
             upload = lock.upload
+            if (DRAFT_MARK in upload.metadata) is not draft:  # the other protocol's upload
+                raise NotFound()
             was_complete = upload.is_complete
             self._check_alive(upload)
             if upload.is_final:
                 raise Forbidden("modifying a final upload is not allowed")
             if offset != upload.offset:
-                raise OffsetMismatch(f"mismatched offset: upload is at {upload.offset}")
+                mismatch = OffsetMismatch(f"mismatched offset: upload is at {upload.offset}")
+                mismatch.offset = upload.offset
+                raise mismatch
             length = upload.length
             if declared is not None:
                 if length is not None and declared != length:
@@ -372,6 +401,11 @@ class TusHandler:
                     if outcome is Outcome.COMPLETE:
                         raise ChecksumMismatch()
                     raise interrupted(writer)
+            if completes and outcome is Outcome.COMPLETE:  # the draft: the length is here
+                end = upload.offset + received
+                if length is not None and end != length:
+                    raise inconsistent("the completing request ended before the upload's length")
+                length = end
             new_length = length if upload.length is None else None
             if received or new_length is not None:
                 now = time.time()
@@ -407,11 +441,19 @@ class TusHandler:
     async def delete(self, request: web.Request, upload_id: str) -> web.StreamResponse:
         if self.server.termination is False:  # tusd -disable-termination: no DELETE route
             raise web.HTTPMethodNotAllowed("DELETE", self.upload_methods)
+        await self.terminate(request, upload_id)
+        return web.Response(status=204, headers={"Tus-Resumable": TUS_VERSION})
+
+    async def terminate(self, request: web.Request, upload_id: str, *, draft: bool = False) -> None:
+        """Delete an upload (hooks and events included), as DELETE does; ``draft``: the
+        request speaks the IETF draft (only its uploads are found)."""
         if Capability.TERMINATE not in self.caps:
             raise NotImplementedByServer("termination is not supported by this server")
         writer, lock = await self.writers.claim(upload_id)
         try:
             upload = lock.upload
+            if (DRAFT_MARK in upload.metadata) is not draft:
+                raise NotFound()
             if upload.is_complete and self.server.termination == "unfinished-only":
                 raise BadRequest("cannot terminate a finished upload")
             await self.events.pre_terminate(upload, request)
@@ -421,7 +463,6 @@ class TusHandler:
         finally:
             await self.writers.release(writer, lock)
         self.events.terminated(upload, request)
-        return web.Response(status=204, headers={"Tus-Resumable": TUS_VERSION})
 
     # -- GET: download -----------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from ..config import Config, ConfigError, StartupError
 from ..core.events import EventBus
 from ..core.handler import TusHandler
+from ..core.ietf import DraftHandler
 from ..core.sweeper import sweep_every
 from ..hooks.setup import setup_hooks
 from ..storage import Store
@@ -93,6 +94,12 @@ def create_app(config: Config, store: Store | None = None,
     store = store if store is not None else build_store(config.storage)
     events = events if events is not None else EventBus()
     handler = TusHandler(config, store, events)
+    protocols = config.server.protocols
+    dispatch = handler.dispatch
+    if "ietf-draft" in protocols:  # tusd_py.core.ietf: Upload-Draft-Interop-Version
+        handler.draft = DraftHandler(handler, tus="tus" in protocols)
+        if "tus" not in protocols:
+            dispatch = handler.draft.dispatch_alone
     registry = CollectorRegistry()
     # Order (outermost first): the front middleware (gate, metrics of every final
     # status, errors to responses, limit/auth refusals included), then the limits. CORS
@@ -128,9 +135,9 @@ def create_app(config: Config, store: Store | None = None,
     base = config.server.base_path
     # The upload route first: aiohttp tries the three (all indexed under the base path)
     # in this order, so PATCH and HEAD resolve at the first try.
-    app.router.add_route("*", base + "{upload_id}", handler.dispatch)
-    app.router.add_route("*", base, handler.dispatch)
-    app.router.add_route("*", base.rstrip("/"), handler.dispatch)
+    app.router.add_route("*", base + "{upload_id}", dispatch)
+    app.router.add_route("*", base, dispatch)
+    app.router.add_route("*", base.rstrip("/"), dispatch)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     if config.server.metrics:

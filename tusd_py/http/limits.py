@@ -22,6 +22,7 @@ from aiohttp import web
 
 from ..config import Config
 from ..protocol.errors import TusError
+from ..protocol.ietf import VERSION_HEADER, Limits, rules_for, upload_limit
 from .metrics import Metrics
 from .middleware import Handler, Middleware
 
@@ -68,7 +69,8 @@ def limits_middleware(config: Config, metrics: Metrics | None = None) -> Middlew
                              "Content-Length required (server.max_request_size is set)")
             if length > max_body:
                 raise refuse("request-size", 413,
-                             f"request body larger than {max_body} bytes; send smaller chunks")
+                             f"request body larger than {max_body} bytes; send smaller chunks",
+                             draft_limit(request, server.max_size, max_body))
         if max_uploads:
             if state["active"] >= max_uploads:
                 raise refuse("concurrency", 503, "too many uploads in progress; retry later",
@@ -81,3 +83,11 @@ def limits_middleware(config: Config, metrics: Metrics | None = None) -> Middlew
         return await handler(request)
 
     return middleware
+
+
+def draft_limit(request: web.Request, max_size: int, max_append: int) -> dict[str, str] | None:
+    """``Upload-Limit`` for a 413 to a request of the IETF draft (whose rules want it)."""
+    rules = rules_for(request.headers.get(VERSION_HEADER))
+    if rules is None or not rules.upload_limit:
+        return None
+    return {"Upload-Limit": upload_limit(rules, Limits(max_size, max_append), None)}

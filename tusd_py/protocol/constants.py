@@ -22,12 +22,15 @@ EXPOSE_HEADERS = (
     "Location", "Upload-Offset", "Upload-Length", "Upload-Defer-Length", "Upload-Metadata",
     "Upload-Concat", "Upload-Expires", "Tus-Version", "Tus-Resumable", "Tus-Max-Size",
     "Tus-Extension", "Tus-Checksum-Algorithm", "Content-Disposition", "Content-Range",
+    # Resumable Uploads for HTTP (the IETF draft, tusd_py.protocol.ietf)
+    "Upload-Complete", "Upload-Incomplete", "Upload-Limit", "Upload-Draft-Interop-Version",
 )
 #: Request headers a browser page may send (the answer to a CORS preflight).
 ALLOW_HEADERS = (
     "Authorization", "Origin", "X-Requested-With", "X-Request-ID", "X-HTTP-Method-Override",
     "Content-Type", "Upload-Length", "Upload-Offset", "Tus-Resumable", "Upload-Metadata",
     "Upload-Defer-Length", "Upload-Concat", "Upload-Checksum", "Range",
+    "Upload-Complete", "Upload-Incomplete", "Upload-Draft-Interop-Version", "Content-Disposition",
 )
 #: Methods a browser page may use (the default of ``server.cors.allowed_methods``).
 ALLOW_METHODS = ("POST", "HEAD", "PATCH", "OPTIONS", "GET", "DELETE")

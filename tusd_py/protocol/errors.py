@@ -51,6 +51,8 @@ class Forbidden(TusError):
 class MismatchedOffset(TusError):
     status = 409
     message = "mismatched offset"
+    #: The upload's offset, when the refusal knows it (the IETF draft's 409 says it).
+    offset: int | None = None
 
 
 class UploadExists(TusError):
