@@ -136,7 +136,7 @@ async def problem(r: ClientResponse) -> dict[str, Any]:
 
 
 async def raw(port: int, data: bytes, *, drop_after: float | None = None,
-              timeout: float = 10) -> bytes:
+              wait: float = 10) -> bytes:
     """Send ``data`` on a new connection; everything the server sends until it closes
     or goes quiet (``drop_after``: abort the connection that many seconds after sending,
     without reading: a request cut short once the server is reading its body)."""
@@ -151,7 +151,7 @@ async def raw(port: int, data: bytes, *, drop_after: float | None = None,
             return got
         while True:
             try:
-                chunk = await asyncio.wait_for(reader.read(65536), 1.0 if got else timeout)
+                chunk = await asyncio.wait_for(reader.read(65536), 1.0 if got else wait)
             except TimeoutError:
                 break
             if not chunk:

@@ -198,8 +198,7 @@ class DraftHandler:
         complete = is_complete(rules, headers.get(rules.complete_header))
         if "Upload-Offset" in headers:
             raise BadRequest("a creation request carries no Upload-Offset")
-        declared = (parse_int(headers.get("Upload-Length"), "Upload-Length", rules)
-                    if rules.upload_length else None)
+        declared = parse_int(headers.get("Upload-Length"), "Upload-Length", rules)
         chunked, body_length = _body_length(request)
         length = known_length(0, body_length, complete, declared, None)
         max_size = engine.server.max_size
@@ -276,8 +275,7 @@ class DraftHandler:
         if offset is None:
             raise BadRequest("missing or invalid Upload-Offset header")
         complete = is_complete(rules, headers.get(rules.complete_header))
-        declared = (parse_int(headers.get("Upload-Length"), "Upload-Length", rules)
-                    if rules.upload_length else None)
+        declared = parse_int(headers.get("Upload-Length"), "Upload-Length", rules)
         _, body_length = _body_length(request)
         upload = await self.load(upload_id)
         if offset != upload.offset:

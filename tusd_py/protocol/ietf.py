@@ -47,7 +47,10 @@ class DraftRules:
     partial_media_type: bool
     #: The problem types this version defines (RFC 9457 bodies on the refusals).
     problems: frozenset[str]
-    #: ``Upload-Length`` in requests and offset retrieval responses (-05, interop 6, on).
+    #: ``Upload-Length`` is defined (-05, interop 6, on): offset retrieval responses carry
+    #: it. Requests' ``Upload-Length`` is read in every version, as tusd does:
+    #: tus-js-client's draft-03 mode (interop 5) sends it and may never send a completing
+    #: request (it stops once its offset reaches the length).
     upload_length: bool
     #: ``Upload-Limit`` is defined (6 on): OPTIONS, creation, 104, HEAD and 413s carry it.
     upload_limit: bool

@@ -14,6 +14,8 @@
 //               of unknown length) or "buffer"
 //   deferLength         uploadLengthDeferred (creation-defer-length)
 //   dataDuringCreation  uploadDataDuringCreation (creation-with-upload)
+//   protocol    tus-js-client's `protocol`: "tus-v1" (default), "ietf-draft-03" (interop 5)
+//               or "ietf-draft-05" (interop 6)
 // Prints one JSON line: {ok, url, ...}; exit status 0 when ok.
 import * as fs from 'node:fs'
 import { PassThrough } from 'node:stream'
@@ -42,6 +44,7 @@ const options = {
   uploadLengthDeferred: Boolean(opts.deferLength),
   uploadDataDuringCreation: Boolean(opts.dataDuringCreation),
   metadata: opts.metadata || {},
+  protocol: opts.protocol || 'tus-v1',
   retryDelays: opts.retryDelays === undefined ? null : opts.retryDelays,
   storeFingerprintForResuming: Boolean(opts.storage),
   removeFingerprintOnSuccess: false,
