@@ -71,6 +71,9 @@ class DraftHandler:
         self.tus = tus
         server = engine.server
         self.limits = Limits(max_size=server.max_size, max_append_size=server.max_request_size)
+        #: Send the 104 (``server.ietf_104``; auto: not behind a proxy).
+        self.interim = (not server.behind_proxy if server.ietf_104 == "auto"
+                        else bool(server.ietf_104))
         self.upload_methods = ["HEAD", "PATCH"]
         if server.termination is not False:
             self.upload_methods.append("DELETE")
@@ -222,10 +225,11 @@ class DraftHandler:
             engine.events.finished(upload, request)
         location = engine.upload_url(base, upload.id)
 
-        interim = [(VERSION_HEADER, str(rules.version)), ("Location", location)]
-        if rules.upload_limit:
-            interim.append(("Upload-Limit", self.limit_header(rules, upload)))
-        send_interim(request, 104, RESUMPTION_SUPPORTED, interim)
+        if self.interim:
+            interim = [(VERSION_HEADER, str(rules.version)), ("Location", location)]
+            if rules.upload_limit:
+                interim.append(("Upload-Limit", self.limit_header(rules, upload)))
+            send_interim(request, 104, RESUMPTION_SUPPORTED, interim)
 
         if chunked or body_length:
             try:
