@@ -1,5 +1,5 @@
 """The IETF draft behind Debian's nginx (deploy/nginx/*.conf): with ``behind_proxy`` on,
-``server.ietf_104: auto`` sends no 104, and draft requests keep the connection usable;
+``server.ietf_interim: auto`` sends no 104, and draft requests keep the connection usable;
 forced on, nginx takes the 104 for the final response (why auto is the default)."""
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ async def test_nginx_takes_a_104_for_the_final_response(
     """Forced on behind nginx: nginx relays the 104 as its final response (adding its own
     Server header) with the real answer as that response's body, and the pipelined
     second request is never answered: the connection is lost to the client."""
-    _daemon, nginx = proxied_with(daemon_factory, TUSD_SERVER__IETF_104="true")
+    _daemon, nginx = proxied_with(daemon_factory, TUSD_SERVER__IETF_INTERIM="true")
     try:
         port = nginx.port
         wire = await exchange(port, creation(port, "?0", b"hello") + creation(port, "?1", b"x"),

@@ -191,7 +191,7 @@ class ServerConfig(Section):
     #: which tells Apple's clients they may resume: true, false, or auto (only when
     #: behind_proxy is off: nginx, up to at least 1.30, takes a 104 from upstream for the
     #: final response and breaks the connection; docs/ietf-draft.md).
-    ietf_104: Annotated[bool | Literal["auto"], BeforeValidator(_bool_or("auto"))] = "auto"
+    ietf_interim: Annotated[bool | Literal["auto"], BeforeValidator(_bool_or("auto"))] = "auto"
     #: Trust Forwarded / X-Forwarded-* headers when building Location URLs.
     behind_proxy: bool = False
     #: Largest upload accepted (Tus-Max-Size); 0 means no limit.

@@ -71,9 +71,9 @@ class DraftHandler:
         self.tus = tus
         server = engine.server
         self.limits = Limits(max_size=server.max_size, max_append_size=server.max_request_size)
-        #: Send the 104 (``server.ietf_104``; auto: not behind a proxy).
-        self.interim = (not server.behind_proxy if server.ietf_104 == "auto"
-                        else bool(server.ietf_104))
+        #: Send the 104 (``server.ietf_interim``; auto: not behind a proxy).
+        self.interim = (not server.behind_proxy if server.ietf_interim == "auto"
+                        else bool(server.ietf_interim))
         self.upload_methods = ["HEAD", "PATCH"]
         if server.termination is not False:
             self.upload_methods.append("DELETE")
