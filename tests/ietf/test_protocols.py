@@ -162,3 +162,11 @@ async def test_tus_patch_unchanged_beside_the_draft(aiohttp_client: Any) -> None
         **TUS, "Upload-Offset": "0", "Content-Type": OCTET})
     assert r.status == 204 and r.headers["Upload-Offset"] == "3"
     assert "Upload-Complete" not in r.headers
+
+
+async def test_creation_by_put(aiohttp_client: Any) -> None:
+    client = await client_for(aiohttp_client)
+    r = await client.put("/files/", data=b"abc", headers={**V6.header, "Upload-Complete": "?1"})
+    assert r.status == 201 and r.headers["Upload-Offset"] == "3"
+    r = await client.delete("/files/", headers=V6.header)
+    assert r.status == 405 and "POST" in r.headers["Allow"]

@@ -119,9 +119,10 @@ class DraftHandler:
         if method == "OPTIONS":
             return self.options(rules)
         if upload_id is None:
-            if method == "POST":
+            if method in ("POST", "PUT"):  # "any method that carries content"; these two
                 return await self.create(request, rules)
-            raise TusError("method not allowed", status=405, headers={"Allow": "POST, OPTIONS"})
+            raise TusError("method not allowed", status=405,
+                           headers={"Allow": "POST, PUT, OPTIONS"})
         check_upload_id(upload_id)
         if method == "GET" and not rules.get_retrieves_offset:
             return await self.engine.download_request(request, upload_id)
