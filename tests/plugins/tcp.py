@@ -134,6 +134,10 @@ class CuttingProxy:
 
     def close(self) -> None:
         self._closing = True
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() (close would not)
+        except OSError:
+            pass
         self._listener.close()
         with self._lock:
             sockets = list(self._open)
@@ -144,9 +148,12 @@ class CuttingProxy:
 
 
 def _reset(s: socket.socket) -> None:
-    """Close with an RST (SO_LINGER 0), as a broken path looks to both ends."""
+    """Close with an RST (SO_LINGER 0), as a broken path looks to both ends. (The read
+    shutdown wakes the other direction's thread blocked on this socket: the kernel
+    releases the socket, and sends the RST, only once no call is using it.)"""
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.shutdown(socket.SHUT_RD)
     except OSError:
         pass
     s.close()
