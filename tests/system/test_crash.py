@@ -1,5 +1,6 @@
-"""kill -9 of the daemon, on every driver: acknowledged offsets survive, the upload
-finishes intact; and the daemon's own sweeper deletes expired uploads."""
+"""Interrupted uploads on every driver: a client whose connection drops mid-body keeps
+every byte that arrived; after a kill -9 acknowledged offsets survive; either way the
+upload finishes intact. And the daemon's own sweeper deletes expired uploads."""
 
 from __future__ import annotations
 
@@ -15,6 +16,46 @@ from .tusreq import OCTET, create, get, metric, offset_of, patch, patch_when_fre
 
 #: A killed daemon's lease on an object store blocks the upload until it runs out.
 SHORT_LEASE = {"TUSD_STORAGE__LEASE_DURATION": "3s"}
+
+
+#: More than the daemon reads ahead of a handler that does not read yet (aiohttp's
+#: payload buffer, plus what one socket read brings: a few hundred KiB).
+READ_AHEAD = 1 << 20
+
+
+async def test_dropped_connection_keeps_every_byte_that_reached_the_driver(
+        driver_daemons: DriverDaemons) -> None:
+    """The client sends part of the body, the daemon reads it, then the connection is
+    reset: the upload's offset becomes exactly what was sent, and it resumes from there.
+
+    What is promised is the bytes that reached the driver. The handler reads the body
+    once it holds the upload's lock (a round trip on the object stores), and one that
+    waits for a part upload reads nothing meanwhile: bytes the daemon buffered for it
+    then are lost with the connection. So the body comes in two steps: first more than
+    the read-ahead, delivered (the handler is reading, so it holds the lock), then the
+    rest, with parts (8 MiB here) larger than the whole, so the handler never waits."""
+    env = {} if driver_daemons.driver == "local" else {"TUSD_STORAGE__PART_SIZE": "8MiB"}
+    daemon = driver_daemons.start(env=env)
+    sent = READ_AHEAD + 300_000
+    data = os.urandom(sent + 400_000)
+    async with aiohttp.ClientSession() as session:
+        url = await create(session, daemon.url, len(data))
+        path = url[len(daemon.root):]
+        _, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+        writer.write((f"PATCH {path} HTTP/1.1\r\nHost: 127.0.0.1:{daemon.port}\r\n"
+                      f"Tus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\nContent-Type: {OCTET}\r\n"
+                      f"Content-Length: {len(data)}\r\n\r\n").encode() + data[:READ_AHEAD])
+        await wait_delivered(writer)  # only a reading handler takes this much
+        writer.write(data[READ_AHEAD:sent])
+        await wait_delivered(writer)
+        writer.transport.abort()  # RST: the connection is lost mid-body
+        async with asyncio.timeout(30):  # committed once the daemon notices
+            while (offset := await offset_of(session, url)) == 0:
+                await asyncio.sleep(0.02)
+        assert offset == sent
+        r = await patch_when_free(session, url, sent, data[sent:])
+        assert r.status == 204, r.status
+        assert await get(session, url) == data
 
 
 async def test_kill_9_mid_patch_keeps_what_was_acknowledged(driver_daemons: DriverDaemons) -> None:
