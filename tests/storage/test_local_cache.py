@@ -148,5 +148,5 @@ async def test_release_after_terminate_closes_the_file_off_the_event_loop(stores
     monkeypatch.setattr(os, "close", close)
     await lock.release()
     assert closed_in and closed_in != [threading.main_thread().name]
-    assert a._unlinked == set()
+    assert a._unlinked == set()  # private: the store forgets the file (nothing public shows it)
     assert lock.fd is None
