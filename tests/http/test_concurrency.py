@@ -79,11 +79,12 @@ async def _resume(tus, path: str, data: bytes, limit: float = 30.0) -> None:
             await asyncio.sleep(0.05)
 
 
-async def test_dropped_connection_keeps_received_bytes_and_resumes(tus):
-    """The connection is lost mid-body: what the request had read is kept, a correct
-    prefix, and the upload resumes from it. (aiohttp's test server cancels a handler
-    whose client is gone, so here it keeps what it had read by then; the daemon reads
-    on: tests/system/test_crash.py checks it keeps every byte that arrived.)"""
+async def test_dropped_connection_leaves_a_correct_prefix_and_resumes(tus):
+    """The connection is lost mid-body: what the request had read by then is kept (a
+    correct prefix of what was sent) and the upload resumes from it. (aiohttp's test
+    server cancels a handler whose client is gone, possibly before it read anything;
+    the daemon does not: tests/system/test_crash.py checks that it keeps exactly the
+    bytes that reached the driver.)"""
     data = os.urandom(1_000_000)
     path = await create(tus, len(data))
     _, writer = await _raw_patch(tus.host, tus.port, path, 0, len(data), data[:300_000])
