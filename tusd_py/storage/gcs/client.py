@@ -18,7 +18,7 @@ from gcloud.aio.storage import Storage
 from ...protocol.content import stored_content
 from ...protocol.errors import ServiceUnavailable, StorageError, TusError
 from ...protocol.headers import Metadata
-from ..object.lease import Conflict
+from ..object.errors import Conflict
 
 log = logging.getLogger(__name__)
 
@@ -213,18 +213,24 @@ class Bucket:
             return False
         return True
 
-    async def list(self, prefix: str, what: str) -> AsyncIterator[dict[str, Any]]:
-        """Every object under ``prefix`` (name, size, generation, updated...), paged."""
+    @property
+    def is_open(self) -> bool:
+        return self._storage is not None
+
+    async def list(self, prefix: str, what: str, *, page: int = 1000
+                   ) -> AsyncIterator[dict[str, Any]]:
+        """Every object under ``prefix`` (name, size, generation, updated...), in name
+        order, a page of ``page`` at a time as the caller goes on."""
         token = ""
         while True:
-            params = {"prefix": prefix, "maxResults": "1000"}
+            params = {"prefix": prefix, "maxResults": str(page)}
             if token:
                 params["pageToken"] = token
-            page = await self.call(what, lambda p=params: self.storage.list_objects(  # type: ignore[misc]
+            listed = await self.call(what, lambda p=params: self.storage.list_objects(  # type: ignore[misc]
                 self.name, params=p))
-            for item in page.get("items", ()):
+            for item in listed.get("items", ()):
                 yield item
-            token = page.get("nextPageToken") or ""
+            token = listed.get("nextPageToken") or ""
             if not token:
                 return
 

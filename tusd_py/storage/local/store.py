@@ -84,6 +84,8 @@ class LocalStore(Store):
         self._unlinked: set[str] = set()
         #: Records this process created or committed, so a PATCH needs no SELECT (see lock()).
         self._recent: OrderedDict[str, Upload] = OrderedDict()
+        #: job -> the open file whose flock gives this process the job's turn.
+        self._turns: dict[str, int] = {}
 
     def _remember(self, upload: Upload) -> Upload:
         self._recent[upload.id] = upload
@@ -108,6 +110,9 @@ class LocalStore(Store):
         await self._reconcile()
 
     async def stop(self) -> None:
+        for fd in self._turns.values():
+            os.close(fd)  # drops the flock: another process takes the turn
+        self._turns.clear()
         if self._batch is not None:
             await self._batch.idle()
         if self._db is not None:
@@ -365,6 +370,20 @@ class LocalStore(Store):
         await self.db.execute("UPDATE uploads SET finish_owed = 0 WHERE id = ?", (upload.id,))
         lock.upload = self._remember(upload.copy(finish_owed=False))
         return lock.upload
+
+    async def take_turn(self, job: str, hold: float) -> bool:
+        """A flock on ``{data_dir}/{job}.lock``, kept until the process stops or dies
+        (``hold`` is not needed: the kernel drops the lock of a dead process)."""
+        if job in self._turns:
+            return True
+        fd = os.open(os.path.join(self.data_dir, f"{job}.lock"), os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._turns[job] = fd
+        return True
 
     async def download(self, upload: Upload) -> Download:
         path = self._path(upload.id)

@@ -14,7 +14,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ...protocol.content import stored_content
 from ...protocol.errors import ServiceUnavailable, StorageError, TusError
 from ...protocol.headers import Metadata
-from ..object.lease import Conflict
+from ..object.errors import Conflict
 
 #: S3 error codes meaning "slow down"; botocore's standard retry mode already retried them.
 THROTTLING_CODES = frozenset({
