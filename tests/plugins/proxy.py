@@ -111,7 +111,7 @@ class StoreProxy:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         started = time.monotonic()
         async with self.session.request(request.method, self.upstream + request.path_qs,
-                                        headers=headers, data=body,
+                                        headers=headers, data=body or None,
                                         allow_redirects=False) as r:
             answer = await r.read()
             out = {k: v for k, v in r.headers.items()

@@ -24,6 +24,7 @@ from ...config import ConfigError
 from ...protocol.errors import StorageError, UploadExists
 from ..base import Download, Upload
 from ..ids import check_upload_id, is_upload_id
+from ..object.index import next_page
 from ..object.lease import LeasedStore
 from ..object.record import decode_upload, new_record
 from .errors import (
@@ -208,12 +209,24 @@ class AzureStore(LeasedStore[AzureLock]):
                 if error_code(exc)[0] not in NOT_FOUND_CODES and error_code(exc)[1] != 404:
                     raise
 
-    async def list_keys(self, prefix: str, *, page: int = 1000) -> AsyncIterator[tuple[str, float]]:
-        async with azure_errors("listing blobs"):
-            async for item in self.client.list_blobs(name_starts_with=prefix or None,
-                                                     results_per_page=page):
+    async def list_keys(self, prefix: str, *, page: int = 1000,
+                        end: str | None = None) -> AsyncIterator[tuple[str, float]]:
+        token: str | None = None
+        while True:
+            async with azure_errors("listing blobs"):
+                pages = self.client.list_blobs(name_starts_with=prefix or None,
+                                               results_per_page=page).by_page(token)
+                try:
+                    items = [item async for item in await pages.__anext__()]
+                except StopAsyncIteration:
+                    return
+            for item in items:
                 modified = item.last_modified
                 yield item.name, modified.timestamp() if modified is not None else 0.0
+            token = pages.continuation_token  # type: ignore[attr-defined]
+            if not token:
+                return
+            page = next_page(page)
 
     def decode_record(self, record: dict[str, Any]) -> Upload:
         return decode_upload(record, self._location(record["id"]))

@@ -19,6 +19,7 @@ from ...protocol.content import stored_content
 from ...protocol.errors import ServiceUnavailable, StorageError, TusError
 from ...protocol.headers import Metadata
 from ..object.errors import Conflict
+from ..object.index import next_page
 
 log = logging.getLogger(__name__)
 
@@ -217,13 +218,18 @@ class Bucket:
     def is_open(self) -> bool:
         return self._storage is not None
 
-    async def list(self, prefix: str, what: str, *, page: int = 1000
-                   ) -> AsyncIterator[dict[str, Any]]:
-        """Every object under ``prefix`` (name, size, generation, updated...), in name
-        order, a page of ``page`` at a time as the caller goes on."""
+    async def list(self, prefix: str, what: str, *, page: int = 1000, end: str | None = None,
+                   fields: str | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Every object under ``prefix`` (name, size, generation, updated...; only
+        ``fields`` of each when given) and before ``end``, in name order, a page at a
+        time as the caller goes on: ``page`` objects, then ``next_page`` of that."""
         token = ""
         while True:
             params = {"prefix": prefix, "maxResults": str(page)}
+            if end is not None:
+                params["endOffset"] = end
+            if fields is not None:
+                params["fields"] = f"items({fields}),nextPageToken"
             if token:
                 params["pageToken"] = token
             listed = await self.call(what, lambda p=params: self.storage.list_objects(  # type: ignore[misc]
@@ -233,6 +239,7 @@ class Bucket:
             token = listed.get("nextPageToken") or ""
             if not token:
                 return
+            page = next_page(page)
 
     async def stream(self, name: str, start: int, end: int, what: str,
                      chunk: int = 64 * 1024) -> AsyncIterator[bytes]:

@@ -104,8 +104,10 @@ class GCSStore(LeasedStore[GCSLock]):
     async def delete_object(self, key: str, what: str) -> None:
         await self.bucket.delete(key, what)
 
-    async def list_keys(self, prefix: str, *, page: int = 1000) -> AsyncIterator[tuple[str, float]]:
-        async for item in self.bucket.list(prefix, "listing objects", page=page):
+    async def list_keys(self, prefix: str, *, page: int = 1000,
+                        end: str | None = None) -> AsyncIterator[tuple[str, float]]:
+        async for item in self.bucket.list(prefix, "listing objects", page=page, end=end,
+                                           fields="name,updated"):
             yield item["name"], _timestamp(item.get("updated")) or 0.0
 
     def decode_record(self, record: dict[str, Any]) -> Upload:

@@ -27,7 +27,7 @@ from ..ids import is_upload_id
 from .errors import Conflict
 
 __all__ = ["AUDIT_EVERY", "DUE", "OWED", "IndexChange", "ObjectIO", "Turns", "UploadIndex",
-           "due_of", "marker", "ms", "parse_marker", "plan_change"]
+           "due_of", "marker", "ms", "next_page", "parse_marker", "plan_change"]
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,16 @@ GUARD = ".index"
 AUDIT_EVERY = 86400.0
 #: Records read at once by a sweep or the backfill.
 READ_CONCURRENCY = 8
-#: Markers (or records) asked for per listing page.
+#: Keys asked for per listing page: a full listing's, and the first page of a listing
+#: of markers (a sweep usually finds a few due, and stops at the first that is not);
+#: each further page is ten times larger, up to ``PAGE`` (``next_page``).
 PAGE = 1000
+MARKER_PAGE = 20
+
+
+def next_page(size: int) -> int:
+    """The size of the page after one of ``size`` keys."""
+    return min(size * 10, PAGE)
 
 
 class ObjectIO(Protocol):
@@ -58,7 +66,8 @@ class ObjectIO(Protocol):
 
     async def delete_object(self, key: str, what: str) -> None: ...
 
-    def list_keys(self, prefix: str, *, page: int = PAGE) -> AsyncIterator[tuple[str, float]]: ...
+    def list_keys(self, prefix: str, *, page: int = PAGE,
+                  end: str | None = None) -> AsyncIterator[tuple[str, float]]: ...
 
 
 def ms(when: float) -> int:
@@ -255,7 +264,8 @@ class UploadIndex:
         """(ms, upload id, marker name, modified) of the markers of ``kind`` named by at
         most ``until`` (ms), in order: the listing stops at the first later one."""
         start = self.key(kind)
-        async for key, modified in self._io.list_keys(start):
+        end = self.key(f"{kind}{until + 1:015d}")
+        async for key, modified in self._io.list_keys(start, page=MARKER_PAGE, end=end):
             name = key[len(self._io.prefix):]
             parsed = parse_marker(name, kind)
             if parsed is None:

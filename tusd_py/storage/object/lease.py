@@ -340,9 +340,12 @@ class LeasedStore(Store, Generic[L]):
         """Delete an object; one that is not there is no error."""
 
     @abstractmethod
-    def list_keys(self, prefix: str, *, page: int = PAGE) -> AsyncIterator[tuple[str, float]]:
+    def list_keys(self, prefix: str, *, page: int = PAGE,
+                  end: str | None = None) -> AsyncIterator[tuple[str, float]]:
         """(key, last modified) of the objects under ``prefix``, in key order, fetched a
-        page at a time as the caller goes on (stopping early costs no further request)."""
+        page at a time as the caller goes on (stopping early costs no further request):
+        ``page`` keys first, then ``index.next_page`` of the previous page's size. ``end``
+        is a hint: keys from it on may be left out (GCS ``endOffset``)."""
 
     @abstractmethod
     def decode_record(self, record: dict[str, Any]) -> Upload:

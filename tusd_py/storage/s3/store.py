@@ -26,6 +26,7 @@ from ...protocol.errors import (
 )
 from ..base import Download, Upload
 from ..ids import check_upload_id, is_upload_id
+from ..object.index import next_page
 from ..object.lease import LeasedStore
 from ..object.record import decode_upload, new_record
 from .buffer import BufferGauge, ChunkBuffer
@@ -189,8 +190,9 @@ class S3Store(LeasedStore[S3Lock]):
         async with s3_errors(what):
             await self.s3.delete_object(Bucket=self.bucket, Key=key)
 
-    async def list_keys(self, prefix: str, *, page: int = 1000) -> AsyncIterator[tuple[str, float]]:
-        """ListObjectsV2 pages of ``page`` keys, fetched as the caller goes on."""
+    async def list_keys(self, prefix: str, *, page: int = 1000,
+                        end: str | None = None) -> AsyncIterator[tuple[str, float]]:
+        """ListObjectsV2 pages, fetched as the caller goes on."""
         token: str | None = None
         while True:
             extra = {"ContinuationToken": token} if token else {}
@@ -202,6 +204,7 @@ class S3Store(LeasedStore[S3Lock]):
             token = r.get("NextContinuationToken")
             if not r.get("IsTruncated") or not token:
                 return
+            page = next_page(page)
 
     def decode_record(self, record: dict[str, Any]) -> Upload:
         return decode_upload(record, self._location(record["id"]))
