@@ -214,6 +214,10 @@ class _ObjectStorage(Section):
     #: A writer's lease on an upload lasts this long unless renewed (every third of it
     #: while a PATCH streams); a replica that died is taken over after at most this.
     lease_duration: Annotated[Duration, AfterValidator(_at_least_a_second)] = 10.0
+    #: Parts (S3 parts, GCS part objects, Azure blocks) of one PATCH uploaded at once
+    #: while its body keeps streaming in. Memory per PATCH is at most part_size x
+    #: (part_concurrency + 1) + one body chunk (64KiB): 40MiB at the defaults.
+    part_concurrency: Annotated[int, Field(ge=1, le=64)] = 4
 
 
 class S3Storage(_ObjectStorage):

@@ -43,9 +43,9 @@ class AzureLock(LeasedLock["AzureStore"]):
     def __init__(self, store: AzureStore, record: dict[str, Any], etag: str, token: str) -> None:
         self._buf = bytearray()  # body bytes not yet in a block
         self._numbers = 0  # block ids used under this lease
-        #: One block staging while the next one fills, and the numbers of the blocks
-        #: staged since the last commit (``parts.done``).
-        self.parts: PartUploads[int] = PartUploads()
+        #: Blocks staging (``part_concurrency`` at most) while the next one fills, and the
+        #: numbers of the blocks staged since the last commit (``parts.done``).
+        self.parts: PartUploads[int] = PartUploads(store.part_concurrency)
         super().__init__(store, record, etag, token)
 
     # -- writing ----------------------------------------------------------------------
@@ -73,7 +73,7 @@ class AzureLock(LeasedLock["AzureStore"]):
 
     async def _cut(self, size: int) -> None:
         """Start staging the first ``size`` bytes of the buffer as the next block."""
-        await self.parts.room()  # one block in flight while the next one fills
+        await self.parts.room()
         self._check_lease()
         # bytes, not the bytearray: the SDK and aiohttp slice the body to its length,
         # a copy for a bytearray but the very object for bytes. The old buffer is freed

@@ -60,7 +60,7 @@ class AzureStore(LeasedStore[AzureLock]):
     def __init__(self, container: str, *, connection_string: str | None = None,
                  account_url: str | None = None, credential: Any = None, prefix: str = "",
                  part_size: int = 8 << 20, lease_duration: float = 10.0,
-                 create_container: bool = False) -> None:
+                 create_container: bool = False, part_concurrency: int = 1) -> None:
         """The values come checked from ``config.AzureStorage`` (which also reads
         AZURE_STORAGE_CONNECTION_STRING when neither credential is configured)."""
         if not connection_string and not account_url:
@@ -68,6 +68,8 @@ class AzureStore(LeasedStore[AzureLock]):
         super().__init__(lease_duration, prefix)
         self.container = container
         self.part_size = part_size
+        #: Blocks staged at once per PATCH while the body keeps streaming in.
+        self.part_concurrency = max(1, part_concurrency)
         self.create_container = create_container
         self._connection_string = connection_string
         self._account_url = account_url

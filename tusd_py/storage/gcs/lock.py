@@ -39,9 +39,9 @@ class GCSLock(LeasedLock["GCSStore"]):
     def __init__(self, store: GCSStore, record: dict[str, Any], generation: str,
                  token: str) -> None:
         self._buf = bytearray()  # body bytes not yet in a part
-        #: One part uploading while the next one fills, and the parts uploaded since the
-        #: last commit (``parts.done``).
-        self.parts: PartUploads[Part] = PartUploads()
+        #: Parts uploading (``part_concurrency`` at most) while the next one fills, and
+        #: the parts uploaded since the last commit (``parts.done``).
+        self.parts: PartUploads[Part] = PartUploads(store.part_concurrency)
         super().__init__(store, record, generation, token)
 
     def _merges(self, current: dict[str, Any]) -> bool:
@@ -65,7 +65,8 @@ class GCSLock(LeasedLock["GCSStore"]):
 
     async def _cut(self, size: int) -> None:
         """Start uploading the first ``size`` bytes of the buffer as the next part."""
-        await self._collect()
+        await self.parts.room()
+        await self._compact()
         self._check_lease()
         body = bytes(memoryview(self._buf)[:size])
         del self._buf[:size]
@@ -77,10 +78,14 @@ class GCSLock(LeasedLock["GCSStore"]):
         return {"name": name, "size": len(body)}
 
     async def _collect(self) -> None:
-        """Wait for the part in flight and collect it; 32 collected parts are composed
-        into one (they are not published yet, so the originals go at once)."""
+        """Wait for the parts in flight and collect them (``_compact``)."""
+        await self.parts.collect()
+        await self._compact()
+
+    async def _compact(self) -> None:
+        """Compose 32 collected parts into one (they are not published yet, so the
+        originals go at once); the parts still in flight come after them."""
         parts = self.parts
-        await parts.collect()
         if len(parts.done) >= COMPOSE_LIMIT:
             self._check_lease()
             done, parts.done = parts.done, []
