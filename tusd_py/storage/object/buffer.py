@@ -1,6 +1,7 @@
-"""The S3 driver's part buffer: body chunks kept as received and sent without joining, so
-a part's bytes exist once in memory; beyond ``limit`` bytes in memory the rest of a
-grown part spills to an anonymous temporary file. ``BufferGauge`` counts what is held.
+"""The object stores' part buffer: body chunks kept as received and sent without joining
+(``ChunksReader``), so a part's bytes exist once in memory; beyond ``limit`` bytes in
+memory the rest of a grown part (S3) spills to an anonymous temporary file.
+``BufferGauge`` counts what is held.
 """
 
 from __future__ import annotations

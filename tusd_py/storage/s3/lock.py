@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from ...protocol.errors import StorageError, UploadBusy
 from ..base import Upload
+from ..object.buffer import ChunkBuffer, ChunksReader
 from ..object.lease import LeasedLock
 from ..object.parts import PartUploads
-from .buffer import ChunkBuffer, ChunksReader
 from .errors import (
     NOT_FOUND_CODES,
     Part,

@@ -26,10 +26,10 @@ from ...protocol.errors import (
 )
 from ..base import Download, Upload
 from ..ids import check_upload_id, is_upload_id
+from ..object.buffer import BufferGauge, ChunkBuffer
 from ..object.index import next_page
 from ..object.lease import LeasedStore
 from ..object.record import decode_upload, new_record
-from .buffer import BufferGauge, ChunkBuffer
 from .errors import (
     CONFLICT_CODES,
     NOT_FOUND_CODES,

@@ -1,0 +1,76 @@
+"""Concurrent part uploads (``storage.part_concurrency``), shared by the S3, GCS and Azure
+tests: at most that many parts of one PATCH in flight at once, and at least that many
+when the store is slow (a proxy adds latency to each part upload); the bytes come back
+intact; and the memory a PATCH holds stays within part_size x (part_concurrency + 1)
+plus a body chunk (measured with tracemalloc on a store talking to the emulator
+directly, so the proxy's own copies are not counted)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import tracemalloc
+from collections.abc import Callable
+
+from aiohttp import web
+
+from tests.plugins.proxy import StoreProxy
+from tests.plugins.stores import new_upload, read_all, write
+from tusd_py.storage.base import Store
+
+#: Latency the proxy adds to each part upload.
+DELAY = 0.3
+CHUNK = 64 * 1024
+
+
+async def check_parts_upload_at_once(store: Store, proxy: StoreProxy,
+                                     is_part: Callable[[web.Request], bool], *,
+                                     part_size: int, concurrency: int) -> None:
+    in_flight = peak = 0
+    handle = proxy.handle
+
+    async def slow_parts(request: web.Request) -> web.StreamResponse:
+        nonlocal in_flight, peak
+        if not is_part(request):
+            return await handle(request)
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            await asyncio.sleep(DELAY)
+            return await handle(request)
+        finally:
+            in_flight -= 1
+
+    proxy.handle = slow_parts  # type: ignore[method-assign]
+    parts = 3 * concurrency
+    data = os.urandom(parts * part_size + 1234)
+    upload = await new_upload(store, len(data))
+    started = time.monotonic()
+    done = await write(store, upload.id, data)
+    took = time.monotonic() - started
+    assert done.is_complete
+    assert peak == concurrency, peak
+    assert took < parts * DELAY * 0.6, took  # serial parts would take parts x DELAY
+    assert await read_all(store, done) == data
+
+
+async def check_memory_bound(store: Store, *, part_size: int, concurrency: int) -> int:
+    """Peak bytes allocated by one PATCH of many parts; returns it (asserted within the
+    documented bound, with 1 MiB for the client libraries' own buffers)."""
+    data = os.urandom(6 * concurrency * part_size + 4321)
+    upload = await new_upload(store, len(data) + 1)  # stays open: no final object yet
+    lock = await store.lock(upload.id, 1)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for i in range(0, len(data), CHUNK):
+            await lock.write(data[i:i + CHUNK])
+        await lock.commit()
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+        await lock.release()
+    bound = part_size * (concurrency + 1) + CHUNK
+    assert peak < bound + (1 << 20), (peak, bound)
+    return peak
