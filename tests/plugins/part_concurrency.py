@@ -1,6 +1,6 @@
 """Concurrent part uploads (``storage.part_concurrency``), shared by the S3, GCS and Azure
-tests: at most that many parts of one PATCH in flight at once, and at least that many
-when the store is slow (a proxy adds latency to each part upload); the bytes come back
+tests: at most that many parts of one PATCH in flight at once, and that many when the
+store is slow (a proxy adds latency to each part upload); the bytes come back
 intact; and the memory a PATCH holds stays within part_size x (part_concurrency + 1)
 plus a body chunk (measured with tracemalloc on a store talking to the emulator
 directly, so the proxy's own copies are not counted)."""
@@ -8,16 +8,18 @@ directly, so the proxy's own copies are not counted)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
-import time
 import tracemalloc
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
 from tests.plugins.proxy import StoreProxy
 from tests.plugins.stores import new_upload, read_all, write
 from tusd_py.storage.base import Store
+from tusd_py.storage.object.lease import LeasedStore
 
 #: Latency the proxy adds to each part upload.
 DELAY = 0.3
@@ -46,21 +48,23 @@ async def check_parts_upload_at_once(store: Store, proxy: StoreProxy,
     parts = 3 * concurrency
     data = os.urandom(parts * part_size + 1234)
     upload = await new_upload(store, len(data))
-    started = time.monotonic()
     done = await write(store, upload.id, data)
-    took = time.monotonic() - started
     assert done.is_complete
-    assert peak == concurrency, peak
-    assert took < parts * DELAY * 0.6, took  # serial parts would take parts x DELAY
+    assert peak == concurrency, peak  # that many held back by the proxy at once, never more
     assert await read_all(store, done) == data
 
 
-async def check_memory_bound(store: Store, *, part_size: int, concurrency: int) -> int:
-    """Peak bytes allocated by one PATCH of many parts; returns it (asserted within the
-    documented bound, with 1 MiB for the client libraries' own buffers)."""
+async def check_memory_bound(store: LeasedStore[Any], *, part_size: int,
+                             concurrency: int) -> int:
+    """Peak bytes allocated by one PATCH of many parts; returns it. The driver's buffers
+    (its gauge) stay within the documented bound; everything allocated stays within it
+    plus the HTTP clients' buffers (aiohttp reads a body 256 KiB at a time, botocore
+    hashes it 1 MiB at a time, responses wait for the garbage collector): 2 MiB per
+    part in flight, and for one more."""
     data = os.urandom(6 * concurrency * part_size + 4321)
     upload = await new_upload(store, len(data) + 1)  # stays open: no final object yet
     lock = await store.lock(upload.id, 1)
+    gc.collect()
     tracemalloc.start()
     try:
         base = tracemalloc.get_traced_memory()[0]
@@ -72,5 +76,6 @@ async def check_memory_bound(store: Store, *, part_size: int, concurrency: int) 
         tracemalloc.stop()
         await lock.release()
     bound = part_size * (concurrency + 1) + CHUNK
-    assert peak < bound + (1 << 20), (peak, bound)
+    assert store.buffer_gauge.peak <= bound, (store.buffer_gauge.peak, bound)
+    assert peak < bound + (concurrency + 1) * (2 << 20), (peak, bound)
     return peak

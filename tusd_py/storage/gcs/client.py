@@ -7,6 +7,7 @@ final object's headers.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -158,13 +159,16 @@ class Bucket:
 
         return str((await self.call(what, put, conflict=True))["generation"])
 
-    async def put(self, name: str, data: bytes, *, what: str,
+    async def put(self, name: str, data: bytes | io.RawIOBase, *, what: str,
                   headers: dict[str, str] | None = None) -> dict[str, Any]:
-        """Upload a new object in one request (``ifGenerationMatch=0``: never overwrites)."""
+        """Upload a new object in one request (``ifGenerationMatch=0``: never overwrites),
+        from bytes or a seekable file (read from its start at each attempt)."""
         content_type = (headers or {}).get("Content-Type", "application/octet-stream")
         metadata = {k: v for k, v in (headers or {}).items() if k != "Content-Type"}
 
         async def put() -> dict[str, Any]:
+            if not isinstance(data, bytes):
+                data.seek(0)
             return await self.storage.upload(
                 self.name, name, data, content_type=content_type,
                 metadata=metadata or None, parameters={"ifGenerationMatch": "0"},

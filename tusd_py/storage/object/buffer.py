@@ -197,8 +197,9 @@ class ChunkBuffer:
 
 class ChunksReader(io.RawIOBase):
     """A seekable, read-only file over a list of segments (in-memory chunks and spill
-    file regions): a request body for botocore, which seeks to measure, sign and retry
-    it. Spilled bytes are read with ``pread`` (aiohttp reads bodies in a thread)."""
+    file regions): a request body for the store clients (botocore, gcloud-aio, the
+    Azure SDK), which seek to measure, sign and retry it. Spilled bytes are read with
+    ``pread`` (aiohttp reads bodies in a thread)."""
 
     def __init__(self, chunks: list[Segment]) -> None:
         super().__init__()
@@ -210,6 +211,23 @@ class ChunksReader(io.RawIOBase):
 
     def __len__(self) -> int:
         return self._size
+
+    def close(self) -> None:
+        """Nothing: aiohttp closes a request body once sent, and a retry (of the client
+        library) seeks back and sends it again. ``release`` ends the reader."""
+
+    def release(self) -> None:
+        """Let go of the segments once the upload is over (with all its retries): the
+        HTTP client may keep the request, and so this reader, alive in a reference
+        cycle until the garbage collector runs."""
+        self._chunks = []
+        super().close()
+
+    def __enter__(self) -> ChunksReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
     def readable(self) -> bool:
         return True

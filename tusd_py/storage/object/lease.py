@@ -29,6 +29,7 @@ from ...protocol.errors import (
 )
 from ..base import Store, Upload, UploadLock
 from ..ids import check_upload_id
+from .buffer import BufferGauge, ChunkBuffer
 from .errors import Conflict, TaggedRecord
 from .index import (
     DUE,
@@ -318,6 +319,8 @@ class LeasedStore(Store, Generic[L]):
         self.turns = Turns(self)
         #: The due and owed markers (``object.index``).
         self.index = UploadIndex(self, self.turns)
+        #: Upload bytes held in memory by this store's part buffers (and its peak).
+        self.buffer_gauge = BufferGauge()
 
     # -- what a driver implements -------------------------------------------------------
 
@@ -360,6 +363,10 @@ class LeasedStore(Store, Generic[L]):
 
     def record_key(self, upload_id: str) -> str:
         return self.prefix + check_upload_id(upload_id) + ".info"
+
+    def new_buffer(self, chunks: list[bytes] | tuple[()] = ()) -> ChunkBuffer:
+        """A part buffer of a lock of this store (all in memory; S3 spills grown parts)."""
+        return ChunkBuffer(chunks, gauge=self.buffer_gauge)
 
     # -- the record ---------------------------------------------------------------------
 

@@ -122,16 +122,17 @@ class S3Lock(LeasedLock["S3Store"]):
     async def _upload_part(self, number: int, body: ChunkBuffer) -> Part:
         """Upload ``body`` as part ``number``, then free it (memory and spill file)."""
         store = self.store
+        size = len(body)
         try:
-            reader = ChunksReader(body.chunks())
-            async with self.bounded("uploading a part"), s3_errors("uploading a part"):
-                r = await store.s3.upload_part(
-                    Bucket=store.bucket, Key=store.key(self.upload.id),
-                    UploadId=self.record["mpu"], PartNumber=number, Body=reader,
-                    ContentLength=len(reader))
+            with ChunksReader(body.chunks()) as reader:
+                async with self.bounded("uploading a part"), s3_errors("uploading a part"):
+                    r = await store.s3.upload_part(
+                        Bucket=store.bucket, Key=store.key(self.upload.id),
+                        UploadId=self.record["mpu"], PartNumber=number, Body=reader,
+                        ContentLength=size)
         finally:
             body.clear()
-        return {"n": number, "etag": str(r["ETag"]), "size": len(reader)}
+        return {"n": number, "etag": str(r["ETag"]), "size": size}
 
     async def _ensure_mpu(self) -> None:
         if self.record.get("mpu"):
@@ -178,8 +179,9 @@ class S3Lock(LeasedLock["S3Store"]):
         key = store.tail_key(self.upload.id, slot)
         async with self.bounded("storing the incomplete part"), \
                 s3_errors("storing the incomplete part"):
-            r = await store.s3.put_object(Bucket=store.bucket, Key=key, Body=self._reader(),
-                                          ContentLength=len(self._buf))
+            with self._reader() as reader:
+                r = await store.s3.put_object(Bucket=store.bucket, Key=key, Body=reader,
+                                              ContentLength=len(self._buf))
         return {"key": key, "size": len(self._buf), "etag": r["ETag"]}
 
     def _reader(self) -> ChunksReader:
@@ -193,9 +195,10 @@ class S3Lock(LeasedLock["S3Store"]):
         mpu = self.record.get("mpu")
         if mpu is None:
             async with self.bounded("completing an upload"), s3_errors("completing an upload"):
-                r = await store.s3.put_object(Bucket=store.bucket, Key=key, Body=self._reader(),
-                                              ContentLength=len(self._buf),
-                                              **object_headers(self.upload.metadata))
+                with self._reader() as reader:
+                    r = await store.s3.put_object(Bucket=store.bucket, Key=key, Body=reader,
+                                                  ContentLength=len(self._buf),
+                                                  **object_headers(self.upload.metadata))
             return {"object_etag": r["ETag"]}
         if self._buf or not parts:
             number = len(parts) + 1

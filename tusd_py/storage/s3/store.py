@@ -26,7 +26,7 @@ from ...protocol.errors import (
 )
 from ..base import Download, Upload
 from ..ids import check_upload_id, is_upload_id
-from ..object.buffer import BufferGauge, ChunkBuffer
+from ..object.buffer import ChunkBuffer
 from ..object.index import next_page
 from ..object.lease import LeasedStore
 from ..object.record import decode_upload, new_record
@@ -72,8 +72,6 @@ class S3Store(LeasedStore[S3Lock]):
         #: Where the bytes of a grown part beyond part_size are spilled (anonymous temp
         #: files; None: the system's temp directory, TMPDIR).
         self.spill_dir = spill_dir
-        #: Upload bytes held in memory by this store's part buffers (and its peak).
-        self.buffer_gauge = BufferGauge()
         self._boto_config = BotoConfig(
             # botocore's standard mode retries throttling, 5xx and connection errors
             # with exponential backoff and jitter.
