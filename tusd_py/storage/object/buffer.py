@@ -179,6 +179,15 @@ class ChunkBuffer:
             need -= len(chunk)
         return out
 
+    def extend(self, other: ChunkBuffer) -> None:
+        """Move every segment of ``other`` (a buffer ``take`` made) to the end of this
+        one; ``other`` is left empty. Nothing is copied."""
+        self._chunks.extend(other._chunks)
+        self.size += other.size
+        self.memory += other.memory
+        other._chunks.clear()
+        other.size = other.memory = 0
+
     def chunks(self) -> list[Segment]:
         return list(self._chunks)
 

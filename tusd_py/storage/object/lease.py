@@ -364,9 +364,11 @@ class LeasedStore(Store, Generic[L]):
     def record_key(self, upload_id: str) -> str:
         return self.prefix + check_upload_id(upload_id) + ".info"
 
-    def new_buffer(self, chunks: list[bytes] | tuple[()] = ()) -> ChunkBuffer:
-        """A part buffer of a lock of this store (all in memory; S3 spills grown parts)."""
-        return ChunkBuffer(chunks, gauge=self.buffer_gauge)
+    def new_buffer(self, chunks: list[bytes] | tuple[()] = (), *,
+                   limit: int | None = None) -> ChunkBuffer:
+        """A part buffer of a lock of this store (all in memory unless ``limit``; S3
+        spills grown parts beyond ``part_size``)."""
+        return ChunkBuffer(chunks, limit=limit, gauge=self.buffer_gauge)
 
     # -- the record ---------------------------------------------------------------------
 

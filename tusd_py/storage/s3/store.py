@@ -1,17 +1,19 @@
 """S3 storage driver (aioboto3): stateless replicas over one bucket.
 
 Per upload ``id`` under ``prefix``: ``{id}.info``, the record (the only source of
-truth); ``{id}``, the multipart upload, then the final object; ``{id}.part`` and
-``{id}.part.1``, the incomplete tail in two alternating slots. The write lock is in
-``lock``, error translation in ``errors``, the part buffer in ``buffer`` and part
-sizing in ``sizing``.
+truth); ``{id}``, the multipart upload, then the final object; ``{id}.t{offset}-{random}``,
+the segments of the incomplete tail (bytes past the last part; names never reused).
+The write lock is in ``lock``, error translation in ``errors``, part sizing in
+``sizing``; the part buffer is ``object.buffer``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from datetime import UTC
@@ -34,9 +36,11 @@ from .errors import (
     CONFLICT_CODES,
     NOT_FOUND_CODES,
     Conflict,
+    Segment,
     error_code,
     object_headers,
     s3_errors,
+    segments_of,
 )
 from .lock import S3Lock
 from .sizing import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
@@ -45,7 +49,9 @@ __all__ = ["S3Download", "S3Lock", "S3Store"]
 
 log = logging.getLogger(__name__)
 
-_TAIL_SUFFIXES = (".part", ".part.1")
+#: What follows ``{id}`` in the name of a tail segment (``.part``, ``.part.1``: written by
+#: versions that kept the tail in one object of two slots).
+_TAIL_SUFFIX = re.compile(r"\.t[0-9]{15}-[0-9a-f]{8}|\.part|\.part\.1")
 _READ_CHUNK = 64 * 1024
 
 
@@ -85,8 +91,8 @@ class S3Store(LeasedStore[S3Lock]):
         )
         self._stack: contextlib.AsyncExitStack | None = None
         self._s3: Any = None
-        #: id -> (ETag, bytes) of tail objects this process wrote last, so a sticky
-        #: client's next PATCH need not read its tail back (bounded: _tail_cache_budget).
+        #: Tail segment key -> (ETag, bytes, size) of segments this process wrote, so a
+        #: sticky client's PATCHes need not read them back (bounded: _tail_cache_budget).
         self._tail_cache: OrderedDict[str, tuple[str, list[bytes], int]] = OrderedDict()
         self._tail_cache_budget = 4 * part_size
 
@@ -122,18 +128,21 @@ class S3Store(LeasedStore[S3Lock]):
         async with s3_errors(f"access to bucket {self.bucket}"):
             await self.s3.head_bucket(Bucket=self.bucket)
 
-    def new_buffer(self, chunks: list[bytes] | tuple[()] = ()) -> ChunkBuffer:
-        """A part buffer keeping at most ``part_size`` in memory (the rest spills)."""
-        return ChunkBuffer(chunks, limit=self.part_size, spill_dir=self.spill_dir,
-                           gauge=self.buffer_gauge)
+    def new_buffer(self, chunks: list[bytes] | tuple[()] = (), *,
+                   limit: int | None = None) -> ChunkBuffer:
+        """A part buffer keeping at most ``limit`` (default ``part_size``) in memory; the
+        rest spills."""
+        return ChunkBuffer(chunks, limit=self.part_size if limit is None else limit,
+                           spill_dir=self.spill_dir, gauge=self.buffer_gauge)
 
-    def _cache_tail(self, upload_id: str, etag: str | None, data: list[bytes]) -> None:
-        cache = self._tail_cache
-        cache.pop(upload_id, None)
+    def _cache_segment(self, segment: Segment, data: list[bytes]) -> None:
+        """Remember the bytes of a tail segment this process wrote (oldest dropped first
+        beyond the budget)."""
         size = sum(len(c) for c in data)
-        if etag is None or size > self._tail_cache_budget:
+        if size != segment["size"] or size > self._tail_cache_budget:
             return
-        cache[upload_id] = (etag, data, size)
+        cache = self._tail_cache
+        cache[segment["key"]] = (segment["etag"], data, size)
         used = sum(entry[2] for entry in cache.values())
         while used > self._tail_cache_budget:
             _, (_, _, dropped) = cache.popitem(last=False)
@@ -144,8 +153,9 @@ class S3Store(LeasedStore[S3Lock]):
     def key(self, upload_id: str) -> str:
         return self.prefix + check_upload_id(upload_id)
 
-    def tail_key(self, upload_id: str, slot: int) -> str:
-        return self.key(upload_id) + _TAIL_SUFFIXES[slot]
+    def segment_key(self, upload_id: str, offset: int) -> str:
+        """A new tail segment's key: its offset in the upload, and a random part."""
+        return f"{self.key(upload_id)}.t{offset:015d}-{uuid.uuid4().hex[:8]}"
 
     def _location(self, upload_id: str) -> str:
         return f"s3://{self.bucket}/{self.key(upload_id)}"
@@ -408,14 +418,14 @@ class S3Store(LeasedStore[S3Lock]):
             async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
                 for obj in page.get("Contents", ()):
                     name = obj["Key"][len(self.prefix):]
-                    slot = next((i for i, s in enumerate(_TAIL_SUFFIXES) if name.endswith(s)), None)
-                    if slot is None or not is_upload_id(upload_id := name[:-len(_TAIL_SUFFIXES[slot])]):
+                    upload_id, dot, rest = name.partition(".")
+                    if not is_upload_id(upload_id) or not _TAIL_SUFFIX.fullmatch(dot + rest):
                         continue
                     if obj["LastModified"].timestamp() > now - grace:
                         continue
                     record = await record_of(upload_id)
-                    tail = (record or {}).get("tail") or {}
-                    if record is not None and (tail.get("key") == obj["Key"] or not idle(record)):
+                    listed = {segment["key"] for segment in segments_of(record or {})}
+                    if record is not None and (obj["Key"] in listed or not idle(record)):
                         continue
                     await self.s3.delete_object(Bucket=self.bucket, Key=obj["Key"])
                     removed += 1
