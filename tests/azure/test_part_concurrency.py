@@ -41,7 +41,7 @@ async def test_blocks_of_one_patch_are_staged_at_once(azurite_port, make_azure_s
         await store.stop()
 
 
-async def test_a_patch_holds_at_most_part_size_times_concurrency_plus_one(azurite_port,
+async def test_a_patch_holds_two_parts_in_memory_and_parks_the_others(azurite_port,
                                                                           make_azure_store):
     store = await make_azure_store(azurite_port, part_concurrency=3)
     await check_memory_bound(store, part_size=PART, concurrency=3)

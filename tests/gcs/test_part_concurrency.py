@@ -40,7 +40,7 @@ async def test_parts_of_one_patch_upload_at_once(gcs_endpoint, make_gcs_store):
         await store.stop()
 
 
-async def test_a_patch_holds_at_most_part_size_times_concurrency_plus_one(gcs_endpoint,
+async def test_a_patch_holds_two_parts_in_memory_and_parks_the_others(gcs_endpoint,
                                                                           make_gcs_store):
     store = await make_gcs_store(gcs_endpoint, part_concurrency=3)
     await check_memory_bound(store, part_size=PART, concurrency=3)

@@ -13,6 +13,6 @@ async def test_parts_of_one_patch_upload_at_once(s3_proxy, make_store):
                                      concurrency=3)
 
 
-async def test_a_patch_holds_at_most_part_size_times_concurrency_plus_one(make_store):
+async def test_a_patch_holds_two_parts_in_memory_and_parks_the_others(make_store):
     store = await make_store(part_concurrency=3)
     await check_memory_bound(store, part_size=PART_SIZE, concurrency=3)

@@ -47,7 +47,7 @@ def _gcs(config: GCSStorage) -> Store:
 
     return GCSStore(config.bucket, prefix=config.prefix, endpoint_url=config.endpoint_url,
                     part_size=config.part_size, lease_duration=config.lease_duration,
-                    part_concurrency=config.part_concurrency)
+                    part_concurrency=config.part_concurrency, spill_dir=config.spill_dir)
 
 
 def _azure(config: AzureStorage) -> Store:
@@ -59,7 +59,7 @@ def _azure(config: AzureStorage) -> Store:
                       account_url=config.account_url, part_size=config.part_size,
                       lease_duration=config.lease_duration,
                       create_container=config.create_container,
-                      part_concurrency=config.part_concurrency)
+                      part_concurrency=config.part_concurrency, spill_dir=config.spill_dir)
 
 
 #: driver -> (factory, the pip extra its SDK comes with, or None).

@@ -78,6 +78,7 @@ class AzureLock(LeasedLock["AzureStore"]):
         await self.parts.room()
         self._check_lease()
         body = self._buf.take(size)  # the chunks themselves: no copy of the block
+        await self.store.park(body, self.parts)
         number = self._numbers
         self._numbers += 1
         self.parts.start(self._stage(number, body), size)

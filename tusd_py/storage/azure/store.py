@@ -60,12 +60,14 @@ class AzureStore(LeasedStore[AzureLock]):
     def __init__(self, container: str, *, connection_string: str | None = None,
                  account_url: str | None = None, credential: Any = None, prefix: str = "",
                  part_size: int = 8 << 20, lease_duration: float = 10.0,
-                 create_container: bool = False, part_concurrency: int = 1) -> None:
+                 create_container: bool = False, part_concurrency: int = 1,
+                 spill_dir: str | None = None) -> None:
         """The values come checked from ``config.AzureStorage`` (which also reads
         AZURE_STORAGE_CONNECTION_STRING when neither credential is configured)."""
         if not connection_string and not account_url:
             raise ValueError("AzureStore needs a connection_string or an account_url")
         super().__init__(lease_duration, prefix)
+        self.spill_dir = spill_dir
         self.container = container
         self.part_size = part_size
         #: Blocks staged at once per PATCH while the body keeps streaming in.

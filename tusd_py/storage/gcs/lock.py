@@ -71,6 +71,7 @@ class GCSLock(LeasedLock["GCSStore"]):
         await self._compact()
         self._check_lease()
         body = self._buf.take(size)  # the chunks themselves: no copy of the part
+        await self.store.park(body, self.parts)
         name = self.store.part_name(self.upload.id, self._next_index())
         self.parts.start(self._upload(name, body), size)
 

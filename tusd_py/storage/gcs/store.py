@@ -46,9 +46,11 @@ class GCSStore(LeasedStore[GCSLock]):
 
     def __init__(self, bucket: str, *, prefix: str = "", endpoint_url: str | None = None,
                  part_size: int = 8 << 20, lease_duration: float = 10.0,
-                 retry_attempts: int = 5, part_concurrency: int = 1) -> None:
+                 retry_attempts: int = 5, part_concurrency: int = 1,
+                 spill_dir: str | None = None) -> None:
         """The values come checked from ``config.GCSStorage``."""
         super().__init__(lease_duration, prefix)
+        self.spill_dir = spill_dir
         self.bucket = Bucket(bucket, endpoint_url=endpoint_url, attempts=retry_attempts)
         self.part_size = part_size
         #: Part objects uploaded at once per PATCH while the body keeps streaming in.

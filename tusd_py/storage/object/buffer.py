@@ -90,7 +90,8 @@ class ChunkBuffer:
     """Bytes in arrival order: append at the end, take whole parts from the front.
 
     Without a ``limit`` everything stays in memory. With one, a chunk arriving while
-    ``limit`` bytes or more are in memory goes to a spill file (in ``spill_dir``)."""
+    ``limit`` bytes or more are in memory goes to a spill file (in ``spill_dir``);
+    ``spill`` moves all of it there."""
 
     __slots__ = ("_chunks", "_file", "_gauge", "_limit", "_spill_dir", "memory", "size")
 
@@ -178,6 +179,30 @@ class ChunkBuffer:
                 out.memory += len(chunk)
             need -= len(chunk)
         return out
+
+    def spill(self, directory: str | None) -> None:
+        """Move the bytes this buffer holds in memory to a new spill file (in
+        ``directory``): a part waiting its turn to upload. Blocking (writes into the page
+        cache): call it in a thread."""
+        if not self.memory:
+            return
+        file = SpillFile(directory, self._gauge)
+        moved: deque[Segment] = deque()
+        for chunk in self._chunks:
+            if isinstance(chunk, bytes):
+                start = file.append(chunk)
+                last = moved[-1] if moved else None
+                if isinstance(last, FileRegion) and last.file is file \
+                        and last.offset + last.length == start:
+                    last.length += len(chunk)
+                else:
+                    moved.append(FileRegion(file, start, len(chunk)))
+            else:
+                moved.append(chunk)
+        file.unref()  # the regions keep it open
+        self._chunks = moved
+        self._gauge.held -= self.memory
+        self.memory = 0
 
     def extend(self, other: ChunkBuffer) -> None:
         """Move every segment of ``other`` (a buffer ``take`` made) to the end of this

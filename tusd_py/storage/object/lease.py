@@ -321,6 +321,9 @@ class LeasedStore(Store, Generic[L]):
         self.index = UploadIndex(self, self.turns)
         #: Upload bytes held in memory by this store's part buffers (and its peak).
         self.buffer_gauge = BufferGauge()
+        #: Where parts waiting to upload (and S3's grown parts) spill, as anonymous
+        #: temporary files (None: $TMPDIR); drivers set it.
+        self.spill_dir: str | None = None
 
     # -- what a driver implements -------------------------------------------------------
 
@@ -368,7 +371,15 @@ class LeasedStore(Store, Generic[L]):
                    limit: int | None = None) -> ChunkBuffer:
         """A part buffer of a lock of this store (all in memory unless ``limit``; S3
         spills grown parts beyond ``part_size``)."""
-        return ChunkBuffer(chunks, limit=limit, gauge=self.buffer_gauge)
+        return ChunkBuffer(chunks, limit=limit, spill_dir=self.spill_dir,
+                           gauge=self.buffer_gauge)
+
+    async def park(self, body: ChunkBuffer, parts: PartUploads[Any]) -> None:
+        """A part about to start uploading while another one of its PATCH still is: it
+        waits its turn in a spill file, so a PATCH holds at most two parts in memory (the
+        one filling, one uploading) whatever ``part_concurrency``."""
+        if parts.in_flight:
+            await asyncio.get_running_loop().run_in_executor(None, body.spill, self.spill_dir)
 
     # -- the record ---------------------------------------------------------------------
 

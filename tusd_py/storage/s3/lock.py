@@ -140,6 +140,7 @@ class S3Lock(LeasedLock["S3Store"]):
         self._check_lease()
         await self._ensure_mpu()
         body = await self._take(size)  # the chunks themselves: no copy of the part
+        await self.store.park(body, self.parts)
         number = self._next_part_number()
         self.parts.start(self._upload_part(number, body), size)
 
