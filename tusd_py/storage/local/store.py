@@ -17,12 +17,14 @@ SQLite runs with ``synchronous=FULL``, so it also survives power loss.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
 import logging
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 
 import aiosqlite
@@ -57,9 +59,15 @@ _MIGRATIONS = {"finish_owed": "ALTER TABLE uploads ADD COLUMN finish_owed INTEGE
 _OWED_INDEX = """CREATE INDEX IF NOT EXISTS uploads_finish_owed ON uploads (completed_at)
     WHERE finish_owed = 1"""
 _COLUMNS = ", ".join(INSERT_COLUMNS)
+#: The sweep's query (``uploads_expires_at``) and the owed post-finish listing's
+#: (``uploads_finish_owed``): both read only their partial index.
+EXPIRED_QUERY = "SELECT id FROM uploads WHERE expires_at IS NOT NULL AND expires_at < ? LIMIT ?"
+OWED_QUERY = ("SELECT id FROM uploads WHERE finish_owed = 1 AND completed_at < ?"
+              " ORDER BY completed_at LIMIT ?")
 _LOCK_POLL = 0.02  # seconds between flock attempts while another process holds it
 _RECENT_MAX = 4096  # records remembered for lock() (a few hundred bytes each)
 _ORPHAN_AGE = 3600.0  # seconds before a file without a record is considered orphaned
+_START_BATCH = 1000  # uploads (files) looked at per batch by the start-up reconcile
 
 
 def _encode_metadata(metadata: Metadata) -> str:
@@ -150,16 +158,34 @@ class LocalStore(Store):
 
         Bytes past the recorded offset were written but never acknowledged (the daemon
         died before the commit, or a checksum failed); they are dropped so the file and
-        the record agree and the client resumes from the offset HEAD reports.
+        the record agree and the client resumes from the offset HEAD reports. Unfinished
+        uploads are read in batches of ``_START_BATCH`` (keyset order) and their files
+        looked at in a thread, so neither memory nor the event loop grows with them.
         """
-        rows = await self.db.execute_fetchall(
-            "SELECT id, upload_offset FROM uploads WHERE completed_at IS NULL")
-        trimmed = 0
-        for upload_id, offset in rows:
-            trimmed += await self._reconcile_one(upload_id, offset)
+        trimmed, after = 0, ""
+        while True:
+            rows = list(await self.db.execute_fetchall(
+                "SELECT id, upload_offset FROM uploads WHERE completed_at IS NULL AND id > ?"
+                " ORDER BY id LIMIT ?", (after, _START_BATCH)))
+            if not rows:
+                break
+            after = rows[-1][0]
+            for upload_id, offset in await asyncio.to_thread(self._maybe_longer, rows):
+                trimmed += await self._reconcile_one(upload_id, offset)
         if trimmed:
             log.info("reconciled %d upload file(s) longer than their committed offset", trimmed)
-        await self._remove_orphan_files({row[0] for row in rows})
+        await self._remove_orphan_files()
+
+    def _maybe_longer(self, rows: Any) -> list[tuple[str, int]]:
+        """The listed uploads whose file is longer than the listed offset, or missing."""
+        out = []
+        for upload_id, offset in rows:
+            try:
+                if os.stat(self._path(upload_id)).st_size > offset:
+                    out.append((upload_id, offset))
+            except FileNotFoundError:
+                out.append((upload_id, offset))
+        return out
 
     async def _reconcile_one(self, upload_id: str, listed_offset: int) -> bool:
         """Cut one upload's file back to its committed offset; True if it was longer."""
@@ -188,30 +214,36 @@ class LocalStore(Store):
         finally:
             os.close(fd)
 
-    async def _remove_orphan_files(self, unfinished: set[str]) -> None:
+    async def _remove_orphan_files(self) -> None:
         """Delete files with no record: left by a kill -9 between a create's file and its
         row, or between a terminate's row delete and its unlink. Only files older than
-        ``_ORPHAN_AGE`` go, so another live process's create in flight is never touched."""
+        ``_ORPHAN_AGE`` go, so another live process's create in flight is never touched.
+        The directory is read in a thread, ``_START_BATCH`` names at a time."""
         cutoff = time.time() - _ORPHAN_AGE
-        candidates = []
-        with os.scandir(self.upload_dir) as entries:
+
+        def old_names(entries: Iterator[os.DirEntry[str]]) -> list[str]:
+            names = []
             for entry in entries:
-                if (entry.name not in unfinished and is_upload_id(entry.name)
-                        and entry.stat().st_mtime < cutoff):
-                    candidates.append(entry.name)
+                if is_upload_id(entry.name) and entry.stat().st_mtime < cutoff:
+                    names.append(entry.name)
+                    if len(names) >= _START_BATCH:
+                        break
+            return names
+
         removed = 0
-        for start in range(0, len(candidates), 500):
-            batch = candidates[start:start + 500]
-            rows = await self.db.execute_fetchall(
-                f"SELECT id FROM uploads WHERE id IN ({','.join('?' * len(batch))})", batch)
-            known = {row[0] for row in rows}
-            for name in batch:
-                if name not in known:
-                    try:
-                        os.unlink(os.path.join(self.upload_dir, name))
-                        removed += 1
-                    except FileNotFoundError:
-                        pass
+        with os.scandir(self.upload_dir) as entries:
+            while batch := await asyncio.to_thread(old_names, entries):
+                for start in range(0, len(batch), 500):  # SQLite's parameter limit
+                    names = batch[start:start + 500]
+                    rows = await self.db.execute_fetchall(
+                        f"SELECT id FROM uploads WHERE id IN ({','.join('?' * len(names))})",
+                        names)
+                    known = {row[0] for row in rows}
+                    for name in names:
+                        if name not in known:
+                            with contextlib.suppress(FileNotFoundError):
+                                os.unlink(os.path.join(self.upload_dir, name))
+                                removed += 1
         if removed:
             log.info("removed %d upload file(s) with no record", removed)
 
@@ -354,15 +386,13 @@ class LocalStore(Store):
         return final.copy(length=size, offset=size, completed_at=completed_at)
 
     async def expired(self, now: float, limit: int = 1000) -> list[str]:
-        rows = await self.db.execute_fetchall(
-            "SELECT id FROM uploads WHERE expires_at IS NOT NULL AND expires_at < ? LIMIT ?",
-            (now, limit))
+        """At most ``limit`` expired uploads, from the ``expires_at`` index (a batch: the
+        sweeper asks again while batches are full)."""
+        rows = await self.db.execute_fetchall(EXPIRED_QUERY, (now, limit))
         return [row[0] for row in rows]
 
     async def owed_finishes(self, before: float, limit: int = 100) -> list[str]:
-        rows = await self.db.execute_fetchall(
-            "SELECT id FROM uploads WHERE finish_owed = 1 AND completed_at < ?"
-            " ORDER BY completed_at LIMIT ?", (before, limit))
+        rows = await self.db.execute_fetchall(OWED_QUERY, (before, limit))
         return [row[0] for row in rows]
 
     async def clear_finish_owed(self, lock: UploadLock) -> Upload:
