@@ -41,7 +41,9 @@ EXPOSE 8080
 # (tusd_py.http.server.SHUTDOWN_MARGIN). Give the container longer than that before SIGKILL
 # (docker stop -t 35, compose stop_grace_period: 35s).
 STOPSIGNAL SIGTERM
+# tusd-py healthcheck reads the same config as serve (TUSD_CONFIG, TUSD_* env) and probes
+# the port it configures: TUSD_SERVER__PORT=9000 moves the check along with the daemon.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status != 200)"]
+    CMD ["tusd-py", "healthcheck"]
 ENTRYPOINT ["tusd-py"]
 CMD ["serve"]

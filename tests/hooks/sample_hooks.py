@@ -1,4 +1,4 @@
-"""Python hook callables used by the tests (and shown in the README's auth recipe)."""
+"""Python hook callables used by the tests (and shown in the auth recipe of docs/hooks/python.md)."""
 
 from __future__ import annotations
 

@@ -617,7 +617,7 @@ async def test_unreachable_endpoint_is_skipped_for_a_while(hooked: HookedFactory
 
 
 async def test_readme_auth_recipe_as_http_receiver(hooked: HookedFactory, receiver: Receiver):
-    """The README's recipe function, served over HTTP instead of in-process."""
+    """The docs' recipe function (docs/hooks/python.md), served over HTTP instead of in-process."""
     from . import sample_hooks
 
     receiver.responder = lambda body, request: sample_hooks.check_bearer(body)

@@ -1,4 +1,4 @@
-"""The README's pre-create/pre-access auth recipe, as a Python hook the tests load
+"""The docs' pre-create/pre-access auth recipe (docs/hooks/python.md), as a Python hook the tests load
 (``hooks.python: ["tests.ops.auth_hook:check"]``)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Per-user auth with a pre-create + pre-access Python hook (the README recipe)."""
+"""Per-user auth with a pre-create + pre-access Python hook (the recipe in docs/hooks/python.md)."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,19 @@ def compose_binary() -> str:
     return str(path)
 
 
+#: The variables docker-compose.yml reads (and compose's own): none leak in from the shell.
+COMPOSE_VARIABLES = ("TUSD_DRIVER", "TUSD_ENDPOINT_URL", "TUSD_MAX_SIZE", "COMPOSE_")
+DRIVERS = ("local", "s3", "gcs", "azure")
+#: Each cloud driver's emulator and the one-shot tusd waits for (it makes the storage usable).
+EMULATORS = {"s3": ("minio", "minio-init"), "gcs": ("fake-gcs", "fake-gcs-init"),
+             "azure": ("azurite", "azurite-ready")}
+
+
 def compose(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT,
             file: Path = COMPOSE_FILE) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(COMPOSE_VARIABLES)}
     return subprocess.run([compose_binary(), "-f", str(file), *args], cwd=cwd, text=True,
-                          capture_output=True, env={**os.environ, **(env or {})}, timeout=60)
+                          capture_output=True, env={**base, **(env or {})}, timeout=60)
 
 
 def compose_json(*profiles: str, env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -44,6 +54,11 @@ def compose_json(*profiles: str, env: dict[str, str] | None = None) -> dict[str,
     assert proc.returncode == 0, proc.stderr
     data: dict[str, Any] = json.loads(proc.stdout)
     return data
+
+
+def stack(driver: str, **env: str) -> dict[str, Any]:
+    """The project ``TUSD_DRIVER=<driver> docker compose up`` runs (the one switch)."""
+    return compose_json(env={"TUSD_DRIVER": driver, **env})
 
 
 def test_hadolint_passes() -> None:
@@ -86,20 +101,32 @@ def _healthcheck_command() -> list[str]:
     return command
 
 
-def test_healthcheck_command_probes_healthz(daemon: Daemon) -> None:
-    """The HEALTHCHECK's own command, pointed at a real daemon (and at a dead port)."""
-    command = [sys.executable if c == "python" else c for c in _healthcheck_command()]
-    assert "/healthz" in command[-1]
-    live = [c.replace("127.0.0.1:8080", f"127.0.0.1:{daemon.port}") for c in command]
-    assert subprocess.run(live, capture_output=True, timeout=10).returncode == 0
-    dead = [c.replace("127.0.0.1:8080", f"127.0.0.1:{free_port()}") for c in command]
-    assert subprocess.run(dead, capture_output=True, timeout=10).returncode != 0
+def test_healthcheck_command_probes_the_configured_port(daemon: Daemon, tmp_path: Path) -> None:
+    """The HEALTHCHECK's own command, run as the image runs it (TUSD_CONFIG=deploy/tusd.yaml)
+    with the port moved by TUSD_SERVER__PORT: healthy against a real daemon on that port,
+    unhealthy (one line, exit 1) when nothing listens there."""
+    command = _healthcheck_command()
+    assert command == ["tusd-py", "healthcheck"]
+    command = [str(BIN / command[0]), *command[1:]]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUSD_")}
+    env["TUSD_CONFIG"] = str(ROOT / "deploy/tusd.yaml")
+    live = subprocess.run(command, env={**env, "TUSD_SERVER__PORT": str(daemon.port)},
+                          capture_output=True, text=True, timeout=10, cwd=tmp_path)
+    assert (live.returncode, live.stderr) == (0, "")
+    dead_port = free_port()
+    dead = subprocess.run(command, env={**env, "TUSD_SERVER__PORT": str(dead_port)},
+                          capture_output=True, text=True, timeout=10, cwd=tmp_path)
+    assert dead.returncode == 1
+    assert dead.stderr == f"tusd-py healthcheck: http://127.0.0.1:{dead_port}/healthz: connection refused\n"
 
 
 def test_compose_config_validates() -> None:
     proc = compose("config", "--quiet")
     assert proc.returncode == 0, proc.stderr
     for driver in ("s3", "gcs", "azure"):
+        proc = compose("config", "--quiet", env={"TUSD_DRIVER": driver})
+        assert proc.returncode == 0, proc.stderr
+        # The old two-switch command still works (the profile is then just redundant).
         proc = compose("--profile", driver, "config", "--quiet", env={"TUSD_DRIVER": driver})
         assert proc.returncode == 0, proc.stderr
 
@@ -115,17 +142,98 @@ def test_compose_binary_rejects_an_invalid_file(tmp_path: Path) -> None:
 def test_compose_services() -> None:
     default = compose_json()
     assert set(default["services"]) == {"tusd", "nginx"}
-    everything = compose_json("s3", "gcs", "azure")
-    assert {"minio", "minio-init", "fake-gcs", "fake-gcs-init", "azurite"} <= set(everything["services"])
+    for driver, emulator in EMULATORS.items():
+        assert set(stack(driver)["services"]) == {"tusd", "nginx", *emulator}, driver
     tusd = default["services"]["tusd"]
     assert tusd["init"] is True
     assert tusd["environment"]["TUSD_SERVER__BEHIND_PROXY"] == "true"
     assert any(v["target"] == "/data" and v["type"] == "volume" for v in tusd["volumes"])
+    assert tusd["build"]["context"] == str(ROOT) and tusd["build"]["dockerfile"] == "Dockerfile"
+    assert tusd["ports"] == [{"mode": "ingress", "host_ip": "127.0.0.1", "target": 8080,
+                              "published": "9180", "protocol": "tcp"}]
     nginx = default["services"]["nginx"]
     assert nginx["depends_on"]["tusd"]["condition"] == "service_healthy"
     for volume in nginx["volumes"]:  # the very files the nginx test runs
         assert Path(volume["source"]).is_file(), volume["source"]
         assert Path(volume["source"]).is_relative_to(ROOT / "deploy")
+
+
+@pytest.mark.parametrize("driver", ["s3", "gcs", "azure"])
+def test_tusd_waits_for_its_storage(driver: str) -> None:
+    """TUSD_DRIVER alone brings the emulator and its one-shot, and tusd starts only after
+    that one-shot completed successfully (before: uploads arriving before the bucket
+    existed got 500)."""
+    emulator, ready = EMULATORS[driver]
+    services = stack(driver)["services"]
+    assert services["tusd"]["depends_on"] == {
+        ready: {"condition": "service_completed_successfully", "required": True}}
+    wanted = "service_healthy" if driver == "s3" else "service_started"
+    assert services[ready]["depends_on"][emulator]["condition"] == wanted
+    assert services[ready].get("restart", "no") == "no"  # a one-shot
+    assert "depends_on" not in compose_json()["services"]["tusd"]  # local waits for nothing
+
+
+@pytest.mark.parametrize("driver", ["s3", "gcs", "azure"])
+def test_a_profile_without_its_driver_is_refused(driver: str) -> None:
+    """The old habit, ``--profile <driver>`` (or COMPOSE_PROFILES) without TUSD_DRIVER, used
+    to start the local driver beside an idle emulator; now compose refuses the project,
+    naming the switch to set. So does a profile that disagrees with TUSD_DRIVER."""
+    emulator = EMULATORS[driver][0]
+    guard = f"profile-{driver}-needs-tusd-driver-{driver}"
+    message = f'service "{guard}" depends on undefined service "{emulator}"'
+    for proc in (compose("--profile", driver, "config", "--quiet"),
+                 compose("config", "--quiet", env={"COMPOSE_PROFILES": driver})):
+        assert proc.returncode != 0
+        assert message in proc.stderr, proc.stderr
+    other = next(d for d in EMULATORS if d != driver)
+    wrong = compose("--profile", driver, "config", "--quiet", env={"TUSD_DRIVER": other})
+    assert wrong.returncode != 0 and message in wrong.stderr, wrong.stderr
+    # With the matching driver the guard is satisfied and never started.
+    both = compose_json(driver, env={"TUSD_DRIVER": driver})["services"]
+    assert both[guard]["scale"] == 0 and both[guard]["network_mode"] == "none"
+    assert not any(guard in s.get("depends_on", {}) for s in both.values())
+
+
+def _shell_command(service: dict[str, Any], hosts: dict[str, str]) -> list[str]:
+    """A one-shot's ``sh -c`` command as its container would run it, host names swapped for
+    the local emulators."""
+    assert service["entrypoint"] == ["/bin/sh", "-c"]
+    [script] = service["command"]
+    script = script.replace("$$", "$")  # compose's escape; the container sees one $
+    for old, new in hosts.items():
+        assert old in script, old
+        script = script.replace(old, new)
+    return ["sh", "-c", script]
+
+
+def test_fake_gcs_init_creates_the_bucket_and_tolerates_a_restart(gcs_endpoint: str) -> None:
+    """fake-gcs-init's own command against a real fake-gcs-server: it creates the bucket,
+    and a second run (``docker compose up`` again, the bucket kept in its volume) still
+    succeeds, or tusd would never start."""
+    service = stack("gcs")["services"]["fake-gcs-init"]
+    host = gcs_endpoint.removeprefix("http://")
+    command = _shell_command(service, {"fake-gcs:4443": host})
+    for _ in range(2):
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert (proc.returncode, proc.stderr) == (0, ""), proc
+    with urllib.request.urlopen(f"{gcs_endpoint}/storage/v1/b/tusd-uploads", timeout=10) as r:
+        assert json.load(r)["name"] == "tusd-uploads"
+    dead = _shell_command(service, {"fake-gcs:4443": f"127.0.0.1:{free_port()}",
+                                    "--retry 30": "--retry 1"})
+    proc = subprocess.run(dead, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr == "fake-gcs-init: creating bucket tusd-uploads: HTTP 000\n"
+
+
+def test_azurite_ready_waits_for_an_answer(azurite_port: int) -> None:
+    service = stack("azure")["services"]["azurite-ready"]
+    live = _shell_command(service, {"azurite:10000": f"127.0.0.1:{azurite_port}"})
+    proc = subprocess.run(live, capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stderr) == (0, ""), proc
+    dead = _shell_command(service, {"azurite:10000": f"127.0.0.1:{free_port()}",
+                                    "--retry 30": "--retry 1"})
+    proc = subprocess.run(dead, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and proc.stderr.startswith("azurite-ready: no answer"), proc
 
 
 def go_duration(text: str) -> float:
@@ -143,8 +251,8 @@ def test_stop_timeouts_outlast_the_shutdown() -> None:
 
     grace = load_config(str(ROOT / "deploy/tusd.yaml"), env={}).server.shutdown_grace
     needed = grace + SHUTDOWN_MARGIN + 5
-    for driver in ("local", "s3", "gcs", "azure"):
-        tusd = compose_json(driver, env={"TUSD_DRIVER": driver})["services"]["tusd"]
+    for driver in DRIVERS:
+        tusd = stack(driver)["services"]["tusd"]
         assert go_duration(tusd["stop_grace_period"]) >= needed, (driver, tusd["stop_grace_period"])
     stop = re.search(r"docker stop -t (\d+)", DOCKERFILE.read_text())
     assert stop and int(stop.group(1)) >= needed
@@ -154,7 +262,7 @@ def test_stop_timeouts_outlast_the_shutdown() -> None:
 @pytest.mark.parametrize("driver", ["local", "s3", "gcs", "azure"])
 def test_container_config_with_compose_environment(driver: str) -> None:
     """deploy/tusd.yaml + the compose service's TUSD_* variables pass the real loader."""
-    env = compose_json(driver, env={"TUSD_DRIVER": driver})["services"]["tusd"]["environment"]
+    env = stack(driver)["services"]["tusd"]["environment"]
     config = load_config(str(ROOT / "deploy/tusd.yaml"), env=env)
     assert config.storage.driver == driver
     assert config.server.behind_proxy is True
@@ -223,7 +331,7 @@ def test_compose_environment_builds_the_driver(driver: str) -> None:
     here). In particular gcs is not pointed at MinIO."""
     from tusd_py.storage.registry import build_store
 
-    env = compose_json(driver, env={"TUSD_DRIVER": driver})["services"]["tusd"]["environment"]
+    env = stack(driver)["services"]["tusd"]["environment"]
     config = load_config(str(ROOT / "deploy/tusd.yaml"), env=env)
     store = build_store(config.storage)
     assert type(store).__name__ == {"local": "LocalStore", "s3": "S3Store", "gcs": "GCSStore",
@@ -237,15 +345,15 @@ def test_compose_environment_builds_the_driver(driver: str) -> None:
 
 @pytest.mark.parametrize("driver", ["s3", "gcs"])
 def test_compose_endpoint_override(driver: str) -> None:
-    env = compose_json(driver, env={"TUSD_DRIVER": driver, "TUSD_ENDPOINT_URL": "https://objects.example"})
-    config = load_config(str(ROOT / "deploy/tusd.yaml"), env=env["services"]["tusd"]["environment"])
+    env = stack(driver, TUSD_ENDPOINT_URL="https://objects.example")["services"]["tusd"]["environment"]
+    config = load_config(str(ROOT / "deploy/tusd.yaml"), env=env)
     assert config.storage.endpoint_url == "https://objects.example"
 
 
 def test_compose_rejects_an_unknown_driver() -> None:
     proc = compose("config", "--quiet", env={"TUSD_DRIVER": "ftp"})
     assert proc.returncode != 0
-    assert "deploy/compose/ftp.env" in proc.stderr
+    assert "deploy/compose/ftp.yml: no such file or directory" in proc.stderr
 
 
 def test_compose_images_are_pinned() -> None:
@@ -253,7 +361,8 @@ def test_compose_images_are_pinned() -> None:
     tagged with the package version."""
     import tomllib
 
-    services = compose_json("s3", "gcs", "azure")["services"]
+    services = {name: service for driver in DRIVERS
+                for name, service in stack(driver)["services"].items()}
     for name, service in services.items():
         image = service["image"]
         tag = image.rsplit("/", 1)[-1].partition(":")[2]

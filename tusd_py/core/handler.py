@@ -81,11 +81,27 @@ class TusHandler:
         self.server = config.server
         self.store = store
         self.events = events or EventBus()
-        self.caps = store.capabilities
+        # What this server offers: the store's capabilities less what the config turns
+        # off (server.termination, server.concatenation), decided once, here.
+        caps = set(store.capabilities)
+        if self.server.termination is False:
+            caps.discard(Capability.TERMINATE)
+        if not self.server.concatenation:
+            caps -= {Capability.CONCATENATE, Capability.CONCATENATE_UNFINISHED}
+        self.caps = frozenset(caps)
+        #: Methods an upload URL answers (the Allow header of a 405).
+        self.upload_methods = ["HEAD", "PATCH"]
+        if self.server.termination is not False:
+            self.upload_methods.append("DELETE")
+        if self.server.download:
+            self.upload_methods.append("GET")
+        self.upload_methods.append("OPTIONS")
         self.writers = WriterRegistry(
             store, idle_timeout=self.server.idle_timeout, lock_wait=self.server.lock_wait,
             takeover_idle=self.server.lock_takeover_idle)
-        self.receiver = BodyReceiver(self.writers, self.events, self.server.idle_timeout)
+        self.receiver = BodyReceiver(
+            self.writers, self.events, self.server.idle_timeout,
+            (self.server.min_body_rate, self.server.min_body_rate_window))
         self.base_path = self.server.base_path
         self.expire_after = config.expiration.after
         self.expire_completed_after = config.expiration.completed_after
@@ -132,8 +148,10 @@ class TusHandler:
         if method == "OPTIONS":
             return web.Response(status=204, headers=self._options_headers)
         if method == "GET":
-            if upload_id is None or not self.server.download:
+            if upload_id is None:
                 raise web.HTTPMethodNotAllowed(method, ["POST", "OPTIONS"])
+            if not self.server.download:
+                raise web.HTTPMethodNotAllowed(method, self.upload_methods)
             check_upload_id(upload_id)
             if self.events.access_checkers:
                 await self.events.pre_access(upload_id, request, method)
@@ -153,12 +171,13 @@ class TusHandler:
             return await self.patch(request, upload_id)
         if method == "DELETE":
             return await self.delete(request, upload_id)
-        raise web.HTTPMethodNotAllowed(method, ["HEAD", "PATCH", "DELETE", "GET", "OPTIONS"])
+        raise web.HTTPMethodNotAllowed(method, self.upload_methods)
 
     # -- helpers ------------------------------------------------------------------
 
-    def upload_url(self, request: web.Request, upload_id: str) -> str:
-        return base_url(request, self.server.behind_proxy) + self.base_path + upload_id
+    def upload_url(self, base: str, upload_id: str) -> str:
+        """The ``Location`` of an upload, under ``base`` (``base_url`` of the request)."""
+        return base + self.base_path + upload_id
 
     def _tus_headers(self, upload: Upload) -> dict[str, str]:
         headers = {"Tus-Resumable": TUS_VERSION}
@@ -189,6 +208,7 @@ class TusHandler:
 
     async def post(self, request: web.Request) -> web.StreamResponse:
         headers = request.headers
+        base = base_url(request, self.server.behind_proxy)  # a bad Host: 400 before creating
         concat = parse_concat(headers.get("Upload-Concat"))
         if concat is not None and Capability.CONCATENATE not in self.caps:
             raise BadRequest("concatenation is not supported by this server")
@@ -197,7 +217,7 @@ class TusHandler:
         if concat is not None and concat.final:
             upload = await self.concatenation.create_final(request, concat.final_urls, metadata, now)
             response_headers = self._tus_headers(upload)
-            response_headers["Location"] = self.upload_url(request, upload.id)
+            response_headers["Location"] = self.upload_url(base, upload.id)
             return web.Response(status=201, headers=response_headers)
 
         length = parse_uint(headers.get("Upload-Length"), "Upload-Length", required=False)
@@ -253,7 +273,7 @@ class TusHandler:
                 upload = written.upload
                 await self._after_write(request, written)  # pre-finish may refuse
         response_headers = self._tus_headers(upload)
-        response_headers["Location"] = self.upload_url(request, upload.id)
+        response_headers["Location"] = self.upload_url(base, upload.id)
         if has_body:
             response_headers["Upload-Offset"] = str(upload.offset)
         return web.Response(status=201, headers=response_headers)
@@ -385,11 +405,15 @@ class TusHandler:
     # -- DELETE ----------------------------------------------------------------------
 
     async def delete(self, request: web.Request, upload_id: str) -> web.StreamResponse:
+        if self.server.termination is False:  # tusd -disable-termination: no DELETE route
+            raise web.HTTPMethodNotAllowed("DELETE", self.upload_methods)
         if Capability.TERMINATE not in self.caps:
             raise NotImplementedByServer("termination is not supported by this server")
         writer, lock = await self.writers.claim(upload_id)
         try:
             upload = lock.upload
+            if upload.is_complete and self.server.termination == "unfinished-only":
+                raise BadRequest("cannot terminate a finished upload")
             await self.events.pre_terminate(upload, request)
             store = self.store
             assert isinstance(store, CanTerminate)  # checked above

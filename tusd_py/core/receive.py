@@ -31,9 +31,12 @@ class Outcome(enum.Enum):
 class BodyReceiver:
     """Streams request bodies into storage locks, every read under an idle deadline."""
 
-    def __init__(self, writers: WriterRegistry, events: EventBus, idle_timeout: float) -> None:
+    def __init__(self, writers: WriterRegistry, events: EventBus, idle_timeout: float,
+                 min_rate: tuple[int, float] = (0, 1.0)) -> None:
         self.idle_deadline = writers.idle_deadline
         self.events = events
+        #: (bytes, seconds): every window of a body must bring that many bytes.
+        self.min_bytes, self.rate_window = min_rate
         # The idle deadline moves with every chunk; rescheduling its timer costs a timer
         # handle, so it is only moved once it lags by more than ``slack`` (or must come
         # sooner: a takeover or shutdown).
@@ -46,7 +49,9 @@ class BodyReceiver:
 
         Memory is bounded by aiohttp's stream buffer (the chunks it hands over), never by
         what the client sends. Every read has a deadline (``idle_timeout``, shortened
-        when another request wants the upload or the daemon stops).
+        when another request wants the upload or the daemon stops), and each window of
+        ``rate_window`` seconds must bring ``min_bytes`` (checked as chunks arrive, so a
+        trickle is ended within a window plus one idle timeout).
         """
         content = request.content
         idle_deadline = self.idle_deadline
@@ -57,6 +62,9 @@ class BodyReceiver:
         # Listeners that want progress during a long body (post-receive hooks) set it.
         interval = self.events.receiving_interval
         next_tick = loop.time() + interval if interval > 0 else None
+        min_bytes, rate_window = self.min_bytes, self.rate_window
+        window_end = loop.time() + rate_window if min_bytes else None
+        window_start_received = 0
         try:
             async with asyncio.timeout(None) as scope:
                 # From here another task can stop this read by rescheduling the scope
@@ -64,7 +72,14 @@ class BodyReceiver:
                 # StopUpload. The read then ends with TimeoutError, handled below.
                 writer.scope = scope
                 while True:
-                    deadline = idle_deadline(writer, loop.time())
+                    now = loop.time()
+                    if window_end is not None and now >= window_end:
+                        if received - window_start_received < min_bytes:
+                            if writer.stop_reason is None:
+                                writer.stop_reason = StopReason.SLOW
+                            return Outcome.STOPPED
+                        window_end, window_start_received = now + rate_window, received
+                    deadline = idle_deadline(writer, now)
                     scheduled = scope.when()
                     if scheduled is None or deadline < scheduled or deadline - scheduled > slack:
                         scope.reschedule(deadline)
@@ -86,7 +101,10 @@ class BodyReceiver:
                         write_nowait(chunk)
                     else:
                         scope.reschedule(None)  # a write that waits is not client idleness
+                        waited = loop.time()
                         await lock.write(chunk)
+                        if window_end is not None:  # nor client slowness
+                            window_end += loop.time() - waited
                     if next_tick is not None and loop.time() >= next_tick:
                         next_tick = loop.time() + interval
                         self.events.receiving(lock.upload, request,
@@ -115,6 +133,8 @@ def interrupted(writer: Writer) -> TusError:
         return BadRequest("upload has been interrupted by another request for this upload")
     if reason is StopReason.IDLE:
         return TusError("request body idle timeout", status=408)
+    if reason is StopReason.SLOW:
+        return TusError("request body slower than server.min_body_rate", status=408)
     if reason is StopReason.HOOK:  # post-receive StopUpload (tusd_py.hooks)
         if isinstance(writer.stop_error, TusError):
             return writer.stop_error

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from ..config import Config
+from ..config import Config, ConfigError, StartupError
 from ..core.events import EventBus
 from ..core.handler import TusHandler
 from ..core.sweeper import sweep_every
@@ -19,8 +21,9 @@ from ..storage.base import Capability
 from ..storage.registry import build_store
 from ..web import add_demo_routes
 from .cors import cors_headers
-from .keys import CONFIG, EVENTS, GATE, HANDLER, METRICS, REGISTRY, STORE
+from .keys import CONFIG, EVENTS, GATE, HANDLER, METRICS, READINESS, REGISTRY, STORE
 from .limits import limits_middleware
+from .listen import reason
 from .logs import RequestAnnotator
 from .metrics import Metrics
 from .middleware import RequestGate, front_middleware
@@ -34,14 +37,48 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: storage answers within 5 s."""
+    """Readiness: storage answers within 5 s and its local disk has room
+    (``server.min_free_disk``). A failure is answered without details (they may name
+    a directory or a bucket); the log has them (``readiness``)."""
     store = request.app[STORE]
     try:
         await asyncio.wait_for(store.ping(), 5)
+        reason = low_disk(store.writable_paths(), request.app[CONFIG].server.min_free_disk)
     except Exception as exc:  # any failure means "not ready"
         reason = str(exc) or type(exc).__name__
-        return web.Response(status=503, text=f"storage not ready: {reason}\n")
+    request.app[READINESS].report(reason)
+    if reason is not None:
+        return web.Response(status=503, text="storage not ready\n")
     return web.Response(text="ready\n")
+
+
+def low_disk(paths: tuple[str, ...], min_free: int) -> str | None:
+    """Why a directory cannot take writes (read-only, less than ``min_free`` bytes
+    free), or None."""
+    for path in paths:
+        st = os.statvfs(path)
+        if st.f_flag & os.ST_RDONLY:
+            return f"{path} is on a read-only file system"
+        if min_free and st.f_bavail * st.f_frsize < min_free:
+            return f"{path} has less free space than server.min_free_disk ({min_free} bytes)"
+    return None
+
+
+class Readiness:
+    """The last readiness verdict, logged when it changes (probes come every few
+    seconds: one line per change, not per probe)."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    def report(self, reason: str | None) -> None:
+        if reason == self.reason:
+            return
+        if reason is None:
+            log.warning("ready again: storage answers and can take writes")
+        else:
+            log.warning("not ready: %s", reason)
+        self.reason = reason
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -82,6 +119,7 @@ def create_app(config: Config, store: Store | None = None,
     app[HANDLER] = handler
     app[REGISTRY] = registry
     app[GATE] = gate
+    app[READINESS] = Readiness()
     if tus_metrics is not None:
         app[METRICS] = tus_metrics
     if config.server.cors.enabled:
@@ -110,8 +148,19 @@ def create_app(config: Config, store: Store | None = None,
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Start the store; one that fails to start is stopped again (whatever it opened is
+    closed: SQLite's worker thread would keep the process alive) and the failure becomes a
+    ``StartupError`` naming the driver."""
     store = app[STORE]
-    await store.start()
+    try:
+        await store.start()
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            await store.stop()
+        if isinstance(exc, ConfigError) or not isinstance(exc, Exception):
+            raise
+        driver = app[CONFIG].storage.driver
+        raise StartupError(f"cannot start the {driver} storage: {reason(exc)}") from exc
     yield
     await store.stop()
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ..core.handler import TusHandler
     from ..hooks.listener import HookListener
     from ..storage.base import Store
+    from .app import Readiness
     from .metrics import Metrics
     from .middleware import RequestGate
 
@@ -31,6 +32,8 @@ REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("tusd_metrics_registry")
 #: The tusd_* metrics (absent when ``server.metrics`` is off).
 METRICS: web.AppKey[Metrics] = web.AppKey("tusd_metrics")
 GATE: web.AppKey[RequestGate] = web.AppKey("tusd_request_gate")
+#: The last /readyz verdict (``app.Readiness``), logged when it changes.
+READINESS: web.AppKey[Readiness] = web.AppKey("tusd_readiness")
 #: The hook listener (absent when no hook is configured).
 HOOKS: web.AppKey[HookListener] = web.AppKey("tusd_hooks")
 

@@ -29,11 +29,19 @@ from typing import Any
 
 import aiosqlite
 
-from ...protocol.errors import MismatchedOffset, NotFound, StorageError, UploadBusy, UploadExists
+from ...protocol.errors import (
+    MismatchedOffset,
+    NotFound,
+    ServiceUnavailable,
+    StorageError,
+    UploadBusy,
+    UploadExists,
+)
 from ...protocol.headers import Metadata
 from ..base import Download, Store, Upload, UploadLock
 from ..ids import check_upload_id, is_upload_id, new_time_ordered_upload_id
 from .batch import INSERT_COLUMNS, GroupCommit
+from .faults import read_only_reason, shm_fault, storage_error
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +74,13 @@ OWED_QUERY = ("SELECT id FROM uploads WHERE finish_owed = 1 AND completed_at < ?
               " ORDER BY completed_at LIMIT ?")
 _LOCK_POLL = 0.02  # seconds between flock attempts while another process holds it
 _RECENT_MAX = 4096  # records remembered for lock() (a few hundred bytes each)
-_ORPHAN_AGE = 3600.0  # seconds before a file without a record is considered orphaned
 _START_BATCH = 1000  # uploads (files) looked at per batch by the start-up reconcile
+_ORPHAN_BATCH = 500  # file names checked against the database at once at start-up
+#: Seconds a new file is spared by the orphan clean-up: a create in another process
+#: holds the file's flock from an instant after creating it (``create``).
+ORPHAN_GRACE = 2.0
+#: Seconds between checks that SQLite's shared-memory file can still be written.
+FAULT_CHECK_INTERVAL = 1.0
 
 
 def _encode_metadata(metadata: Metadata) -> str:
@@ -94,6 +107,9 @@ class LocalStore(Store):
         self._recent: OrderedDict[str, Upload] = OrderedDict()
         #: job -> the open file whose flock gives this process the job's turn.
         self._turns: dict[str, int] = {}
+        #: Why the database must not be touched (its -shm file cannot be written), if so.
+        self.fault: str | None = None
+        self._watch: asyncio.Task[None] | None = None
 
     def _remember(self, upload: Upload) -> Upload:
         self._recent[upload.id] = upload
@@ -106,6 +122,9 @@ class LocalStore(Store):
 
     async def start(self) -> None:
         os.makedirs(self.upload_dir, exist_ok=True)
+        fault = shm_fault(self.db_path)
+        if fault is not None:  # SQLite would die of SIGBUS on its first write
+            raise StorageError(f"SQLite cannot use its shared-memory file: {fault}")
         # Autocommit (isolation_level=None): every statement is its own transaction,
         # one thread hop per statement.
         self._db = await aiosqlite.connect(self.db_path, isolation_level=None)
@@ -116,11 +135,31 @@ class LocalStore(Store):
         await self._migrate()
         self._batch = GroupCommit(self._db)
         await self._reconcile()
+        self._watch = asyncio.create_task(self._watch_faults(), name="tusd-local-faults")
+
+    async def _watch_faults(self) -> None:
+        """Every ``FAULT_CHECK_INTERVAL``: can SQLite's -shm file still be written? While
+        it cannot, database calls fail (500) and readiness is false, instead of the
+        process dying of SIGBUS at its next write (a best effort: a fault in the second
+        between two checks is not caught)."""
+        while True:
+            await asyncio.sleep(FAULT_CHECK_INTERVAL)
+            fault = shm_fault(self.db_path)
+            if fault != self.fault:
+                if fault is None:
+                    log.warning("database %s can be written again", self.db_path)
+                else:
+                    log.error("database %s is not used until this is fixed: %s",
+                              self.db_path, fault)
+                self.fault = fault
 
     async def stop(self) -> None:
         for fd in self._turns.values():
             os.close(fd)  # drops the flock: another process takes the turn
         self._turns.clear()
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         if self._batch is not None:
             await self._batch.idle()
         if self._db is not None:
@@ -129,21 +168,30 @@ class LocalStore(Store):
 
     @property
     def batch(self) -> GroupCommit:
-        if self._batch is None:
-            raise StorageError("store is not started")
+        if self._batch is None or self.fault is not None:
+            raise self._unusable()
         return self._batch
 
     @property
     def db(self) -> aiosqlite.Connection:
-        if self._db is None:
-            raise StorageError("store is not started")
+        if self._db is None or self.fault is not None:
+            raise self._unusable()
         return self._db
+
+    def _unusable(self) -> StorageError:
+        if self.fault is not None:
+            return StorageError("storage is not writable")  # the log names the file
+        return StorageError("store is not started")
+
+    def writable_paths(self) -> tuple[str, ...]:
+        return (self.data_dir,)
 
     async def ping(self) -> None:
         async with self.db.execute("SELECT 1") as cur:
             await cur.fetchone()
-        if not os.access(self.upload_dir, os.W_OK):
-            raise StorageError(f"upload directory {self.upload_dir} is not writable")
+        reason = read_only_reason(self.upload_dir)
+        if reason is not None:
+            raise StorageError(f"upload directory: {reason}")
 
     async def _migrate(self) -> None:
         columns = {row[1] for row in await self.db.execute_fetchall("PRAGMA table_info(uploads)")}
@@ -215,16 +263,21 @@ class LocalStore(Store):
             os.close(fd)
 
     async def _remove_orphan_files(self) -> None:
-        """Delete files with no record: left by a kill -9 between a create's file and its
-        row, or between a terminate's row delete and its unlink. Only files older than
-        ``_ORPHAN_AGE`` go, so another live process's create in flight is never touched.
+        """Delete files with no record, whatever their age: left by a kill -9 between a
+        terminate's row delete and its unlink, or a create's file and its row.
+
+        A file is only removed under its flock (taken without waiting) and once the
+        database, read under that flock, has no row for it: a live process creating an
+        upload holds the flock from the file's creation until its row is committed
+        (``create``), and one writing an upload holds it too; a file made in the last
+        ``ORPHAN_GRACE`` seconds is spared (the instant between a create's open and flock).
         The directory is read in a thread, ``_START_BATCH`` names at a time."""
-        cutoff = time.time() - _ORPHAN_AGE
+        young = time.time() - ORPHAN_GRACE
 
         def old_names(entries: Iterator[os.DirEntry[str]]) -> list[str]:
             names = []
             for entry in entries:
-                if is_upload_id(entry.name) and entry.stat().st_mtime < cutoff:
+                if is_upload_id(entry.name) and entry.stat().st_ctime < young:
                     names.append(entry.name)
                     if len(names) >= _START_BATCH:
                         break
@@ -233,19 +286,43 @@ class LocalStore(Store):
         removed = 0
         with os.scandir(self.upload_dir) as entries:
             while batch := await asyncio.to_thread(old_names, entries):
-                for start in range(0, len(batch), 500):  # SQLite's parameter limit
-                    names = batch[start:start + 500]
-                    rows = await self.db.execute_fetchall(
-                        f"SELECT id FROM uploads WHERE id IN ({','.join('?' * len(names))})",
-                        names)
-                    known = {row[0] for row in rows}
-                    for name in names:
-                        if name not in known:
-                            with contextlib.suppress(FileNotFoundError):
-                                os.unlink(os.path.join(self.upload_dir, name))
-                                removed += 1
+                for start in range(0, len(batch), _ORPHAN_BATCH):
+                    names = batch[start:start + _ORPHAN_BATCH]
+                    known = await self._known(names)
+                    unknown = [name for name in names if name not in known]
+                    if unknown:
+                        removed += await self._remove_if_orphans(unknown)
         if removed:
             log.info("removed %d upload file(s) with no record", removed)
+
+    async def _known(self, names: list[str]) -> set[str]:
+        """The ids among ``names`` that have a row."""
+        rows = await self.db.execute_fetchall(
+            f"SELECT id FROM uploads WHERE id IN ({','.join('?' * len(names))})", names)
+        return {row[0] for row in rows}
+
+    async def _remove_if_orphans(self, names: list[str]) -> int:
+        """Lock the free files among ``names`` and delete those that, read under the
+        flock, still have no row."""
+        locked: dict[str, int] = {}
+        removed = 0
+        try:
+            for name in names:
+                fd = _lock_if_free(os.path.join(self.upload_dir, name))
+                if fd is not None:
+                    locked[name] = fd
+            if not locked:
+                return 0
+            known = await self._known(list(locked))
+            for name in locked:
+                if name not in known:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(self.upload_dir, name))
+                        removed += 1
+        finally:
+            for fd in locked.values():
+                os.close(fd)
+        return removed
 
     # -- records ----------------------------------------------------------------
 
@@ -265,20 +342,35 @@ class LocalStore(Store):
 
     async def create(self, upload: Upload) -> Upload:
         path = self._path(upload.id)
+        batch = self.batch
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         except FileExistsError:
             raise UploadExists() from None
-        os.close(fd)
+        except OSError as exc:
+            raise storage_error(exc, "cannot create the upload") from exc
+        # Held until the row is committed: a start-up of another process sharing this
+        # directory takes a file it can flock and has no row for as an orphan (unless it
+        # was made in the last ORPHAN_GRACE seconds: the instant before this flock).
         try:
-            await self.batch.insert(
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # not ours after all (cannot happen to a new file)
+            os.close(fd)
+            raise ServiceUnavailable("upload could not be created; retry",
+                                     headers={"Retry-After": "1"}) from None
+        try:
+            await batch.insert(
                 (upload.id, upload.length, upload.offset, _encode_metadata(upload.metadata),
                  upload.created_at, upload.expires_at, int(upload.is_partial),
                  json.dumps(list(upload.final_of)) if upload.final_of else None,
                  upload.completed_at, int(upload.finish_owed)))
-        except BaseException:
+        except BaseException as exc:
             os.unlink(path)
+            if isinstance(exc, Exception):
+                raise storage_error(exc, "cannot create the upload") from exc
             raise
+        finally:
+            os.close(fd)
         return self._remember(upload.copy(location=path))
 
     async def get(self, upload_id: str) -> Upload | None:
@@ -349,9 +441,12 @@ class LocalStore(Store):
         if length is None:
             length = upload.length
         completed_at = time.time() if length is not None and new_offset == length else None
-        matched = await self.batch.compare_and_set(
-            (upload.id, new_offset, length, expires_at, completed_at, upload.offset,
-             upload.length))
+        try:
+            matched = await self.batch.compare_and_set(
+                (upload.id, new_offset, length, expires_at, completed_at, upload.offset,
+                 upload.length))
+        except Exception as exc:
+            raise storage_error(exc, "cannot commit the offset") from exc
         if not matched:
             self._recent.pop(upload.id, None)
             raise MismatchedOffset("upload changed underneath the lock")
@@ -375,14 +470,17 @@ class LocalStore(Store):
         self._recent.pop(final.id, None)
         sources = [(self._path(p.id), p.offset) for p in partials]
         size = sum(n for _, n in sources)
-        await asyncio.get_running_loop().run_in_executor(
-            None, _concatenate_files, self._path(final.id), sources, self.fsync)
-        completed_at = time.time()
-        await self.db.execute(
-            "UPDATE uploads SET length = ?, upload_offset = ?, completed_at = ?, expires_at = ?"
-            " WHERE id = ?",
-            (size, size, completed_at, final.expires_at, final.id),
-        )
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                None, _concatenate_files, self._path(final.id), sources, self.fsync)
+            completed_at = time.time()
+            await self.db.execute(
+                "UPDATE uploads SET length = ?, upload_offset = ?, completed_at = ?,"
+                " expires_at = ? WHERE id = ?",
+                (size, size, completed_at, final.expires_at, final.id),
+            )
+        except Exception as exc:
+            raise storage_error(exc, "cannot assemble the final upload") from exc
         return final.copy(length=size, offset=size, completed_at=completed_at)
 
     async def expired(self, now: float, limit: int = 1000) -> list[str]:
@@ -422,6 +520,20 @@ class LocalStore(Store):
                         last_modified=st.st_mtime, path=path)
 
 
+def _lock_if_free(path: str) -> int | None:
+    """An fd of ``path`` holding its flock, or None if the file is gone or locked."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
 def _concatenate_files(dest: str, sources: list[tuple[str, int]], fsync: bool) -> None:
     """Copy each source's first ``n`` bytes into ``dest`` in order (kernel-side copy)."""
     with open(dest, "r+b") as out:
@@ -452,7 +564,7 @@ class LocalLock(UploadLock):
 
     def write_nowait(self, data: bytes) -> None:
         # A pwrite into the page cache takes microseconds for the chunks aiohttp hands
-        # over; doing it inline avoids a thread hop per chunk (see README, benchmarks).
+        # over; doing it inline avoids a thread hop per chunk (see docs/internals.md).
         fd = self.fd
         assert fd is not None
         position = self.upload.offset + self.written
@@ -463,13 +575,16 @@ class LocalLock(UploadLock):
                 position += n
                 view = view[n:]
         except OSError as exc:
-            raise StorageError(f"write failed: {exc.strerror}") from exc
+            raise storage_error(exc, "write failed") from exc
         self.written += len(data)
 
     async def commit(self, *, length: int | None = None,
                      expires_at: float | None = None) -> Upload:
         if self.store.fsync and self.written and self.fd is not None:
-            await asyncio.get_running_loop().run_in_executor(None, os.fsync, self.fd)
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, os.fsync, self.fd)
+            except OSError as exc:
+                raise storage_error(exc, "fsync failed") from exc
         new_offset = self.upload.offset + self.written
         # From here on a rollback leaves the file alone: if this commit fails or its
         # outcome is unknown (cancelled), bytes past the offset are invisible and harmless,
