@@ -27,7 +27,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -354,8 +354,10 @@ def _classify(exc: BaseException) -> tuple[str, str]:
 async def run_once(url: str, scenario: Scenario, payload: Payload, *, pid: int | None = None,
                    label: str = "", run: int = 1, first_index: int = 0, verify_bytes: bool = False,
                    cleanup: str = "large", sync: bool = True, max_seconds: float = 300.0,
-                   request_timeout: float = 120.0) -> dict[str, Any]:
-    """One timed run of ``scenario`` against the creation URL ``url``."""
+                   request_timeout: float = 120.0,
+                   timed_end: Callable[[], Awaitable[None]] | None = None) -> dict[str, Any]:
+    """One timed run of ``scenario`` against the creation URL ``url``; ``timed_end`` is
+    awaited as soon as the timed phase is over (before verification and clean-up)."""
     if sync:
         await asyncio.get_running_loop().run_in_executor(None, os.sync)
     calib_ms = cpu_calibration_ms()
@@ -389,6 +391,8 @@ async def run_once(url: str, scenario: Scenario, payload: Payload, *, pid: int |
             errors.add("run time limit", f"{max_seconds}s")
         wall = time.perf_counter() - t0
         server = await probe.stop()
+        if timed_end is not None:
+            await timed_end()
 
         # Untimed: verify offsets (and bytes), then clean up.
         offsets_ok = 0

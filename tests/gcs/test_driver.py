@@ -208,7 +208,7 @@ async def test_expired_lists_only_expired_records(make_store):
     await new_upload(store, 5, expires_at=now + 3600)
     await new_upload(store, 5)
     assert await store.expired(now) == [old.id]
-    assert await store.expired(now) == [old.id]  # from the generation cache
+    assert await store.expired(now) == [old.id]  # still listed until it is deleted
 
 
 async def test_zero_length_upload_has_an_empty_object(make_store):

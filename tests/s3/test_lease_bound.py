@@ -16,12 +16,13 @@ from typing import Any
 
 import pytest
 
-from tests.plugins.s3 import MIB, PREFIX, S3Proxy, is_conditional_record_write, is_part_upload
+from tests.plugins.proxy import StoreProxy
+from tests.plugins.s3 import MIB, PREFIX, is_conditional_record_write, is_part_upload
 from tests.plugins.stores import new_upload, read_all, stream, write
 from tusd_py.protocol.errors import ServiceUnavailable, StorageError, UploadBusy
 
 
-def parts_from(proxy: S3Proxy, since: float) -> list[Any]:
+def parts_from(proxy: StoreProxy, since: float) -> list[Any]:
     return [f for f in proxy.log if f.method == "PUT" and "partNumber" in f.query
             and f.started >= since]
 

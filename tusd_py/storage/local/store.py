@@ -17,12 +17,14 @@ SQLite runs with ``synchronous=FULL``, so it also survives power loss.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
 import logging
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 
 import aiosqlite
@@ -65,9 +67,15 @@ _MIGRATIONS = {"finish_owed": "ALTER TABLE uploads ADD COLUMN finish_owed INTEGE
 _OWED_INDEX = """CREATE INDEX IF NOT EXISTS uploads_finish_owed ON uploads (completed_at)
     WHERE finish_owed = 1"""
 _COLUMNS = ", ".join(INSERT_COLUMNS)
+#: The sweep's query (``uploads_expires_at``) and the owed post-finish listing's
+#: (``uploads_finish_owed``): both read only their partial index.
+EXPIRED_QUERY = "SELECT id FROM uploads WHERE expires_at IS NOT NULL AND expires_at < ? LIMIT ?"
+OWED_QUERY = ("SELECT id FROM uploads WHERE finish_owed = 1 AND completed_at < ?"
+              " ORDER BY completed_at LIMIT ?")
 _LOCK_POLL = 0.02  # seconds between flock attempts while another process holds it
 _RECENT_MAX = 4096  # records remembered for lock() (a few hundred bytes each)
-_ORPHAN_BATCH = 100  # files without a record locked and checked at once at start-up
+_START_BATCH = 1000  # uploads (files) looked at per batch by the start-up reconcile
+_ORPHAN_BATCH = 500  # file names checked against the database at once at start-up
 #: Seconds a new file is spared by the orphan clean-up: a create in another process
 #: holds the file's flock from an instant after creating it (``create``).
 ORPHAN_GRACE = 2.0
@@ -97,6 +105,8 @@ class LocalStore(Store):
         self._unlinked: set[str] = set()
         #: Records this process created or committed, so a PATCH needs no SELECT (see lock()).
         self._recent: OrderedDict[str, Upload] = OrderedDict()
+        #: job -> the open file whose flock gives this process the job's turn.
+        self._turns: dict[str, int] = {}
         #: Why the database must not be touched (its -shm file cannot be written), if so.
         self.fault: str | None = None
         self._watch: asyncio.Task[None] | None = None
@@ -144,6 +154,9 @@ class LocalStore(Store):
                 self.fault = fault
 
     async def stop(self) -> None:
+        for fd in self._turns.values():
+            os.close(fd)  # drops the flock: another process takes the turn
+        self._turns.clear()
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None
@@ -193,16 +206,34 @@ class LocalStore(Store):
 
         Bytes past the recorded offset were written but never acknowledged (the daemon
         died before the commit, or a checksum failed); they are dropped so the file and
-        the record agree and the client resumes from the offset HEAD reports.
+        the record agree and the client resumes from the offset HEAD reports. Unfinished
+        uploads are read in batches of ``_START_BATCH`` (keyset order) and their files
+        looked at in a thread, so neither memory nor the event loop grows with them.
         """
-        rows = await self.db.execute_fetchall(
-            "SELECT id, upload_offset FROM uploads WHERE completed_at IS NULL")
-        trimmed = 0
-        for upload_id, offset in rows:
-            trimmed += await self._reconcile_one(upload_id, offset)
+        trimmed, after = 0, ""
+        while True:
+            rows = list(await self.db.execute_fetchall(
+                "SELECT id, upload_offset FROM uploads WHERE completed_at IS NULL AND id > ?"
+                " ORDER BY id LIMIT ?", (after, _START_BATCH)))
+            if not rows:
+                break
+            after = rows[-1][0]
+            for upload_id, offset in await asyncio.to_thread(self._maybe_longer, rows):
+                trimmed += await self._reconcile_one(upload_id, offset)
         if trimmed:
             log.info("reconciled %d upload file(s) longer than their committed offset", trimmed)
-        await self._remove_orphan_files({row[0] for row in rows})
+        await self._remove_orphan_files()
+
+    def _maybe_longer(self, rows: Any) -> list[tuple[str, int]]:
+        """The listed uploads whose file is longer than the listed offset, or missing."""
+        out = []
+        for upload_id, offset in rows:
+            try:
+                if os.stat(self._path(upload_id)).st_size > offset:
+                    out.append((upload_id, offset))
+            except FileNotFoundError:
+                out.append((upload_id, offset))
+        return out
 
     async def _reconcile_one(self, upload_id: str, listed_offset: int) -> bool:
         """Cut one upload's file back to its committed offset; True if it was longer."""
@@ -231,7 +262,7 @@ class LocalStore(Store):
         finally:
             os.close(fd)
 
-    async def _remove_orphan_files(self, unfinished: set[str]) -> None:
+    async def _remove_orphan_files(self) -> None:
         """Delete files with no record, whatever their age: left by a kill -9 between a
         terminate's row delete and its unlink, or a create's file and its row.
 
@@ -239,40 +270,59 @@ class LocalStore(Store):
         database, read under that flock, has no row for it: a live process creating an
         upload holds the flock from the file's creation until its row is committed
         (``create``), and one writing an upload holds it too; a file made in the last
-        ``ORPHAN_GRACE`` seconds is spared (the instant between a create's open and flock)."""
-        candidates = []
+        ``ORPHAN_GRACE`` seconds is spared (the instant between a create's open and flock).
+        The directory is read in a thread, ``_START_BATCH`` names at a time."""
         young = time.time() - ORPHAN_GRACE
-        with os.scandir(self.upload_dir) as entries:
+
+        def old_names(entries: Iterator[os.DirEntry[str]]) -> list[str]:
+            names = []
             for entry in entries:
-                if (entry.name not in unfinished and is_upload_id(entry.name)
-                        and entry.stat().st_ctime < young):
-                    candidates.append(entry.name)
+                if is_upload_id(entry.name) and entry.stat().st_ctime < young:
+                    names.append(entry.name)
+                    if len(names) >= _START_BATCH:
+                        break
+            return names
+
         removed = 0
-        for start in range(0, len(candidates), _ORPHAN_BATCH):
-            locked: dict[str, int] = {}
-            try:
-                for name in candidates[start:start + _ORPHAN_BATCH]:
-                    fd = _lock_if_free(os.path.join(self.upload_dir, name))
-                    if fd is not None:
-                        locked[name] = fd
-                if not locked:
-                    continue
-                rows = await self.db.execute_fetchall(
-                    f"SELECT id FROM uploads WHERE id IN ({','.join('?' * len(locked))})",
-                    list(locked))
-                known = {row[0] for row in rows}
-                for name in locked:
-                    if name not in known:
-                        try:
-                            os.unlink(os.path.join(self.upload_dir, name))
-                            removed += 1
-                        except FileNotFoundError:
-                            pass
-            finally:
-                for fd in locked.values():
-                    os.close(fd)
+        with os.scandir(self.upload_dir) as entries:
+            while batch := await asyncio.to_thread(old_names, entries):
+                for start in range(0, len(batch), _ORPHAN_BATCH):
+                    names = batch[start:start + _ORPHAN_BATCH]
+                    known = await self._known(names)
+                    unknown = [name for name in names if name not in known]
+                    if unknown:
+                        removed += await self._remove_if_orphans(unknown)
         if removed:
             log.info("removed %d upload file(s) with no record", removed)
+
+    async def _known(self, names: list[str]) -> set[str]:
+        """The ids among ``names`` that have a row."""
+        rows = await self.db.execute_fetchall(
+            f"SELECT id FROM uploads WHERE id IN ({','.join('?' * len(names))})", names)
+        return {row[0] for row in rows}
+
+    async def _remove_if_orphans(self, names: list[str]) -> int:
+        """Lock the free files among ``names`` and delete those that, read under the
+        flock, still have no row."""
+        locked: dict[str, int] = {}
+        removed = 0
+        try:
+            for name in names:
+                fd = _lock_if_free(os.path.join(self.upload_dir, name))
+                if fd is not None:
+                    locked[name] = fd
+            if not locked:
+                return 0
+            known = await self._known(list(locked))
+            for name in locked:
+                if name not in known:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(self.upload_dir, name))
+                        removed += 1
+        finally:
+            for fd in locked.values():
+                os.close(fd)
+        return removed
 
     # -- records ----------------------------------------------------------------
 
@@ -434,15 +484,13 @@ class LocalStore(Store):
         return final.copy(length=size, offset=size, completed_at=completed_at)
 
     async def expired(self, now: float, limit: int = 1000) -> list[str]:
-        rows = await self.db.execute_fetchall(
-            "SELECT id FROM uploads WHERE expires_at IS NOT NULL AND expires_at < ? LIMIT ?",
-            (now, limit))
+        """At most ``limit`` expired uploads, from the ``expires_at`` index (a batch: the
+        sweeper asks again while batches are full)."""
+        rows = await self.db.execute_fetchall(EXPIRED_QUERY, (now, limit))
         return [row[0] for row in rows]
 
     async def owed_finishes(self, before: float, limit: int = 100) -> list[str]:
-        rows = await self.db.execute_fetchall(
-            "SELECT id FROM uploads WHERE finish_owed = 1 AND completed_at < ?"
-            " ORDER BY completed_at LIMIT ?", (before, limit))
+        rows = await self.db.execute_fetchall(OWED_QUERY, (before, limit))
         return [row[0] for row in rows]
 
     async def clear_finish_owed(self, lock: UploadLock) -> Upload:
@@ -450,6 +498,20 @@ class LocalStore(Store):
         await self.db.execute("UPDATE uploads SET finish_owed = 0 WHERE id = ?", (upload.id,))
         lock.upload = self._remember(upload.copy(finish_owed=False))
         return lock.upload
+
+    async def take_turn(self, job: str, hold: float) -> bool:
+        """A flock on ``{data_dir}/{job}.lock``, kept until the process stops or dies
+        (``hold`` is not needed: the kernel drops the lock of a dead process)."""
+        if job in self._turns:
+            return True
+        fd = os.open(os.path.join(self.data_dir, f"{job}.lock"), os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._turns[job] = fd
+        return True
 
     async def download(self, upload: Upload) -> Download:
         path = self._path(upload.id)
