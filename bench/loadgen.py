@@ -102,6 +102,10 @@ def add_scenario_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--par-chunk", type=parse_size, default=DEFAULTS["parallel"].chunk)
     parser.add_argument("--verify-bytes", action="store_true",
                         help="after each run, GET every upload and compare its sha256 (untimed)")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="skip the untimed HEAD of every upload after a run (each PATCH's "
+                             "Upload-Offset is still checked): bench/instructions.sh counts the "
+                             "uploads alone")
     parser.add_argument("--no-sync", action="store_true",
                         help="do not os.sync() before each run (by default dirty pages are "
                              "flushed, untimed, so one run's writeback does not bill the next)")
@@ -416,7 +420,7 @@ def _classify(exc: BaseException) -> tuple[str, str]:
 async def run_once(url: str, scenario: Scenario, payload: Payload, *, pid: int | None = None,
                    label: str = "", run: int = 1, first_index: int = 0, verify_bytes: bool = False,
                    cleanup: str = "large", sync: bool = True, max_seconds: float = 300.0,
-                   request_timeout: float = 120.0) -> dict[str, Any]:
+                   request_timeout: float = 120.0, verify: bool = True) -> dict[str, Any]:
     """One timed run of ``scenario`` against the creation URL ``url``."""
     if sync:
         await asyncio.get_running_loop().run_in_executor(None, os.sync)
@@ -456,7 +460,7 @@ async def run_once(url: str, scenario: Scenario, payload: Payload, *, pid: int |
         offsets_ok = 0
         bytes_ok = 0
 
-        async def verify(index: int) -> None:
+        async def check(index: int) -> None:
             nonlocal offsets_ok, bytes_ok
             location = done[index]
             try:
@@ -479,7 +483,8 @@ async def run_once(url: str, scenario: Scenario, payload: Payload, *, pid: int |
                 kind, detail = _classify(exc)
                 errors.add("verify " + kind, detail)
 
-        await _for_each(sorted(done), min(scenario.concurrency, 8), verify)
+        if verify:
+            await _for_each(sorted(done), min(scenario.concurrency, 8), check)
 
     completed = len(done)
     result: dict[str, Any] = {
@@ -607,7 +612,7 @@ async def _amain(args: argparse.Namespace) -> int:
                     args.url, scenario, payload, pid=args.pid, label=args.label, run=run,
                     first_index=index, verify_bytes=args.verify_bytes, cleanup=args.cleanup,
                     sync=not args.no_sync, max_seconds=args.max_seconds,
-                    request_timeout=args.request_timeout)
+                    request_timeout=args.request_timeout, verify=not args.no_verify)
                 index += scenario.count
                 runs.append(result)
                 _emit(result, out)

@@ -338,7 +338,8 @@ async def _bench(args: argparse.Namespace, scenarios: list[Scenario], servers: l
                             server.url, scenario, payload, pid=server.pid, label=name, run=round_,
                             first_index=index, verify_bytes=args.verify_bytes,
                             cleanup=args.cleanup, sync=not args.no_sync,
-                            max_seconds=args.max_seconds, request_timeout=args.request_timeout)
+                            max_seconds=args.max_seconds, request_timeout=args.request_timeout,
+                            verify=not args.no_verify)
                         index += scenario.count
                         runs.setdefault((name, scenario.name), []).append(result)
                         _emit(result, out)

@@ -21,6 +21,7 @@ import fcntl
 import json
 import logging
 import os
+import sqlite3
 import time
 from collections import OrderedDict
 from typing import Any
@@ -31,7 +32,7 @@ from ...protocol.errors import MismatchedOffset, NotFound, StorageError, UploadB
 from ...protocol.headers import Metadata
 from ..base import Download, Store, Upload, UploadLock
 from ..ids import check_upload_id, is_upload_id, new_time_ordered_upload_id
-from .batch import INSERT_COLUMNS, GroupCommit
+from .batch import INSERT_COLUMNS, GroupCommit, is_busy
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class LocalStore(Store):
         self.db_path = os.path.join(self.data_dir, "uploads.db")
         self.fsync = fsync
         self._db: aiosqlite.Connection | None = None
+        self._inline: sqlite3.Connection | None = None
         self._batch: GroupCommit | None = None
         #: Uploads terminated under a lock not yet released (see ``LocalLock.release``).
         self._unlinked: set[str] = set()
@@ -104,12 +106,24 @@ class LocalStore(Store):
         await self._db.execute("PRAGMA busy_timeout=5000")
         await self._db.executescript(_SCHEMA)
         await self._migrate()
-        self._batch = GroupCommit(self._db)
+        # A second connection, used on the event loop itself for what never waits: reads,
+        # and (without fsync) the group commit's rounds (tusd_py.storage.local.batch).
+        # No busy timeout: what finds a lock taken goes to the thread. It never
+        # checkpoints (that waits on fsyncs): the thread's rounds do.
+        self._inline = sqlite3.connect(self.db_path, isolation_level=None,
+                                       check_same_thread=False)
+        self._inline.execute("PRAGMA busy_timeout=0")
+        self._inline.execute("PRAGMA synchronous=NORMAL")
+        self._inline.execute("PRAGMA wal_autocheckpoint=0")
+        self._batch = GroupCommit(self._db, None if self.fsync else self._inline)
         await self._reconcile()
 
     async def stop(self) -> None:
         if self._batch is not None:
             await self._batch.idle()
+        if self._inline is not None:
+            self._inline.close()
+            self._inline = None
         if self._db is not None:
             await self._db.close()
             self._db = None
@@ -244,11 +258,20 @@ class LocalStore(Store):
             raise
         return self._remember(upload.copy(location=path))
 
+    async def _select(self, sql: str, parameters: tuple[Any, ...]) -> list[Any]:
+        """Rows of a read: on the event loop (a WAL read takes no lock a writer holds),
+        or on the thread if SQLite is busy all the same (recovering a WAL)."""
+        inline = self._inline
+        if inline is not None:
+            try:
+                return inline.execute(sql, parameters).fetchall()
+            except sqlite3.OperationalError as exc:
+                if not is_busy(exc):
+                    raise
+        return list(await self.db.execute_fetchall(sql, parameters))
+
     async def get(self, upload_id: str) -> Upload | None:
-        # execute_fetchall: one hop to the aiosqlite thread (execute + fetch + close would
-        # be three; hops, not SQL, dominate the cost of small uploads).
-        rows = await self.db.execute_fetchall(
-            f"SELECT {_COLUMNS} FROM uploads WHERE id = ?", (upload_id,))
+        rows = await self._select(f"SELECT {_COLUMNS} FROM uploads WHERE id = ?", (upload_id,))
         for row in rows:
             return self._remember(self._row_to_upload(row))
         self._recent.pop(upload_id, None)
