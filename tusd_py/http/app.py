@@ -24,6 +24,7 @@ from .limits import limits_middleware
 from .logs import RequestAnnotator
 from .metrics import Metrics
 from .middleware import RequestGate, front_middleware
+from .routing import route_tus_directly
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +91,10 @@ def create_app(config: Config, store: Store | None = None,
     base = config.server.base_path
     # The upload route first: aiohttp tries the three (all indexed under the base path)
     # in this order, so PATCH and HEAD resolve at the first try.
-    app.router.add_route("*", base + "{upload_id}", handler.dispatch)
-    app.router.add_route("*", base, handler.dispatch)
+    upload_route = app.router.add_route("*", base + "{upload_id}", handler.dispatch)
+    creation_route = app.router.add_route("*", base, handler.dispatch)
     app.router.add_route("*", base.rstrip("/"), handler.dispatch)
+    route_tus_directly(app, base, creation_route, upload_route, middlewares, handler.dispatch)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     if config.server.metrics:
