@@ -108,6 +108,17 @@ def drop_large_files(directory: Path, limit: int = 1 << 20) -> None:
     os.sync()
 
 
+def meminfo_mib() -> dict[str, int]:
+    """MemFree and Cached of /proc/meminfo, in MiB (the page cache's state)."""
+    values = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            if name in ("MemFree", "Cached", "Dirty"):
+                values[name] = int(rest.split()[0]) // 1024
+    return values
+
+
 def normalise(run: dict[str, Any]) -> dict[str, Any]:
     """A tusbench run line with bench.loadgen's keys (p99_ms, CPU per GiB and per upload)."""
     out = dict(run)
@@ -219,7 +230,8 @@ def sitting(args: argparse.Namespace) -> int:
     conditions: dict[str, Any] = {
         "kind": "conditions", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "loadavg_before": os.getloadavg(), "cpus": os.cpu_count(), "pairs": args.pairs,
-        "servers": servers, "tusbench_args": tusbench_args, "warm": not args.cold,
+        "servers": servers, "order": args.order, "tusbench_args": tusbench_args,
+        "warm": not args.cold,
         "tusd_env": extra_env}
     if not args.cold:
         warm_pages(work_dir)
@@ -228,14 +240,20 @@ def sitting(args: argparse.Namespace) -> int:
     runs: list[dict[str, Any]] = []
     try:
         for pair in range(1, args.pairs + 1):
-            for name in servers:
+            # ABAB, or ABBA (--order abba: in the cold regime the page cache only grows, so
+            # the later server of every ABAB pair would always meet the larger one).
+            order = servers if args.order == "abab" or pair % 2 else servers[::-1]
+            for name in order:
                 server = (SharedBaseline(shared, work_dir) if name == BASELINE
                           else Server(name, work_dir, extra_env))
                 server.start()
                 print(f"# pair {pair}: {name} (pid {server.pid}), load average "
                       f"{os.getloadavg()[0]:.2f}", file=sys.stderr)
+                memory = meminfo_mib()
                 try:
-                    runs.extend(run_server(server, tusbench_args, shared, out, pair))
+                    for run in run_server(server, tusbench_args, shared, out, pair):
+                        run["meminfo_before_mib"] = memory
+                        runs.append(run)
                 finally:
                     server.stop()
                 if not args.cold:
@@ -262,7 +280,8 @@ def sitting(args: argparse.Namespace) -> int:
         for record in (conditions, *runs, *summaries.values(),
                        {"kind": "verdicts", "lines": lines}):
             f.write(json.dumps(record) + "\n")
-    print(f"\nshared yardstick, {args.pairs} pair(s) ABAB, tusbench {' '.join(tusbench_args)}; "
+    print(f"\nshared yardstick, {args.pairs} pair(s) {args.order.upper()}, tusbench "
+          f"{' '.join(tusbench_args)}; "
           f"page cache {'cold (not warmed)' if args.cold else 'warmed'}; load average before "
           f"{conditions['loadavg_before'][0]:.2f}, after {conditions['loadavg_after'][0]:.2f}"
           + (f"; file creation {conditions['file_create_us']:.0f} us"
@@ -288,6 +307,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--env", action="append", default=[], metavar="TUSD_KEY=VALUE",
                         help="extra environment for tusd-py (repeatable)")
+    parser.add_argument("--order", choices=("abab", "abba"), default="abab",
+                        help="servers in the same order in every pair, or reversed every "
+                             "other pair")
     parser.add_argument("--cold", action="store_true",
                         help="no page warming and no deletion of large uploads between servers")
     parser.add_argument("--no-settle", action="store_true", help="skip bench.fs_settle")
