@@ -7,15 +7,17 @@ import hashlib
 import os
 
 import aiohttp
+import pytest
 
 from .tusreq import create, get, offset_of, patch
 
 CHUNK = 256 * 1024
 
 
-async def test_kill_9_during_a_stream_of_patches(daemon_factory, tmp_path):
+@pytest.mark.parametrize("env", [{}, {"TUSD_STORAGE__FSYNC": "true"}], ids=["default", "fsync"])
+async def test_kill_9_during_a_stream_of_patches(daemon_factory, tmp_path, env):
     data = os.urandom(12 * 1024 * 1024)
-    first = daemon_factory(data_dir=tmp_path / "data")
+    first = daemon_factory(data_dir=tmp_path / "data", env=env)
     acknowledged = 0
     async with aiohttp.ClientSession() as session:
         url = await create(session, first.url, len(data))
@@ -47,7 +49,7 @@ async def test_kill_9_during_a_stream_of_patches(daemon_factory, tmp_path):
             pass
         assert 0 < acknowledged < len(data)
 
-    second = daemon_factory(data_dir=tmp_path / "data", port=first.port)
+    second = daemon_factory(data_dir=tmp_path / "data", port=first.port, env=env)
     async with aiohttp.ClientSession() as session:
         offset = await offset_of(session, url)
         assert offset >= acknowledged  # nothing acknowledged was lost

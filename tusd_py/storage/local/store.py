@@ -10,8 +10,10 @@ process dies (a kill -9 leaves no stale lock).
 
 Durability: bytes are written with ``pwrite`` before the offset is committed, so an
 acknowledged offset survives a kill -9 of the daemon (the page cache and the SQLite WAL
-outlive the process). With ``fsync: true`` the file is fsynced before the commit and
-SQLite runs with ``synchronous=FULL``, so it also survives power loss.
+outlive the process). With ``fsync: true`` the file's data is synced before each commit
+(its directory entry with its first bytes), concurrent commits' syncs in a pool
+(``durable.py``), and SQLite runs with ``synchronous=FULL``, so an acknowledgement also
+survives power loss.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from ...protocol.headers import Metadata
 from ..base import Download, Store, Upload, UploadLock
 from ..ids import check_upload_id, is_upload_id, new_time_ordered_upload_id
 from .batch import INSERT_COLUMNS, GroupCommit, is_busy
+from .durable import DataSync, WriteBehind
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +89,10 @@ class LocalStore(Store):
         self._unlinked: set[str] = set()
         #: Records this process created or committed, so a PATCH needs no SELECT (see lock()).
         self._recent: OrderedDict[str, Upload] = OrderedDict()
+        #: Durable mode: the data syncs before commits, and the write-out started while
+        #: bodies stream.
+        self._sync = DataSync(self.upload_dir) if fsync else None
+        self._write_behind = WriteBehind() if fsync else None
 
     def _remember(self, upload: Upload) -> Upload:
         self._recent[upload.id] = upload
@@ -98,6 +105,8 @@ class LocalStore(Store):
 
     async def start(self) -> None:
         os.makedirs(self.upload_dir, exist_ok=True)
+        if self._sync is not None:
+            self._sync.open()
         # Autocommit (isolation_level=None): every statement is its own transaction,
         # one thread hop per statement.
         self._db = await aiosqlite.connect(self.db_path, isolation_level=None)
@@ -127,6 +136,8 @@ class LocalStore(Store):
         if self._db is not None:
             await self._db.close()
             self._db = None
+        if self._sync is not None:
+            self._sync.close()
 
     @property
     def batch(self) -> GroupCommit:
@@ -175,7 +186,14 @@ class LocalStore(Store):
         try:
             fd = os.open(self._path(upload_id), os.O_RDWR)
         except FileNotFoundError:
-            log.warning("upload %s has a record but no file", upload_id)
+            if listed_offset == 0:
+                # Created, nothing committed, then the power went (durable mode syncs a
+                # file's entry with its first bytes): the upload is as it was, empty.
+                os.close(os.open(self._path(upload_id), os.O_WRONLY | os.O_CREAT, 0o640))
+                log.info("upload %s: empty file made again (lost before its first bytes)",
+                         upload_id)
+            else:
+                log.warning("upload %s has a record but no file", upload_id)
             return False
         try:
             try:
@@ -246,6 +264,16 @@ class LocalStore(Store):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         except FileExistsError:
             raise UploadExists() from None
+        try:
+            # Durable mode: the file's entry is synced with its first bytes (commit);
+            # one lost before (power loss after the record was) is made again at start,
+            # empty as it was (_reconcile). An upload complete at creation has no bytes.
+            if self._sync is not None and upload.completed_at is not None:
+                await self._sync.file(fd, first=True)
+        except BaseException:
+            os.close(fd)
+            os.unlink(path)
+            raise
         os.close(fd)
         try:
             await self.batch.insert(
@@ -292,6 +320,8 @@ class LocalStore(Store):
         except BaseException:
             os.close(fd)
             raise
+        if self._write_behind is not None:
+            return DurableLock(self, fd, upload, self._write_behind)
         return LocalLock(self, fd, upload)
 
     def _recent_if_current(self, upload_id: str, fd: int) -> Upload | None:
@@ -442,8 +472,11 @@ class LocalLock(UploadLock):
 
     async def commit(self, *, length: int | None = None,
                      expires_at: float | None = None) -> Upload:
-        if self.store.fsync and self.written and self.fd is not None:
-            await asyncio.get_running_loop().run_in_executor(None, os.fsync, self.fd)
+        sync = self.store._sync
+        if sync is not None and self.written and self.fd is not None:
+            # Data first, then the offset; the first bytes also sync the file's directory
+            # entry (LocalStore.create).
+            await sync.file(self.fd, first=self.upload.offset == 0)
         new_offset = self.upload.offset + self.written
         # From here on a rollback leaves the file alone: if this commit fails or its
         # outcome is unknown (cancelled), bytes past the offset are invisible and harmless,
@@ -471,3 +504,33 @@ class LocalLock(UploadLock):
         else:
             os.close(fd)  # closing the description drops the flock
 
+
+class DurableLock(LocalLock):
+    """``LocalLock`` of the durable mode: the write-out of the body's bytes starts every
+    ``WriteBehind.step`` bytes while it streams, so its commit's sync has little left."""
+
+    __slots__ = ("_behind", "_write_behind")
+
+    def __init__(self, store: LocalStore, fd: int, upload: Upload,
+                 write_behind: WriteBehind) -> None:
+        super().__init__(store, fd, upload)
+        self._write_behind = write_behind
+        self._behind = upload.offset  # write-out started up to here
+
+    def write_nowait(self, data: bytes) -> None:
+        super().write_nowait(data)
+        end = self.upload.offset + self.written
+        pending = end - self._behind
+        if pending >= self._write_behind.step and self.fd is not None:
+            self._write_behind.start(self.fd, self._behind, pending)
+            self._behind = end
+
+    async def commit(self, *, length: int | None = None,
+                     expires_at: float | None = None) -> Upload:
+        upload = await super().commit(length=length, expires_at=expires_at)
+        self._behind = upload.offset
+        return upload
+
+    async def rollback(self) -> None:
+        await super().rollback()
+        self._behind = self.upload.offset
