@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
-from .config import Config, ConfigError, dump_config, load_config
+from .config import Config, ConfigError, load_config
+from .config.report import describe_config
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -44,11 +47,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from .http.app import create_app
+    from .http.server import build
 
     config = _config_from(args)
-    create_app(config)  # what serve builds before it listens: the driver, the hooks
-    sys.stdout.write(dump_config(config))
+    build(config)  # what serve builds before it listens: the driver, the hooks, TLS
+    sys.stdout.write(describe_config(config))
     return 0
 
 
@@ -78,6 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_if_threads_linger(status: int) -> None:
+    """Exit now if a thread the failed command started would keep the interpreter alive
+    (the exit status must not wait for a worker thread that never ends)."""
+    if any(t.is_alive() and not t.daemon and t is not threading.main_thread()
+           for t in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -88,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ConfigError as exc:
         print(f"tusd-py: {exc}", file=sys.stderr)
+        _exit_if_threads_linger(2)
         return 2
     except KeyboardInterrupt:
         return 130

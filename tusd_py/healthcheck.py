@@ -1,7 +1,8 @@
 """``tusd-py healthcheck``: probe the daemon that the effective config describes.
 
 Reads the config as ``serve`` does (flags, ``TUSD_*`` env, ``TUSD_CONFIG``, file), GETs
-``/healthz`` (``--ready``: ``/readyz``) on the configured port, and exits 0 on a 200,
+``/healthz`` (``--ready``: ``/readyz``) where the daemon listens (the port, over TLS when
+``server.tls`` is set, or ``server.unix_socket``), and exits 0 on a 200,
 else 1 with one line on stderr. For container health checks and Kubernetes exec probes.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import socket
+import ssl
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -30,10 +32,37 @@ def probe_target(config: Config) -> tuple[str, int]:
     return host, config.server.port
 
 
-def probe_url(host: str, port: int, path: str) -> str:
-    """``http://host:port/path``, with an IPv6 literal in brackets."""
+def probe_url(host: str, port: int, path: str, *, tls: bool = False,
+              unix_socket: str | None = None) -> str:
+    """``http://host:port/path`` (``https`` with TLS), with an IPv6 literal in brackets;
+    ``unix:/path/to.sock:/healthz`` for a unix socket."""
+    if unix_socket:
+        return f"unix:{unix_socket}:{path}"
     shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}{path}"
+    return f"{'https' if tls else 'http'}://{shown}:{port}{path}"
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    """HTTP (or, with ``context``, HTTPS) over a unix socket (``server.unix_socket``)."""
+
+    def __init__(self, path: str, timeout: float, context: ssl.SSLContext | None) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path, self.context = path, context
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.settimeout(self.timeout)
+        sock.connect(self.unix_path)
+        self.sock = self.context.wrap_socket(sock) if self.context else sock
+
+
+def _probe_context() -> ssl.SSLContext:
+    """TLS without verification: the probe asks its own daemon whether it is alive; the
+    certificate is the clients' business (and rarely names the loopback address)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def _reason(exc: BaseException, timeout: float) -> str:
@@ -48,9 +77,18 @@ def _reason(exc: BaseException, timeout: float) -> str:
     return str(exc) or type(exc).__name__
 
 
-def check(host: str, port: int, path: str, timeout: float = DEFAULT_TIMEOUT) -> str | None:
-    """GET ``path``; None when the daemon answers 200, else why not (one line)."""
-    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+def check(host: str, port: int, path: str, timeout: float = DEFAULT_TIMEOUT, *,
+          tls: bool = False, unix_socket: str | None = None) -> str | None:
+    """GET ``path`` (over TLS, or on a unix socket, as the daemon listens); None when the
+    daemon answers 200, else why not (one line)."""
+    context = _probe_context() if tls else None
+    connection: http.client.HTTPConnection
+    if unix_socket:
+        connection = _UnixConnection(unix_socket, timeout, context)
+    elif context is not None:
+        connection = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
+    else:
+        connection = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         connection.request("GET", path, headers={"User-Agent": PROG, "Connection": "close"})
         response = connection.getresponse()
@@ -76,12 +114,14 @@ def run(config_from: Callable[[argparse.Namespace], Config], args: argparse.Name
         print(f"{PROG}: {message}", file=sys.stderr)
         return 1
     host, port = probe_target(config)
+    tls, unix_socket = bool(config.server.tls.cert_file), config.server.unix_socket
     try:
-        failure = check(host, port, path, args.timeout)
+        failure = check(host, port, path, args.timeout, tls=tls, unix_socket=unix_socket)
     except Exception as exc:  # a probe reports, it never shows a traceback
         failure = _reason(exc, args.timeout)
     if failure is not None:
-        print(f"{PROG}: {probe_url(host, port, path)}: {failure}", file=sys.stderr)
+        where = probe_url(host, port, path, tls=tls, unix_socket=unix_socket)
+        print(f"{PROG}: {where}: {failure}", file=sys.stderr)
         return 1
     return 0
 

@@ -181,19 +181,25 @@ def test_bad_arguments(daemon: Daemon, cli_env: dict[str, str], tmp_path: Path) 
     assert run_cli("upload", "x", "--url", daemon.url, "--chunk-size", "lots", env=cli_env).returncode == 2
     assert run_cli("upload", "x", "--url", daemon.url, "--checksum", "crc", env=cli_env).returncode == 2
     missing = run_cli("upload", str(tmp_path / "nope"), "--url", daemon.url, env=cli_env)
-    assert missing.returncode == 1 and b"No such file" in missing.stderr
+    assert missing.returncode == 2
+    assert missing.stderr.decode().splitlines() == [
+        f"tusd-py: {tmp_path / 'nope'}: no such file or directory", "tusd-py: nothing uploaded"]
 
 
 def test_several_files_one_missing(daemon: Daemon, tmp_path: Path, cli_env: dict[str, str]) -> None:
+    """A missing file is found before anything is sent: nothing is uploaded (was: the
+    others were, after an empty bar for the missing one)."""
     a, b = tmp_path / "a.bin", tmp_path / "b.bin"
     a.write_bytes(b"a" * 1000)
     b.write_bytes(b"b" * 2000)
     up = run_cli("upload", str(a), str(tmp_path / "missing"), str(b), "--url", daemon.url,
                  env=cli_env)
-    assert up.returncode == 1
-    urls = up.stdout.decode().split()
-    assert [get(u) for u in urls] == [b"a" * 1000, b"b" * 2000]
-    assert b"missing" in up.stderr
+    assert up.returncode == 2 and up.stdout == b""
+    assert up.stderr.decode().splitlines() == [
+        f"tusd-py: {tmp_path / 'missing'}: no such file or directory", "tusd-py: nothing uploaded"]
+    up = run_cli("upload", str(a), str(b), "--url", daemon.url, env=cli_env)
+    assert up.returncode == 0
+    assert [get(u) for u in up.stdout.decode().split()] == [b"a" * 1000, b"b" * 2000]
 
 
 def start_with_library(endpoint: str, path: Path, storage: URLStorage, chunks: int = 2,
@@ -274,8 +280,9 @@ def test_progress_bar_on_a_terminal(daemon: Daemon, tmp_path: Path, cli_env: dic
     text = ANSI.sub("", err)
     percents = {int(p) for p in re.findall(r"(\d+)%", text)}
     assert 100 in percents and any(0 < p < 100 for p in percents), text  # live, not only the end
-    assert "bar.bin" in text and "3.0/3.0 MB" in text
-    assert re.search(r"\d+(\.\d+)? [kM]B/s", text), text
+    # Sizes in the binary units the flags take (3,000,000 bytes = 2.9 MiB).
+    assert "bar.bin" in text and "2.9/2.9 MiB" in text
+    assert re.search(r"\d+\.\d [KM]iB/s", text), text
     assert re.search(r"\d:\d\d:\d\d", text), text  # ETA
     quiet = run_cli("upload", str(path), "--url", daemon.url, "-q", "--no-resume", env=env)
     assert quiet.returncode == 0 and "%" not in quiet.stderr.decode()

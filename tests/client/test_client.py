@@ -25,7 +25,7 @@ from tusd_py.client import (
     UploadNotFound,
     URLStorage,
 )
-from tusd_py.client.client import split_ranges
+from tusd_py.client.parallel import split_ranges
 
 CHUNK = 256 * 1024
 

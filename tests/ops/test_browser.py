@@ -212,13 +212,13 @@ async def test_preflight_answer(daemon: Daemon) -> None:
             assert r.status == 204
             assert r.headers["Access-Control-Allow-Origin"] == "*"
             assert "PATCH" in r.headers["Access-Control-Allow-Methods"]
-            assert r.headers["Access-Control-Allow-Headers"] == ALLOW_HEADERS
+            assert r.headers["Access-Control-Allow-Headers"] == ", ".join(ALLOW_HEADERS)
             assert int(r.headers["Access-Control-Max-Age"]) == 86400
             assert "Access-Control-Allow-Credentials" not in r.headers
         async with s.post(daemon.url, headers={"Origin": "http://app.example",
                                                "Tus-Resumable": "1.0.0", "Upload-Length": "1"}) as r:
             exposed = {h.strip() for h in r.headers["Access-Control-Expose-Headers"].split(",")}
-            assert exposed == {h.strip() for h in EXPOSE_HEADERS.split(",")}
+            assert exposed == set(EXPOSE_HEADERS)
             assert {"Location", "Upload-Offset", "Upload-Length", "Tus-Version", "Tus-Resumable",
                     "Tus-Max-Size", "Tus-Extension", "Upload-Metadata", "Upload-Defer-Length",
                     "Upload-Concat", "Upload-Expires"} <= exposed
@@ -247,6 +247,64 @@ async def test_origin_not_allowed_is_blocked_by_the_browser(daemon_factory, page
             assert r.headers["Access-Control-Allow-Origin"] == f"http://127.0.0.1:{allowed_port}"
             assert r.headers["Access-Control-Max-Age"] == "600"
             assert "Origin" in r.headers.getall("Vary")
+
+
+#: A creation with the page's own headers (``args.extra``), reading the hook's response
+#: header, then a PATCH: each needs the CORS settings for extra headers.
+FETCH_CUSTOM = """
+const tus = {'Tus-Resumable': '1.0.0', ...args.extra}
+const out = {}
+try {
+  let r = await fetch(args.endpoint, {method: 'POST', headers: {...tus, 'Upload-Length': '3'}})
+  out.status = r.status
+  out.token = r.headers.get('X-Upload-Token')
+  out.location = r.headers.get('Location')
+  r = await fetch(out.location, {method: 'PATCH', body: new Uint8Array([1, 2, 3]), headers: {
+      ...tus, 'Upload-Offset': '0', 'Content-Type': 'application/offset+octet-stream'}})
+  out.offset = r.headers.get('Upload-Offset')
+} catch (e) {
+  out.error = String(e)
+}
+return out
+"""
+
+
+async def test_custom_headers_through_a_real_preflight(daemon_factory, page_server) -> None:  # type: ignore[no-untyped-def]
+    """A page on another origin sends a header of its own (X-Tenant, read by a pre-create
+    hook) and reads one the hook added (X-Upload-Token): Chromium's preflight lets it
+    only with server.cors.allowed_headers / exposed_headers; the origin is allowed by an
+    anchored pattern that localhost does not match."""
+    hook = {"PYTHONPATH": str(ROOT), "TUSD_HOOKS__PYTHON": "tests.ops.cors_hook:pre_create",
+            "TUSD_HOOKS__ENABLED": "pre-create",
+            "TUSD_SERVER__CORS__ALLOWED_ORIGINS": r"^http://127\.0\.0\.1:[0-9]+$"}
+    configured: Daemon = daemon_factory(env={
+        **hook, "TUSD_SERVER__CORS__ALLOWED_HEADERS": "X-Tenant",
+        "TUSD_SERVER__CORS__EXPOSED_HEADERS": "X-Upload-Token"})
+    no_expose: Daemon = daemon_factory(env={**hook, "TUSD_SERVER__CORS__ALLOWED_HEADERS": "X-Tenant"})
+    default: Daemon = daemon_factory(env=hook)
+    page = page_server(configured.url)
+    await page_server.start()
+    tenant = {"X-Tenant": "acme"}
+
+    def step(daemon: Daemon, url: str = page) -> dict[str, object]:
+        return {"action": "eval", "url": url, "src": FETCH_CUSTOM,
+                "args": {"endpoint": daemon.url, "extra": tenant}}
+
+    ok, unreadable, refused, other_origin = await run_browser([
+        step(configured), step(no_expose), step(default),
+        step(configured, page.replace("127.0.0.1", "localhost"))])
+    assert ok == {"status": 201, "token": "token-for-acme", "offset": "3",
+                  "location": ok["location"]}, ok
+    assert str(ok["location"]).startswith(configured.url)
+    # Without exposed_headers the upload works, but the page cannot read the header.
+    assert unreadable["status"] == 201 and unreadable["token"] is None, unreadable
+    # Without allowed_headers the preflight refuses X-Tenant: nothing is sent.
+    assert "Failed to fetch" in refused["error"] and "status" not in refused, refused
+    assert "Failed to fetch" in other_origin["error"], other_origin
+    async with aiohttp.ClientSession() as s:
+        assert (await scrape(s, default))["tusd_uploads_created_total"] == 0
+        async with s.get(str(ok["location"])) as r:
+            assert await r.read() == bytes([1, 2, 3])
 
 
 def test_vendored_bundle_matches_a_fresh_build(tmp_path: Path) -> None:

@@ -3,9 +3,14 @@ the request's Origin (real daemon over HTTP; browser behaviour is in test_browse
 
 from __future__ import annotations
 
+import json
+
 import aiohttp
+import pytest
 
 from tests.plugins.daemon import Daemon
+from tusd_py.config import ConfigError, load_config
+from tusd_py.protocol.constants import ALLOW_HEADERS, EXPOSE_HEADERS
 
 from .test_proxy import TUS, create, patch
 
@@ -65,3 +70,56 @@ async def test_cors_disabled_adds_nothing(daemon_factory) -> None:  # type: igno
         async with s.options(daemon.url, headers={"Origin": ALLOWED}) as r:
             assert r.status == 204
             assert "Vary" not in r.headers and "Access-Control-Allow-Origin" not in r.headers
+
+
+async def test_origin_patterns_match_the_whole_origin(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    """Exact origins and ``^`` patterns (tusd's -cors-allow-origin is a regex): a pattern
+    must match all of the Origin, never a part of it."""
+    patterns = json.dumps([ALLOWED, r"^https://[a-z]+\.example\.org$"])
+    daemon: Daemon = daemon_factory(env={"TUSD_SERVER__CORS__ALLOWED_ORIGINS": patterns})
+    cases = {ALLOWED: True, "https://uploads.example.org": True, OTHER: False,
+             "https://uploads.example.org.evil.example": False,
+             "https://evil.example/?https://uploads.example.org": False,
+             "http://uploads.example.org": False, "https://UPLOADS.example.org": False,
+             "https://app.example:8443": False}
+    async with aiohttp.ClientSession() as s:
+        for origin, allowed in cases.items():
+            async with s.options(daemon.url, headers={"Origin": origin,
+                                                      "Access-Control-Request-Method": "POST"}) as r:
+                assert r.headers.get("Access-Control-Allow-Origin") == (origin if allowed else None), origin
+                assert varies_on_origin(r)
+
+
+async def test_extra_headers_and_methods(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    """allowed_headers / exposed_headers come on top of the tus ones; allowed_methods is
+    the list answered to a preflight."""
+    daemon: Daemon = daemon_factory(env={
+        "TUSD_SERVER__CORS__ALLOWED_HEADERS": "X-Tenant, upload-offset",
+        "TUSD_SERVER__CORS__EXPOSED_HEADERS": "X-Upload-Token",
+        "TUSD_SERVER__CORS__ALLOWED_METHODS": "POST, HEAD, PATCH, OPTIONS"})
+    async with aiohttp.ClientSession() as s:
+        async with s.options(daemon.url, headers={"Origin": ALLOWED,
+                                                  "Access-Control-Request-Method": "POST",
+                                                  "Access-Control-Request-Headers": "x-tenant"}) as r:
+            assert r.headers["Access-Control-Allow-Methods"] == "POST, HEAD, PATCH, OPTIONS"
+            allowed = r.headers["Access-Control-Allow-Headers"].split(", ")
+            assert allowed == [*ALLOW_HEADERS, "X-Tenant"]  # Upload-Offset not twice
+            assert "Access-Control-Expose-Headers" not in r.headers
+        async with s.post(daemon.url, headers={**TUS, "Origin": ALLOWED, "Upload-Length": "1"}) as r:
+            assert r.status == 201
+            assert r.headers["Access-Control-Expose-Headers"].split(", ") == [
+                *EXPOSE_HEADERS, "X-Upload-Token"]
+
+
+def test_bad_cors_values_are_refused_by_name() -> None:
+    for env, needle in [
+        ({"TUSD_SERVER__CORS__ALLOWED_ORIGINS": "https://app.example/"},
+         "server.cors.allowed_origins: 'https://app.example/' is not an origin"),
+        ({"TUSD_SERVER__CORS__ALLOWED_ORIGINS": "^https://(app"},
+         "server.cors.allowed_origins: '^https://(app' is not a regular expression"),
+        ({"TUSD_SERVER__CORS__ALLOWED_HEADERS": "X-Ok, Not A Header"},
+         "server.cors.allowed_headers: not HTTP names: ['Not A Header']"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            load_config("/dev/null", env=env)
+        assert needle in str(err.value)

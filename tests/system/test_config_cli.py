@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tusd_py.config import ConfigError, load_config
 
@@ -204,3 +206,133 @@ def test_malloc_tuning_applies_on_glibc_unless_the_operator_chose(monkeypatch):
     for name in [n for n in __import__("os").environ if n.startswith("MALLOC_")]:
         monkeypatch.delenv(name)
     assert tune_malloc() is (platform.libc_ver()[0] == "glibc")
+
+
+def service_links(service: str, ip: str, port: int, port_name: str = "http") -> dict[str, str]:
+    """The variables Kubernetes injects into every pod for a Service in its namespace
+    (``enableServiceLinks``, on by default): the Docker-links form, name upper-cased
+    with ``-`` as ``_``."""
+    prefix = service.upper().replace("-", "_")
+    tcp = f"tcp://{ip}:{port}"
+    return {
+        f"{prefix}_SERVICE_HOST": ip,
+        f"{prefix}_SERVICE_PORT": str(port),
+        f"{prefix}_SERVICE_PORT_{port_name.upper().replace('-', '_')}": str(port),
+        f"{prefix}_PORT": tcp,
+        f"{prefix}_PORT_{port}_TCP": tcp,
+        f"{prefix}_PORT_{port}_TCP_PROTO": "tcp",
+        f"{prefix}_PORT_{port}_TCP_PORT": str(port),
+        f"{prefix}_PORT_{port}_TCP_ADDR": ip,
+    }
+
+
+#: What a pod sees with Services named tusd and tusd-py in its namespace.
+KUBERNETES_LINKS = {**service_links("tusd", "10.0.0.11", 8080),
+                    **service_links("tusd-py", "10.0.0.12", 80)}
+
+
+def log_lines(daemon, needle: str) -> list[str]:  # type: ignore[no-untyped-def]
+    """The daemon's log lines holding ``needle``, once there are any (it flushes its
+    buffered info and debug lines every 0.25 s)."""
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [line for line in daemon.log_path.read_text(errors="replace").splitlines()
+                 if needle in line]
+        if lines or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
+
+
+def test_kubernetes_service_links_are_not_settings():
+    """Was: ``port: unknown key (from env TUSD_PORT)``, and the pod never started."""
+    assert "TUSD_PORT" in KUBERNETES_LINKS and "TUSD_PY_PORT_80_TCP_ADDR" in KUBERNETES_LINKS
+    config = load_config("/dev/null", env={**KUBERNETES_LINKS, "TUSD_SERVER__PORT": "9000"})
+    assert config.server.port == 9000
+    assert set(config.provenance.ignored_env) == set(KUBERNETES_LINKS)
+    assert config.provenance.misspelt_env == {}
+    # A misspelt structured name is still refused by name, Kubernetes' variables or not.
+    with pytest.raises(ConfigError, match=r"server.prot: unknown key \(from env TUSD_SERVER__PROT\)"):
+        load_config("/dev/null", env={**KUBERNETES_LINKS, "TUSD_SERVER__PROT": "1"})
+    with pytest.raises(ConfigError, match="TUSD_SERVER____PORT: malformed variable name"):
+        load_config("/dev/null", env={"TUSD_SERVER____PORT": "1"})
+
+
+def test_daemon_starts_with_kubernetes_service_links(daemon_factory):  # type: ignore[no-untyped-def]
+    """The real daemon with the whole set in its environment: it serves, and says at
+    debug level (only) that the variables are not settings."""
+    import urllib.request
+
+    daemon = daemon_factory(env={**KUBERNETES_LINKS, "TUSD_SERVER__LOG_LEVEL": "debug"})
+    with urllib.request.urlopen(daemon.root + "/readyz", timeout=5) as r:
+        assert r.status == 200
+    [line] = log_lines(daemon, "not settings, ignored")
+    assert " DEBUG " in line and "TUSD_PORT" in line and "TUSD_PY_SERVICE_HOST" in line
+    assert " WARNING " not in daemon.log_path.read_text()
+
+
+def test_a_setting_spelt_with_one_underscore_is_named():
+    """``TUSD_SERVER_PORT`` sets nothing (it is not ``TUSD_SERVER__PORT``): said, not fatal."""
+    config = load_config("/dev/null", env={"TUSD_SERVER_PORT": "9000",
+                                           "TUSD_STORAGE_DATA_DIR": "/d"})
+    assert config.server.port == 8080
+    assert config.provenance.misspelt_env == {"TUSD_SERVER_PORT": "TUSD_SERVER__PORT",
+                                              "TUSD_STORAGE_DATA_DIR": "TUSD_STORAGE__DATA_DIR"}
+    result = run_cli("check-config", "--config", "/dev/null", env={"TUSD_SERVER_PORT": "9000"})
+    assert result.returncode == 0, result.stderr
+    assert ("# TUSD_SERVER_PORT is not a setting and is ignored (did you mean "
+            "TUSD_SERVER__PORT?)") in result.stdout
+
+
+def test_check_config_says_where_each_value_came_from(tmp_path):
+    """The file (absolute path, though given relative), the data dir (absolute), and after
+    each value that is not the default, its source."""
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "tusd.yaml").write_text(
+        "server:\n  max_size: 1GiB\n  port: 7000\n  cors:\n    allowed_origins: [https://a.example]\n"
+        "storage:\n  data_dir: uploads\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUSD_")}
+    env["TUSD_SERVER__HOST"] = "127.0.0.1"
+    result = subprocess.run([sys.executable, "-m", "tusd_py", "check-config", "-c",
+                             "conf/tusd.yaml", "--port", "9999"], capture_output=True, text=True,
+                            env=env, cwd=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    source = f"file {tmp_path}/conf/tusd.yaml"
+    assert out.startswith(f"# config: {source}\n# storage: local driver, {tmp_path}/uploads\n")
+    lines = out.splitlines()
+    assert "  host: 127.0.0.1  # env TUSD_SERVER__HOST" in lines
+    assert "  port: 9999  # command line" in lines
+    assert f"  max_size: 1073741824  # {source}" in lines
+    assert f"    allowed_origins:  # {source}" in lines
+    assert f"  data_dir: uploads  # {source}" in lines
+    assert "  base_path: /files/" in lines  # a default: no comment
+    assert yaml.safe_load(out)["server"]["port"] == 9999  # still YAML
+
+
+def test_check_config_without_a_file_says_built_in_defaults(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUSD_")}
+    result = subprocess.run([sys.executable, "-m", "tusd_py", "check-config"], capture_output=True,
+                            text=True, env=env, cwd=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("# config: built-in defaults (no config file)\n"
+                                    f"# storage: local driver, {tmp_path}/data\n")
+
+
+def test_serve_logs_the_config_it_loaded(daemon_factory, tmp_path):  # type: ignore[no-untyped-def]
+    config = tmp_path / "tusd.yaml"
+    config.write_text("server:\n  max_size: 1MiB\n")
+    daemon = daemon_factory(env={"TUSD_CONFIG": str(config), "TUSD_SERVER__LOG_LEVEL": "info"})
+    [line] = log_lines(daemon, " config: ")
+    assert line.endswith(f"config: file {config}; env TUSD_EXPIRATION__SWEEP_INTERVAL, "
+                         "TUSD_SERVER__LOG_LEVEL; command line server.host, server.port, "
+                         "storage.data_dir")
+
+
+def test_check_config_output_stays_yaml_with_long_values():
+    """A long value is not folded over lines (a source comment after its first line
+    would break it)."""
+    url = "http://hooks.example/" + "long/" * 30 + "hooks"
+    result = run_cli("check-config", "--config", "/dev/null", env={"TUSD_HOOKS__HTTP__URL": url})
+    assert result.returncode == 0, result.stderr
+    assert f"    url: {url}  # env TUSD_HOOKS__HTTP__URL" in result.stdout.splitlines()
+    assert yaml.safe_load(result.stdout)["hooks"]["http"]["url"] == url

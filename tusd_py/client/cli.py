@@ -8,16 +8,24 @@ import json
 import mimetypes
 import os
 import re
+import stat
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
 
 from .client import TusClient
-from .errors import TusClientError
+from .errors import TusClientError, describe
 from .fingerprint import Fingerprinter, FullSHA256Fingerprint, MD5Fingerprint, SHA256Fingerprint
 from .storage import FileURLStorage, SQLiteURLStorage, URLStorage, default_storage_path
+from .uploader import NETWORK_ERRORS
 
-__all__ = ["add_commands", "parse_size"]
+__all__ = ["add_commands", "binary_size", "parse_size"]
+
+#: The creation URL when ``--url`` is not given.
+URL_ENV = "TUSD_URL"
 
 FINGERPRINTS: dict[str, type[Fingerprinter]] = {
     "md5": MD5Fingerprint, "sha256": SHA256Fingerprint, "full": FullSHA256Fingerprint}
@@ -35,6 +43,17 @@ def parse_size(value: str) -> int:
     if size <= 0:
         raise argparse.ArgumentTypeError("size must be positive")
     return size
+
+
+def binary_size(n: float) -> str:
+    """Bytes in the binary units the size flags take: ``512 bytes``, ``1.5 MiB``."""
+    if n < 1024:
+        return f"{int(n)} bytes"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        n /= 1024
+        if n < 1024 or unit == "TiB":
+            break
+    return f"{n:.1f} {unit}"
 
 
 def _header(value: str) -> tuple[str, str]:
@@ -67,7 +86,8 @@ def add_commands(commands: Any) -> None:
                     "process, a dropped network) resumes when the same command runs again.")
     up.add_argument("files", nargs="+", metavar="FILE", help="file to upload; '-' reads stdin "
                     "(uploaded with a deferred length)")
-    up.add_argument("--url", "-u", required=True, help="the tus creation URL, e.g. http://host:8080/files/")
+    up.add_argument("--url", "-u", default=os.environ.get(URL_ENV),
+                    help=f"the tus creation URL, e.g. http://host:8080/files/ (default: ${URL_ENV})")
     up.add_argument("--parallel", "-p", type=int, default=1, metavar="N",
                     help="split each file into N partial uploads sent at once (concatenation)")
     up.add_argument("--chunk-size", type=parse_size, default=8 << 20, metavar="SIZE",
@@ -110,7 +130,7 @@ def add_commands(commands: Any) -> None:
     delete.set_defaults(func=_delete)
 
 
-def _run(coro: Coroutine[Any, Any, int]) -> int:
+def _run(coro: Coroutine[Any, Any, int], retries: int) -> int:
     try:
         return asyncio.run(coro)
     except KeyboardInterrupt:
@@ -119,9 +139,40 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
     except TusClientError as exc:
         print(f"tusd-py: {exc}", file=sys.stderr)
         return 1
-    except OSError as exc:
-        print(f"tusd-py: {exc}", file=sys.stderr)
+    except NETWORK_ERRORS as exc:  # the retries did not help
+        print(f"tusd-py: {_failure(exc, retries)}", file=sys.stderr)
         return 1
+
+
+def _failure(exc: BaseException, retries: int) -> str:
+    """The last line of a command that failed for good (a network error after retries)."""
+    why = describe(exc)
+    retried = isinstance(exc, aiohttp.ClientError | asyncio.TimeoutError)
+    return f"{why} (gave up after {retries} retries)" if retried and retries else why
+
+
+def _check_url(url: str | None, what: str) -> str | None:
+    """Why ``url`` cannot be requested (no http/https scheme, no host), or None."""
+    if not url:
+        return f"no {what}: give --url or set {URL_ENV}"
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        return f"{what} {url!r} is not an http:// or https:// URL (e.g. http://host:8080/files/)"
+    return None
+
+
+def _retry_printer(bar: Any = None) -> Callable[[int, int, float, BaseException], None]:
+    """``on_retry`` for the CLI: ``retrying (n/N) in Xs: <reason>`` on stderr (above the
+    progress bar, when one is drawn)."""
+
+    def show(attempt: int, retries: int, delay: float, error: BaseException) -> None:
+        line = f"retrying ({attempt}/{retries}) in {delay:.1f}s: {describe(error)}"
+        if bar is not None and bar.live.is_started:
+            bar.console.print(line, markup=False, highlight=False)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    return show
 
 
 def _progress_bar(quiet: bool) -> Any:
@@ -135,6 +186,7 @@ def _progress_bar(quiet: bool) -> Any:
         TimeRemainingColumn,
         TransferSpeedColumn,
     )
+    from rich.text import Text
 
     console = Console(stderr=True)
     # rich would send what is printed to stdout (the upload URLs) to the bar's console,
@@ -143,9 +195,17 @@ def _progress_bar(quiet: bool) -> Any:
         stdout_is_tty = sys.stdout.isatty()
     except (AttributeError, ValueError):
         stdout_is_tty = False
+    class BinarySpeedColumn(TransferSpeedColumn):
+        """The rate in the binary units the size flags take (rich's is decimal)."""
+
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text("?" if speed is None else f"{binary_size(speed)}/s",
+                        style="progress.data.speed")
+
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
-                    DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
-                    console=console, disable=quiet, transient=False,
+                    DownloadColumn(binary_units=True), BinarySpeedColumn(),
+                    TimeRemainingColumn(), console=console, disable=quiet, transient=False,
                     redirect_stdout=stdout_is_tty)
 
 
@@ -159,19 +219,47 @@ def _storage(args: argparse.Namespace) -> URLStorage | None:
 
 
 def _client(args: argparse.Namespace, **kwargs: Any) -> TusClient:
+    kwargs.setdefault("on_retry", _retry_printer())
     return TusClient(args.url if hasattr(args, "url") else args.upload_url,
                      headers=dict(args.header), retries=args.retries, timeout=args.timeout, **kwargs)
 
 
+def _refuse(message: str) -> int:
+    print(f"tusd-py: {message}", file=sys.stderr)
+    return 2
+
+
+def _unreadable(name: str) -> str | None:
+    """Why the file ``name`` cannot be uploaded, or None ('-' is stdin)."""
+    if name == "-":
+        return None
+    try:
+        mode = os.stat(name).st_mode
+    except OSError as exc:
+        return f"{name}: {os.strerror(exc.errno or 0).lower()}"
+    if stat.S_ISDIR(mode):
+        return f"{name}: is a directory"
+    if not os.access(name, os.R_OK):
+        return f"{name}: permission denied"
+    return None
+
+
 def _upload(args: argparse.Namespace) -> int:
     if args.parallel < 1:
-        print("tusd-py: --parallel must be at least 1", file=sys.stderr)
-        return 2
+        return _refuse("--parallel must be at least 1")
     checksum = None if args.checksum.lower() == "none" else args.checksum.lower()
     if checksum and checksum not in ("sha1", "md5", "sha256", "sha512"):
-        print(f"tusd-py: unknown checksum algorithm {args.checksum!r}", file=sys.stderr)
+        return _refuse(f"unknown checksum algorithm {args.checksum!r}")
+    bad_url = _check_url(args.url, "creation URL")
+    if bad_url:
+        return _refuse(bad_url)
+    unreadable = [why for why in map(_unreadable, args.files) if why]
+    if unreadable:  # before anything is drawn or sent
+        for why in unreadable:
+            print(f"tusd-py: {why}", file=sys.stderr)
+        print("tusd-py: nothing uploaded", file=sys.stderr)
         return 2
-    return _run(_upload_async(args, checksum))
+    return _run(_upload_async(args, checksum), args.retries)
 
 
 async def _upload_async(args: argparse.Namespace, checksum: str | None) -> int:
@@ -181,6 +269,7 @@ async def _upload_async(args: argparse.Namespace, checksum: str | None) -> int:
     failed = 0
     try:
         with _progress_bar(args.quiet) as bar:
+            client.on_retry = _retry_printer(bar)
             for name in args.files:
                 metadata: dict[str, str | bytes | None] = dict(args.metadata)
                 source: Any
@@ -193,19 +282,19 @@ async def _upload_async(args: argparse.Namespace, checksum: str | None) -> int:
                     kind = mimetypes.guess_type(name)[0]
                     if kind and "filetype" not in metadata:
                         metadata["filetype"] = kind
-                task = bar.add_task(label, total=None)
-                first = [True]
+                tasks: list[Any] = []  # the bar's task, added once the upload exists
 
-                def progress(done: int, total: int | None, task: Any = task,
-                             first: list[bool] = first) -> None:
-                    if first[0]:  # a resumed upload starts part-way: no fake rate spike
-                        first[0] = False
-                        bar.reset(task, total=total, completed=done)
+                def progress(done: int, total: int | None, label: str = label,
+                             tasks: list[Any] = tasks) -> None:
+                    if not tasks:  # starts where a resumed upload is: no fake rate spike
+                        tasks.append(bar.add_task(label, total=total, completed=done))
                     else:
-                        bar.update(task, completed=done, total=total)
+                        bar.update(tasks[0], completed=done, total=total)
 
                 def resumed(offset: int, total: int | None) -> None:
-                    bar.console.print(f"Resuming upload from offset {offset} of {total}")
+                    sizes = binary_size(offset) + (f" of {binary_size(total)}" if total else "")
+                    bar.console.print(f"Resuming upload from offset {offset} of {total} ({sizes})",
+                                      markup=False, highlight=False)
 
                 try:
                     url = await client.upload(source, metadata=metadata, progress=progress,
@@ -213,11 +302,14 @@ async def _upload_async(args: argparse.Namespace, checksum: str | None) -> int:
                 except (TusClientError, OSError) as exc:
                     if len(args.files) == 1:
                         raise
-                    bar.console.print(f"tusd-py: {name}: {exc}")  # go on with the others
+                    # Go on with the others.
+                    bar.console.print(f"tusd-py: {name}: {_failure(exc, args.retries)}",
+                                      markup=False, highlight=False)
                     failed += 1
                     continue
                 finally:
-                    bar.stop_task(task)
+                    if tasks:
+                        bar.stop_task(tasks[0])
                 print(url, flush=True)
     finally:
         await client.close()
@@ -227,6 +319,10 @@ async def _upload_async(args: argparse.Namespace, checksum: str | None) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
+    bad_url = _check_url(args.upload_url, "upload URL")
+    if bad_url:
+        return _refuse(bad_url)
+
     async def run() -> int:
         async with _client(args) as client:
             info = await client.info(args.upload_url)
@@ -239,7 +335,10 @@ def _info(args: argparse.Namespace) -> int:
             return 0
         print(f"URL:       {info.url}")
         print(f"Offset:    {info.offset if info.offset is not None else '-'}")
-        print(f"Length:    {'deferred' if info.deferred else info.length}")
+        length = "deferred" if info.deferred else info.length
+        if isinstance(length, int):
+            length = f"{length} ({binary_size(length)})"
+        print(f"Length:    {length}")
         print(f"Complete:  {'yes' if info.is_complete else 'no'}")
         if info.expires:
             print(f"Expires:   {info.expires}")
@@ -248,10 +347,14 @@ def _info(args: argparse.Namespace) -> int:
         for key, value in meta.items():
             print(f"Metadata:  {key} = {value if value is not None else ''}")
         return 0
-    return _run(run())
+    return _run(run(), args.retries)
 
 
 def _download(args: argparse.Namespace) -> int:
+    bad_url = _check_url(args.upload_url, "upload URL")
+    if bad_url:
+        return _refuse(bad_url)
+
     async def run() -> int:
         to_stdout = args.output == "-"
         async with _client(args) as client:
@@ -263,15 +366,19 @@ def _download(args: argparse.Namespace) -> int:
                 dest: Any = sys.stdout.buffer if to_stdout else args.output
                 size = await client.download(args.upload_url, dest, progress=progress)
         if not to_stdout:
-            print(f"Saved {size} bytes to {args.output}", file=sys.stderr)
+            print(f"Saved {size} bytes ({binary_size(size)}) to {args.output}", file=sys.stderr)
         return 0
-    return _run(run())
+    return _run(run(), args.retries)
 
 
 def _delete(args: argparse.Namespace) -> int:
+    bad_url = _check_url(args.upload_url, "upload URL")
+    if bad_url:
+        return _refuse(bad_url)
+
     async def run() -> int:
         async with _client(args) as client:
             await client.delete(args.upload_url)
         print(f"Deleted {args.upload_url}", file=sys.stderr)
         return 0
-    return _run(run())
+    return _run(run(), args.retries)

@@ -8,29 +8,31 @@ import binascii
 import logging
 import os
 import random
-import re
 import tempfile
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import IO, Any, TypeVar
+from typing import IO, Any
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from .download import download as _download
 from .errors import TusClientError, TusResponseError, UploadNotFound
 from .fingerprint import Fingerprinter, MD5Fingerprint
+from .parallel import upload_parallel
 from .storage import TuspyStorage, URLStorage, as_url_storage
-from .uploader import NETWORK_ERRORS, PIECE_SIZE, Progress, Source, Uploader, encode_metadata
+from .uploader import NETWORK_ERRORS, PIECE_SIZE, Progress, Source, Uploader
 
-__all__ = ["Response", "ServerInfo", "TusClient", "UploadInfo"]
+__all__ = ["Response", "RetryListener", "ServerInfo", "TusClient", "UploadInfo"]
 
 log = logging.getLogger("tusd_py.client")
 
 TUS_VERSION = "1.0.0"
-T = TypeVar("T")
 DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024
+#: ``on_retry(attempt, retries, delay_seconds, error)``: told before each retry's wait.
+RetryListener = Callable[[int, int, float, BaseException], Any]
 
 
 @dataclass(frozen=True)
@@ -88,18 +90,6 @@ def decode_metadata(value: str | None) -> dict[str, bytes | None]:
     return out
 
 
-def split_ranges(size: int, parts: int) -> list[tuple[int, int]]:
-    """``parts`` (start, length) ranges covering ``size`` bytes, as equal as possible."""
-    parts = max(1, min(parts, size))
-    step, extra = divmod(size, parts)
-    ranges, start = [], 0
-    for i in range(parts):
-        length = step + (1 if i < extra else 0)
-        ranges.append((start, length))
-        start += length
-    return ranges
-
-
 class TusClient:
     """A tus 1.0.0 client on one ``aiohttp.ClientSession``.
 
@@ -115,7 +105,9 @@ class TusClient:
     an entry tuspy wrote (under the bare fingerprint) for a URL on this endpoint's origin
     is resumed too, and ``tuspy_keys=True`` stores new entries under the bare
     fingerprint so that tuspy can resume them. ``limit_rate`` caps the upload rate in
-    bytes per second.
+    bytes per second. ``on_retry(attempt, retries, delay, error)`` is called before each
+    retry's wait (the CLI shows it); a server that cannot be reached is not retried twice
+    over (OPTIONS no longer falls back to the core protocol on a network error).
     """
 
     def __init__(self, url: str, *, headers: Mapping[str, str] | None = None,
@@ -124,7 +116,8 @@ class TusClient:
                  timeout: float = 30.0, url_storage: URLStorage | TuspyStorage | None = None,
                  fingerprinter: Fingerprinter | None = None,
                  session: aiohttp.ClientSession | None = None,
-                 limit_rate: float | None = None, tuspy_keys: bool = False) -> None:
+                 limit_rate: float | None = None, tuspy_keys: bool = False,
+                 on_retry: RetryListener | None = None) -> None:
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
         self.url = url
@@ -139,6 +132,7 @@ class TusClient:
         self.fingerprinter = fingerprinter or MD5Fingerprint()
         self.limit_rate = limit_rate
         self.tuspy_keys = tuspy_keys
+        self.on_retry = on_retry
         self._session = session
         self._own_session = session is None
         self._server_info: ServerInfo | None = None
@@ -205,8 +199,12 @@ class TusClient:
         ceiling = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
-    async def backoff_sleep(self, attempt: int) -> None:
-        await asyncio.sleep(self.delay(attempt))
+    async def backoff_sleep(self, attempt: int, error: BaseException | None = None) -> None:
+        """Wait before retry ``attempt``; ``on_retry`` hears of it first (with ``error``)."""
+        delay = self.delay(attempt)
+        if self.on_retry is not None and error is not None:
+            self.on_retry(attempt, self.retries, delay, error)
+        await asyncio.sleep(delay)
 
     def piece_size(self) -> int:
         if self.limit_rate:
@@ -239,6 +237,8 @@ class TusClient:
                                                 allow_redirects=False) as resp:
                     text = await resp.text(errors="replace") if method not in ("HEAD",) else ""
                     result = Response(resp.status, resp.headers, str(resp.url), text)
+            except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError):  # no retry cures it
+                raise TusClientError(f"{url} is not an http:// or https:// URL") from None
             except NETWORK_ERRORS as exc:
                 if not retry or attempt >= self.retries:
                     raise
@@ -246,16 +246,20 @@ class TusClient:
             else:
                 if result.status in expect:
                     return result
-                error = self._error(result, what or f"{method} {url}")
+                error = self._error(result, what or f"{method} {url}", method)
                 if not retry or attempt >= self.retries or not (
                         result.status >= 500 or result.status == 423):
                     raise error
             attempt += 1
             log.info("%s %s failed (%s); retry %d of %d", method, url, error, attempt, self.retries)
-            await self.backoff_sleep(attempt)
+            await self.backoff_sleep(attempt, error)
 
     @staticmethod
-    def _error(resp: Response, what: str) -> TusResponseError:
+    def _error(resp: Response, what: str, method: str = "") -> TusResponseError:
+        if method == "POST" and resp.status in (404, 405):
+            # Creation never answers these: the URL is not a tus endpoint.
+            return TusResponseError(f"{resp.url} is not a tus creation URL (POST)", resp.status,
+                                    resp.text)
         if resp.status in (404, 410):
             return UploadNotFound(f"{what}: no such upload {resp.url}", resp.status, resp.text)
         return TusResponseError(what, resp.status, resp.text)
@@ -268,7 +272,7 @@ class TusClient:
             if self._server_info is None or refresh:
                 try:
                     resp = await self.request("OPTIONS", self.url, expect=(200, 204), what="OPTIONS")
-                except (TusClientError, *NETWORK_ERRORS) as exc:  # type: ignore[misc]
+                except TusClientError as exc:  # the server answered, but not OPTIONS
                     log.info("OPTIONS %s failed (%s); assuming core protocol only", self.url, exc)
                     self._server_info = ServerInfo()
                 else:
@@ -327,8 +331,8 @@ class TusClient:
             if parallel > 1 and src.seekable and (src.length or 0) >= 2:
                 info = await self.server_info()
                 if "concatenation" in info.extensions:
-                    return await self._upload_parallel(src, meta, progress, parallel, chunk_size,
-                                                       on_resume)
+                    return await upload_parallel(self, src, meta, progress, parallel, chunk_size,
+                                                 on_resume)
                 log.info("server has no concatenation extension; uploading in one part")
             uploader = Uploader(self, src, metadata=meta, chunk_size=chunk_size)
             await uploader.prepare()
@@ -339,85 +343,6 @@ class TusClient:
             opened.close()
             if spool is not None:
                 spool.close()
-
-    async def _upload_parallel(self, src: Source, metadata: dict[str, str | bytes | None],
-                               progress: Progress | None, parallel: int, chunk_size: int | None,
-                               on_resume: Callable[[int, int | None], Any] | None) -> str:
-        assert src.length is not None
-        fingerprint = None
-        if self.url_storage is not None:
-            fingerprint = await src.fingerprint(self.fingerprinter)
-            final = await self._stored_final(fingerprint, src.length)
-            if final is not None:
-                if on_resume:
-                    on_resume(src.length, src.length)
-                if progress:
-                    progress(src.length, src.length)
-                return final
-        ranges = split_ranges(src.length, parallel)
-        n = len(ranges)
-        parts = [
-            Uploader(self, src.part(start, length), chunk_size=chunk_size, partial=True,
-                     fingerprint=f"{fingerprint}--part:{i + 1}/{n}" if fingerprint else None,
-                     forget_when_done=False)
-            for i, (start, length) in enumerate(ranges)
-        ]
-        await _all(p.prepare() for p in parts)
-        if on_resume and any(p.resumed_from is not None for p in parts):
-            on_resume(sum(p.offset for p in parts), src.length)
-        done = [p.offset for p in parts]
-
-        def part_progress(i: int) -> Progress:
-            def report(offset: int, _total: int | None) -> None:
-                done[i] = offset
-                if progress:
-                    progress(sum(done), src.length)
-            return report
-
-        urls = await _all(p.upload(part_progress(i)) for i, p in enumerate(parts))
-        headers = {"Upload-Concat": "final;" + " ".join(urls)}
-        if metadata:
-            headers["Upload-Metadata"] = encode_metadata(metadata)
-        # Creation is retried like any POST: if an attempt reached the server but its answer
-        # was lost, that final is an orphan (the parts stay intact; the server expires it).
-        resp = await self.request("POST", self.url, headers, expect=(201,), what="create final upload")
-        final = self.location(resp)
-        if fingerprint is not None:
-            # Stored before the parts are forgotten: a run that dies in between finds the
-            # final (see _stored_final) instead of creating a second one from the parts.
-            assert self.url_storage is not None
-            key = self.storage_key(fingerprint)
-            await asyncio.to_thread(self.url_storage.set_url, key, final)
-            for p in parts:
-                await p.forget()
-            await asyncio.to_thread(self.url_storage.remove_url, key)
-        return final
-
-    async def _stored_final(self, fingerprint: str, length: int) -> str | None:
-        """A final upload of this file that an earlier run created but did not finish
-        cleaning up after (its parts' entries are forgotten now)."""
-        assert self.url_storage is not None
-        key = self.storage_key(fingerprint)
-        url = await asyncio.to_thread(self.url_storage.get_url, key)
-        if not url:
-            return None
-        try:
-            info = await self.info(url)
-        except UploadNotFound:
-            await asyncio.to_thread(self.url_storage.remove_url, key)
-            return None
-        if not (info.concat or "").startswith("final;") or info.length != length:
-            return None  # an ordinary upload of the whole file: not this path's business
-        log.info("%s: final upload created by an earlier run", url)
-        await self._forget_parts(fingerprint, len((info.concat or "")[6:].split()))
-        await asyncio.to_thread(self.url_storage.remove_url, key)
-        return url
-
-    async def _forget_parts(self, fingerprint: str, n: int) -> None:
-        assert self.url_storage is not None
-        for i in range(n):
-            for key in self.lookup_keys(f"{fingerprint}--part:{i + 1}/{n}"):
-                await asyncio.to_thread(self.url_storage.remove_url, key)
 
     async def resume(self, url: str, source: Any, *, progress: Progress | None = None,
                      chunk_size: int | None = None) -> str:
@@ -446,106 +371,9 @@ class TusClient:
 
     async def download(self, url: str, dest: str | os.PathLike[str] | IO[bytes], *,
                        progress: Progress | None = None) -> int:
-        """GET a finished upload into a path or binary file; returns the byte count.
-
-        Network errors, 5xx and 423 are retried with the client's backoff; a download
-        cut short is continued with ``Range`` (from the start again when the server
-        ignores ``Range`` and ``dest`` is a path). ``Content-Length`` and
-        ``Content-Range`` are checked: a body of the wrong length or a range that does
-        not start where asked (or a size that changed) fails with :class:`TusClientError`.
-        """
-        own = isinstance(dest, (str, os.PathLike))
-        out: IO[bytes] = open(dest, "wb") if isinstance(dest, (str, os.PathLike)) else dest
-        written = 0
-        size: int | None = None  # the whole body's length, once a response told it
-        attempt = 0
-        try:
-            while True:
-                headers = {"Range": f"bytes={written}-"} if written else {}
-                try:
-                    async with self.session.get(url, headers={**self.headers, **headers}) as resp:
-                        if resp.status in (404, 410):
-                            raise UploadNotFound("download", resp.status, await resp.text())
-                        if resp.status >= 500 or resp.status == 423:
-                            raise _RetryableStatus(
-                                TusResponseError(f"GET {url}", resp.status, await resp.text()))
-                        if resp.status == 200 and written:
-                            if not own:
-                                raise TusClientError("server ignored Range; cannot restart download")
-                            out.seek(0)
-                            out.truncate()
-                            written = 0
-                        elif resp.status != 200 and not (resp.status == 206 and written):
-                            raise TusResponseError(f"GET {url}", resp.status, await resp.text())
-                        size = _body_size(resp, written, size)
-                        async for piece in resp.content.iter_chunked(PIECE_SIZE):
-                            if size is not None and written + len(piece) > size:
-                                raise TusClientError(f"GET {url}: more bytes than the {size} "
-                                                     "announced")
-                            out.write(piece)
-                            written += len(piece)
-                            if progress:
-                                progress(written, size)
-                        if size is not None and written < size:
-                            raise aiohttp.ClientPayloadError(
-                                f"connection closed at byte {written} of {size}")
-                        return written
-                except (_RetryableStatus, *NETWORK_ERRORS) as exc:  # type: ignore[misc]
-                    error = exc.error if isinstance(exc, _RetryableStatus) else exc
-                    attempt += 1
-                    if attempt > self.retries:
-                        raise error from None
-                    log.info("GET %s failed at %d (%s); retry %d of %d", url, written, error,
-                             attempt, self.retries)
-                    await self.backoff_sleep(attempt)
-        finally:
-            if own:
-                out.close()
-
-
-class _RetryableStatus(Exception):
-    def __init__(self, error: TusResponseError) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-def _body_size(resp: aiohttp.ClientResponse, start: int, known: int | None) -> int | None:
-    """The full length of what is downloaded, from Content-Length (a 200) or
-    Content-Range (a 206 to ``Range: bytes=start-``), checked against what came before."""
-    what = f"GET {resp.url}"
-    size: int | None
-    if resp.status == 206:
-        match = re.fullmatch(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*",
-                             resp.headers.get("Content-Range", ""))
-        if not match:
-            raise TusClientError(f"{what}: 206 with a bad Content-Range "
-                                 f"{resp.headers.get('Content-Range')!r}")
-        first, last = int(match.group(1)), int(match.group(2))
-        total = None if match.group(3) == "*" else int(match.group(3))
-        if first != start or last < first or (total is not None and last != total - 1):
-            raise TusClientError(f"{what}: asked for bytes {start}- and got Content-Range "
-                                 f"{resp.headers['Content-Range']!r}")
-        if resp.content_length is not None and resp.content_length != last - first + 1:
-            raise TusClientError(f"{what}: Content-Length {resp.content_length} does not match "
-                                 f"Content-Range {resp.headers['Content-Range']!r}")
-        size = total if total is not None else last + 1
-    else:
-        size = resp.content_length
-    if known is not None and size is not None and size != known:
-        raise TusClientError(f"{what}: the upload changed size during the download "
-                             f"({known} -> {size} bytes)")
-    return size if size is not None else known
-
-
-async def _all(coros: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
-    """Run concurrently; the first failure cancels the others and is raised as is."""
-    try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(c) for c in coros]
-    except BaseExceptionGroup as group_error:
-        raise group_error.exceptions[0] from None
-    return [t.result() for t in tasks]
-
+        """GET a finished upload into a path or binary file; returns the byte count
+        (see :func:`tusd_py.client.download.download`)."""
+        return await _download(self, url, dest, progress=progress)
 
 def _spool(src: Source) -> IO[bytes]:
     """Copy a stream into a temporary file (for servers without deferred length)."""

@@ -369,7 +369,7 @@ class Uploader:
                     raise retry.error from None
                 log.info("PATCH %s at %d failed (%s); retry %d of %d", self.url, self.offset,
                          retry.error, attempt, self.client.retries)
-                await self.client.backoff_sleep(attempt)
+                await self.client.backoff_sleep(attempt, retry.error)
                 await self._resync()
                 if progress:
                     progress(self.offset, self.length)

@@ -81,7 +81,21 @@ class TusHandler:
         self.server = config.server
         self.store = store
         self.events = events or EventBus()
-        self.caps = store.capabilities
+        # What this server offers: the store's capabilities less what the config turns
+        # off (server.termination, server.concatenation), decided once, here.
+        caps = set(store.capabilities)
+        if self.server.termination is False:
+            caps.discard(Capability.TERMINATE)
+        if not self.server.concatenation:
+            caps -= {Capability.CONCATENATE, Capability.CONCATENATE_UNFINISHED}
+        self.caps = frozenset(caps)
+        #: Methods an upload URL answers (the Allow header of a 405).
+        self.upload_methods = ["HEAD", "PATCH"]
+        if self.server.termination is not False:
+            self.upload_methods.append("DELETE")
+        if self.server.download:
+            self.upload_methods.append("GET")
+        self.upload_methods.append("OPTIONS")
         self.writers = WriterRegistry(
             store, idle_timeout=self.server.idle_timeout, lock_wait=self.server.lock_wait,
             takeover_idle=self.server.lock_takeover_idle)
@@ -132,8 +146,10 @@ class TusHandler:
         if method == "OPTIONS":
             return web.Response(status=204, headers=self._options_headers)
         if method == "GET":
-            if upload_id is None or not self.server.download:
+            if upload_id is None:
                 raise web.HTTPMethodNotAllowed(method, ["POST", "OPTIONS"])
+            if not self.server.download:
+                raise web.HTTPMethodNotAllowed(method, self.upload_methods)
             check_upload_id(upload_id)
             if self.events.access_checkers:
                 await self.events.pre_access(upload_id, request, method)
@@ -153,7 +169,7 @@ class TusHandler:
             return await self.patch(request, upload_id)
         if method == "DELETE":
             return await self.delete(request, upload_id)
-        raise web.HTTPMethodNotAllowed(method, ["HEAD", "PATCH", "DELETE", "GET", "OPTIONS"])
+        raise web.HTTPMethodNotAllowed(method, self.upload_methods)
 
     # -- helpers ------------------------------------------------------------------
 
@@ -385,11 +401,15 @@ class TusHandler:
     # -- DELETE ----------------------------------------------------------------------
 
     async def delete(self, request: web.Request, upload_id: str) -> web.StreamResponse:
+        if self.server.termination is False:  # tusd -disable-termination: no DELETE route
+            raise web.HTTPMethodNotAllowed("DELETE", self.upload_methods)
         if Capability.TERMINATE not in self.caps:
             raise NotImplementedByServer("termination is not supported by this server")
         writer, lock = await self.writers.claim(upload_id)
         try:
             upload = lock.upload
+            if upload.is_complete and self.server.termination == "unfinished-only":
+                raise BadRequest("cannot terminate a finished upload")
             await self.events.pre_terminate(upload, request)
             store = self.store
             assert isinstance(store, CanTerminate)  # checked above

@@ -1,5 +1,9 @@
 """In-process hooks: Python callables named ``package.module:function`` in the config.
 
+The module is imported from the Python path, else from the config file's directory (the
+working directory when there is no config file), so a hook module next to the config
+file needs no ``PYTHONPATH``.
+
 A hook callable takes the hook request (the same dict an HTTP hook receives as JSON) and
 returns a hook response dict in the same format, or None to carry on unchanged. It may be
 a plain function (run in a thread, so it cannot stall the event loop) or a coroutine
@@ -26,6 +30,7 @@ import importlib
 import inspect
 import logging
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -81,14 +86,20 @@ class HookLoadError(ConfigError):
     """A configured ``module:function`` cannot be imported or is not callable."""
 
 
-def load_callable(spec: str) -> Callable[[dict[str, Any]], Any]:
+def load_callable(spec: str, search_dir: str | None = None) -> Callable[[dict[str, Any]], Any]:
+    """The callable ``package.module:function`` names. The module is looked for on the
+    Python path, then in ``search_dir`` (the config file's directory), which stays on
+    the path so the hook module can import its neighbours."""
     module_name, sep, attr_path = spec.partition(":")
     if not sep or not module_name or not attr_path:
         raise HookLoadError(f"hooks.python: {spec!r} is not of the form package.module:function")
+    if search_dir and search_dir not in sys.path:
+        sys.path.append(search_dir)
     try:
         target: Any = importlib.import_module(module_name)
     except Exception as exc:  # ImportError, or an error raised while importing
-        raise HookLoadError(f"hooks.python: cannot import {module_name!r}: {exc}") from exc
+        where = f" (looked on the Python path and in {search_dir})" if search_dir else ""
+        raise HookLoadError(f"hooks.python: cannot import {module_name!r}{where}: {exc}") from exc
     for part in attr_path.split("."):
         try:
             target = getattr(target, part)
@@ -102,9 +113,9 @@ def load_callable(spec: str) -> Callable[[dict[str, Any]], Any]:
 class PythonHook:
     name = "python"
 
-    def __init__(self, spec: str, timeout: float) -> None:
+    def __init__(self, spec: str, timeout: float, search_dir: str | None = None) -> None:
         self.spec = spec
-        self.fn = load_callable(spec)
+        self.fn = load_callable(spec, search_dir)
         self.is_async = inspect.iscoroutinefunction(self.fn)
         self.timeout = timeout or None
         self.slots = asyncio.Semaphore(THREADS)

@@ -26,7 +26,7 @@ def build_listener(app: web.Application, config: Config) -> HookListener | None:
     if hooks.http.url:
         backends.append(HttpHook(hooks.http))
     for spec in hooks.python:
-        backends.append(PythonHook(spec, hooks.http.timeout))
+        backends.append(PythonHook(spec, hooks.http.timeout, config.provenance.base_dir))
     if not backends:
         return None
     return HookListener(hooks, backends, store=app[STORE], driver=config.storage.driver,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from ..config import Config
+from ..config import Config, ConfigError, StartupError
 from ..core.events import EventBus
 from ..core.handler import TusHandler
 from ..core.sweeper import sweep_every
@@ -21,6 +22,7 @@ from ..web import add_demo_routes
 from .cors import cors_headers
 from .keys import CONFIG, EVENTS, GATE, HANDLER, METRICS, REGISTRY, STORE
 from .limits import limits_middleware
+from .listen import reason
 from .logs import RequestAnnotator
 from .metrics import Metrics
 from .middleware import RequestGate, front_middleware
@@ -112,8 +114,19 @@ def create_app(config: Config, store: Store | None = None,
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Start the store; one that fails to start is stopped again (whatever it opened is
+    closed: SQLite's worker thread would keep the process alive) and the failure becomes a
+    ``StartupError`` naming the driver."""
     store = app[STORE]
-    await store.start()
+    try:
+        await store.start()
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            await store.stop()
+        if isinstance(exc, ConfigError) or not isinstance(exc, Exception):
+            raise
+        driver = app[CONFIG].storage.driver
+        raise StartupError(f"cannot start the {driver} storage: {reason(exc)}") from exc
     yield
     await store.stop()
 

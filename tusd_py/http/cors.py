@@ -2,28 +2,42 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import functools
+import re
+from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
 
 from ..config import Config
-from ..protocol.constants import ALLOW_HEADERS, ALLOW_METHODS, EXPOSE_HEADERS
+from ..protocol.constants import ALLOW_HEADERS, EXPOSE_HEADERS
 
 
 def cors_headers(config: Config) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
     """An ``on_response_prepare`` hook: CORS headers on every response (errors and
     streamed downloads too), for ``server.cors``.
 
-    ``Vary: Origin`` goes on every response whose headers would differ for another
-    ``Origin`` value, so a shared cache never hands one origin's answer to another: with
-    an explicit allow-list that is every response (allowed, refused, or no Origin at
-    all); with ``*`` it is the responses to requests without Origin (they lack the CORS
-    headers; the answer to any Origin is the same ``*``).
+    ``server.cors.allowed_origins`` holds exact origins and ``^`` patterns matched against
+    the whole Origin; the tus request and response headers are always allowed and
+    exposed, the configured ones come on top. ``Vary: Origin`` goes on every response
+    whose headers would differ for another ``Origin`` value, so a shared cache never
+    hands one origin's answer to another: with an explicit allow-list that is every
+    response (allowed, refused, or no Origin at all); with ``*`` it is the responses to
+    requests without Origin (they lack the CORS headers; the answer to any Origin is the
+    same ``*``).
     """
     cors = config.server.cors
     any_origin = "*" in cors.allowed_origins
-    allowed = frozenset(cors.allowed_origins)
+    exact = frozenset(o for o in cors.allowed_origins if not o.startswith("^"))
+    patterns = [re.compile(o) for o in cors.allowed_origins if o.startswith("^")]
+    allow_methods = ", ".join(cors.allowed_methods)
+    allow_headers = ", ".join(_union(ALLOW_HEADERS, cors.allowed_headers))
+    expose_headers = ", ".join(_union(EXPOSE_HEADERS, cors.exposed_headers))
     max_age = str(int(cors.max_age))
+
+    @functools.lru_cache(maxsize=1024)
+    def allowed(origin: str) -> bool:
+        """An exact origin, or one a pattern matches as a whole (anchored)."""
+        return origin in exact or any(p.fullmatch(origin) for p in patterns)
 
     async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
         origin = request.headers.get("Origin")
@@ -31,7 +45,7 @@ def cors_headers(config: Config) -> Callable[[web.Request, web.StreamResponse], 
         if (not any_origin or origin is None) and (
                 "Vary" not in headers or "Origin" not in headers.getall("Vary")):
             headers.add("Vary", "Origin")
-        if origin is None or not (any_origin or origin in allowed):
+        if origin is None or not (any_origin or allowed(origin)):
             return
         if any_origin:
             headers["Access-Control-Allow-Origin"] = "*"
@@ -40,10 +54,21 @@ def cors_headers(config: Config) -> Callable[[web.Request, web.StreamResponse], 
             if cors.allow_credentials:
                 headers["Access-Control-Allow-Credentials"] = "true"
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-            headers["Access-Control-Allow-Methods"] = ALLOW_METHODS
-            headers["Access-Control-Allow-Headers"] = ALLOW_HEADERS
+            headers["Access-Control-Allow-Methods"] = allow_methods
+            headers["Access-Control-Allow-Headers"] = allow_headers
             headers["Access-Control-Max-Age"] = max_age
         else:
-            headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
+            headers["Access-Control-Expose-Headers"] = expose_headers
 
     return on_prepare
+
+
+def _union(names: Iterable[str], extra: Iterable[str]) -> list[str]:
+    """``names`` then the ``extra`` ones not among them (HTTP names: any case)."""
+    out = list(names)
+    seen = {name.lower() for name in out}
+    for name in extra:
+        if name.lower() not in seen:
+            seen.add(name.lower())
+            out.append(name)
+    return out

@@ -3,23 +3,33 @@
 SIGTERM/SIGINT stop it within ``server.shutdown_grace + SHUTDOWN_MARGIN`` seconds: no new
 requests, the grace period for those in flight, then the uploads still running commit
 what they received and answer 503; a watchdog exits with ``EXIT_OVERRUN`` past the mark.
+SIGHUP reloads the TLS certificate (``server.tls``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
 import signal
+import ssl
 import threading
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from ..config import Config
+from .. import __version__
+from ..config import Config, ConfigError, ServerConfig, StartupError
+from ..config.report import env_notes, origin_summary, storage_location
 from .app import create_app, drain_uploads
-from .keys import GATE
+from .keys import CONFIG, GATE, HANDLER, HOOKS, STORE
+from .listen import listen, listen_url, reason, reload_tls, remove_socket, tls_context
 from .logs import AccessLogger, flush_logs, setup_logging
+
+if TYPE_CHECKING:
+    from ..storage.base import Store
 
 log = logging.getLogger("tusd_py")
 
@@ -58,10 +68,33 @@ def start_watchdog(seconds: float) -> threading.Timer:
     return timer
 
 
+#: Seconds the clean-up after a failed start may take (the store, the hooks).
+STARTUP_CLEANUP_WAIT = 5.0
+
+
+def build(config: Config) -> tuple[web.Application, ssl.SSLContext | None]:
+    """What ``serve`` builds before it starts anything: the app (driver, hooks) and the
+    TLS context; ``check-config`` builds the same, so it refuses what serve would."""
+    context = tls_context(config.server.tls)
+    return create_app(config), context
+
+
 async def run(config: Config) -> None:
-    app = create_app(config)
-    gate = app[GATE]
+    """Build the app, start its store and hooks, listen, serve until SIGTERM/SIGINT.
+
+    One guarded sequence: whatever fails on the way (a port in use, storage that does
+    not open) stops what was started before the error propagates as ``StartupError``
+    (or ``ConfigError``), so the process exits at once instead of waiting on threads.
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     server = config.server
+    app, context = build(config)  # starts nothing
+    if context is not None:
+        loop.add_signal_handler(signal.SIGHUP, _reload_tls, context, server)
+    gate = app[GATE]
     runner = web.AppRunner(
         app,
         handle_signals=False,
@@ -70,21 +103,28 @@ async def run(config: Config) -> None:
         handler_cancellation=False,
         shutdown_timeout=CLOSE_WAIT,
     )
-    await runner.setup()
-    # Everything imported and built so far lives as long as the process: keep it out of
-    # the garbage collector's generations, so a full collection walks only what requests
-    # allocate (measured: a full collection of the ~50,000 start-up objects paused the
-    # loop for up to 70 ms on this machine; none happen after the freeze).
-    gc.freeze()
-    site = web.TCPSite(runner, server.host, server.port)
-    await site.start()
-    loop = asyncio.get_running_loop()
-    log.info("tusd-py listening on %s:%d%s (storage: %s, loop: %s)", server.host, server.port,
-             server.base_path, config.storage.driver, type(loop).__module__.split(".")[0])
+    wait = server.require_storage_timeout if server.require_storage else None
+    deadline = None if wait is None else loop.time() + wait
+    try:
+        try:
+            async with asyncio.timeout_at(deadline):
+                await _start(runner)
+        except TimeoutError:
+            raise StartupError(f"the {_storage_text(config)} did not answer within "
+                               f"{wait:g}s (server.require_storage)") from None
+        if deadline is not None:
+            await _wait_for_storage(app[STORE], config, deadline, stop)
+        # Everything imported and built so far lives as long as the process: keep it out of
+        # the garbage collector's generations, so a full collection walks only what requests
+        # allocate (measured: a full collection of the ~50,000 start-up objects paused the
+        # loop for up to 70 ms on this machine; none happen after the freeze).
+        gc.freeze()
+        site = await listen(runner, server, context)
+    except BaseException:
+        await _clean_up_failed_start(runner)
+        raise
+    log.info("%s", describe_daemon(app, type(loop).__module__.split(".")[0]))
 
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     flusher = asyncio.create_task(_flush_logs_every(0.25))
     hard_deadline: float | None = None
     try:
@@ -103,9 +143,91 @@ async def run(config: Config) -> None:
                 await runner.cleanup()
         except TimeoutError:
             log.error("shutdown: connections and store did not close in time")
+        remove_socket(server)
         flusher.cancel()
         log.info("stopped")
         flush_logs()
+
+
+def describe_daemon(app: web.Application, loop_name: str) -> str:
+    """The start-up line saying what this daemon is: version, URL, storage, extensions,
+    hooks."""
+    config = app[CONFIG]
+    listener = app.get(HOOKS)
+    hooks = "none"
+    if listener is not None:
+        hooks = (", ".join(backend.describe() for backend in listener.backends)
+                 + f" for {','.join(sorted(listener.enabled))}")
+    extensions = ",".join(app[HANDLER].extensions)
+    return (f"tusd-py {__version__} listening on {listen_url(config.server)} "
+            f"(storage: {config.storage.driver} {storage_location(config.storage)}; "
+            f"extensions: {extensions}; hooks: {hooks}; loop: {loop_name})")
+
+
+def _reload_tls(context: ssl.SSLContext, server: ServerConfig) -> None:
+    """SIGHUP: read the certificate and key again; on an error keep the old ones."""
+    try:
+        reload_tls(context, server.tls)
+    except StartupError as exc:
+        log.error("SIGHUP: %s; still serving the previous certificate", exc)
+    else:
+        log.info("SIGHUP: TLS certificate %s reloaded (new connections get it)",
+                 server.tls.cert_file)
+
+
+def _storage_text(config: Config) -> str:
+    return f"{config.storage.driver} storage ({storage_location(config.storage)})"
+
+
+#: Seconds between the storage checks of ``server.require_storage``.
+STORAGE_RETRY = 0.5
+
+
+async def _wait_for_storage(store: Store, config: Config, deadline: float,
+                            stop: asyncio.Event) -> None:
+    """``server.require_storage``: ping the store until it answers or ``deadline``
+    passes (``StartupError``); SIGTERM meanwhile ends the wait (and the start)."""
+    loop = asyncio.get_running_loop()
+    why = ""
+    while not stop.is_set():
+        try:
+            async with asyncio.timeout_at(deadline):
+                await store.ping()
+            return
+        except TimeoutError:
+            why = why or "no answer"
+        except Exception as exc:
+            if not why:
+                log.warning("the %s does not answer yet (%s); waiting up to %gs "
+                            "(server.require_storage)", _storage_text(config), reason(exc),
+                            config.server.require_storage_timeout)
+            why = reason(exc)
+        if loop.time() + STORAGE_RETRY >= deadline:
+            raise StartupError(f"the {_storage_text(config)} did not answer within "
+                               f"{config.server.require_storage_timeout:g}s "
+                               f"(server.require_storage): {why}")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), STORAGE_RETRY)
+
+
+async def _start(runner: web.AppRunner) -> None:
+    """Start the app's contexts (store, sweeper, hooks); a failure says what failed."""
+    try:
+        await runner.setup()
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise StartupError(f"cannot start: {reason(exc)}") from exc
+
+
+async def _clean_up_failed_start(runner: web.AppRunner) -> None:
+    """Stop whatever a failed start had started (bounded: a failing start must not hang)."""
+    try:
+        async with asyncio.timeout(STARTUP_CLEANUP_WAIT):
+            await runner.cleanup()
+    except Exception as exc:  # the start-up error is the one to report
+        log.warning("clean-up after the failed start: %s", reason(exc))
+    flush_logs()
 
 
 async def _flush_logs_every(interval: float) -> None:
@@ -138,6 +260,11 @@ def tune_malloc() -> bool:
 def serve(config: Config) -> None:
     """Serve until SIGTERM/SIGINT; returns after in-flight uploads are committed."""
     setup_logging(config.server.log_level, config.server.log_format)
+    log.info("config: %s", origin_summary(config))
+    for note in env_notes(config):
+        log.warning("%s", note)
+    if config.provenance.ignored_env:
+        log.debug("not settings, ignored: %s", ", ".join(config.provenance.ignored_env))
     tune_malloc()
     loop = new_event_loop()
     asyncio.set_event_loop(loop)

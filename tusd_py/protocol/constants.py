@@ -18,18 +18,19 @@ EXTENSIONS = (
 )
 
 #: Response headers a browser page may read (everything tus clients need).
-EXPOSE_HEADERS = ", ".join((
+EXPOSE_HEADERS = (
     "Location", "Upload-Offset", "Upload-Length", "Upload-Defer-Length", "Upload-Metadata",
     "Upload-Concat", "Upload-Expires", "Tus-Version", "Tus-Resumable", "Tus-Max-Size",
     "Tus-Extension", "Tus-Checksum-Algorithm", "Content-Disposition", "Content-Range",
-))
+)
 #: Request headers a browser page may send (the answer to a CORS preflight).
-ALLOW_HEADERS = ", ".join((
+ALLOW_HEADERS = (
     "Authorization", "Origin", "X-Requested-With", "X-Request-ID", "X-HTTP-Method-Override",
     "Content-Type", "Upload-Length", "Upload-Offset", "Tus-Resumable", "Upload-Metadata",
     "Upload-Defer-Length", "Upload-Concat", "Upload-Checksum", "Range",
-))
-ALLOW_METHODS = "POST, HEAD, PATCH, OPTIONS, GET, DELETE"
+)
+#: Methods a browser page may use (the default of ``server.cors.allowed_methods``).
+ALLOW_METHODS = ("POST", "HEAD", "PATCH", "OPTIONS", "GET", "DELETE")
 
 #: Hook events: tusd's names, plus ``pre-access`` (before HEAD/PATCH/GET/DELETE of an
 #: existing upload), which tusd does not have.

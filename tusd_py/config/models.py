@@ -1,41 +1,28 @@
-"""Typed configuration: built-in defaults < YAML file < ``TUSD_*`` env vars < CLI flags.
-
-Every key has an env form: ``TUSD_`` + the key path upper-cased, joined by ``__``
-(``server.port`` -> ``TUSD_SERVER__PORT``). The merged result is validated once at
-start-up; a bad key or value is reported by name and source, without a traceback.
-No other module reads the environment.
-"""
+"""The configuration models: every section and key, its type, default and checks."""
 
 from __future__ import annotations
 
-import json
-import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
-    ValidationError,
     ValidationInfo,
     field_serializer,
     field_validator,
     model_validator,
 )
 
-from .protocol.checksum import ALGORITHMS
-from .protocol.constants import HookName
-
-ENV_PREFIX = "TUSD_"
-#: Env var naming the config file (an alternative to ``--config``).
-CONFIG_ENV = "TUSD_CONFIG"
-DEFAULT_CONFIG_PATHS = ("config/tusd.yaml", "/etc/tusd-py/tusd.yaml")
+from ..protocol.checksum import ALGORITHMS
+from ..protocol.constants import ALLOW_METHODS, HookName
+from .provenance import Provenance
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 10**3, "kib": 1 << 10, "m": 1 << 20, "mb": 10**6,
           "mib": 1 << 20, "g": 1 << 30, "gb": 10**9, "gib": 1 << 30, "t": 1 << 40, "tb": 10**12,
@@ -69,6 +56,23 @@ def _split_list(value: Any) -> Any:
     return value
 
 
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
+
+
+def _bool_or(*words: str) -> Callable[[Any], Any]:
+    """A before-validator for a switch that takes true, false or one of ``words``."""
+
+    def parse(value: Any) -> Any:
+        if isinstance(value, bool) or value in words:
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise ValueError("must be true, false or " + " or ".join(words))
+
+    return parse
+
+
 Size = Annotated[int, BeforeValidator(_parse_size), Field(ge=0)]
 Duration = Annotated[float, BeforeValidator(_parse_duration), Field(ge=0)]
 StrList = Annotated[list[str], BeforeValidator(_split_list)]
@@ -78,13 +82,52 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+_ORIGIN = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#\s]+")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP header or method name
+
+
+def _check_origins(value: list[str]) -> list[str]:
+    for origin in value:
+        if origin.startswith("^"):
+            try:
+                re.compile(origin)
+            except re.error as exc:
+                raise ValueError(f"{origin!r} is not a regular expression: {exc}") from None
+        elif origin not in ("*", "null") and not _ORIGIN.fullmatch(origin):
+            raise ValueError(f"{origin!r} is not an origin (scheme://host[:port], no path), "
+                             "a pattern starting with ^, or *")
+    return value
+
+
+def _check_tokens(value: list[str]) -> list[str]:
+    bad = [v for v in value if not _TOKEN.fullmatch(v)]
+    if bad:
+        raise ValueError(f"not HTTP names: {bad}")
+    return value
+
+
+Tokens = Annotated[list[str], BeforeValidator(_split_list), AfterValidator(_check_tokens)]
+
+
 class CorsConfig(Section):
     #: Answer CORS preflights and add CORS headers to responses.
     enabled: bool = True
-    #: Origins allowed to call the API from a browser; ``*`` allows any (no credentials).
-    allowed_origins: StrList = ["*"]
+    #: Origins allowed to call the API from a browser: exact origins
+    #: (``https://app.example.com``), patterns starting with ``^`` that must match the
+    #: whole Origin (``^https://[a-z0-9-]+\.example\.com$``, as tusd's -cors-allow-origin),
+    #: or ``*`` for any (no credentials).
+    allowed_origins: Annotated[list[str], BeforeValidator(_split_list),
+                               AfterValidator(_check_origins)] = ["*"]
     #: Let browsers send cookies / HTTP auth (needs explicit allowed_origins, not ``*``).
     allow_credentials: bool = False
+    #: Methods a page may use (Access-Control-Allow-Methods).
+    allowed_methods: Tokens = list(ALLOW_METHODS)
+    #: Request headers a page may send besides the tus ones (Access-Control-Allow-Headers),
+    #: e.g. a custom header a pre-create hook reads.
+    allowed_headers: Tokens = []
+    #: Response headers a page may read besides the tus ones
+    #: (Access-Control-Expose-Headers), e.g. one a hook adds to its response.
+    exposed_headers: Tokens = []
     #: How long browsers may cache a preflight answer (Access-Control-Max-Age).
     max_age: Duration = 86400
 
@@ -97,19 +140,61 @@ class CorsConfig(Section):
         return value
 
 
+class TlsConfig(Section):
+    """``server.tls``: HTTPS from a certificate and key file (both or neither)."""
+
+    #: PEM certificate chain, the server's certificate first. Read again on SIGHUP:
+    #: connections made after it get the new one, open ones keep theirs.
+    cert_file: str | None = None
+    #: PEM private key of cert_file (not encrypted).
+    key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> TlsConfig:
+        if bool(self.cert_file) != bool(self.key_file):
+            missing = "key_file" if self.cert_file else "cert_file"
+            raise ValueError(f"cert_file and key_file go together: {missing} is not set")
+        return self
+
+
+def _file_mode(value: Any) -> Any:
+    """``"0660"`` / ``"660"`` / ``0o660`` -> 0o660."""
+    if isinstance(value, str):
+        try:
+            return int(value, 8)
+        except ValueError:
+            raise ValueError(f"not an octal file mode: {value!r} (try 0660)") from None
+    return value
+
+
 class ServerConfig(Section):
     #: Address to listen on (``--host``).
     host: str = "0.0.0.0"
     #: Port to listen on (``--port``).
     port: int = Field(default=8080, ge=0, le=65535)
+    #: Listen on this unix socket instead of host:port, for a proxy on the same host
+    #: (nginx: ``proxy_pass http://unix:/run/tusd-py/tusd.sock:``). A stale socket file
+    #: is replaced; one a live process listens on is refused.
+    unix_socket: str | None = None
+    #: Permissions of the unix socket file (the proxy's user must be able to write it).
+    unix_socket_mode: Annotated[int, BeforeValidator(_file_mode), Field(ge=0, le=0o777)] = 0o660
+    tls: TlsConfig = TlsConfig()
     #: URL path the tus endpoint is mounted at.
     base_path: str = "/files/"
     #: Trust Forwarded / X-Forwarded-* headers when building Location URLs.
     behind_proxy: bool = False
     #: Largest upload accepted (Tus-Max-Size); 0 means no limit.
     max_size: Size = 0
-    #: Serve finished uploads with GET.
+    #: Serve finished uploads with GET (false: 405, as tusd's -disable-download).
     download: bool = True
+    #: DELETE of uploads (the termination extension): true; false (405, not advertised,
+    #: as tusd's -disable-termination); unfinished-only: a finished upload cannot be
+    #: deleted (400, as @tus/server's disableTerminationForFinishedUploads).
+    termination: Annotated[bool | Literal["unfinished-only"],
+                           BeforeValidator(_bool_or("unfinished-only"))] = True
+    #: The concatenation extensions (false: Upload-Concat gets 400 and they are not
+    #: advertised, as tusd's -disable-concatenation).
+    concatenation: bool = True
     #: Checksum algorithms accepted in Upload-Checksum.
     checksum_algorithms: StrList = list(ALGORITHMS)
     #: A PATCH whose body sends nothing for this long is ended (bytes so far are kept).
@@ -119,6 +204,12 @@ class ServerConfig(Section):
     #: A writer idle for this long gives its upload up to a newer request at once
     #: (a client that reconnected after a network drop resumes without waiting).
     lock_takeover_idle: Duration = 1.0
+    #: At start-up, wait up to require_storage_timeout for the storage to answer its
+    #: readiness check (what /readyz asks), and exit 2 if it does not. Off: start
+    #: anyway; /readyz answers 503 until the storage answers.
+    require_storage: bool = False
+    #: How long require_storage waits (the store's start included).
+    require_storage_timeout: Annotated[Duration, Field(gt=0)] = 30.0
     #: On SIGTERM, in-flight requests get this long to finish; then they are stopped,
     #: their bytes committed, and the daemon exits.
     shutdown_grace: Duration = 30.0
@@ -146,6 +237,10 @@ class ServerConfig(Section):
     metrics: bool = True
     #: Serve the browser demo (Uppy Dashboard + Tus) at GET /. Keep off in production.
     demo: bool = False
+
+    @field_serializer("unix_socket_mode")
+    def _octal(self, value: int) -> str:
+        return f"{value:04o}"
 
     @field_validator("base_path")
     @classmethod
@@ -344,7 +439,10 @@ class HttpHookConfig(Section):
 
 class HooksConfig(Section):
     http: HttpHookConfig = HttpHookConfig()
-    #: In-process hooks: ``package.module:function`` (sync or async), called in order.
+    #: In-process hooks: ``package.module:function`` (sync or async), called in order. The
+    #: module comes from the Python path, else from the config file's directory (the
+    #: working directory without a config file): no PYTHONPATH needed for a hook module
+    #: next to the config file.
     python: StrList = []
     #: Events delivered (tusd's defaults; pre-finish, pre-terminate and pre-access are opt-in).
     enabled: Annotated[list[HookName], BeforeValidator(_split_list)] = [
@@ -370,137 +468,18 @@ class Config(Section):
     expiration: ExpirationConfig = ExpirationConfig()
     hooks: HooksConfig = HooksConfig()
 
+    _provenance: Provenance = PrivateAttr(default_factory=Provenance)
+
+    @property
+    def provenance(self) -> Provenance:
+        """Where this configuration came from (defaults when built in code)."""
+        return self._provenance
+
 
 class ConfigError(Exception):
     """A configuration problem, with a message fit for an operator (no traceback)."""
 
 
-def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
-    for key in path[:-1]:
-        node = tree.setdefault(key, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"{'.'.join(path)}: {key} is not a section")
-        tree = node
-    tree[path[-1]] = value
-
-
-def _env_value(raw: str) -> Any:
-    """Env values stay strings (pydantic coerces them), except JSON lists/objects."""
-    stripped = raw.strip()
-    if stripped[:1] in ("[", "{"):
-        try:
-            return json.loads(stripped)
-        except json.JSONDecodeError:
-            pass
-    return raw
-
-
-def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in top.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def find_config_file(path: str | None, env: Mapping[str, str]) -> str | None:
-    if path:
-        return path
-    if env.get(CONFIG_ENV):
-        return env[CONFIG_ENV]
-    for candidate in DEFAULT_CONFIG_PATHS:
-        if os.path.isfile(candidate):
-            return candidate
-    return None
-
-
-def load_config(path: str | None = None, env: Mapping[str, str] | None = None,
-                overrides: Mapping[str, Any] | None = None) -> Config:
-    """Build the effective config. ``overrides`` maps dotted keys (``server.port``) to
-    values, as CLI flags give them. Raises ``ConfigError`` naming the bad key."""
-    env = os.environ if env is None else env
-    sources: dict[str, str] = {}
-    tree: dict[str, Any] = {}
-
-    config_file = find_config_file(path, env)
-    if config_file is not None:
-        try:
-            with open(config_file, encoding="utf-8") as fh:
-                loaded = yaml.safe_load(fh) or {}
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {config_file}: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {config_file} is not valid YAML: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {config_file} must hold a mapping at the top")
-        tree = loaded
-
-    env_tree: dict[str, Any] = {}
-    for name, raw in env.items():
-        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
-            continue
-        key_path = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
-        if not all(key_path):
-            raise ConfigError(f"{name}: malformed variable name (use TUSD_SECTION__KEY)")
-        _set_path(env_tree, key_path, _env_value(raw))
-        sources[".".join(key_path)] = f"env {name}"
-    tree = _merge(tree, env_tree)
-
-    flag_tree: dict[str, Any] = {}
-    for dotted, value in (overrides or {}).items():
-        if value is None:
-            continue
-        _set_path(flag_tree, dotted.split("."), value)
-        sources[dotted] = "command line"
-    tree = _merge(tree, flag_tree)
-    _azure_connection_from_env(tree, env, sources)
-
-    try:
-        return Config.model_validate(tree)
-    except ValidationError as exc:
-        default_origin = f"file {config_file}" if config_file else "defaults"
-        lines = [_describe(err, sources, default_origin) for err in exc.errors()]
-        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None
-
-
-def _azure_connection_from_env(tree: dict[str, Any], env: Mapping[str, str],
-                               sources: dict[str, str]) -> None:
-    """The azure driver takes its connection string from the SDK's usual variable when
-    neither ``connection_string`` nor ``account_url`` is configured."""
-    storage = tree.get("storage")
-    if (isinstance(storage, dict) and storage.get("driver") == "azure"
-            and not storage.get("connection_string") and not storage.get("account_url")
-            and env.get(AZURE_CONNECTION_STRING_ENV)):
-        storage["connection_string"] = env[AZURE_CONNECTION_STRING_ENV]
-        sources["storage.connection_string"] = f"env {AZURE_CONNECTION_STRING_ENV}"
-
-
-def _describe(err: Any, sources: Mapping[str, str], default_origin: str) -> str:
-    """One line for one validation error: the dotted key, what is wrong, where it came from."""
-    loc = [str(p) for p in err["loc"]]
-    driver = None
-    if loc[:1] == ["storage"] and len(loc) > 1 and loc[1] in DRIVERS:
-        driver = loc.pop(1)  # the union's tag: not part of the key the user wrote
-    if err["type"] == "union_tag_invalid":
-        loc = [*loc, "driver"]
-        message = f"unknown driver; choose one of {', '.join(DRIVERS)}"
-    elif err["type"] == "extra_forbidden":
-        message = f"not a setting of the {driver} driver" if driver else "unknown key"
-    elif err["type"] == "missing" and driver:
-        message = f"required for the {driver} driver"
-    else:
-        message = err["msg"].removeprefix("Value error, ")
-    key = ".".join(loc)
-    if err["type"] == "missing" and "storage.driver" in sources:
-        return f"  {key}: {message} (storage.driver from {sources['storage.driver']})"
-    origin = sources.get(key) or next(
-        (src for dotted, src in sources.items() if dotted.startswith(key + ".")), default_origin)
-    return f"  {key}: {message} (from {origin})"
-
-
-def dump_config(config: Config) -> str:
-    """The effective config as YAML, secrets masked."""
-    data = config.model_dump(mode="json")  # SecretStr dumps as '**********'
-    return yaml.safe_dump(data, sort_keys=False)
+class StartupError(ConfigError):
+    """The daemon cannot start (a port in use, storage that does not open): one line
+    ``<what>: <why>`` for the operator; the command exits 2, as for a bad config."""
