@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ..storage.base import Store
     from .metrics import Metrics
     from .middleware import RequestGate
+    from .workers import WorkerSlot
 
 HANDLER: web.AppKey[TusHandler] = web.AppKey("tusd_handler")
 CONFIG: web.AppKey[Config] = web.AppKey("tusd_config")
@@ -31,6 +32,11 @@ REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("tusd_metrics_registry")
 #: The tusd_* metrics (absent when ``server.metrics`` is off).
 METRICS: web.AppKey[Metrics] = web.AppKey("tusd_metrics")
 GATE: web.AppKey[RequestGate] = web.AppKey("tusd_request_gate")
+#: Whether this process runs the background loops (the expiry sweeper, the post-finish
+#: re-delivery): with ``server.workers`` only the first worker does.
+BACKGROUND: web.AppKey[bool] = web.AppKey("tusd_background")
+#: This worker's place among ``server.workers`` (absent with one process).
+WORKER: web.AppKey[WorkerSlot] = web.AppKey("tusd_worker")
 #: The hook listener (absent when no hook is configured).
 HOOKS: web.AppKey[HookListener] = web.AppKey("tusd_hooks")
 
