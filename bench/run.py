@@ -219,12 +219,13 @@ def verdicts(scenario: Scenario, base: dict[str, Any] | None, tusd: dict[str, An
 
 def _rss_and_errors(scenario: Scenario, summary: dict[str, Any]) -> list[str]:
     lines = []
+    name = summary.get("label", "")
     per_process = summary.get("rss_peak_process_mb") or summary.get("rss_peak_mb")
     if per_process is not None:
-        lines.append(f"{_mark(per_process < TARGET_RSS_MB)} {scenario.name}: peak RSS "
+        lines.append(f"{_mark(per_process < TARGET_RSS_MB)} {scenario.name}: {name} peak RSS "
                      f"{per_process:.0f} MB per process (target < {TARGET_RSS_MB:.0f} MB)")
     if summary.get("errors"):
-        lines.append(f"FAIL {scenario.name}: {summary['errors']} upload errors")
+        lines.append(f"FAIL {scenario.name}: {name} {summary['errors']} upload errors")
     return lines
 
 
