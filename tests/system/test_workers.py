@@ -212,3 +212,34 @@ def test_shared_slots_sum_counters_and_keep_the_dead_ones():
                       "tusd_uploads_created_created": 50.0}
     _when, serving, samples = slots.read(1)
     assert not serving and samples == []
+
+
+async def test_two_workers_on_one_unix_socket(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    directory = Path(tempfile.mkdtemp(prefix="tusd-sock-"))  # socket paths are short
+    sock = directory / "tusd.sock"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUSD_")}
+    env.update({**TWO, "TUSD_SERVER__UNIX_SOCKET": str(sock)})
+    proc = await asyncio.to_thread(
+        subprocess.Popen, [sys.executable, "-m", "tusd_py", "serve", "--data-dir",
+                           str(tmp_path / "data")], env=env, cwd=tmp_path,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(sock.exists)
+        connector = aiohttp.UnixConnector(path=str(sock), force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            urls = [await create(session, "http://local/files/", 3) for _ in range(10)]
+            for url in urls:
+                assert (await patch(session, url, 0, b"abc")).status == 204
+            assert await get(session, urls[-1]) == b"abc"
+        assert len(workers_of(proc.pid)) == 2
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 10) == 0
+        assert not sock.exists()  # removed by the supervisor at the end
+    finally:
+        proc.kill()
+        shutil.rmtree(directory, ignore_errors=True)

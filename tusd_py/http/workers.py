@@ -1,29 +1,11 @@
-"""``server.workers``: pre-forked worker processes over one listening address and one store.
+"""``server.workers``: a supervisor and pre-forked workers over one listening address
+and one store.
 
-The supervisor (the process ``serve`` started) binds the listening sockets, builds the
-app once to refuse a bad configuration before anything runs, then forks the workers;
-each serves as a one-process daemon would (``server.run``), on its own socket:
-
-* **Listening**: for TCP one ``SO_REUSEPORT`` socket per worker on the same port, so the
-  kernel spreads connections over them; the supervisor keeps them open, so connections
-  to a worker being restarted wait in its queue. A unix socket is one, shared.
-* **Storage**: the local driver is safe across processes (flock, SQLite compare-and-set),
-  the object stores across replicas; nothing else is shared.
-* **Background loops** (the expiry sweeper, the post-finish re-delivery) run in worker 0
-  only (``create_app(background=...)``).
-* **Shared slots**: an anonymous shared memory the workers inherit, one slot each. Every
-  ``PUBLISH_INTERVAL`` a worker writes its metric samples and that it serves; /metrics
-  on any worker sums its own live samples and the others' (``all_metrics``), /readyz
-  answers 503 while any worker does not serve (``not_serving``). The samples of a worker
-  that died are kept in a retired slot, so the sums never go back.
-* **Life**: a worker that dies is logged and started again after a backoff (0.5 s,
-  doubling to 30 s; reset once one ran a minute). One that fails its start-up before it
-  ever served (exit 2: storage that does not open...) stops them all: exit 2. SIGTERM and
-  SIGINT go to every worker, which drains as one daemon does; the supervisor exits 0 once
-  all exited 0, within ``shutdown_grace + SHUTDOWN_MARGIN`` (past it, what is left is
-  killed and the exit is ``EXIT_OVERRUN``). SIGHUP goes to every worker (TLS reload).
-  Workers die with the supervisor (``PR_SET_PDEATHSIG``): a kill -9 of it is a kill -9
-  of the daemon.
+The supervisor binds the sockets (one ``SO_REUSEPORT`` socket per worker for TCP, one
+shared unix socket), forks the workers, restarts one that dies and passes SIGTERM,
+SIGINT and SIGHUP on to all. Workers share an anonymous memory (``SharedSlots``) where
+each publishes its metric samples and whether it serves: /metrics sums them, /readyz
+needs all. docs/operations/workers.md says what an operator sees.
 """
 
 from __future__ import annotations

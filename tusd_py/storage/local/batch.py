@@ -16,16 +16,11 @@ round runs, in one hop, as one transaction:
 
 A statement waits at most for the round in flight plus its own; alone, it runs at once.
 
-Where the round runs: with an ``inline`` connection (``storage.fsync: false``) on the
-event loop itself, in the loop iteration after the statements were queued; a round there
-costs the SQL and a write into the WAL (page cache), less than the hop to aiosqlite's
-thread and back. It never waits on the loop: the inline connection has no busy timeout,
-and a round that finds the write lock taken (another process, or this process's
-aiosqlite connection) runs on the thread instead, waiting there. So do the rounds that
-checkpoint the WAL (the inline connection never does, every ``CHECKPOINT_ROUNDS``), and,
-in durable mode (no inline connection), every round: first the data files' fdatasyncs
-(``durable``), then the SQLite commit (``synchronous=FULL``), all statements of the round
-sharing both.
+With an ``inline`` connection (``storage.fsync: false``) a round runs on the event loop
+in the iteration after its statements were queued. It never waits there: a round that
+finds the write lock taken (another process, this process's aiosqlite connection) runs
+on aiosqlite's thread instead, and so do every ``CHECKPOINT_ROUNDS``-th round (it
+checkpoints the WAL) and, without an inline connection (durable mode), every round.
 """
 
 from __future__ import annotations

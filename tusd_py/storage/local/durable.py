@@ -1,15 +1,13 @@
 """Data syncs of the local driver's durable mode (``storage.fsync: true``).
 
 Before an offset commit is acknowledged its bytes must be on the disk, and for a file's
-first bytes also its directory entry (``LocalStore.create`` leaves that to them). A disk
-takes concurrent flushes far better than one after the other (measured here: 600-1,000
-fdatasyncs a second from one thread, 8,000-12,000 from eight), so ``DataSync`` runs them
-in its own pool of ``THREADS`` threads: the syncs queued in one event-loop iteration are
-spread over as many jobs as there are threads, and the upload directory is fsynced
-once for all the first bytes among them. Each waiter learns its own file's outcome (a
-failed sync fails that commit only: its bytes are not acknowledged). The commits then
-share the group commit's rounds (``batch.py``) with ``synchronous=FULL``: data first,
-then the offset.
+first bytes also its directory entry (``LocalStore.create`` leaves that to them).
+``DataSync`` runs the syncs in its own pool of ``THREADS`` threads (a disk takes
+concurrent flushes far better than one after the other): those queued in one event-loop
+iteration are spread over the threads, and the upload directory is fsynced once for all
+the first bytes among them. Each waiter learns its own file's outcome (a failed sync
+fails that commit only: its bytes are not acknowledged). The commits then share the group
+commit's rounds (``batch.py``) with ``synchronous=FULL``: data first, then the offset.
 
 ``WriteBehind`` starts the write-out of a body's bytes while it still streams (Linux
 ``sync_file_range(SYNC_FILE_RANGE_WRITE)``, which does not wait), so the sync at its
