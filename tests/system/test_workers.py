@@ -243,3 +243,12 @@ async def test_two_workers_on_one_unix_socket(tmp_path):
     finally:
         proc.kill()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_sigterm_while_a_worker_waits_for_its_restart_exits_0(daemon_factory):
+    daemon = daemon_factory(env=TWO)
+    wait_until(lambda: status_of(daemon.root + "/readyz") == 200)
+    victim = workers_of(daemon.pid)[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: victim not in workers_of(daemon.pid), 5)
+    assert daemon.terminate(10) == 0  # within the 0.5 s backoff: nothing left to drain

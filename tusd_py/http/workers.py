@@ -272,6 +272,9 @@ def supervise(config: Config, serve_worker: Callable[[Config, socket.socket, Wor
             if not stopping:
                 stopping = True
                 deadline = time.monotonic() + stop_within
+                for worker in workers:  # one waiting for its restart has nothing to drain
+                    if worker.restart_at is not None:
+                        worker.restart_at, worker.status = None, 0
                 log.info("supervisor: %s; stopping the workers", signal.Signals(
                     received.si_signo).name)
                 _signal_all(workers, signal.SIGTERM)
