@@ -4,6 +4,7 @@ Two LocalStore instances on one directory stand in for two daemon processes."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 
@@ -12,6 +13,7 @@ import pytest
 from tests.plugins.stores import started_stores, write
 from tusd_py.protocol.errors import MismatchedOffset
 from tusd_py.storage.base import Upload
+from tusd_py.storage.local import store as store_module
 from tusd_py.storage.local.store import LocalStore
 
 
@@ -97,18 +99,27 @@ async def test_reconcile_never_cuts_bytes_committed_by_another_process(tmp_path,
     await lock.release()
 
 
-async def test_old_files_without_a_record_are_removed_at_start(tmp_path, started):
+async def test_files_without_a_record_are_removed_at_start_unless_locked(tmp_path, started,
+                                                                        monkeypatch):
+    """Whatever their age (a kill -9 during DELETEs leaves fresh ones); a file another
+    live process holds the flock of (a create in flight) stays."""
+    monkeypatch.setattr(store_module, "ORPHAN_GRACE", 0.0)  # ctime cannot be set back
     a = await started(LocalStore(str(tmp_path)))
     await a.create(Upload(id="kept", length=3))
-    await write(a, "kept", b"abc")  # complete, old: kept (it has a record)
+    await write(a, "kept", b"abc")  # complete: kept (it has a record)
     uploads = tmp_path / "uploads"
-    for name in ("orphan", "fresh-orphan", "not.an.id"):
+    for name in ("orphan", "fresh-orphan", "held-orphan", "not.an.id"):
         (uploads / name).write_bytes(b"zz")
     old = time.time() - 7200
     for name in ("orphan", "kept", "not.an.id"):
         os.utime(uploads / name, (old, old))
-    await started(LocalStore(str(tmp_path)))
-    assert sorted(os.listdir(uploads)) == ["fresh-orphan", "kept", "not.an.id"]
+    held = os.open(uploads / "held-orphan", os.O_RDONLY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        await started(LocalStore(str(tmp_path)))
+    finally:
+        os.close(held)
+    assert sorted(os.listdir(uploads)) == ["held-orphan", "kept", "not.an.id"]
 
 
 async def test_finish_owed_cleared_elsewhere_is_seen(stores):

@@ -211,6 +211,27 @@ class ServerConfig(Section):
     checksum_algorithms: StrList = list(ALGORITHMS)
     #: A PATCH whose body sends nothing for this long is ended (bytes so far are kept).
     idle_timeout: Annotated[Duration, Field(gt=0)] = 30.0
+    #: An upload body must bring at least this many bytes in every
+    #: ``min_body_rate_window``, or it is ended as on idle_timeout (the bytes so far are
+    #: kept; 408 with Upload-Offset, the client resumes). Frees the connection and its
+    #: max_concurrent_uploads slot from a client trickling bytes. 0: no minimum.
+    min_body_rate: Size = 1024
+    #: The window over which ``min_body_rate`` is measured.
+    min_body_rate_window: Annotated[Duration, Field(gt=0)] = 10.0
+    #: A connection whose first request line and headers have not all arrived this long
+    #: after it opened is closed with 408 (a later request on a kept-alive connection has
+    #: keepalive_timeout from the previous response).
+    header_timeout: Annotated[Duration, Field(gt=0)] = 10.0
+    #: An idle keep-alive connection is closed after this long (keep it above the idle
+    #: timeout of a reverse proxy's upstream connections: nginx and load balancers use 60s).
+    keepalive_timeout: Annotated[Duration, Field(gt=0)] = 75.0
+    #: Most connections open at once; a new one beyond it is answered 503 (Retry-After,
+    #: Connection: close) and closed. 0: half of what the open-file limit (raised to its
+    #: hard limit at start) leaves after 64 descriptors, so the cap comes first.
+    max_connections: int = Field(default=0, ge=0)
+    #: Most connections open at once from one client address (0: no limit). Behind a
+    #: reverse proxy every connection comes from the proxy: leave it 0 there.
+    max_connections_per_address: int = Field(default=0, ge=0)
     #: How long a request waits for an upload another request is writing, before 423.
     lock_wait: Duration = 3.0
     #: A writer idle for this long gives its upload up to a newer request at once
@@ -241,10 +262,16 @@ class ServerConfig(Section):
     max_concurrent_uploads: int = Field(default=0, ge=0)
     #: Longest request line and longest header field accepted (aiohttp answers 400 beyond).
     max_header_size: Size = Field(default=16384, ge=1024)
+    #: Most partial uploads one final upload may name (concatenation); more get 400.
+    #: Each one costs a lookup (and a pre-access hook) while the final is created.
+    max_concat_partials: int = Field(default=100, ge=1, le=1024)
     #: When set, every tus request (not OPTIONS, /healthz, /readyz, /metrics)
     #: must carry ``Authorization: Bearer <token>``; 401 otherwise. For per-user auth use
     #: a pre-create hook instead (docs: Hooks).
     auth_token: SecretStr | None = None
+    #: /readyz answers 503 while the storage's local disk (the local driver's data_dir)
+    #: has less free space than this (0: not checked). A full disk answers 507.
+    min_free_disk: Size = 64 * 1024 * 1024
     #: Serve Prometheus metrics at /metrics.
     metrics: bool = True
     #: Serve the browser demo (Uppy Dashboard + Tus) at GET /. Keep off in production.
@@ -436,6 +463,10 @@ class HttpHookConfig(Section):
     retries: Annotated[int, Field(ge=0, le=20)] = 3
     #: Wait before retry n: backoff * 2**(n-1).
     backoff: Duration = 1.0
+    #: All attempts of one hook call and the waits between them end within this; then
+    #: the hook has failed (a blocking hook's request gets 500). Keep it well under a
+    #: client's patience: a hanging receiver holds every POST this long.
+    total_timeout: Annotated[Duration, Field(gt=0)] = 15.0
     #: Client request headers copied onto the hook request (e.g. Authorization, Cookie).
     forward_headers: StrList = []
     #: Fixed headers sent with every hook request (e.g. a shared secret); masked in dumps.

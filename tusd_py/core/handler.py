@@ -99,7 +99,9 @@ class TusHandler:
         self.writers = WriterRegistry(
             store, idle_timeout=self.server.idle_timeout, lock_wait=self.server.lock_wait,
             takeover_idle=self.server.lock_takeover_idle)
-        self.receiver = BodyReceiver(self.writers, self.events, self.server.idle_timeout)
+        self.receiver = BodyReceiver(
+            self.writers, self.events, self.server.idle_timeout,
+            (self.server.min_body_rate, self.server.min_body_rate_window))
         self.base_path = self.server.base_path
         self.expire_after = config.expiration.after
         self.expire_completed_after = config.expiration.completed_after
@@ -173,8 +175,9 @@ class TusHandler:
 
     # -- helpers ------------------------------------------------------------------
 
-    def upload_url(self, request: web.Request, upload_id: str) -> str:
-        return base_url(request, self.server.behind_proxy) + self.base_path + upload_id
+    def upload_url(self, base: str, upload_id: str) -> str:
+        """The ``Location`` of an upload, under ``base`` (``base_url`` of the request)."""
+        return base + self.base_path + upload_id
 
     def _tus_headers(self, upload: Upload) -> dict[str, str]:
         headers = {"Tus-Resumable": TUS_VERSION}
@@ -205,6 +208,7 @@ class TusHandler:
 
     async def post(self, request: web.Request) -> web.StreamResponse:
         headers = request.headers
+        base = base_url(request, self.server.behind_proxy)  # a bad Host: 400 before creating
         concat = parse_concat(headers.get("Upload-Concat"))
         if concat is not None and Capability.CONCATENATE not in self.caps:
             raise BadRequest("concatenation is not supported by this server")
@@ -213,7 +217,7 @@ class TusHandler:
         if concat is not None and concat.final:
             upload = await self.concatenation.create_final(request, concat.final_urls, metadata, now)
             response_headers = self._tus_headers(upload)
-            response_headers["Location"] = self.upload_url(request, upload.id)
+            response_headers["Location"] = self.upload_url(base, upload.id)
             return web.Response(status=201, headers=response_headers)
 
         length = parse_uint(headers.get("Upload-Length"), "Upload-Length", required=False)
@@ -269,7 +273,7 @@ class TusHandler:
                 upload = written.upload
                 await self._after_write(request, written)  # pre-finish may refuse
         response_headers = self._tus_headers(upload)
-        response_headers["Location"] = self.upload_url(request, upload.id)
+        response_headers["Location"] = self.upload_url(base, upload.id)
         if has_body:
             response_headers["Upload-Offset"] = str(upload.offset)
         return web.Response(status=201, headers=response_headers)

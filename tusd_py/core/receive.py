@@ -32,9 +32,12 @@ class Outcome(enum.Enum):
 class BodyReceiver:
     """Streams request bodies into storage locks, every read under an idle deadline."""
 
-    def __init__(self, writers: WriterRegistry, events: EventBus, idle_timeout: float) -> None:
+    def __init__(self, writers: WriterRegistry, events: EventBus, idle_timeout: float,
+                 min_rate: tuple[int, float] = (0, 1.0)) -> None:
         self.idle_deadline = writers.idle_deadline
         self.events = events
+        #: (bytes, seconds): every window of a body must bring that many bytes.
+        self.min_bytes, self.rate_window = min_rate
         # The idle deadline moves with every chunk; rescheduling its timer costs a timer
         # handle, so it is only moved once it lags by more than ``slack`` (or must come
         # sooner: a takeover or shutdown).
@@ -47,7 +50,9 @@ class BodyReceiver:
 
         Memory is bounded by aiohttp's stream buffer (the chunks it hands over), never by
         what the client sends. Every read has a deadline (``idle_timeout``, shortened
-        when another request wants the upload or the daemon stops).
+        when another request wants the upload or the daemon stops), and each window of
+        ``rate_window`` seconds must bring ``min_bytes`` (checked as chunks arrive, so a
+        trickle is ended within a window plus one idle timeout).
         """
         content = request.content
         idle_deadline = self.idle_deadline
@@ -59,9 +64,13 @@ class BodyReceiver:
         interval = self.events.receiving_interval
         next_tick = loop.time() + interval if interval > 0 else None
         # A body that is already all buffered (a small PATCH arrives with its headers)
-        # is read without ever waiting, so it needs no idle deadline, and nothing can
-        # stop it halfway: no timeout scope (it costs more than such a body's writes).
+        # is read without ever waiting, so it needs no idle deadline nor rate window, and
+        # nothing can stop it halfway: no timeout scope (it costs more than such a body's
+        # writes).
         buffered = write_nowait is not None and content.is_eof()
+        min_bytes, rate_window = self.min_bytes, self.rate_window
+        window_end = loop.time() + rate_window if min_bytes and not buffered else None
+        window_start_received = 0
         try:
             async with contextlib.nullcontext() if buffered else asyncio.timeout(None) as scope:
                 # From here another task can stop this read by rescheduling the scope
@@ -70,7 +79,14 @@ class BodyReceiver:
                 writer.scope = scope
                 while True:
                     if scope is not None:
-                        deadline = idle_deadline(writer, loop.time())
+                        now = loop.time()
+                        if window_end is not None and now >= window_end:
+                            if received - window_start_received < min_bytes:
+                                if writer.stop_reason is None:
+                                    writer.stop_reason = StopReason.SLOW
+                                return Outcome.STOPPED
+                            window_end, window_start_received = now + rate_window, received
+                        deadline = idle_deadline(writer, now)
                         scheduled = scope.when()
                         if (scheduled is None or deadline < scheduled
                                 or deadline - scheduled > slack):
@@ -94,7 +110,10 @@ class BodyReceiver:
                     else:
                         assert scope is not None
                         scope.reschedule(None)  # a write that waits is not client idleness
+                        waited = loop.time()
                         await lock.write(chunk)
+                        if window_end is not None:  # nor client slowness
+                            window_end += loop.time() - waited
                     if next_tick is not None and loop.time() >= next_tick:
                         next_tick = loop.time() + interval
                         self.events.receiving(lock.upload, request,
@@ -123,6 +142,8 @@ def interrupted(writer: Writer) -> TusError:
         return BadRequest("upload has been interrupted by another request for this upload")
     if reason is StopReason.IDLE:
         return TusError("request body idle timeout", status=408)
+    if reason is StopReason.SLOW:
+        return TusError("request body slower than server.min_body_rate", status=408)
     if reason is StopReason.HOOK:  # post-receive StopUpload (tusd_py.hooks)
         if isinstance(writer.stop_error, TusError):
             return writer.stop_error

@@ -16,6 +16,7 @@ from ..storage.base import Store, UploadLock
 
 class StopReason(enum.Enum):
     IDLE = "idle"  # the client sent nothing for idle_timeout
+    SLOW = "slow"  # the client sent less than min_body_rate in a window
     TAKEN_OVER = "taken-over"  # a newer request for the upload asked for it
     SHUTDOWN = "shutdown"  # the daemon is stopping
     HOOK = "hook"  # a post-receive hook answered StopUpload (``Writer.stop_error`` is the answer)

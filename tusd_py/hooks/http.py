@@ -2,7 +2,8 @@
 
 One POST per hook with the JSON ``HookRequest`` body; a 2xx answer's body (JSON, may be
 empty) is the ``HookResponse``. Network errors, timeouts and 5xx answers are retried
-``retries`` times with exponential backoff; a 4xx answer is final. Each delivery carries
+``retries`` times with exponential backoff, all within ``total_timeout``; a 4xx answer is
+final. Each delivery carries
 an ``Idempotency-Key`` header derived from the event (``payload.idempotency_key``): the
 same on every retry and on every replica, so a receiver can drop a duplicate caused by a
 retry after a lost answer.
@@ -71,6 +72,7 @@ class HttpHook:
         self.timeout = config.timeout
         self.retries = config.retries
         self.backoff = config.backoff
+        self.total_timeout = config.total_timeout
         self.forward_headers = tuple(config.forward_headers)
         self.static_headers = {k: v.get_secret_value() for k, v in config.headers.items()}
         self.session: aiohttp.ClientSession | None = None
@@ -102,7 +104,13 @@ class HttpHook:
             raise CircuitOpen(f"endpoint skipped for {BREAKER_COOLDOWN:g}s after "
                               f"{self.failures} failed deliveries in a row")
         try:
-            result = await self._deliver(payload, forward, key)
+            try:
+                async with asyncio.timeout(self.total_timeout):
+                    result = await self._deliver(payload, forward, key)
+            except TimeoutError:
+                raise HookUnavailable(
+                    f"no answer within hooks.http.total_timeout ({self.total_timeout:g}s, "
+                    "retries included)") from None
         except HookUnavailable:
             self.failures += 1
             if self.failures >= BREAKER_THRESHOLD:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
@@ -20,7 +21,7 @@ from ..storage.base import Capability
 from ..storage.registry import build_store
 from ..web import add_demo_routes
 from .cors import cors_headers
-from .keys import BACKGROUND, CONFIG, EVENTS, GATE, HANDLER, METRICS, REGISTRY, STORE, WORKER
+from .keys import BACKGROUND, CONFIG, EVENTS, GATE, HANDLER, METRICS, READINESS, REGISTRY, STORE, WORKER
 from .limits import limits_middleware
 from .listen import reason
 from .logs import RequestAnnotator
@@ -37,17 +38,51 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: storage answers within 5 s."""
+    """Readiness: storage answers within 5 s and its local disk has room
+    (``server.min_free_disk``). A failure is answered without details (they may name
+    a directory or a bucket); the log has them (``readiness``)."""
     store = request.app[STORE]
     try:
         await asyncio.wait_for(store.ping(), 5)
+        reason = low_disk(store.writable_paths(), request.app[CONFIG].server.min_free_disk)
     except Exception as exc:  # any failure means "not ready"
         reason = str(exc) or type(exc).__name__
-        return web.Response(status=503, text=f"storage not ready: {reason}\n")
+    request.app[READINESS].report(reason)
+    if reason is not None:
+        return web.Response(status=503, text="storage not ready\n")
     worker = request.app.get(WORKER)
     if worker is not None and (idle := worker.not_serving()):  # server.workers: all of them
         return web.Response(status=503, text=f"worker(s) not serving: {idle}\n")
     return web.Response(text="ready\n")
+
+
+def low_disk(paths: tuple[str, ...], min_free: int) -> str | None:
+    """Why a directory cannot take writes (read-only, less than ``min_free`` bytes
+    free), or None."""
+    for path in paths:
+        st = os.statvfs(path)
+        if st.f_flag & os.ST_RDONLY:
+            return f"{path} is on a read-only file system"
+        if min_free and st.f_bavail * st.f_frsize < min_free:
+            return f"{path} has less free space than server.min_free_disk ({min_free} bytes)"
+    return None
+
+
+class Readiness:
+    """The last readiness verdict, logged when it changes (probes come every few
+    seconds: one line per change, not per probe)."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    def report(self, reason: str | None) -> None:
+        if reason == self.reason:
+            return
+        if reason is None:
+            log.warning("ready again: storage answers and can take writes")
+        else:
+            log.warning("not ready: %s", reason)
+        self.reason = reason
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -93,6 +128,7 @@ def create_app(config: Config, store: Store | None = None,
     app[REGISTRY] = registry
     app[GATE] = gate
     app[BACKGROUND] = background
+    app[READINESS] = Readiness()
     if tus_metrics is not None:
         app[METRICS] = tus_metrics
     if config.server.cors.enabled:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ..core.handler import TusHandler
     from ..hooks.listener import HookListener
     from ..storage.base import Store
+    from .app import Readiness
     from .metrics import Metrics
     from .middleware import RequestGate
     from .workers import WorkerSlot
@@ -37,6 +38,8 @@ GATE: web.AppKey[RequestGate] = web.AppKey("tusd_request_gate")
 BACKGROUND: web.AppKey[bool] = web.AppKey("tusd_background")
 #: This worker's place among ``server.workers`` (absent with one process).
 WORKER: web.AppKey[WorkerSlot] = web.AppKey("tusd_worker")
+#: The last /readyz verdict (``app.Readiness``), logged when it changes.
+READINESS: web.AppKey[Readiness] = web.AppKey("tusd_readiness")
 #: The hook listener (absent when no hook is configured).
 HOOKS: web.AppKey[HookListener] = web.AppKey("tusd_hooks")
 

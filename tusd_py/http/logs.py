@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..core.events import UploadListener
 from ..storage.base import Upload
@@ -90,6 +91,16 @@ _handler: BufferedStderrHandler | None = None
 _json_lines = False
 
 
+class ParseErrorFilter(logging.Filter):
+    """Drops aiohttp's "Error handling request" traceback for a request it could not
+    parse (``HttpProcessingError``: a malformed request line or header): it is the
+    client's fault, answered 400, and has its one access-log line like any request."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, HttpProcessingError)
+
+
 def setup_logging(level: str = "info", fmt: str = "text") -> None:
     global _handler, _json_lines
     # The daemon logs no caller location, thread or process names: skipping their
@@ -105,6 +116,9 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ParseErrorFilter) for f in server_log.filters):
+        server_log.addFilter(ParseErrorFilter())
     root.setLevel(level.upper())
     _handler = handler
     _json_lines = fmt == "json"
@@ -156,8 +170,12 @@ class AccessLogger(AbstractAccessLogger):
         else:
             upload_id = received = None
         if upload_id is None:
-            match_info = getattr(request, "match_info", None)
-            upload_id = match_info.get("upload_id") if match_info is not None else None
+            try:
+                upload_id = request.match_info.get("upload_id")  # type: ignore[attr-defined]
+            except (AttributeError, AssertionError):
+                # A request aiohttp refused while parsing it (400) was never routed:
+                # it has no match_info, and web.Request asserts one.
+                upload_id = None
         bytes_in = request.content_length or 0
         path, status = request.path, response.status
         bytes_out = response.body_length

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import gc
 import logging
 import os
@@ -26,6 +27,7 @@ from .. import __version__
 from ..config import Config, ConfigError, ServerConfig, StartupError
 from ..config.report import env_notes, origin_summary, storage_location
 from .app import create_app, drain_uploads
+from .connections import ConnectionGuard, GuardedRunner, raise_open_files_limit
 from .keys import CONFIG, GATE, HANDLER, HOOKS, REGISTRY, STORE, WORKER
 from .listen import listen, listen_url, reason, reload_tls, remove_socket, tls_context
 from .logs import AccessLogger, flush_logs, setup_logging
@@ -102,8 +104,10 @@ async def run(config: Config, sock: socket.socket | None = None,
     if context is not None:
         loop.add_signal_handler(signal.SIGHUP, _reload_tls, context, server)
     gate = app[GATE]
-    runner = web.AppRunner(
-        app,
+    guard = ConnectionGuard(server)
+    loop.set_exception_handler(guard.loop_exception)
+    runner = GuardedRunner(
+        app, guard, server.keepalive_timeout,
         handle_signals=False,
         access_log_class=AccessLogger,
         access_log=logging.getLogger("tusd_py.access") if server.access_log else None,
@@ -286,6 +290,10 @@ def serve(config: Config) -> int:
         log.warning("%s", note)
     if config.provenance.ignored_env:
         log.debug("not settings, ignored: %s", ", ".join(config.provenance.ignored_env))
+    faulthandler.enable()  # a fatal signal (SIGBUS from a mapped file) leaves a traceback
+    before, after = raise_open_files_limit()
+    if after != before:
+        log.debug("open-file limit raised from %d to %d", before, after)
     tune_malloc()
     if config.server.workers > 1:
         return supervise(config, serve_worker, build,

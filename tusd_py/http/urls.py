@@ -17,6 +17,8 @@ import re
 
 from aiohttp import web
 
+from ..protocol.errors import BadRequest
+
 # RFC 7230 token and quoted-string, as RFC 7239 uses them. Unquoted values may also hold
 # ':', '[' and ']' (host:port, [v6]), which some proxies send without the quotes the RFC
 # asks for; the host check below decides whether they are acceptable.
@@ -96,12 +98,20 @@ def valid_prefix(prefix: str) -> bool:
     return all(_SEGMENT.fullmatch(s) and s not in (".", "..") for s in segments)
 
 
+#: The last host ``base_url`` found valid (a one-entry cache of ``valid_host``).
+_last_valid_host: str | None = None
+
+
 def _first(value: str) -> str:
     return value.split(",", 1)[0].strip()
 
 
 def base_url(request: web.Request, behind_proxy: bool) -> str:
-    """``scheme://host[/prefix]`` (no trailing slash) as the client sees this server."""
+    """``scheme://host[/prefix]`` (no trailing slash) as the client sees this server.
+
+    Raises ``BadRequest`` when the host to use is not a valid ``Host``: the request's
+    own ``Host`` header is held to ``valid_host`` like a forwarded one (unless a valid
+    forwarded host replaces it), since it goes into ``Location`` as well."""
     scheme, host, prefix = request.scheme, request.host, ""
     if behind_proxy:
         headers = request.headers
@@ -120,4 +130,9 @@ def base_url(request: web.Request, behind_proxy: bool) -> str:
         claimed_prefix = _first(headers.get("X-Forwarded-Prefix", "")).rstrip("/")
         if valid_prefix(claimed_prefix):
             prefix = claimed_prefix
+    global _last_valid_host
+    if host != _last_valid_host:  # clients send the same Host again and again
+        if not valid_host(host):
+            raise BadRequest("invalid Host header")
+        _last_valid_host = host
     return f"{scheme}://{host}{prefix}"

@@ -95,3 +95,13 @@ class StorageError(TusError):
 
     status = 500
     message = "storage error"
+
+
+class InsufficientStorage(StorageError):
+    """The storage is full (ENOSPC, EDQUOT, SQLite's "database or disk is full"): 507.
+
+    The connection is closed after the answer: a body may be left unread."""
+
+    status = 507
+    message = "insufficient storage"
+    close_connection = True

@@ -162,6 +162,11 @@ class Store(ABC):
     async def ping(self) -> None:
         """Raise if the backend is unreachable (used by ``/readyz``)."""
 
+    def writable_paths(self) -> tuple[str, ...]:
+        """Local directories the store writes into (``/readyz`` checks their free space
+        against ``server.min_free_disk``); none by default."""
+        return ()
+
     def new_upload_id(self) -> str:
         """A fresh id for a new upload (drivers may pick a form that suits their index)."""
         return new_upload_id()

@@ -6,13 +6,16 @@ statement a transaction (a WAL commit), both of which cost more than the SQL its
 Under load many requests commit at the same moment, so statements are queued and each
 round runs, in one hop, as one transaction:
 
-* creates: one multi-row ``INSERT`` (if it fails, e.g. on an id a pre-create hook chose
-  twice, each row is retried alone, so only its own request fails);
+* creates: one multi-row ``INSERT``;
 * offset commits: one plain ``UPDATE ... WHERE id = ? AND upload_offset = ? AND length
   IS ?`` per row, each keeping its own compare-and-set condition; its row count tells
   the request whether it matched. (One ``UPDATE ... FROM (VALUES ...)`` statement for the
   whole batch was measured 2-4x slower: with the ``expires_at`` index SQLite updates it
   in two passes.)
+
+If any statement of a round fails, whatever the error (an id a pre-create hook chose
+twice, a value SQLite cannot store, a full disk), the round is rolled back and each of its
+statements runs again alone, in its own transaction: only the failing ones' requests fail.
 
 A statement waits at most for the round in flight plus its own; alone, it runs at once.
 
@@ -179,7 +182,7 @@ def _fail(inserts: list[tuple[Row, asyncio.Future[None]]],
 
 def _settle(inserts: list[tuple[Row, asyncio.Future[None]]],
             updates: list[tuple[Row, asyncio.Future[bool]]],
-            insert_errors: list[Exception | None], matched: list[bool]) -> None:
+            insert_errors: list[Exception | None], matched: list[bool | Exception]) -> None:
     for (_, insert_future), error in zip(inserts, insert_errors, strict=True):
         if insert_future.done():
             continue
@@ -188,7 +191,11 @@ def _settle(inserts: list[tuple[Row, asyncio.Future[None]]],
         else:
             insert_future.set_exception(error)
     for (_, update_future), ok in zip(updates, matched, strict=True):
-        if not update_future.done():
+        if update_future.done():
+            continue
+        if isinstance(ok, Exception):
+            update_future.set_exception(ok)
+        else:
             update_future.set_result(ok)
 
 
@@ -198,43 +205,60 @@ def _checkpoint(conn: sqlite3.Connection) -> None:
 
 
 def _apply(conn: sqlite3.Connection, inserts: list[Row],
-           updates: list[Row]) -> tuple[list[Exception | None], list[bool]]:
-    """One transaction: the inserts, then each compare-and-set; per-row outcomes."""
-    insert_errors: list[Exception | None] = [None] * len(inserts)
-    matched: list[bool] = []
-    conn.execute("BEGIN IMMEDIATE")
+           updates: list[Row]) -> tuple[list[Exception | None], list[bool | Exception]]:
+    """The round as one transaction; if a statement fails, each statement alone (see the
+    module's docstring). Per-row outcomes: an insert's error, an update's match or error."""
     try:
-        if inserts:
-            _insert_rows(conn, inserts, insert_errors)
-        for row in updates:
-            (upload_id, new_offset, new_length, expires_at, completed_at, old_offset,
-             old_length) = row
-            cursor = conn.execute(_UPDATE, (new_offset, new_length, expires_at, completed_at,
-                                            upload_id, old_offset, old_length))
-            matched.append(cursor.rowcount == 1)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    return insert_errors, matched
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if inserts:
+                _insert_rows(conn, inserts)
+            matched: list[bool | Exception] = []
+            for (upload_id, new_offset, new_length, expires_at, completed_at, old_offset,
+                 old_length) in updates:  # _update, inline: this is every PATCH's commit
+                cursor = conn.execute(_UPDATE, (new_offset, new_length, expires_at,
+                                                completed_at, upload_id, old_offset, old_length))
+                matched.append(cursor.rowcount == 1)
+            conn.execute("COMMIT")
+        finally:
+            if conn.in_transaction:  # a statement (or the commit) failed
+                conn.execute("ROLLBACK")
+    except Exception as exc:
+        if len(inserts) + len(updates) == 1:
+            raise  # nothing to isolate it from
+        if isinstance(exc, sqlite3.OperationalError) and is_busy(exc):
+            raise  # the write lock is held elsewhere: no statement of the round ran
+        return ([_alone(conn, _insert_rows, [row]) for row in inserts],
+                [_alone(conn, _update, row) for row in updates])
+    return [None] * len(inserts), matched
 
 
-def _insert_rows(conn: sqlite3.Connection, rows: list[Row], errors: list[Exception | None]) -> None:
-    """One multi-row INSERT; if a row breaks a constraint, each row alone.
+def _alone(conn: sqlite3.Connection, statement: Callable[[sqlite3.Connection, Any], T],
+           arg: Any) -> T | Exception:
+    """``statement(conn, arg)`` in a transaction of its own; its error, if it fails."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = statement(conn, arg)
+            conn.execute("COMMIT")
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+    except Exception as exc:
+        return exc
+    return result
 
-    No savepoints are needed: a statement that fails on a constraint (SQLite's default
-    ``ABORT``) is undone by itself and the transaction stays open. Other errors (disk
-    full, I/O) may have ended the transaction and are raised for the whole round."""
+
+def _insert_rows(conn: sqlite3.Connection, rows: list[Row]) -> None:
+    """One multi-row INSERT."""
     placeholders = "(" + ", ".join("?" * len(INSERT_COLUMNS)) + ")"
     head = f"INSERT INTO uploads ({', '.join(INSERT_COLUMNS)}) VALUES "
-    try:
-        conn.execute(head + ", ".join([placeholders] * len(rows)), [v for row in rows for v in row])
-        return
-    except sqlite3.IntegrityError:
-        pass
-    for i, row in enumerate(rows):  # find the culprit(s): one row at a time
-        try:
-            conn.execute(head + placeholders, row)
-        except sqlite3.IntegrityError as exc:
-            errors[i] = exc
+    conn.execute(head + ", ".join([placeholders] * len(rows)), [v for row in rows for v in row])
+
+
+def _update(conn: sqlite3.Connection, row: Row) -> bool:
+    """One compare-and-set; True if the row still had the old offset and length."""
+    (upload_id, new_offset, new_length, expires_at, completed_at, old_offset, old_length) = row
+    cursor = conn.execute(_UPDATE, (new_offset, new_length, expires_at, completed_at,
+                                    upload_id, old_offset, old_length))
+    return cursor.rowcount == 1

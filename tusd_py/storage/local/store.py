@@ -30,12 +30,20 @@ from typing import Any
 
 import aiosqlite
 
-from ...protocol.errors import MismatchedOffset, NotFound, StorageError, UploadBusy, UploadExists
+from ...protocol.errors import (
+    MismatchedOffset,
+    NotFound,
+    ServiceUnavailable,
+    StorageError,
+    UploadBusy,
+    UploadExists,
+)
 from ...protocol.headers import Metadata
 from ..base import Download, Store, Upload, UploadLock
 from ..ids import check_upload_id, is_upload_id, new_time_ordered_upload_id
 from .batch import INSERT_COLUMNS, GroupCommit, is_busy
 from .durable import DataSync, WriteBehind
+from .faults import read_only_reason, shm_fault, storage_error
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +71,12 @@ _OWED_INDEX = """CREATE INDEX IF NOT EXISTS uploads_finish_owed ON uploads (comp
 _COLUMNS = ", ".join(INSERT_COLUMNS)
 _LOCK_POLL = 0.02  # seconds between flock attempts while another process holds it
 _RECENT_MAX = 4096  # records remembered for lock() (a few hundred bytes each)
-_ORPHAN_AGE = 3600.0  # seconds before a file without a record is considered orphaned
+_ORPHAN_BATCH = 100  # files without a record locked and checked at once at start-up
+#: Seconds a new file is spared by the orphan clean-up: a create in another process
+#: holds the file's flock from an instant after creating it (``create``).
+ORPHAN_GRACE = 2.0
+#: Seconds between checks that SQLite's shared-memory file can still be written.
+FAULT_CHECK_INTERVAL = 1.0
 
 
 def _encode_metadata(metadata: Metadata) -> str:
@@ -93,6 +106,9 @@ class LocalStore(Store):
         #: bodies stream.
         self._sync = DataSync(self.upload_dir) if fsync else None
         self._write_behind = WriteBehind() if fsync else None
+        #: Why the database must not be touched (its -shm file cannot be written), if so.
+        self.fault: str | None = None
+        self._watch: asyncio.Task[None] | None = None
 
     def _remember(self, upload: Upload) -> Upload:
         self._recent[upload.id] = upload
@@ -105,6 +121,9 @@ class LocalStore(Store):
 
     async def start(self) -> None:
         os.makedirs(self.upload_dir, exist_ok=True)
+        fault = shm_fault(self.db_path)
+        if fault is not None:  # SQLite would die of SIGBUS on its first write
+            raise StorageError(f"SQLite cannot use its shared-memory file: {fault}")
         if self._sync is not None:
             self._sync.open()
         # Autocommit (isolation_level=None): every statement is its own transaction,
@@ -126,8 +145,28 @@ class LocalStore(Store):
         self._inline.execute("PRAGMA wal_autocheckpoint=0")
         self._batch = GroupCommit(self._db, None if self.fsync else self._inline)
         await self._reconcile()
+        self._watch = asyncio.create_task(self._watch_faults(), name="tusd-local-faults")
+
+    async def _watch_faults(self) -> None:
+        """Every ``FAULT_CHECK_INTERVAL``: can SQLite's -shm file still be written? While
+        it cannot, database calls fail (500) and readiness is false, instead of the
+        process dying of SIGBUS at its next write (a best effort: a fault in the second
+        between two checks is not caught)."""
+        while True:
+            await asyncio.sleep(FAULT_CHECK_INTERVAL)
+            fault = shm_fault(self.db_path)
+            if fault != self.fault:
+                if fault is None:
+                    log.warning("database %s can be written again", self.db_path)
+                else:
+                    log.error("database %s is not used until this is fixed: %s",
+                              self.db_path, fault)
+                self.fault = fault
 
     async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         if self._batch is not None:
             await self._batch.idle()
         if self._inline is not None:
@@ -141,21 +180,30 @@ class LocalStore(Store):
 
     @property
     def batch(self) -> GroupCommit:
-        if self._batch is None:
-            raise StorageError("store is not started")
+        if self._batch is None or self.fault is not None:
+            raise self._unusable()
         return self._batch
 
     @property
     def db(self) -> aiosqlite.Connection:
-        if self._db is None:
-            raise StorageError("store is not started")
+        if self._db is None or self.fault is not None:
+            raise self._unusable()
         return self._db
+
+    def _unusable(self) -> StorageError:
+        if self.fault is not None:
+            return StorageError("storage is not writable")  # the log names the file
+        return StorageError("store is not started")
+
+    def writable_paths(self) -> tuple[str, ...]:
+        return (self.data_dir,)
 
     async def ping(self) -> None:
         async with self.db.execute("SELECT 1") as cur:
             await cur.fetchone()
-        if not os.access(self.upload_dir, os.W_OK):
-            raise StorageError(f"upload directory {self.upload_dir} is not writable")
+        reason = read_only_reason(self.upload_dir)
+        if reason is not None:
+            raise StorageError(f"upload directory: {reason}")
 
     async def _migrate(self) -> None:
         columns = {row[1] for row in await self.db.execute_fetchall("PRAGMA table_info(uploads)")}
@@ -216,29 +264,45 @@ class LocalStore(Store):
             os.close(fd)
 
     async def _remove_orphan_files(self, unfinished: set[str]) -> None:
-        """Delete files with no record: left by a kill -9 between a create's file and its
-        row, or between a terminate's row delete and its unlink. Only files older than
-        ``_ORPHAN_AGE`` go, so another live process's create in flight is never touched."""
-        cutoff = time.time() - _ORPHAN_AGE
+        """Delete files with no record, whatever their age: left by a kill -9 between a
+        terminate's row delete and its unlink, or a create's file and its row.
+
+        A file is only removed under its flock (taken without waiting) and once the
+        database, read under that flock, has no row for it: a live process creating an
+        upload holds the flock from the file's creation until its row is committed
+        (``create``), and one writing an upload holds it too; a file made in the last
+        ``ORPHAN_GRACE`` seconds is spared (the instant between a create's open and flock)."""
         candidates = []
+        young = time.time() - ORPHAN_GRACE
         with os.scandir(self.upload_dir) as entries:
             for entry in entries:
                 if (entry.name not in unfinished and is_upload_id(entry.name)
-                        and entry.stat().st_mtime < cutoff):
+                        and entry.stat().st_ctime < young):
                     candidates.append(entry.name)
         removed = 0
-        for start in range(0, len(candidates), 500):
-            batch = candidates[start:start + 500]
-            rows = await self.db.execute_fetchall(
-                f"SELECT id FROM uploads WHERE id IN ({','.join('?' * len(batch))})", batch)
-            known = {row[0] for row in rows}
-            for name in batch:
-                if name not in known:
-                    try:
-                        os.unlink(os.path.join(self.upload_dir, name))
-                        removed += 1
-                    except FileNotFoundError:
-                        pass
+        for start in range(0, len(candidates), _ORPHAN_BATCH):
+            locked: dict[str, int] = {}
+            try:
+                for name in candidates[start:start + _ORPHAN_BATCH]:
+                    fd = _lock_if_free(os.path.join(self.upload_dir, name))
+                    if fd is not None:
+                        locked[name] = fd
+                if not locked:
+                    continue
+                rows = await self.db.execute_fetchall(
+                    f"SELECT id FROM uploads WHERE id IN ({','.join('?' * len(locked))})",
+                    list(locked))
+                known = {row[0] for row in rows}
+                for name in locked:
+                    if name not in known:
+                        try:
+                            os.unlink(os.path.join(self.upload_dir, name))
+                            removed += 1
+                        except FileNotFoundError:
+                            pass
+            finally:
+                for fd in locked.values():
+                    os.close(fd)
         if removed:
             log.info("removed %d upload file(s) with no record", removed)
 
@@ -260,36 +324,46 @@ class LocalStore(Store):
 
     async def create(self, upload: Upload) -> Upload:
         path = self._path(upload.id)
+        batch = self.batch
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         except FileExistsError:
             raise UploadExists() from None
+        except OSError as exc:
+            raise storage_error(exc, "cannot create the upload") from exc
+        # Held until the row is committed: a start-up of another process sharing this
+        # directory takes a file it can flock and has no row for as an orphan (unless it
+        # was made in the last ORPHAN_GRACE seconds: the instant before this flock).
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # not ours after all (cannot happen to a new file)
+            os.close(fd)
+            raise ServiceUnavailable("upload could not be created; retry",
+                                     headers={"Retry-After": "1"}) from None
         try:
             # Durable mode: the file's entry is synced with its first bytes (commit);
             # one lost before (power loss after the record was) is made again at start,
             # empty as it was (_reconcile). An upload complete at creation has no bytes.
             if self._sync is not None and upload.completed_at is not None:
                 await self._sync.file(fd, first=True)
-        except BaseException:
-            os.close(fd)
-            os.unlink(path)
-            raise
-        os.close(fd)
-        try:
-            await self.batch.insert(
+            await batch.insert(
                 (upload.id, upload.length, upload.offset, _encode_metadata(upload.metadata),
                  upload.created_at, upload.expires_at, int(upload.is_partial),
                  json.dumps(list(upload.final_of)) if upload.final_of else None,
                  upload.completed_at, int(upload.finish_owed)))
-        except BaseException:
+        except BaseException as exc:
             os.unlink(path)
+            if isinstance(exc, Exception):
+                raise storage_error(exc, "cannot create the upload") from exc
             raise
+        finally:
+            os.close(fd)
         return self._remember(upload.copy(location=path))
 
     async def _select(self, sql: str, parameters: tuple[Any, ...]) -> list[Any]:
         """Rows of a read: on the event loop (a WAL read takes no lock a writer holds),
         or on the thread if SQLite is busy all the same (recovering a WAL)."""
-        inline = self._inline
+        inline = self._inline if self.fault is None else None  # self.db raises
         if inline is not None:
             try:
                 return inline.execute(sql, parameters).fetchall()
@@ -365,9 +439,12 @@ class LocalStore(Store):
         if length is None:
             length = upload.length
         completed_at = time.time() if length is not None and new_offset == length else None
-        matched = await self.batch.compare_and_set(
-            (upload.id, new_offset, length, expires_at, completed_at, upload.offset,
-             upload.length))
+        try:
+            matched = await self.batch.compare_and_set(
+                (upload.id, new_offset, length, expires_at, completed_at, upload.offset,
+                 upload.length))
+        except Exception as exc:
+            raise storage_error(exc, "cannot commit the offset") from exc
         if not matched:
             self._recent.pop(upload.id, None)
             raise MismatchedOffset("upload changed underneath the lock")
@@ -391,14 +468,17 @@ class LocalStore(Store):
         self._recent.pop(final.id, None)
         sources = [(self._path(p.id), p.offset) for p in partials]
         size = sum(n for _, n in sources)
-        await asyncio.get_running_loop().run_in_executor(
-            None, _concatenate_files, self._path(final.id), sources, self.fsync)
-        completed_at = time.time()
-        await self.db.execute(
-            "UPDATE uploads SET length = ?, upload_offset = ?, completed_at = ?, expires_at = ?"
-            " WHERE id = ?",
-            (size, size, completed_at, final.expires_at, final.id),
-        )
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                None, _concatenate_files, self._path(final.id), sources, self.fsync)
+            completed_at = time.time()
+            await self.db.execute(
+                "UPDATE uploads SET length = ?, upload_offset = ?, completed_at = ?,"
+                " expires_at = ? WHERE id = ?",
+                (size, size, completed_at, final.expires_at, final.id),
+            )
+        except Exception as exc:
+            raise storage_error(exc, "cannot assemble the final upload") from exc
         return final.copy(length=size, offset=size, completed_at=completed_at)
 
     async def expired(self, now: float, limit: int = 1000) -> list[str]:
@@ -424,6 +504,20 @@ class LocalStore(Store):
         st = os.stat(path)
         return Download(size=upload.offset, etag=f'"{upload.id}-{upload.offset}"',
                         last_modified=st.st_mtime, path=path)
+
+
+def _lock_if_free(path: str) -> int | None:
+    """An fd of ``path`` holding its flock, or None if the file is gone or locked."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def _concatenate_files(dest: str, sources: list[tuple[str, int]], fsync: bool) -> None:
@@ -467,7 +561,7 @@ class LocalLock(UploadLock):
                 position += n
                 view = view[n:]
         except OSError as exc:
-            raise StorageError(f"write failed: {exc.strerror}") from exc
+            raise storage_error(exc, "write failed") from exc
         self.written += len(data)
 
     async def commit(self, *, length: int | None = None,
@@ -476,7 +570,10 @@ class LocalLock(UploadLock):
         if sync is not None and self.written and self.fd is not None:
             # Data first, then the offset; the first bytes also sync the file's directory
             # entry (LocalStore.create).
-            await sync.file(self.fd, first=self.upload.offset == 0)
+            try:
+                await sync.file(self.fd, first=self.upload.offset == 0)
+            except OSError as exc:
+                raise storage_error(exc, "fsync failed") from exc
         new_offset = self.upload.offset + self.written
         # From here on a rollback leaves the file alone: if this commit fails or its
         # outcome is unknown (cancelled), bytes past the offset are invisible and harmless,
