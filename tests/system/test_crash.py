@@ -63,7 +63,18 @@ async def test_kill_9_mid_patch_keeps_what_was_acknowledged(driver_daemons: Driv
     part of it sent and read by the daemon: the object stores have staged a part of it)
     when the daemon is killed. A new daemon on the same storage has every acknowledged
     byte, nothing wrong, and the upload finishes intact."""
-    env = {} if driver_daemons.driver == "local" else SHORT_LEASE
+    await kill_9_mid_patch(driver_daemons, {} if driver_daemons.driver == "local" else SHORT_LEASE)
+
+
+async def test_kill_9_mid_patch_with_fsync(daemon_factory: DaemonFactory, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The same on the local driver with ``storage.fsync: true`` (its own sync path)."""
+    data_dir = tmp_path / "data"
+    local = DriverDaemons("local", 0, {"TUSD_STORAGE__DRIVER": "local"}, data_dir,
+                          daemon_factory, lambda: set(os.listdir(data_dir / "uploads")))
+    await kill_9_mid_patch(local, {"TUSD_STORAGE__FSYNC": "true"})
+
+
+async def kill_9_mid_patch(driver_daemons: DriverDaemons, env: dict[str, str]) -> None:
     first = driver_daemons.start(env=env)
     chunk = max(driver_daemons.part_size, 256 << 10) + 12_345  # parts and tails both
     data = os.urandom(8 * chunk)

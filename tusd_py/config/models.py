@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
@@ -167,6 +168,17 @@ def _file_mode(value: Any) -> Any:
     return value
 
 
+def _workers(value: Any) -> Any:
+    """``auto`` -> the CPUs this process may run on."""
+    if isinstance(value, str):
+        if value.strip().lower() == "auto":
+            return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+                os.cpu_count() or 1)
+        if not value.strip().isdigit():
+            raise ValueError(f"a number of processes or auto, not {value!r}")
+    return value
+
+
 class ServerConfig(Section):
     #: Address to listen on (``--host``).
     host: str = "0.0.0.0"
@@ -264,6 +276,10 @@ class ServerConfig(Section):
     metrics: bool = True
     #: Serve the browser demo (Uppy Dashboard + Tus) at GET /. Keep off in production.
     demo: bool = False
+    #: Worker processes serving the same listening socket and the same storage (``auto``:
+    #: one per CPU). With more than one, a supervisor process starts them, restarts one
+    #: that dies, sums their /metrics and drains them all on SIGTERM.
+    workers: Annotated[int, BeforeValidator(_workers), Field(ge=1, le=256)] = 1
 
     @field_serializer("unix_socket_mode")
     def _octal(self, value: int) -> str:

@@ -50,10 +50,12 @@ class FinishRedelivery(Notifications):
         if self.tracks_finish:
             self.redeliveries.labels(POST_FINISH)
         self._redeliverer: asyncio.Task[None] | None = None
+        #: Whether this process runs the re-delivery loop (with server.workers, one does).
+        self.redeliver = True
 
     async def start(self) -> None:
         await super().start()
-        if self.tracks_finish:
+        if self.tracks_finish and self.redeliver:
             self._redeliverer = asyncio.create_task(self._redeliver_loop(),
                                                     name="tusd-hooks-redeliver")
 

@@ -10,8 +10,10 @@ process dies (a kill -9 leaves no stale lock).
 
 Durability: bytes are written with ``pwrite`` before the offset is committed, so an
 acknowledged offset survives a kill -9 of the daemon (the page cache and the SQLite WAL
-outlive the process). With ``fsync: true`` the file is fsynced before the commit and
-SQLite runs with ``synchronous=FULL``, so it also survives power loss.
+outlive the process). With ``fsync: true`` the file's data is synced before each commit
+(its directory entry with its first bytes), concurrent commits' syncs in a pool
+(``durable.py``), and SQLite runs with ``synchronous=FULL``, so an acknowledgement also
+survives power loss.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import fcntl
 import json
 import logging
 import os
+import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -40,7 +43,8 @@ from ...protocol.errors import (
 from ...protocol.headers import Metadata
 from ..base import Download, Store, Upload, UploadLock
 from ..ids import check_upload_id, is_upload_id, new_time_ordered_upload_id
-from .batch import INSERT_COLUMNS, GroupCommit
+from .batch import INSERT_COLUMNS, GroupCommit, is_busy
+from .durable import DataSync, WriteBehind
 from .faults import read_only_reason, shm_fault, storage_error
 
 log = logging.getLogger(__name__)
@@ -100,6 +104,7 @@ class LocalStore(Store):
         self.db_path = os.path.join(self.data_dir, "uploads.db")
         self.fsync = fsync
         self._db: aiosqlite.Connection | None = None
+        self._inline: sqlite3.Connection | None = None
         self._batch: GroupCommit | None = None
         #: Uploads terminated under a lock not yet released (see ``LocalLock.release``).
         self._unlinked: set[str] = set()
@@ -107,6 +112,10 @@ class LocalStore(Store):
         self._recent: OrderedDict[str, Upload] = OrderedDict()
         #: job -> the open file whose flock gives this process the job's turn.
         self._turns: dict[str, int] = {}
+        #: Durable mode: the data syncs before commits, and the write-out started while
+        #: bodies stream.
+        self._sync = DataSync(self.upload_dir) if fsync else None
+        self._write_behind = WriteBehind() if fsync else None
         #: Why the database must not be touched (its -shm file cannot be written), if so.
         self.fault: str | None = None
         self._watch: asyncio.Task[None] | None = None
@@ -125,6 +134,8 @@ class LocalStore(Store):
         fault = shm_fault(self.db_path)
         if fault is not None:  # SQLite would die of SIGBUS on its first write
             raise StorageError(f"SQLite cannot use its shared-memory file: {fault}")
+        if self._sync is not None:
+            self._sync.open()
         # Autocommit (isolation_level=None): every statement is its own transaction,
         # one thread hop per statement.
         self._db = await aiosqlite.connect(self.db_path, isolation_level=None)
@@ -133,7 +144,16 @@ class LocalStore(Store):
         await self._db.execute("PRAGMA busy_timeout=5000")
         await self._db.executescript(_SCHEMA)
         await self._migrate()
-        self._batch = GroupCommit(self._db)
+        # A second connection, used on the event loop itself for what never waits: reads,
+        # and (without fsync) the group commit's rounds (tusd_py.storage.local.batch).
+        # No busy timeout: what finds a lock taken goes to the thread. It never
+        # checkpoints (that waits on fsyncs): the thread's rounds do.
+        self._inline = sqlite3.connect(self.db_path, isolation_level=None,
+                                       check_same_thread=False)
+        self._inline.execute("PRAGMA busy_timeout=0")
+        self._inline.execute("PRAGMA synchronous=NORMAL")
+        self._inline.execute("PRAGMA wal_autocheckpoint=0")
+        self._batch = GroupCommit(self._db, None if self.fsync else self._inline)
         await self._reconcile()
         self._watch = asyncio.create_task(self._watch_faults(), name="tusd-local-faults")
 
@@ -162,9 +182,14 @@ class LocalStore(Store):
             self._watch = None
         if self._batch is not None:
             await self._batch.idle()
+        if self._inline is not None:
+            self._inline.close()
+            self._inline = None
         if self._db is not None:
             await self._db.close()
             self._db = None
+        if self._sync is not None:
+            self._sync.close()
 
     @property
     def batch(self) -> GroupCommit:
@@ -240,7 +265,14 @@ class LocalStore(Store):
         try:
             fd = os.open(self._path(upload_id), os.O_RDWR)
         except FileNotFoundError:
-            log.warning("upload %s has a record but no file", upload_id)
+            if listed_offset == 0:
+                # Created, nothing committed, then the power went (durable mode syncs a
+                # file's entry with its first bytes): the upload is as it was, empty.
+                os.close(os.open(self._path(upload_id), os.O_WRONLY | os.O_CREAT, 0o640))
+                log.info("upload %s: empty file made again (lost before its first bytes)",
+                         upload_id)
+            else:
+                log.warning("upload %s has a record but no file", upload_id)
             return False
         try:
             try:
@@ -359,6 +391,11 @@ class LocalStore(Store):
             raise ServiceUnavailable("upload could not be created; retry",
                                      headers={"Retry-After": "1"}) from None
         try:
+            # Durable mode: the file's entry is synced with its first bytes (commit);
+            # one lost before (power loss after the record was) is made again at start,
+            # empty as it was (_reconcile). An upload complete at creation has no bytes.
+            if self._sync is not None and upload.completed_at is not None:
+                await self._sync.file(fd, first=True)
             await batch.insert(
                 (upload.id, upload.length, upload.offset, _encode_metadata(upload.metadata),
                  upload.created_at, upload.expires_at, int(upload.is_partial),
@@ -373,11 +410,20 @@ class LocalStore(Store):
             os.close(fd)
         return self._remember(upload.copy(location=path))
 
+    async def _select(self, sql: str, parameters: tuple[Any, ...]) -> list[Any]:
+        """Rows of a read: on the event loop (a WAL read takes no lock a writer holds),
+        or on the thread if SQLite is busy all the same (recovering a WAL)."""
+        inline = self._inline if self.fault is None else None  # self.db raises
+        if inline is not None:
+            try:
+                return inline.execute(sql, parameters).fetchall()
+            except sqlite3.OperationalError as exc:
+                if not is_busy(exc):
+                    raise
+        return list(await self.db.execute_fetchall(sql, parameters))
+
     async def get(self, upload_id: str) -> Upload | None:
-        # execute_fetchall: one hop to the aiosqlite thread (execute + fetch + close would
-        # be three; hops, not SQL, dominate the cost of small uploads).
-        rows = await self.db.execute_fetchall(
-            f"SELECT {_COLUMNS} FROM uploads WHERE id = ?", (upload_id,))
+        rows = await self._select(f"SELECT {_COLUMNS} FROM uploads WHERE id = ?", (upload_id,))
         for row in rows:
             return self._remember(self._row_to_upload(row))
         self._recent.pop(upload_id, None)
@@ -398,6 +444,8 @@ class LocalStore(Store):
         except BaseException:
             os.close(fd)
             raise
+        if self._write_behind is not None:
+            return DurableLock(self, fd, upload, self._write_behind)
         return LocalLock(self, fd, upload)
 
     def _recent_if_current(self, upload_id: str, fd: int) -> Upload | None:
@@ -580,9 +628,12 @@ class LocalLock(UploadLock):
 
     async def commit(self, *, length: int | None = None,
                      expires_at: float | None = None) -> Upload:
-        if self.store.fsync and self.written and self.fd is not None:
+        sync = self.store._sync
+        if sync is not None and self.written and self.fd is not None:
+            # Data first, then the offset; the first bytes also sync the file's directory
+            # entry (LocalStore.create).
             try:
-                await asyncio.get_running_loop().run_in_executor(None, os.fsync, self.fd)
+                await sync.file(self.fd, first=self.upload.offset == 0)
             except OSError as exc:
                 raise storage_error(exc, "fsync failed") from exc
         new_offset = self.upload.offset + self.written
@@ -612,3 +663,33 @@ class LocalLock(UploadLock):
         else:
             os.close(fd)  # closing the description drops the flock
 
+
+class DurableLock(LocalLock):
+    """``LocalLock`` of the durable mode: the write-out of the body's bytes starts every
+    ``WriteBehind.step`` bytes while it streams, so its commit's sync has little left."""
+
+    __slots__ = ("_behind", "_write_behind")
+
+    def __init__(self, store: LocalStore, fd: int, upload: Upload,
+                 write_behind: WriteBehind) -> None:
+        super().__init__(store, fd, upload)
+        self._write_behind = write_behind
+        self._behind = upload.offset  # write-out started up to here
+
+    def write_nowait(self, data: bytes) -> None:
+        super().write_nowait(data)
+        end = self.upload.offset + self.written
+        pending = end - self._behind
+        if pending >= self._write_behind.step and self.fd is not None:
+            self._write_behind.start(self.fd, self._behind, pending)
+            self._behind = end
+
+    async def commit(self, *, length: int | None = None,
+                     expires_at: float | None = None) -> Upload:
+        upload = await super().commit(length=length, expires_at=expires_at)
+        self._behind = upload.offset
+        return upload
+
+    async def rollback(self) -> None:
+        await super().rollback()
+        self._behind = self.upload.offset
