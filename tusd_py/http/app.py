@@ -22,12 +22,13 @@ from ..storage.base import Capability
 from ..storage.registry import build_store
 from ..web import add_demo_routes
 from .cors import cors_headers
-from .keys import CONFIG, EVENTS, GATE, HANDLER, METRICS, READINESS, REGISTRY, STORE
+from .keys import BACKGROUND, CONFIG, EVENTS, GATE, HANDLER, METRICS, READINESS, REGISTRY, STORE, WORKER
 from .limits import limits_middleware
 from .listen import reason
 from .logs import RequestAnnotator
 from .metrics import Metrics
 from .middleware import RequestGate, front_middleware
+from .routing import route_tus_directly
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,9 @@ async def readyz(request: web.Request) -> web.Response:
     request.app[READINESS].report(reason)
     if reason is not None:
         return web.Response(status=503, text="storage not ready\n")
+    worker = request.app.get(WORKER)
+    if worker is not None and (idle := worker.not_serving()):  # server.workers: all of them
+        return web.Response(status=503, text=f"worker(s) not serving: {idle}\n")
     return web.Response(text="ready\n")
 
 
@@ -83,14 +87,18 @@ class Readiness:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text exposition of this app's registry."""
-    body = generate_latest(request.app[REGISTRY])
+    """Prometheus text exposition of this app's registry (with ``server.workers``, the
+    sum over every worker's)."""
+    worker = request.app.get(WORKER)
+    registry = request.app[REGISTRY]
+    body = generate_latest(registry if worker is None else worker.all_metrics(registry))
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def create_app(config: Config, store: Store | None = None,
-               events: EventBus | None = None) -> web.Application:
-    """Build the application. ``store`` defaults to the configured driver."""
+               events: EventBus | None = None, background: bool = True) -> web.Application:
+    """Build the application. ``store`` defaults to the configured driver; ``background``
+    says whether it runs the sweeper and the post-finish re-delivery (one worker does)."""
     store = store if store is not None else build_store(config.storage)
     events = events if events is not None else EventBus()
     handler = TusHandler(config, store, events)
@@ -126,6 +134,7 @@ def create_app(config: Config, store: Store | None = None,
     app[HANDLER] = handler
     app[REGISTRY] = registry
     app[GATE] = gate
+    app[BACKGROUND] = background
     app[READINESS] = Readiness()
     if tus_metrics is not None:
         app[METRICS] = tus_metrics
@@ -135,9 +144,10 @@ def create_app(config: Config, store: Store | None = None,
     base = config.server.base_path
     # The upload route first: aiohttp tries the three (all indexed under the base path)
     # in this order, so PATCH and HEAD resolve at the first try.
-    app.router.add_route("*", base + "{upload_id}", dispatch)
-    app.router.add_route("*", base, dispatch)
+    upload_route = app.router.add_route("*", base + "{upload_id}", dispatch)
+    creation_route = app.router.add_route("*", base, dispatch)
     app.router.add_route("*", base.rstrip("/"), dispatch)
+    route_tus_directly(app, base, creation_route, upload_route, middlewares, dispatch)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     if config.server.metrics:
@@ -177,7 +187,7 @@ async def _sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
     handler = app[HANDLER]
     interval = handler.config.expiration.sweep_interval
     task = None
-    if interval > 0 and Capability.EXPIRE in handler.store.capabilities:
+    if interval > 0 and Capability.EXPIRE in handler.store.capabilities and app[BACKGROUND]:
         tus_metrics = app.get(METRICS)
         on_run = tus_metrics.sweeper_run if tus_metrics is not None else None
         task = asyncio.create_task(sweep_every(handler, interval, on_run), name="tusd-sweeper")
