@@ -4,13 +4,12 @@ forced on, nginx takes the 104 for the final response (why auto is the default).
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Callable
 
 import pytest
 
-from tests.ietf.helpers import messages
+from tests.ietf.helpers import messages, raw
 from tests.plugins.daemon import Daemon
 
 from .conftest import NGINX, Nginx
@@ -20,28 +19,6 @@ def creation(port: int, complete: str, body: bytes) -> bytes:
     return (f"POST /files/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
             f"Upload-Draft-Interop-Version: 6\r\nUpload-Complete: {complete}\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-
-
-async def exchange(port: int, data: bytes, wait: float = 3.0) -> bytes:
-    """Send ``data`` (pipelined requests) and read what comes within ``wait`` seconds."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(data)
-    await writer.drain()
-    got = b""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait
-    try:
-        while (left := deadline - loop.time()) > 0:
-            try:
-                chunk = await asyncio.wait_for(reader.read(65536), left)
-            except TimeoutError:
-                break
-            if not chunk:
-                break
-            got += chunk
-    finally:
-        writer.close()
-    return got
 
 
 def proxied_with(daemon_factory: Callable[..., Daemon], **env: str) -> tuple[Daemon, Nginx]:
@@ -56,8 +33,7 @@ async def test_no_104_behind_the_proxy_by_default(
     _daemon, nginx = proxied_with(daemon_factory)
     try:
         port = nginx.port
-        wire = await exchange(port, creation(port, "?0", b"hello") + creation(port, "?1", b"x"),
-                              wait=2.0)
+        wire = await raw(port, creation(port, "?0", b"hello") + creation(port, "?1", b"x"))
         statuses = [status for status, _ in messages(wire)]
         assert statuses == [201, 201], wire  # both answered on the kept-alive connection
         headers = messages(wire)[0][1]
@@ -74,8 +50,7 @@ async def test_nginx_takes_a_104_for_the_final_response(
     _daemon, nginx = proxied_with(daemon_factory, TUSD_SERVER__IETF_INTERIM="true")
     try:
         port = nginx.port
-        wire = await exchange(port, creation(port, "?0", b"hello") + creation(port, "?1", b"x"),
-                              wait=2.0)
+        wire = await raw(port, creation(port, "?0", b"hello") + creation(port, "?1", b"x"))
         first_status, first = messages(wire)[0]
         assert first_status == 104 and first.get("server") == "nginx", wire
         assert wire.count(b"HTTP/1.1 201") == 1  # the second request got no answer
