@@ -333,10 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--part-concurrency", type=int, default=None,
                         help="tusd-py's storage.part_concurrency (default: its default)")
     parser.add_argument("--lease-duration", default="60s",
-                        help="tusd-py's storage.lease_duration: an emulator busy assembling a "
-                             "large object (moto copies every part in Python) holds up the "
-                             "lease renewals longer than the default 10s allows on a loaded "
-                             "machine")
+                        help="tusd-py's storage.lease_duration: on a loaded machine moto "
+                             "answers the lease renewals too late for the default 10s (503 "
+                             "'storage too slow' during part uploads and at completion)")
     parser.add_argument("--big-size", type=parse_size, default=512 * MiB)
     parser.add_argument("--p1-size", type=parse_size, default=None,
                         help="size of the 1 MiB-PATCH upload (default: --big-size)")
