@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -128,8 +129,11 @@ def create_app(config: Config, store: Store | None = None,
     base = config.server.base_path
     # The upload route first: aiohttp tries the three (all indexed under the base path)
     # in this order, so PATCH and HEAD resolve at the first try.
-    app.router.add_route("*", base + "{upload_id}", handler.dispatch)
-    app.router.add_route("*", base, handler.dispatch)
+    # An id may have several segments (``storage.ids``): the route takes the id's
+    # alphabet and ``/`` (the handler checks the segments); an escaped ``%2F`` is not a
+    # separator, so it matches nothing (404).
+    app.router.add_route("*", base + "{upload_id:[A-Za-z0-9_/-]+}", handler.dispatch)
+    creation_route = app.router.add_route("*", base, handler.dispatch)
     app.router.add_route("*", base.rstrip("/"), handler.dispatch)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -141,10 +145,25 @@ def create_app(config: Config, store: Store | None = None,
         else:
             add_demo_routes(app, base)
 
+    app.on_startup.append(functools.partial(_learn_mount_prefix, creation_route))
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_sweeper_ctx)
     setup_hooks(app, config)  # tusd_py.hooks: HTTP / Python hooks, when configured
     return app
+
+
+async def _learn_mount_prefix(creation_route: web.AbstractRoute, app: web.Application) -> None:
+    """Mounted with ``parent.add_subapp(prefix, app)``, the routes start with ``prefix``:
+    the URLs the handler sends (Location, Upload-Concat) and reads (partial uploads) get it
+    too. Learnt at start-up, once the parent has added it."""
+    canonical = creation_route.resource.canonical if creation_route.resource else ""
+    base = app[CONFIG].server.base_path
+    prefix = canonical[:-len(base)] if canonical.endswith(base) else ""
+    handler = app[HANDLER]
+    handler.mount_prefix = prefix
+    handler.concatenation.base_path = prefix + base
+    if prefix:
+        log.info("mounted under %s: the tus endpoint is %s%s", prefix, prefix, base)
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -19,7 +19,7 @@ from typing import Any
 
 from ...protocol.errors import StorageError, UploadExists
 from ..base import Download, Upload
-from ..ids import check_upload_id, is_upload_id
+from ..ids import is_upload_id, object_key
 from ..object.lease import LeasedStore, holder_of
 from ..object.record import decode_upload, dump, load, new_record
 from .client import (
@@ -72,7 +72,7 @@ class GCSStore(LeasedStore[GCSLock]):
     # -- names --------------------------------------------------------------------
 
     def key(self, upload_id: str) -> str:
-        return self.prefix + check_upload_id(upload_id)
+        return object_key(self.prefix, upload_id)
 
     def record_key(self, upload_id: str) -> str:
         return self.key(upload_id) + ".info"

@@ -240,13 +240,8 @@ class LocalStore(Store):
         upload holds the flock from the file's creation until its row is committed
         (``create``), and one writing an upload holds it too; a file made in the last
         ``ORPHAN_GRACE`` seconds is spared (the instant between a create's open and flock)."""
-        candidates = []
-        young = time.time() - ORPHAN_GRACE
-        with os.scandir(self.upload_dir) as entries:
-            for entry in entries:
-                if (entry.name not in unfinished and is_upload_id(entry.name)
-                        and entry.stat().st_ctime < young):
-                    candidates.append(entry.name)
+        candidates = [name for name in _upload_files(self.upload_dir, time.time() - ORPHAN_GRACE)
+                      if name not in unfinished]
         removed = 0
         for start in range(0, len(candidates), _ORPHAN_BATCH):
             locked: dict[str, int] = {}
@@ -294,8 +289,10 @@ class LocalStore(Store):
         path = self._path(upload.id)
         batch = self.batch
         try:
+            if "/" in upload.id:  # an id of several segments: a file in subdirectories
+                os.makedirs(os.path.dirname(path), 0o750, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-        except FileExistsError:
+        except (FileExistsError, NotADirectoryError):  # the id, or a segment of it, is taken
             raise UploadExists() from None
         except OSError as exc:
             raise storage_error(exc, "cannot create the upload") from exc
@@ -456,6 +453,24 @@ class LocalStore(Store):
         st = os.stat(path)
         return Download(size=upload.offset, etag=f'"{upload.id}-{upload.offset}"',
                         last_modified=st.st_mtime, path=path)
+
+
+def _upload_files(top: str, young: float) -> list[str]:
+    """The ids of the upload files under ``top`` made before ``young`` (subdirectories
+    are the segments of ids with ``/``)."""
+    found = []
+    pending = [""]
+    while pending:
+        parent = pending.pop()
+        with os.scandir(os.path.join(top, parent) if parent else top) as entries:
+            for entry in entries:
+                name = parent + entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    if is_upload_id(name):
+                        pending.append(name + "/")
+                elif is_upload_id(name) and entry.stat().st_ctime < young:
+                    found.append(name)
+    return found
 
 
 def _lock_if_free(path: str) -> int | None:

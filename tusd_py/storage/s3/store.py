@@ -25,7 +25,7 @@ from ...protocol.errors import (
     UploadExists,
 )
 from ..base import Download, Upload
-from ..ids import check_upload_id, is_upload_id
+from ..ids import is_upload_id, object_key
 from ..object.lease import LeasedStore
 from ..object.record import decode_upload, dump, load, new_record
 from .buffer import BufferGauge, ChunkBuffer
@@ -142,7 +142,7 @@ class S3Store(LeasedStore[S3Lock]):
     # -- keys ---------------------------------------------------------------------
 
     def key(self, upload_id: str) -> str:
-        return self.prefix + check_upload_id(upload_id)
+        return object_key(self.prefix, upload_id)
 
     def record_key(self, upload_id: str) -> str:
         return self.key(upload_id) + ".info"
