@@ -5,12 +5,12 @@ hook cannot make the server build: traversal through every field a hook can set.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tests.http.helpers import OCTET, TUS, head, patch, path_of
 from tests.plugins.app import DRIVERS
 from tusd_py.storage.base import Upload
@@ -20,6 +20,11 @@ from tusd_py.storage.local.store import LocalStore
 from .conftest import HookedFactory, Receiver, StoredBytes, expected_storage
 
 NESTED = "tenant-a/2026-12/report_1"
+
+
+def tree(top: Path) -> list[str]:
+    """Every path under ``top``."""
+    return sorted(str(p) for p in top.rglob("*"))
 
 
 def pre_create_answer(answer: dict[str, Any]):  # type: ignore[no-untyped-def]
@@ -96,12 +101,12 @@ async def test_traversal_through_every_field_a_hook_sets(hooked: HookedFactory,
                                                          answer: dict[str, Any]) -> None:
     receiver.responder = pre_create_answer(answer)
     client = await hooked(enabled=["pre-create"])
-    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    before = tree(tmp_path)
     r = await client.post("/files/", headers={**TUS, "Upload-Length": "1"})
     assert r.status == 500
     assert await r.text() == "pre-create hook returned an invalid upload id\n"
     assert "Location" not in r.headers
-    assert sorted(str(p) for p in tmp_path.rglob("*")) == before  # nothing made anywhere
+    assert tree(tmp_path) == before  # nothing made anywhere
 
 
 async def test_metadata_keys_and_response_headers_a_hook_sets_are_checked(
@@ -187,4 +192,4 @@ async def test_local_orphans_in_subdirectories_are_removed_at_start(tmp_path: Pa
         assert (await store.get("t/kept/1")) is not None
     finally:
         await store.stop()
-    assert os.path.isdir(tmp_path / "uploads" / "t" / "lost")
+    assert (tmp_path / "uploads" / "t" / "lost").is_dir()  # directories stay
