@@ -8,10 +8,12 @@ import functools
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from .. import tracing
 from ..config import Config, ConfigError, StartupError
 from ..core.events import EventBus
 from ..core.handler import TusHandler
@@ -28,6 +30,9 @@ from .listen import reason
 from .logs import RequestAnnotator
 from .metrics import Metrics
 from .middleware import RequestGate, front_middleware
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +94,16 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def create_app(config: Config, store: Store | None = None,
-               events: EventBus | None = None) -> web.Application:
-    """Build the application. ``store`` defaults to the configured driver."""
+               events: EventBus | None = None, *,
+               tracer_provider: TracerProvider | None = None) -> web.Application:
+    """Build the application. ``store`` defaults to the configured driver. Traced (the
+    ``otel`` extra, ``tusd_py.tracing``) with ``tracer_provider``, else when the
+    ``OTEL_*`` variables ask for it."""
     store = store if store is not None else build_store(config.storage)
+    if tracer_provider is None:
+        tracer_provider = tracing.provider_from_env()
+    if tracer_provider is not None:
+        store = tracing.TracedStore(store, tracer_provider.get_tracer(tracing.SCOPE))
     events = events if events is not None else EventBus()
     handler = TusHandler(config, store, events)
     registry = CollectorRegistry()
@@ -108,6 +120,8 @@ def create_app(config: Config, store: Store | None = None,
     gate = RequestGate()
     middlewares: list[Callable[..., Awaitable[web.StreamResponse]]] = [
         front_middleware(gate, tus_metrics, config.server.base_path)]
+    if tracer_provider is not None:  # outermost: the server span covers everything
+        middlewares.insert(0, tracing.server_middleware(tracer_provider))
     limits = limits_middleware(config, tus_metrics)
     if limits is not None:
         middlewares.append(limits)
@@ -146,6 +160,8 @@ def create_app(config: Config, store: Store | None = None,
             add_demo_routes(app, base)
 
     app.on_startup.append(functools.partial(_learn_mount_prefix, creation_route))
+    if tracer_provider is not None:
+        app.on_cleanup.append(functools.partial(tracing.flush_on_cleanup, tracer_provider))
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_sweeper_ctx)
     setup_hooks(app, config)  # tusd_py.hooks: HTTP / Python hooks, when configured
