@@ -12,7 +12,9 @@ timed phase. Scenarios:
 
 MB = 10**6 bytes. With ``--pid`` the server's peak RSS (VmRSS sampled every 10 ms from
 ``/proc/PID/status``, plus VmHWM after a reset through ``/proc/PID/clear_refs``; child
-processes are added in) and CPU time are recorded per run.
+processes, e.g. workers, are added in; the largest one is reported too) and CPU time,
+user and system apart (utime and stime of ``/proc/PID/stat``), are recorded per run, as
+CPU seconds per GiB of upload data and milliseconds per upload.
 
 Usage: python -m bench.loadgen http://127.0.0.1:8080/files/ --pid 1234 --repeat 3
 """
@@ -27,7 +29,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ import aiohttp
 MB = 1_000_000
 KiB = 1 << 10
 MiB = 1 << 20
+GiB = 1 << 30
 TUS = "1.0.0"
 SCENARIOS = ("big", "many-small", "parallel")
 
@@ -99,6 +102,10 @@ def add_scenario_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--par-chunk", type=parse_size, default=DEFAULTS["parallel"].chunk)
     parser.add_argument("--verify-bytes", action="store_true",
                         help="after each run, GET every upload and compare its sha256 (untimed)")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="skip the untimed HEAD of every upload after a run (each PATCH's "
+                             "Upload-Offset is still checked): bench/instructions.sh counts the "
+                             "uploads alone")
     parser.add_argument("--no-sync", action="store_true",
                         help="do not os.sync() before each run (by default dirty pages are "
                              "flushed, untimed, so one run's writeback does not bill the next)")
@@ -160,14 +167,16 @@ class Payload:
 
 # ------------------------------------------------------------------ server probe
 class ProcessProbe:
-    """Peak RSS and CPU time of a server process (and its children) from /proc."""
+    """Peak RSS and CPU time (user and system apart) of a server process and its
+    children (a pre-forked daemon's workers), from /proc."""
 
     def __init__(self, pid: int | None) -> None:
         self.pid = pid
         self.peak_kb = 0
+        self.peak_one_kb = 0  # the largest single process (a worker)
         self.start_kb = 0
         self.hwm_reset = False
-        self._cpu0 = 0.0
+        self._cpu0 = (0.0, 0.0, 0)
         self._task: asyncio.Task[None] | None = None
 
     def _pids(self) -> list[int]:
@@ -194,42 +203,49 @@ class ProcessProbe:
                     values[key] = int(rest.split()[0])
         return values
 
-    def rss_kb(self) -> int:
-        total = 0
+    def _rss(self) -> tuple[int, int]:
+        """(sum over the tree, largest process) of VmRSS in KiB."""
+        total = largest = 0
         for pid in self._pids():
             try:
-                total += self._status(pid).get("VmRSS", 0)
+                rss = self._status(pid).get("VmRSS", 0)
             except OSError:
-                pass
-        return total
+                continue
+            total += rss
+            largest = max(largest, rss)
+        return total, largest
+
+    def rss_kb(self) -> int:
+        return self._rss()[0]
+
+    def cpu(self) -> tuple[float, float, int]:
+        """(user CPU s, system CPU s, minor faults) of the tree (``stat_totals``)."""
+        return stat_totals(self._pids())
 
     def cpu_s(self) -> float:
-        total = 0.0
-        for pid in self._pids():
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-            except OSError:
-                pass
-        return total
+        user, system, _ = self.cpu()
+        return user + system
 
     async def start(self) -> None:
         if not self.pid:
             return
-        try:
-            with open(f"/proc/{self.pid}/clear_refs", "w") as f:
-                f.write("5")  # resets VmHWM to the current RSS
-            self.hwm_reset = True
-        except OSError:
-            self.hwm_reset = False
-        self.start_kb = self.peak_kb = self.rss_kb()
-        self._cpu0 = self.cpu_s()
+        for pid in self._pids():
+            try:
+                with open(f"/proc/{pid}/clear_refs", "w") as f:
+                    f.write("5")  # resets VmHWM to the current RSS
+                self.hwm_reset = True
+            except OSError:
+                self.hwm_reset = False
+        self.start_kb, self.peak_one_kb = self._rss()
+        self.peak_kb = self.start_kb
+        self._cpu0 = self.cpu()
         self._task = asyncio.create_task(self._poll())
 
     async def _poll(self) -> None:
         while True:
-            self.peak_kb = max(self.peak_kb, self.rss_kb())
+            total, largest = self._rss()
+            self.peak_kb = max(self.peak_kb, total)
+            self.peak_one_kb = max(self.peak_one_kb, largest)
             await asyncio.sleep(0.01)
 
     async def stop(self) -> dict[str, Any]:
@@ -241,15 +257,65 @@ class ProcessProbe:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        peak = max(self.peak_kb, self.rss_kb())
+        total, largest = self._rss()
+        peak, peak_one = max(self.peak_kb, total), max(self.peak_one_kb, largest)
         alive = True
         try:
-            if self.hwm_reset and len(self._pids()) == 1:
-                peak = max(peak, self._status(self.pid).get("VmHWM", 0))
+            pids = self._pids()
+            if self.hwm_reset:
+                hwm = [self._status(pid).get("VmHWM", 0) for pid in pids]
+                peak_one = max(peak_one, *hwm)
+                if len(pids) == 1:
+                    peak = max(peak, hwm[0])
+            os.kill(self.pid, 0)
         except OSError:
             alive = False
+        user, system, minflt = self.cpu()
+        user -= self._cpu0[0]
+        system -= self._cpu0[1]
         return {"rss_start_mb": round(self.start_kb / 1024, 1), "rss_peak_mb": round(peak / 1024, 1),
-                "cpu_s": round(self.cpu_s() - self._cpu0, 2), "server_alive": alive}
+                "rss_peak_process_mb": round(peak_one / 1024, 1),
+                "cpu_s": round(user + system, 3), "cpu_user_s": round(user, 3),
+                "cpu_sys_s": round(system, 3), "minflt": minflt - self._cpu0[2],
+                "server_alive": alive}
+
+
+def stat_totals(pids: Sequence[int]) -> tuple[float, float, int]:
+    """Summed user and system CPU seconds and minor page faults of ``pids`` (utime, stime
+    and minflt of /proc/PID/stat; the CPU times count in clock ticks, 10 ms here)."""
+    user = system = 0.0
+    minflt = 0
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        minflt += int(fields[7])
+        user += int(fields[11]) / tick
+        system += int(fields[12]) / tick
+    return user, system, minflt
+
+
+#: Per-run server CPU figures (``cpu_figures``), also medianed in summaries.
+CPU_KEYS = ("cpu_s_per_gib", "cpu_user_s_per_gib", "cpu_sys_s_per_gib", "cpu_ms_per_upload",
+            "cpu_user_ms_per_upload", "cpu_sys_ms_per_upload")
+
+
+def cpu_figures(cpu_user_s: float, cpu_sys_s: float, nbytes: int, uploads: int) -> dict[str, float]:
+    """Server CPU per GiB of upload data and per upload, user and system apart."""
+    figures: dict[str, float] = {}
+    if nbytes:
+        gib = nbytes / GiB
+        figures["cpu_user_s_per_gib"] = round(cpu_user_s / gib, 3)
+        figures["cpu_sys_s_per_gib"] = round(cpu_sys_s / gib, 3)
+        figures["cpu_s_per_gib"] = round((cpu_user_s + cpu_sys_s) / gib, 3)
+    if uploads:
+        figures["cpu_user_ms_per_upload"] = round(1000 * cpu_user_s / uploads, 4)
+        figures["cpu_sys_ms_per_upload"] = round(1000 * cpu_sys_s / uploads, 4)
+        figures["cpu_ms_per_upload"] = round(1000 * (cpu_user_s + cpu_sys_s) / uploads, 4)
+    return figures
 
 
 # ------------------------------------------------------------------ tus client
@@ -354,8 +420,10 @@ def _classify(exc: BaseException) -> tuple[str, str]:
 async def run_once(url: str, scenario: Scenario, payload: Payload, *, pid: int | None = None,
                    label: str = "", run: int = 1, first_index: int = 0, verify_bytes: bool = False,
                    cleanup: str = "large", sync: bool = True, max_seconds: float = 300.0,
-                   request_timeout: float = 120.0) -> dict[str, Any]:
-    """One timed run of ``scenario`` against the creation URL ``url``."""
+                   request_timeout: float = 120.0, verify: bool = True,
+                   timed_end: Callable[[], Awaitable[None]] | None = None) -> dict[str, Any]:
+    """One timed run of ``scenario`` against the creation URL ``url``; ``timed_end`` is
+    awaited as soon as the timed phase is over (before verification and clean-up)."""
     if sync:
         await asyncio.get_running_loop().run_in_executor(None, os.sync)
     calib_ms = cpu_calibration_ms()
@@ -389,12 +457,14 @@ async def run_once(url: str, scenario: Scenario, payload: Payload, *, pid: int |
             errors.add("run time limit", f"{max_seconds}s")
         wall = time.perf_counter() - t0
         server = await probe.stop()
+        if timed_end is not None:
+            await timed_end()
 
         # Untimed: verify offsets (and bytes), then clean up.
         offsets_ok = 0
         bytes_ok = 0
 
-        async def verify(index: int) -> None:
+        async def check(index: int) -> None:
             nonlocal offsets_ok, bytes_ok
             location = done[index]
             try:
@@ -417,7 +487,8 @@ async def run_once(url: str, scenario: Scenario, payload: Payload, *, pid: int |
                 kind, detail = _classify(exc)
                 errors.add("verify " + kind, detail)
 
-        await _for_each(sorted(done), min(scenario.concurrency, 8), verify)
+        if verify:
+            await _for_each(sorted(done), min(scenario.concurrency, 8), check)
 
     completed = len(done)
     result: dict[str, Any] = {
@@ -436,9 +507,10 @@ async def run_once(url: str, scenario: Scenario, payload: Payload, *, pid: int |
     result.update(server)
     if server.get("cpu_s") is not None and wall:
         result["cpu_pct"] = round(100 * server["cpu_s"] / wall)
-    if server.get("cpu_s") is not None and completed:
-        # server CPU per upload: less sensitive to machine noise than wall-clock rates
-        result["cpu_ms_per_upload"] = round(1000 * server["cpu_s"] / completed, 3)
+    if server.get("cpu_user_s") is not None:
+        # server CPU per GiB and per upload: less sensitive to machine noise than rates
+        result.update(cpu_figures(server["cpu_user_s"], server["cpu_sys_s"],
+                                  completed * scenario.size, completed))
     return result
 
 
@@ -469,10 +541,11 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
     summary: dict[str, Any] = {"kind": "summary", "label": runs[0]["label"],
                                "scenario": runs[0]["scenario"], "runs": len(runs)}
-    for key in ("mb_s", "uploads_s", "p50_ms", "p99_ms", "wall_s", "cpu_pct", "cpu_ms_per_upload",
+    for key in ("mb_s", "uploads_s", "p50_ms", "p99_ms", "wall_s", "cpu_pct", *CPU_KEYS,
                 "calib_ms"):
         summary[key] = median(key)
-    summary["rss_peak_mb"] = max((r.get("rss_peak_mb") or 0 for r in runs), default=None) or None
+    for key in ("rss_peak_mb", "rss_peak_process_mb"):
+        summary[key] = max((r.get(key) or 0 for r in runs), default=None) or None
     summary["errors"] = sum(r["errors"] for r in runs)
     summary["completed"] = sum(r["completed"] for r in runs)
     summary["attempted"] = sum(r["uploads"] for r in runs)
@@ -498,14 +571,27 @@ def fmt(value: float | None, digits: int = 1) -> str:
 
 
 def summary_table(summaries: list[dict[str, Any]]) -> str:
+    """Medians per server and scenario: rates, latency, peak RSS and server CPU per GiB and
+    per upload, user and system apart."""
     rows = [["server", "scenario", "MB/s", "uploads/s", "p50 ms", "p99 ms", "peak RSS MB",
-             "CPU %", "CPU ms/upload", "ok/total", "errors"]]
+             "CPU %", "CPU s/GiB usr+sys", "CPU ms/upload usr+sys", "ok/total", "errors"]]
     for s in summaries:
         rows.append([s["label"], s["scenario"], fmt(s["mb_s"]), fmt(s["uploads_s"]),
-                     fmt(s["p50_ms"]), fmt(s["p99_ms"]), fmt(s["rss_peak_mb"], 0),
-                     fmt(s["cpu_pct"], 0), fmt(s["cpu_ms_per_upload"], 3),
+                     fmt(s["p50_ms"]), fmt(s["p99_ms"]), rss_text(s),
+                     fmt(s["cpu_pct"], 0),
+                     f"{fmt(s.get('cpu_user_s_per_gib'), 2)}+{fmt(s.get('cpu_sys_s_per_gib'), 2)}",
+                     f"{fmt(s.get('cpu_user_ms_per_upload'), 3)}+"
+                     f"{fmt(s.get('cpu_sys_ms_per_upload'), 3)}",
                      f"{s['offsets_ok']}/{s['attempted']}", str(s["errors"])])
     return format_table(rows)
+
+
+def rss_text(s: dict[str, Any]) -> str:
+    """Peak RSS; for several processes (workers) also the largest one's."""
+    total, one = s.get("rss_peak_mb"), s.get("rss_peak_process_mb")
+    if total is None or one is None or abs(total - one) < 1:
+        return fmt(total, 0)
+    return f"{fmt(total, 0)} ({fmt(one, 0)}/proc)"
 
 
 def uvloop_run(coro: Any) -> Any:
@@ -530,7 +616,7 @@ async def _amain(args: argparse.Namespace) -> int:
                     args.url, scenario, payload, pid=args.pid, label=args.label, run=run,
                     first_index=index, verify_bytes=args.verify_bytes, cleanup=args.cleanup,
                     sync=not args.no_sync, max_seconds=args.max_seconds,
-                    request_timeout=args.request_timeout)
+                    request_timeout=args.request_timeout, verify=not args.no_verify)
                 index += scenario.count
                 runs.append(result)
                 _emit(result, out)

@@ -42,8 +42,7 @@ def _config_from(args: argparse.Namespace) -> Config:
 def _serve(args: argparse.Namespace) -> int:
     from .http.server import serve
 
-    serve(_config_from(args))
-    return 0
+    return serve(_config_from(args))
 
 
 def _check_config(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ import pytest
 
 from tests.http.helpers import TUS, b64, create, download, head, patch, path_of, upload
 from tests.plugins.app import make_config
-from tests.plugins.object_stores import GARBAGE, check_corrupt_record
+from tests.plugins.object_stores import GARBAGE, check_corrupt_record, without_index
 from tusd_py.core.sweeper import sweep_once
 from tusd_py.http.app import create_app
 from tusd_py.http.keys import HANDLER, STORE
@@ -30,7 +30,7 @@ def azure_app_factory(aiohttp_client, azure_storage_config):  # type: ignore[no-
 
 
 def blob_names(container: Any) -> set[str]:
-    return {b.name for b in container.list_blobs(include=["uncommittedblobs"])}
+    return without_index(b.name for b in container.list_blobs(include=["uncommittedblobs"]))
 
 
 async def test_concatenation_with_put_block_from_url(azure_app_factory, azure_container_client,
@@ -80,9 +80,7 @@ async def test_sweeper_removes_blobs_without_record(azure_app_factory, azure_con
     azure_container_client.get_blob_client(prefix + "f" * 32).upload_blob(b"stray")
     azure_container_client.get_blob_client("unrelated/blob").upload_blob(b"keep")
     handler = client.app[HANDLER]
-    assert await sweep_once(handler, now=time.time()) == 0
-    assert prefix + "f" * 32 in blob_names(azure_container_client)  # first sighting only
-    assert await sweep_once(handler, now=time.time() + 60) == 0  # nothing expired
+    assert await sweep_once(handler, now=time.time()) == 0  # nothing expired
     names = blob_names(azure_container_client)
     assert prefix + "f" * 32 not in names and "unrelated/blob" in names
     assert (await head(client, path)).headers["Upload-Offset"] == str(MIB)

@@ -152,6 +152,8 @@ async def test_lease_excludes_other_replicas_and_is_taken_over_when_expired(make
     assert time.monotonic() - started >= 0.25
     await held.write(os.urandom(PART))
     # A stalls: its renewal stops (as if the process froze) and the lease runs out.
+    # (Private: nothing public stops one lock's renewal while its process goes on; the
+    # process-level case, a replica killed mid-PATCH, is tests/gcs/test_replicas.py.)
     held._renewer.cancel()
     await asyncio.sleep(1.2)
     taken = await b.lock(upload.id, 0)
@@ -206,7 +208,7 @@ async def test_expired_lists_only_expired_records(make_store):
     await new_upload(store, 5, expires_at=now + 3600)
     await new_upload(store, 5)
     assert await store.expired(now) == [old.id]
-    assert await store.expired(now) == [old.id]  # from the generation cache
+    assert await store.expired(now) == [old.id]  # still listed until it is deleted
 
 
 async def test_zero_length_upload_has_an_empty_object(make_store):
@@ -227,6 +229,8 @@ async def test_writer_dying_during_completion_is_finished_by_the_next_reader(mak
     await lock.write(data[PART:])
     await lock._collect()
     staged = lock.parts.done
+    # (Private: the process dies between its "completing" record and the compose;
+    # killing a daemon there cannot be timed from outside.)
     lock._renewer.cancel()
     # the record says "completing" with every part, then the process dies
     await lock.publish(offset=len(data), parts=[*lock.record["parts"], *staged], completing=True)
@@ -244,7 +248,8 @@ async def test_sweeper_removes_orphans_only(make_store, gcs_objects, gcs_bucket)
     lock = await store.lock(dead.id, 0)
     await lock.write(os.urandom(2 * PART))
     await lock._collect()
-    lock._renewer.cancel()  # the writer dies: its staged parts are never published
+    lock._renewer.cancel()  # the writer dies: its staged parts are never published (private:
+    # a kill -9 between a part's upload and the commit cannot be timed from outside)
     await store.bucket.put(PREFIX + new_upload_id() + ".p000000-0123456789ab", b"x", what="test")
     before = gcs_objects(gcs_bucket)
     assert await store.sweep_extra(time.time()) == 0  # everything is too young

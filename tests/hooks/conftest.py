@@ -17,6 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from tests.plugins.app import DRIVERS, TusClientFactory
+from tusd_py.http.keys import HOOKS
 
 #: Hook behaviour is driver-independent: most tests run on the local driver; tests
 #: marked with ``every_driver`` (Storage info, exactly-once) run on each driver.
@@ -87,8 +88,19 @@ class Receiver:
                 await self._changed.wait()
         return self.of(hook_type)
 
-    async def settle(self, seconds: float = 0.3) -> None:
-        """Give background deliveries time to arrive (used before asserting "no more")."""
+    async def settle(self, *clients: TestClient, limit: float = 30.0) -> None:
+        """Wait until every hook delivery the apps behind ``clients`` have queued so far
+        has been answered (their queues joined): then "nothing more" means nothing more.
+        (Progress the post-receive throttle still holds back is not queued yet.)"""
+        async with asyncio.timeout(limit):
+            for client in clients:
+                queue = client.app[HOOKS].queue
+                assert queue is not None, "the app's hooks are not running"
+                await queue.join()
+
+    async def let_time_pass(self, seconds: float) -> None:
+        """Sleep: for checks whose point is that time passed (timer rounds) and nothing
+        more came."""
         await asyncio.sleep(seconds)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 import urllib.request
 from pathlib import Path
 
@@ -33,3 +34,13 @@ def download(url: str) -> tuple[str, dict[str, str]]:
         while chunk := r.read(1 << 20):
             digest.update(chunk)
         return digest.hexdigest(), {k.lower(): v for k, v in r.headers.items()}
+
+
+def wait_offset_above(url: str, offset: int, limit: float = 30.0) -> int:
+    """Poll HEAD until the upload's offset passes ``offset`` (a request cut mid-body is
+    committed when the server notices the connection is gone); returns the new offset."""
+    deadline = time.monotonic() + limit
+    while (now := int(head(url)["upload-offset"])) <= offset:
+        assert time.monotonic() < deadline, f"offset still {now} after {limit} s"
+        time.sleep(0.05)
+    return now

@@ -10,7 +10,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.plugins.daemon import ROOT, Daemon
+
+SHARED_BENCH = ROOT.parent / "shared" / "bench"
 
 TINY = ["--repeat", "1", "--big-size", "2MiB", "--big-chunk", "512KiB", "--small-count", "20",
         "--small-conc", "4", "--par-count", "2", "--par-size", "1MiB", "--par-chunk", "256KiB",
@@ -56,10 +60,44 @@ def test_run_compares_baseline_and_tusd(tmp_path: Path) -> None:
                               for scenario in ("big", "many-small", "parallel")}
     assert all(s["errors"] == 0 and s["bytes_ok"] == s["attempted"] for s in summaries.values())
     verdicts = next(r for r in rows if r["kind"] == "verdicts")["lines"]
-    assert any(line.endswith("(target >= 0.85x)") and " big: " in line for line in verdicts)
-    assert any("p99" in line and "(target < 100 ms)" in line for line in verdicts)
+    assert any(line.endswith("(target >= 1.0x)") and " big: " in line for line in verdicts)
+    assert any("p99" in line and "(target < 50 ms)" in line for line in verdicts)
+    assert any(" many-small: CPU per upload ratio " in line for line in verdicts)
+    assert any(" parallel: CPU per GiB ratio " in line for line in verdicts)
     assert any("peak RSS" in line for line in verdicts)
     assert "ratio" in proc.stderr and ("PASS " in proc.stderr or "MISS " in proc.stderr)
+    # Server CPU, user and system apart, per GiB and per upload, for both servers.
+    for summary in summaries.values():
+        assert summary["cpu_user_s_per_gib"] is not None and summary["cpu_sys_s_per_gib"] is not None
+        assert summary["cpu_ms_per_upload"] == pytest.approx(
+            summary["cpu_user_ms_per_upload"] + summary["cpu_sys_ms_per_upload"], abs=0.01)
+    assert "CPU s/GiB usr+sys" in proc.stderr and "CPU ms/upload usr+sys" in proc.stderr
+
+
+@pytest.mark.skipif(not (SHARED_BENCH / "tusbench.py").is_file(),
+                    reason="the shared yardstick (../shared/bench) is not beside the checkout")
+def test_shared_yardstick_alternates_and_reports_cpu(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.shared", "--pairs", "2", "--cold", "--no-settle",
+         "--scenarios", "many-small,parallel", "--out", str(out), "--", "--repeat", "1",
+         "--small-count", "10", "--small-conc", "4", "--par-count", "2", "--par-size", "1MiB",
+         "--par-chunk", "256KiB", "--warmup", "1", "--pause", "0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = records(out / "sitting.jsonl")
+    runs = [r for r in rows if r["kind"] == "run"]
+    # ABAB: baseline, tusd-py, baseline, tusd-py; every run verified by tusbench's HEADs.
+    order = [(r["pair"], r["label"]) for r in runs if r["scenario"] == "many-small"]
+    assert order == [(1, "baseline"), (1, "tusd-py"), (2, "baseline"), (2, "tusd-py")]
+    assert all(r["errors"] == 0 and r["verified_head"] == r["uploads"] for r in runs)
+    assert all(r["server_cpu_user_s"] is not None and r["server_cpu_sys_s"] is not None
+               for r in runs)
+    summaries = [r for r in rows if r["kind"] == "summary"]
+    assert {(s["label"], s["scenario"]) for s in summaries} == {
+        (server, scenario) for server in ("baseline", "tusd-py")
+        for scenario in ("many-small", "parallel")}
+    assert "per pair" in proc.stderr and "CPU ms/upload usr+sys" in proc.stderr
 
 
 def test_run_on_the_s3_driver_starts_its_own_moto(tmp_path: Path) -> None:

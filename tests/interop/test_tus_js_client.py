@@ -1,7 +1,8 @@
 """npm tus-js-client 4.3.1 (the real client, Node build) against a real tusd-py daemon.
 
 Each test runs ``node tests/interop/node/tus_client.mjs '<json>'``, which prints one
-JSON line; the bytes are checked here by GET + sha256.
+JSON line; the bytes are checked here by GET + sha256. The interruption tests run on
+every driver.
 """
 
 from __future__ import annotations
@@ -10,14 +11,16 @@ import base64
 import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
 
 import pytest
 
-from tests.interop.helpers import download, head, make_file
+from tests.interop.helpers import download, head, make_file, wait_offset_above
 from tests.plugins.daemon import ROOT, Daemon
+from tests.plugins.tcp import CuttingProxy
 
 MiB = 1 << 20
 SCRIPT = Path(__file__).parent / "node" / "tus_client.mjs"
@@ -59,10 +62,11 @@ def test_plain_upload(daemon: Daemon, tmp_path: Path) -> None:
     assert headers["content-length"] == str(size)
 
 
-def test_resume_after_abort_mid_patch(daemon: Daemon, tmp_path: Path) -> None:
+def test_resume_after_abort_mid_patch(driver_daemon: Daemon, tmp_path: Path) -> None:
     """abort() while a PATCH body is being sent; a new Upload finds the URL through the
     FileUrlStorage (findPreviousUploads + resumeFromPreviousUpload) and continues from
     the server's offset, not from 0."""
+    daemon = driver_daemon
     source = tmp_path / "big.bin"
     size = 4 * MiB + 11
     want = make_file(source, size)
@@ -71,8 +75,8 @@ def test_resume_after_abort_mid_patch(daemon: Daemon, tmp_path: Path) -> None:
     first = node(mode="abort", endpoint=daemon.url, file=str(source), chunkSize=2 * MiB,
                  abortAt=MiB + MiB // 2, storage=storage, metadata={"filename": "big.bin"})
     assert first["ok"] and first["aborted"], first
-    offset = int(head(first["url"])["upload-offset"])
-    assert 0 < offset < size  # the server kept what had arrived
+    offset = wait_offset_above(first["url"], 0)  # the server kept what had arrived
+    assert offset < size
 
     second = node(mode="resume", endpoint=daemon.url, file=str(source), chunkSize=MiB,
                   storage=storage, retryDelays=[200, 1000])
@@ -86,6 +90,30 @@ def test_resume_after_abort_mid_patch(daemon: Daemon, tmp_path: Path) -> None:
     assert metadata_of(second["url"]) == {"filename": "big.bin"}
 
 
+def test_retries_and_resumes_after_the_connection_is_cut(driver_daemon: Daemon,
+                                                         tmp_path: Path) -> None:
+    """A proxy resets the connection in the middle of a PATCH body; tus-js-client's own
+    retry asks for the offset and resumes from inside the cut PATCH; the bytes are the
+    file's."""
+    source = tmp_path / "cut.bin"
+    size, chunk, cut = 5 * MiB + 3, 2 * MiB, 3 * MiB // 2
+    want = make_file(source, size)
+    proxy = CuttingProxy(driver_daemon.port)
+    try:
+        proxy.cut_after(cut)
+        result = node(endpoint=proxy.root + "/files/", file=str(source), chunkSize=chunk,
+                      retryDelays=[200, 500, 1000, 1000, 1000])
+    finally:
+        proxy.close()
+    assert result["ok"], result
+    assert proxy.cuts == 1
+    assert len(result["retries"]) >= 1, result
+    assert proxy.offsets[0] == 0
+    assert [o for o in proxy.offsets if 0 < o <= cut], proxy.offsets  # from where it got to
+    got, _ = download(driver_daemon.root + result["url"].removeprefix(proxy.root))
+    assert got == want
+
+
 def test_resume_with_upload_url(daemon: Daemon, tmp_path: Path) -> None:
     """Resume by handing the upload URL to a new Upload (the `uploadUrl` option)."""
     source = tmp_path / "u.bin"
@@ -93,8 +121,8 @@ def test_resume_with_upload_url(daemon: Daemon, tmp_path: Path) -> None:
     want = make_file(source, size)
     first = node(mode="abort", endpoint=daemon.url, file=str(source), chunkSize=MiB, abortAt=MiB)
     assert first["ok"] and first["aborted"], first
-    offset = int(head(first["url"])["upload-offset"])
-    assert 0 < offset < size
+    offset = wait_offset_above(first["url"], 0)
+    assert offset < size
 
     second = node(mode="resume", uploadUrl=first["url"], file=str(source), chunkSize=MiB,
                   retryDelays=[200, 1000])
@@ -137,10 +165,13 @@ def test_parallel_upload_resumed_after_abort(daemon: Daemon, tmp_path: Path) -> 
     assert first["ok"] and first["aborted"], first
     partials = first["parallelUploadUrls"]
     assert len(partials) == 3 and all(partials), first
-    offsets = [int(head(url)["upload-offset"]) for url in partials]
     lengths = [int(head(url)["upload-length"]) for url in partials]
     assert sum(lengths) == size
-    assert 0 < sum(offsets) < size, (offsets, lengths)
+    deadline = time.monotonic() + 30  # the cut PATCHes are committed once noticed
+    while sum(offsets := [int(head(url)["upload-offset"]) for url in partials]) == 0:
+        assert time.monotonic() < deadline, offsets
+        time.sleep(0.05)
+    assert sum(offsets) < size, (offsets, lengths)
 
     second = node(mode="resume", endpoint=daemon.url, file=str(source), chunkSize=MiB // 2, parallel=3,
                   storage=storage, retryDelays=[200, 1000])

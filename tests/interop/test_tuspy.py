@@ -1,4 +1,5 @@
-"""PyPI tuspy 1.1.0 (the real client, unpatched) against a real tusd-py daemon."""
+"""PyPI tuspy 1.1.0 (the real client, unpatched) against a real tusd-py daemon; the
+interruption tests run on every driver."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from tusclient.exceptions import TusCommunicationError, TusUploadFailed
 from tusclient.storage.filestorage import FileStorage
 
 from tests.interop.helpers import download, head, make_file
-from tests.plugins.daemon import Daemon
+from tests.plugins.daemon import Daemon, DriverDaemons
+from tests.plugins.tcp import CuttingProxy
 
 MiB = 1 << 20
 
@@ -70,14 +72,38 @@ def test_resume_from_url_storage_after_stop(daemon: Daemon, tmp_path: Path) -> N
     assert got == want
 
 
-def test_resume_after_daemon_killed(daemon_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_upload_resumes_after_the_connection_is_cut(driver_daemon: Daemon, tmp_path: Path) -> None:
+    """A proxy between tuspy and the daemon resets the connection in the middle of a
+    PATCH body; tuspy's own retry asks the server for the offset and resumes from it:
+    from inside the cut PATCH (the server kept what arrived), not from that PATCH's
+    start, and the bytes read back are the file's."""
+    source = tmp_path / "cut.bin"
+    size, chunk, cut = 5 * MiB + 7, 2 * MiB, 3 * MiB // 2
+    want = make_file(source, size)
+    proxy = CuttingProxy(driver_daemon.port)
+    try:
+        proxy.cut_after(cut)  # the first PATCH, 1.5 MiB into its body
+        uploader = tus_client.TusClient(proxy.root + "/files/").uploader(
+            file_path=str(source), chunk_size=chunk, retries=10, retry_delay=1)
+        uploader.upload()
+        assert uploader.offset == size
+    finally:
+        proxy.close()
+    assert proxy.cuts == 1
+    assert proxy.offsets[0] == 0
+    assert [o for o in proxy.offsets if 0 < o <= cut], proxy.offsets  # from where it got to
+    got, _ = download(driver_daemon.root + uploader.url.removeprefix(proxy.root))
+    assert got == want
+
+
+def test_resume_after_daemon_killed(driver_daemons: DriverDaemons, tmp_path: Path) -> None:
     """kill -9 the daemon between PATCHes: the client sees a failure; after a restart on
-    the same data dir, a new uploader resumes from the acknowledged offset."""
+    the same storage, a new uploader resumes from the acknowledged offset."""
     source = tmp_path / "crash.bin"
     size = 3 * MiB + 5
     want = make_file(source, size)
     storage = FileStorage(str(tmp_path / "urls.json"))
-    first_daemon: Daemon = daemon_factory()
+    first_daemon = driver_daemons.start()
     tus = tus_client.TusClient(first_daemon.url)
 
     first = tus.uploader(file_path=str(source), chunk_size=512 * 1024, store_url=True, url_storage=storage)
@@ -88,7 +114,7 @@ def test_resume_after_daemon_killed(daemon_factory, tmp_path: Path) -> None:  # 
     with pytest.raises((TusUploadFailed, TusCommunicationError)):
         first.upload_chunk()
 
-    second_daemon: Daemon = daemon_factory(data_dir=first_daemon.data_dir, port=first_daemon.port)
+    second_daemon = driver_daemons.restart(first_daemon)
     second = tus_client.TusClient(second_daemon.url).uploader(
         file_path=str(source), chunk_size=1 * MiB, store_url=True, url_storage=storage)
     assert second.url == first.url

@@ -1,7 +1,17 @@
-"""A real tusd-py daemon in a subprocess, on 127.0.0.1 and a free port."""
+"""A real tusd-py daemon in a subprocess, on 127.0.0.1 and a free port.
+
+* ``daemon_factory(env=None, data_dir=None, port=None) -> Daemon`` (started; every one
+  is killed at the end of the test); ``daemon``: one on the local driver.
+* ``driver_daemons`` (parametrised over ``DAEMON_DRIVERS``): a ``DriverDaemons`` that
+  starts daemons for one driver on this test's own storage (a data dir, or a fresh
+  bucket/container of the session's emulator), restarts them on it, and lists what the
+  storage holds. ``driver_daemon``: one started daemon of it. Process-level tests
+  written over these run on every persistent driver.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import socket
@@ -9,8 +19,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -97,8 +109,11 @@ class Daemon:
             self._log.close()
 
 
+DaemonFactory = Callable[..., Daemon]
+
+
 @pytest.fixture
-def daemon_factory(tmp_path: Path) -> Iterator[callable]:  # type: ignore[valid-type]
+def daemon_factory(tmp_path: Path) -> Iterator[DaemonFactory]:
     """``daemon_factory(env=None, data_dir=None, port=None) -> Daemon`` (started)."""
     started: list[Daemon] = []
 
@@ -115,6 +130,91 @@ def daemon_factory(tmp_path: Path) -> Iterator[callable]:  # type: ignore[valid-
 
 
 @pytest.fixture
-def daemon(daemon_factory) -> Daemon:  # type: ignore[no-untyped-def]
+def daemon(daemon_factory: DaemonFactory) -> Daemon:
     """A started daemon on the local driver."""
     return daemon_factory()
+
+
+#: The drivers process-level tests run on: each persistent one (the memory driver loses
+#: everything with its process, so there is nothing to restart or sweep across processes).
+DAEMON_DRIVERS = ["local", "s3", "gcs", "azure"]
+
+
+@dataclass
+class DriverDaemons:
+    """Daemons of one driver on one test's storage: every daemon started here shares it,
+    so a restarted one finds what the previous one left."""
+
+    driver: str
+    #: The part (block) size of the driver's test config; 0 for local (no parts).
+    part_size: int
+    #: ``TUSD_STORAGE__*`` settings of this test's storage.
+    storage_env: dict[str, str]
+    data_dir: Path
+    factory: DaemonFactory
+    #: Lists the names of everything the storage holds (see ``stored``).
+    lister: Callable[[], set[str]] = field(repr=False)
+
+    def start(self, env: dict[str, str] | None = None, port: int | None = None) -> Daemon:
+        """A started daemon on this storage; ``env`` adds ``TUSD_*`` settings."""
+        return self.factory(env={**self.storage_env, **(env or {})}, data_dir=self.data_dir,
+                            port=port)
+
+    def restart(self, old: Daemon, env: dict[str, str] | None = None) -> Daemon:
+        """A new daemon with ``old``'s settings, port and storage (``old`` has exited)."""
+        assert old.proc is not None and old.proc.poll() is not None, "stop the old one first"
+        return self.factory(env={**old.extra_env, **(env or {})}, data_dir=self.data_dir,
+                            port=old.port)
+
+    def stored(self, upload_id: str = "") -> set[str]:
+        """Names the storage holds that contain ``upload_id`` (all, by default): the local
+        driver's upload files; objects, in-progress multipart uploads (S3) and blobs,
+        uncommitted ones included (Azure)."""
+        return {name for name in self.lister() if upload_id in name}
+
+
+def _local_files(data_dir: Path) -> set[str]:
+    uploads = data_dir / "uploads"
+    return set(os.listdir(uploads)) if uploads.is_dir() else set()
+
+
+def _s3_names(client: Any, bucket: str) -> set[str]:
+    names = {o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])}
+    uploads = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    return names | {f"{u['Key']} (multipart {u['UploadId']})" for u in uploads}
+
+
+def _azure_names(container: Any) -> set[str]:
+    return {b.name for b in container.list_blobs(include=["uncommittedblobs"])}
+
+
+@pytest.fixture(params=DAEMON_DRIVERS)
+def driver_daemons(request: pytest.FixtureRequest, daemon_factory: DaemonFactory,
+                   tmp_path: Path) -> DriverDaemons:
+    """``DriverDaemons`` for each driver in ``DAEMON_DRIVERS`` (the cloud ones against
+    the session's emulators, a fresh bucket or container per test)."""
+    driver: str = request.param
+    data_dir = tmp_path / "data"
+    lister: Callable[[], set[str]]
+    if driver == "local":
+        env, part_size = {"TUSD_STORAGE__DRIVER": "local"}, 0
+        lister = lambda: _local_files(data_dir)  # noqa: E731
+    else:
+        env = dict(request.getfixturevalue(f"{driver}_daemon_env"))
+        part_size = int(importlib.import_module(f"tests.plugins.{driver}").PART_SIZE)
+        if driver == "s3":
+            client, bucket = request.getfixturevalue("s3_client"), request.getfixturevalue("s3_bucket")
+            lister = lambda: _s3_names(client, bucket)  # noqa: E731
+        elif driver == "gcs":
+            objects, bucket = request.getfixturevalue("gcs_objects"), request.getfixturevalue("gcs_bucket")
+            lister = lambda: set(objects(bucket))  # noqa: E731
+        else:
+            container = request.getfixturevalue("azure_container_client")
+            lister = lambda: _azure_names(container)  # noqa: E731
+    return DriverDaemons(driver, part_size, env, data_dir, daemon_factory, lister)
+
+
+@pytest.fixture
+def driver_daemon(driver_daemons: DriverDaemons) -> Daemon:
+    """A started daemon on each driver of ``DAEMON_DRIVERS``, on this test's storage."""
+    return driver_daemons.start()

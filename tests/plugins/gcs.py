@@ -6,8 +6,9 @@
 * ``gcs_storage_config``: the ``storage`` section for that bucket (used by the HTTP
   suite through ``tests.plugins.app.DRIVERS``).
 * ``gcs_daemon_env``: the same as ``TUSD_STORAGE__*`` env for ``daemon_factory``.
-* ``gcs_objects``: ``gcs_objects(bucket) -> {name: size}``, to look behind the driver's
-  back in assertions (plain HTTP, not the driver's client).
+* ``gcs_objects``: ``gcs_objects(bucket) -> {name: size}`` of the uploads' objects (not
+  the index's, see ``object_stores.without_index``), to look behind the driver's back in
+  assertions (plain HTTP, not the driver's client).
 * ``gcs_put``: ``gcs_put(bucket, name, data)`` writes an object behind the driver's back
   (plain HTTP, a media upload).
 """
@@ -25,6 +26,7 @@ from typing import Any
 import pytest
 
 from bench.emulators import emulator_process
+from tests.plugins.object_stores import without_index
 
 #: Small parts keep the tests fast while a PATCH still spans several of them.
 PART_SIZE = 256 << 10
@@ -69,7 +71,8 @@ def gcs_objects(gcs_endpoint: str) -> Callable[[str], dict[str, int]]:
                                         timeout=10) as r:
                 page = json.load(r)
             for item in page.get("items", ()):
-                out[item["name"]] = int(item["size"])
+                if without_index([item["name"]]):
+                    out[item["name"]] = int(item["size"])
             token = page.get("nextPageToken") or ""
             if not token:
                 return out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -10,6 +10,14 @@ from aiohttp.test_utils import TestClient
 from tests.http.helpers import create, head, patch
 from tusd_py.http.keys import STORE
 from tusd_py.protocol.errors import StorageError
+
+
+def without_index(names: Iterable[str]) -> set[str]:
+    """The object names that belong to uploads: not the store's own bookkeeping (index
+    markers ``.due/...`` and ``.owed/...``, ``.index``, ``.sweep-lease``), whose names
+    start with a dot after the prefix."""
+    return {name for name in names if "/." not in "/" + name}
+
 
 #: Bytes that are no record: not UTF-8, not JSON.
 GARBAGE = b"\xff{not json"

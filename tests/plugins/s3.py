@@ -10,28 +10,23 @@
 * ``make_store``: ``await make_store(**S3Store options)`` -> a started ``S3Store`` on the
   test's bucket (prefix ``up/``, 5 MiB parts); two of them stand for two replicas.
   With ``new_upload``, ``write`` (one PATCH) and ``read_all`` for driver-level tests.
-* ``s3_proxy``: ``(S3Proxy, url)``, a reverse proxy in front of moto that can throttle,
-  lose answers, hold requests back, and logs what it forwarded (to count S3 requests
-  and body bytes).
+* ``s3_proxy``: ``(StoreProxy, url)``, a reverse proxy in front of moto that can
+  throttle, lose answers, hold requests back, and logs what it forwarded (to count S3
+  requests and body bytes; ``tests.plugins.proxy``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from bench.emulators import emulator_process
+from tests.plugins.proxy import StoreProxy, running_proxy
 from tests.plugins.stores import started_stores
 
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
@@ -121,126 +116,10 @@ def s3_daemon_env(s3_storage_config: dict[str, Any]) -> dict[str, str]:
     return env
 
 
-SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
-             b"<Message>Please reduce your request rate.</Message></Error>")
-INTERNAL_ERROR = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InternalError</Code>'
-                  b"<Message>We encountered an internal error.</Message></Error>")
-_HOP = {"host", "content-length", "transfer-encoding", "connection"}
-
-
-@dataclass
-class Forwarded:
-    """One request the proxy passed on to moto."""
-
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    sent: int  # request body bytes
-    received: int  # response body bytes
-    status: int
-    started: float  # time.monotonic() when it was passed on
-    ended: float  # ... and when moto had answered
-
-
-class S3Proxy:
-    """Forwards everything to moto, with faults on request:
-
-    * ``rule``/``failures``: matching requests get 503 SlowDown while ``failures``
-      lasts (-1: for ever); ``refused`` counts them.
-    * ``lose_rule``/``lose``: matching requests are carried out, then answered 500
-      (``lose`` times; ``lost`` counts them), so botocore retries a write that landed.
-    * ``delay``: seconds to hold a request back before reading its body (a slow network
-      path; ``held`` counts them; ``let_go`` ends the delays early). A request whose
-      client gave up meanwhile is never passed on (``dropped``).
-    * ``log``: every request passed on, in order (``Forwarded``).
-    """
-
-    def __init__(self, upstream: str) -> None:
-        self.upstream = upstream
-        self.rule: Callable[[web.Request], bool] = lambda request: False
-        self.failures = 0
-        self.refused = 0
-        self.lose_rule: Callable[[web.Request], bool] = lambda request: False
-        self.lose = 0
-        self.lost = 0
-        self.delay: Callable[[web.Request], float] = lambda request: 0.0
-        self.held = 0
-        self._let_go = asyncio.Event()
-        self.dropped = 0
-        self.log: list[Forwarded] = []
-        self._forwarding: set[asyncio.Task[web.Response]] = set()
-        self.session: aiohttp.ClientSession | None = None
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        if self.failures and self.rule(request):
-            self.failures -= 1 if self.failures > 0 else 0
-            self.refused += 1
-            return web.Response(status=503, body=SLOW_DOWN, content_type="application/xml")
-        wait = self.delay(request)
-        try:
-            if wait > 0:
-                self.held += 1
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._let_go.wait(), wait)
-            body = await request.read()
-            if wait > 0:
-                await asyncio.sleep(0.05)  # time to notice that the client hung up
-        except (asyncio.CancelledError, ConnectionError):
-            self.dropped += 1  # the client gave up: nothing reaches moto
-            raise
-        if request.transport is None or request.transport.is_closing():
-            self.dropped += 1
-            return web.Response(status=499)
-        # Once passed on, a request is carried out (and logged) even if its client
-        # hangs up meanwhile, as S3 does.
-        task = asyncio.get_running_loop().create_task(self.forward(request, body))
-        self._forwarding.add(task)
-        task.add_done_callback(self._forwarding.discard)
-        response = await asyncio.shield(task)
-        if self.lose and response.status < 300 and self.lose_rule(request):
-            # The write happened, but the client never learns it: botocore retries it.
-            self.lose -= 1
-            self.lost += 1
-            return web.Response(status=500, body=INTERNAL_ERROR, content_type="application/xml")
-        return response
-
-    def let_go(self) -> None:
-        """End the delay of every request held back now."""
-        self._let_go.set()
-        self._let_go = asyncio.Event()
-
-    async def forward(self, request: web.Request, body: bytes) -> web.Response:
-        assert self.session is not None
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
-        started = time.monotonic()
-        async with self.session.request(request.method, self.upstream + request.path_qs,
-                                        headers=headers, data=body,
-                                        allow_redirects=False) as r:
-            answer = await r.read()
-            out = {k: v for k, v in r.headers.items()
-                   if k.lower() not in _HOP and k.lower() != "content-encoding"}
-        self.log.append(Forwarded(request.method, request.path, dict(request.query),
-                                  dict(request.headers), len(body), len(answer), r.status,
-                                  started, time.monotonic()))
-        return web.Response(status=r.status, body=answer, headers=out)
-
-
 @pytest.fixture
-async def s3_proxy(moto_endpoint: str) -> AsyncIterator[tuple[S3Proxy, str]]:
-    proxy = S3Proxy(moto_endpoint)
-    app = web.Application(client_max_size=256 << 20)
-    async def handle(request: web.Request) -> web.StreamResponse:
-        return await proxy.handle(request)  # looked up per request: tests may wrap it
-
-    app.router.add_route("*", "/{tail:.*}", handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    async with aiohttp.ClientSession(auto_decompress=False) as session:
-        proxy.session = session
-        yield proxy, f"http://127.0.0.1:{server.port}"
-        await asyncio.gather(*proxy._forwarding, return_exceptions=True)
-    await server.close()
+async def s3_proxy(moto_endpoint: str) -> AsyncIterator[tuple[StoreProxy, str]]:
+    async with running_proxy(moto_endpoint) as running:
+        yield running
 
 
 def is_part_upload(request: web.Request) -> bool:

@@ -7,7 +7,7 @@ import io
 import os
 from pathlib import Path
 
-from tusd_py.storage.s3.buffer import BufferGauge, ChunkBuffer, ChunksReader
+from tusd_py.storage.object.buffer import BufferGauge, ChunkBuffer, ChunksReader
 
 
 def content(buf: ChunkBuffer) -> bytes:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 
 from tests.http.helpers import TUS, create, download, head, patch, path_of, upload
-from tests.plugins.s3 import MIB, Forwarded, client_through_proxy
+from tests.plugins.proxy import Forwarded
+from tests.plugins.s3 import MIB, client_through_proxy
 
 
 def is_part_copy(f: Forwarded) -> bool:

@@ -5,15 +5,17 @@ from __future__ import annotations
 import pytest
 
 from tusd_py.protocol.errors import SizeExceeded
-from tusd_py.storage.s3.sizing import (
-    MAX_OBJECT_SIZE,
-    MAX_PART_SIZE,
-    MAX_PARTS,
-    MIB,
-    MIN_PART_SIZE,
-    part_size_for,
-    reachable_size,
-)
+from tusd_py.storage.s3.sizing import part_size_for, reachable_size
+
+MIB = 1 << 20
+# Amazon S3's multipart upload limits (S3 User Guide, "Amazon S3 multipart upload limits"):
+MAX_PARTS = 10_000
+MIN_PART_SIZE = 5 * MIB  # every part but the last
+MAX_PART_SIZE = 5 << 30
+MAX_OBJECT_SIZE = 5 << 40
+#: Deferred-length uploads double their part size every 909 parts (README, S3 driver):
+#: eleven doublings fit in 10,000 parts.
+DOUBLING_STEP = 909
 
 
 def test_known_length_uses_base_part_size_while_it_suffices():
@@ -45,7 +47,7 @@ def test_5_tib_upload_fits_in_10000_parts(base):
 @pytest.mark.parametrize("base", [MIN_PART_SIZE, 8 * MIB])
 def test_deferred_length_parts_double_and_reach_5_tib(base):
     assert part_size_for(1, base=base, length=None, done=0) == base
-    step = MAX_PARTS // 11
+    step = DOUBLING_STEP
     assert part_size_for(step, base=base, length=None, done=0) == base
     assert part_size_for(step + 1, base=base, length=None, done=0) == 2 * base
     assert part_size_for(MAX_PARTS, base=base, length=None, done=0) <= MAX_PART_SIZE

@@ -84,9 +84,11 @@ async def test_reconcile_never_cuts_bytes_committed_by_another_process(tmp_path,
     a = await started(LocalStore(str(tmp_path)))
     await a.create(Upload(id="u4", length=1000))
     await write(a, "u4", b"a" * 100)
+    with open(tmp_path / "uploads" / "u4", "ab") as f:
+        f.write(b"x" * 50)  # looks unacknowledged when listed: offset 100, a file of 150
     racing = RacingStore(str(tmp_path))
     racing.other = a
-    await started(racing)  # lists offset 100 with a file of 100: then a commits 200
+    await started(racing)  # lists offset 100: then a commits 200 before the flock
     assert (await a.get("u4")).offset == 200
     assert (tmp_path / "uploads" / "u4").stat().st_size == 200
     # An unacknowledged tail (a crash mid-PATCH) is still cut at the next start.
@@ -159,5 +161,5 @@ async def test_release_after_terminate_closes_the_file_off_the_event_loop(stores
     monkeypatch.setattr(os, "close", close)
     await lock.release()
     assert closed_in and closed_in != [threading.main_thread().name]
-    assert a._unlinked == set()
+    assert a._unlinked == set()  # private: the store forgets the file (nothing public shows it)
     assert lock.fd is None

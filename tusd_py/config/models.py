@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
@@ -167,6 +168,17 @@ def _file_mode(value: Any) -> Any:
     return value
 
 
+def _workers(value: Any) -> Any:
+    """``auto`` -> the CPUs this process may run on."""
+    if isinstance(value, str):
+        if value.strip().lower() == "auto":
+            return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+                os.cpu_count() or 1)
+        if not value.strip().isdigit():
+            raise ValueError(f"a number of processes or auto, not {value!r}")
+    return value
+
+
 class ServerConfig(Section):
     #: Address to listen on (``--host``).
     host: str = "0.0.0.0"
@@ -274,6 +286,10 @@ class ServerConfig(Section):
     metrics: bool = True
     #: Serve the browser demo (Uppy Dashboard + Tus) at GET /. Keep off in production.
     demo: bool = False
+    #: Worker processes serving the same listening socket and the same storage (``auto``:
+    #: one per CPU). With more than one, a supervisor process starts them, restarts one
+    #: that dies, sums their /metrics and drains them all on SIGTERM.
+    workers: Annotated[int, BeforeValidator(_workers), Field(ge=1, le=256)] = 1
 
     @field_serializer("unix_socket_mode")
     def _octal(self, value: int) -> str:
@@ -374,6 +390,16 @@ class _ObjectStorage(Section):
     #: A writer's lease on an upload lasts this long unless renewed (every third of it
     #: while a PATCH streams); a replica that died is taken over after at most this.
     lease_duration: Annotated[Duration, AfterValidator(_at_least_a_second)] = 10.0
+    #: Parts (S3 parts, GCS part objects, Azure blocks) of one PATCH uploaded at once
+    #: while its body keeps streaming in. Memory per PATCH is at most part_size x 2 + one
+    #: body chunk (64KiB) whatever this is (the part filling and one uploading; parts
+    #: waiting their turn wait in spill_dir): 16MiB at the defaults, plus the store
+    #: client's buffers (about 1MiB per part in flight). Disk per PATCH: at most
+    #: part_size x (part_concurrency - 1), only while the store is slower than the client.
+    part_concurrency: Annotated[int, Field(ge=1, le=64)] = 8
+    #: Where parts waiting to upload (and S3 parts grown past part_size) spill, as
+    #: anonymous temporary files that nothing outlives (unset: $TMPDIR).
+    spill_dir: str | None = None
 
 
 class S3Storage(_ObjectStorage):
@@ -386,11 +412,9 @@ class S3Storage(_ObjectStorage):
     endpoint_url: str | None = None
     #: The bucket's region (unset: from the AWS configuration).
     region: str | None = None
-    #: Multipart part size: S3 wants 5MiB..5GiB; grows with Upload-Length past 10,000 parts.
+    #: Multipart part size: S3 wants 5MiB..5GiB; grows with Upload-Length past 10,000 parts
+    #: (the bytes of a grown part beyond part_size spill to spill_dir).
     part_size: Annotated[Size, _size_range(5 * MIB, 5 << 30, "S3's part size limits")] = 8 * MIB
-    #: Where the part of a grown part (huge or deferred-length uploads) that exceeds
-    #: part_size in memory is spilled, as unlinked temporary files (unset: $TMPDIR).
-    spill_dir: str | None = None
 
 
 class GCSStorage(_ObjectStorage):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 from typing import TYPE_CHECKING
 
@@ -62,27 +63,34 @@ class BodyReceiver:
         # Listeners that want progress during a long body (post-receive hooks) set it.
         interval = self.events.receiving_interval
         next_tick = loop.time() + interval if interval > 0 else None
+        # A body that is already all buffered (a small PATCH arrives with its headers)
+        # is read without ever waiting, so it needs no idle deadline nor rate window, and
+        # nothing can stop it halfway: no timeout scope (it costs more than such a body's
+        # writes).
+        buffered = write_nowait is not None and content.is_eof()
         min_bytes, rate_window = self.min_bytes, self.rate_window
-        window_end = loop.time() + rate_window if min_bytes else None
+        window_end = loop.time() + rate_window if min_bytes and not buffered else None
         window_start_received = 0
         try:
-            async with asyncio.timeout(None) as scope:
+            async with contextlib.nullcontext() if buffered else asyncio.timeout(None) as scope:
                 # From here another task can stop this read by rescheduling the scope
                 # (Writer.stop): a newer request taking over, the shutdown, or a hook's
                 # StopUpload. The read then ends with TimeoutError, handled below.
                 writer.scope = scope
                 while True:
-                    now = loop.time()
-                    if window_end is not None and now >= window_end:
-                        if received - window_start_received < min_bytes:
-                            if writer.stop_reason is None:
-                                writer.stop_reason = StopReason.SLOW
-                            return Outcome.STOPPED
-                        window_end, window_start_received = now + rate_window, received
-                    deadline = idle_deadline(writer, now)
-                    scheduled = scope.when()
-                    if scheduled is None or deadline < scheduled or deadline - scheduled > slack:
-                        scope.reschedule(deadline)
+                    if scope is not None:
+                        now = loop.time()
+                        if window_end is not None and now >= window_end:
+                            if received - window_start_received < min_bytes:
+                                if writer.stop_reason is None:
+                                    writer.stop_reason = StopReason.SLOW
+                                return Outcome.STOPPED
+                            window_end, window_start_received = now + rate_window, received
+                        deadline = idle_deadline(writer, now)
+                        scheduled = scope.when()
+                        if (scheduled is None or deadline < scheduled
+                                or deadline - scheduled > slack):
+                            scope.reschedule(deadline)
                     # One buffered chunk as it arrived (readany() would join what is
                     # buffered into a new bytes object: a copy of every byte).
                     chunk, chunk_boundary = await content.readchunk()
@@ -100,6 +108,7 @@ class BodyReceiver:
                     if write_nowait is not None:
                         write_nowait(chunk)
                     else:
+                        assert scope is not None
                         scope.reschedule(None)  # a write that waits is not client idleness
                         waited = loop.time()
                         await lock.write(chunk)

@@ -16,7 +16,7 @@ from ..config import ConfigError, HooksConfig
 from ..core.writers import WriterRegistry
 from ..protocol.constants import POST_FINISH, PRE_FINISH
 from ..protocol.errors import NotFound, TusError, UploadBusy
-from ..storage.base import CanTrackFinish, Store, Upload, UploadLock
+from ..storage.base import CanTakeTurns, CanTrackFinish, Store, Upload, UploadLock
 from .calls import Delivery, HookBackend
 from .http import HookError
 from .notify import Notifications
@@ -28,6 +28,8 @@ log = logging.getLogger("tusd_py.hooks")
 CLAIM_WAIT = 5.0
 #: Owed post-finish deliveries queued per re-delivery round.
 REDELIVER_BATCH = 100
+#: The re-delivery turn (one process lists the owed uploads) lasts this many rounds.
+TURN_ROUNDS = 3
 
 
 class FinishRedelivery(Notifications):
@@ -48,10 +50,12 @@ class FinishRedelivery(Notifications):
         if self.tracks_finish:
             self.redeliveries.labels(POST_FINISH)
         self._redeliverer: asyncio.Task[None] | None = None
+        #: Whether this process runs the re-delivery loop (with server.workers, one does).
+        self.redeliver = True
 
     async def start(self) -> None:
         await super().start()
-        if self.tracks_finish:
+        if self.tracks_finish and self.redeliver:
             self._redeliverer = asyncio.create_task(self._redeliver_loop(),
                                                     name="tusd-hooks-redeliver")
 
@@ -178,11 +182,16 @@ class FinishRedelivery(Notifications):
         return queued
 
     async def _redeliver_loop(self) -> None:
+        """``redeliver_owed`` every ``redeliver_after``, in the one process (of every
+        replica and worker) that has the turn (``CanTakeTurns``)."""
+        store = self.store
+        hold = TURN_ROUNDS * self.config.redeliver_after
         while True:
             try:
-                queued = await self.redeliver_owed()
-                if queued:
-                    log.info("hooks: re-delivering post-finish of %d upload(s)", queued)
+                if not isinstance(store, CanTakeTurns) or await store.take_turn("redeliver", hold):
+                    queued = await self.redeliver_owed()
+                    if queued:
+                        log.info("hooks: re-delivering post-finish of %d upload(s)", queued)
             except Exception as exc:
                 log.warning("hooks: listing owed post-finish deliveries failed: %s", exc)
             await asyncio.sleep(self.config.redeliver_after)

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from ..config import Config
-from ..http.keys import EVENTS, HANDLER, HOOK_RESPONSE_HEADERS, HOOKS, REGISTRY, STORE
+from ..http.keys import BACKGROUND, EVENTS, HANDLER, HOOK_RESPONSE_HEADERS, HOOKS, REGISTRY, STORE
 from ..protocol.constants import POST_RECEIVE
 from .calls import HookBackend
 from .http import HttpHook
@@ -59,6 +59,7 @@ SHUTDOWN_DRAIN = 5.0
 
 async def _hooks_ctx(app: web.Application) -> AsyncIterator[None]:
     listener = app[HOOKS]
+    listener.redeliver = app[BACKGROUND]  # one re-delivery loop (server.workers)
     await listener.start()
     yield
     await listener.stop(drain=min(SHUTDOWN_DRAIN, max(listener.config.http.timeout, 1.0)))

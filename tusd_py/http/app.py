@@ -24,12 +24,13 @@ from ..storage.base import Capability
 from ..storage.registry import build_store
 from ..web import add_demo_routes
 from .cors import cors_headers
-from .keys import CONFIG, EVENTS, GATE, HANDLER, METRICS, READINESS, REGISTRY, STORE
+from .keys import BACKGROUND, CONFIG, EVENTS, GATE, HANDLER, METRICS, READINESS, REGISTRY, STORE, WORKER
 from .limits import limits_middleware
 from .listen import reason
 from .logs import RequestAnnotator
 from .metrics import Metrics
 from .middleware import RequestGate, front_middleware
+from .routing import route_tus_directly
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
@@ -55,6 +56,9 @@ async def readyz(request: web.Request) -> web.Response:
     request.app[READINESS].report(reason)
     if reason is not None:
         return web.Response(status=503, text="storage not ready\n")
+    worker = request.app.get(WORKER)
+    if worker is not None and (idle := worker.not_serving()):  # server.workers: all of them
+        return web.Response(status=503, text=f"worker(s) not serving: {idle}\n")
     return web.Response(text="ready\n")
 
 
@@ -88,17 +92,21 @@ class Readiness:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text exposition of this app's registry."""
-    body = generate_latest(request.app[REGISTRY])
+    """Prometheus text exposition of this app's registry (with ``server.workers``, the
+    sum over every worker's)."""
+    worker = request.app.get(WORKER)
+    registry = request.app[REGISTRY]
+    body = generate_latest(registry if worker is None else worker.all_metrics(registry))
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def create_app(config: Config, store: Store | None = None,
-               events: EventBus | None = None, *,
+               events: EventBus | None = None, background: bool = True, *,
                tracer_provider: TracerProvider | None = None) -> web.Application:
-    """Build the application. ``store`` defaults to the configured driver. Traced (the
-    ``otel`` extra, ``tusd_py.tracing``) with ``tracer_provider``, else when the
-    ``OTEL_*`` variables ask for it."""
+    """Build the application. ``store`` defaults to the configured driver; ``background``
+    says whether it runs the sweeper and the post-finish re-delivery (one worker does).
+    Traced (the ``otel`` extra, ``tusd_py.tracing``) with ``tracer_provider``, else when
+    the ``OTEL_*`` variables ask for it."""
     store = store if store is not None else build_store(config.storage)
     if tracer_provider is None:
         tracer_provider = tracing.provider_from_env()
@@ -134,6 +142,7 @@ def create_app(config: Config, store: Store | None = None,
     app[HANDLER] = handler
     app[REGISTRY] = registry
     app[GATE] = gate
+    app[BACKGROUND] = background
     app[READINESS] = Readiness()
     if tus_metrics is not None:
         app[METRICS] = tus_metrics
@@ -146,9 +155,11 @@ def create_app(config: Config, store: Store | None = None,
     # An id may have several segments (``storage.ids``): the route takes the id's
     # alphabet and ``/`` (the handler checks the segments); an escaped ``%2F`` is not a
     # separator, so it matches nothing (404).
-    app.router.add_route("*", base + "{upload_id:[A-Za-z0-9_/-]+}", handler.dispatch)
+    upload_route = app.router.add_route("*", base + "{upload_id:[A-Za-z0-9_/-]+}",
+                                        handler.dispatch)
     creation_route = app.router.add_route("*", base, handler.dispatch)
     app.router.add_route("*", base.rstrip("/"), handler.dispatch)
+    route_tus_directly(app, base, creation_route, upload_route, middlewares, handler.dispatch)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     if config.server.metrics:
@@ -205,7 +216,7 @@ async def _sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
     handler = app[HANDLER]
     interval = handler.config.expiration.sweep_interval
     task = None
-    if interval > 0 and Capability.EXPIRE in handler.store.capabilities:
+    if interval > 0 and Capability.EXPIRE in handler.store.capabilities and app[BACKGROUND]:
         tus_metrics = app.get(METRICS)
         on_run = tus_metrics.sweeper_run if tus_metrics is not None else None
         task = asyncio.create_task(sweep_every(handler, interval, on_run), name="tusd-sweeper")

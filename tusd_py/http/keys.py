@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .app import Readiness
     from .metrics import Metrics
     from .middleware import RequestGate
+    from .workers import WorkerSlot
 
 HANDLER: web.AppKey[TusHandler] = web.AppKey("tusd_handler")
 CONFIG: web.AppKey[Config] = web.AppKey("tusd_config")
@@ -32,6 +33,11 @@ REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("tusd_metrics_registry")
 #: The tusd_* metrics (absent when ``server.metrics`` is off).
 METRICS: web.AppKey[Metrics] = web.AppKey("tusd_metrics")
 GATE: web.AppKey[RequestGate] = web.AppKey("tusd_request_gate")
+#: Whether this process runs the background loops (the expiry sweeper, the post-finish
+#: re-delivery): with ``server.workers`` only the first worker does.
+BACKGROUND: web.AppKey[bool] = web.AppKey("tusd_background")
+#: This worker's place among ``server.workers`` (absent with one process).
+WORKER: web.AppKey[WorkerSlot] = web.AppKey("tusd_worker")
 #: The last /readyz verdict (``app.Readiness``), logged when it changes.
 READINESS: web.AppKey[Readiness] = web.AppKey("tusd_readiness")
 #: The hook listener (absent when no hook is configured).

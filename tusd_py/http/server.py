@@ -15,9 +15,11 @@ import gc
 import logging
 import os
 import signal
+import socket
 import ssl
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -26,9 +28,10 @@ from ..config import Config, ConfigError, ServerConfig, StartupError
 from ..config.report import env_notes, origin_summary, storage_location
 from .app import create_app, drain_uploads
 from .connections import ConnectionGuard, GuardedRunner, raise_open_files_limit
-from .keys import CONFIG, GATE, HANDLER, HOOKS, STORE
+from .keys import CONFIG, GATE, HANDLER, HOOKS, REGISTRY, STORE, WORKER
 from .listen import listen, listen_url, reason, reload_tls, remove_socket, tls_context
 from .logs import AccessLogger, flush_logs, setup_logging
+from .workers import WorkerSlot, supervise
 
 if TYPE_CHECKING:
     from ..storage.base import Store
@@ -74,14 +77,15 @@ def start_watchdog(seconds: float) -> threading.Timer:
 STARTUP_CLEANUP_WAIT = 5.0
 
 
-def build(config: Config) -> tuple[web.Application, ssl.SSLContext | None]:
+def build(config: Config, background: bool = True) -> tuple[web.Application, ssl.SSLContext | None]:
     """What ``serve`` builds before it starts anything: the app (driver, hooks) and the
     TLS context; ``check-config`` builds the same, so it refuses what serve would."""
     context = tls_context(config.server.tls)
-    return create_app(config), context
+    return create_app(config, background=background), context
 
 
-async def run(config: Config) -> None:
+async def run(config: Config, sock: socket.socket | None = None,
+              worker: WorkerSlot | None = None) -> None:
     """Build the app, start its store and hooks, listen, serve until SIGTERM/SIGINT.
 
     One guarded sequence: whatever fails on the way (a port in use, storage that does
@@ -93,7 +97,10 @@ async def run(config: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     server = config.server
-    app, context = build(config)  # starts nothing
+    # server.workers: this is one of them, on the socket the supervisor bound
+    app, context = build(config, background=worker is None or worker.index == 0)
+    if worker is not None:
+        app[WORKER] = worker
     if context is not None:
         loop.add_signal_handler(signal.SIGHUP, _reload_tls, context, server)
     gate = app[GATE]
@@ -123,11 +130,18 @@ async def run(config: Config) -> None:
         # allocate (measured: a full collection of the ~50,000 start-up objects paused the
         # loop for up to 70 ms on this machine; none happen after the freeze).
         gc.freeze()
-        site = await listen(runner, server, context)
+        if sock is None:
+            site = await listen(runner, server, context)
+        else:
+            site = web.SockSite(runner, sock, ssl_context=context)
+            await site.start()
     except BaseException:
         await _clean_up_failed_start(runner)
         raise
-    log.info("%s", describe_daemon(app, type(loop).__module__.split(".")[0]))
+    log.info("%s%s", "" if worker is None else f"worker {worker.index}: ",
+             describe_daemon(app, type(loop).__module__.split(".")[0]))
+    if worker is not None:
+        worker.start(app[REGISTRY])
 
     flusher = asyncio.create_task(_flush_logs_every(0.25))
     hard_deadline: float | None = None
@@ -138,6 +152,9 @@ async def run(config: Config) -> None:
         log.info("shutting down: no new requests; in-flight ones get %gs (exit within %gs)",
                  server.shutdown_grace, server.shutdown_grace + SHUTDOWN_MARGIN)
         gate.stopping = True
+        if worker is not None:
+            worker.serving = False
+            worker.publish(app[REGISTRY])
         await site.stop()
         await drain_uploads(app, COMMIT_WAIT, gate)
     finally:
@@ -147,7 +164,10 @@ async def run(config: Config) -> None:
                 await runner.cleanup()
         except TimeoutError:
             log.error("shutdown: connections and store did not close in time")
-        remove_socket(server)
+        if worker is None:
+            remove_socket(server)
+        else:
+            await worker.stop(app[REGISTRY])
         flusher.cancel()
         log.info("stopped")
         flush_logs()
@@ -261,8 +281,9 @@ def tune_malloc() -> bool:
         return False
 
 
-def serve(config: Config) -> None:
-    """Serve until SIGTERM/SIGINT; returns after in-flight uploads are committed."""
+def serve(config: Config) -> int:
+    """Serve until SIGTERM/SIGINT; returns (the exit status) after in-flight uploads are
+    committed. With ``server.workers`` above 1 this process supervises that many."""
     setup_logging(config.server.log_level, config.server.log_format)
     log.info("config: %s", origin_summary(config))
     for note in env_notes(config):
@@ -274,10 +295,28 @@ def serve(config: Config) -> None:
     if after != before:
         log.debug("open-file limit raised from %d to %d", before, after)
     tune_malloc()
+    if config.server.workers > 1:
+        return supervise(config, serve_worker, build,
+                         config.server.shutdown_grace + SHUTDOWN_MARGIN, EXIT_OVERRUN)
+    _serve_loop(run(config))
+    return 0
+
+
+def serve_worker(config: Config, sock: socket.socket, worker: WorkerSlot) -> int:
+    """One worker of ``server.workers`` (in the forked child): serve on ``sock``."""
+    try:
+        _serve_loop(run(config, sock, worker))
+    except ConfigError as exc:  # StartupError too: the supervisor stops them all
+        log.error("worker %d: %s", worker.index, exc)
+        return 2
+    return 0
+
+
+def _serve_loop(main: Coroutine[Any, Any, None]) -> None:
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        loop.run_until_complete(run(config))
+        loop.run_until_complete(main)
     finally:
         # Connections still lingering (aiohttp reads the rest of a body that a refused or
         # interrupted request left unread) end here, instead of being destroyed pending.

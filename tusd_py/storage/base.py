@@ -190,8 +190,17 @@ class Store(ABC):
 
     async def sweep_extra(self, now: float) -> int:
         """Driver-specific cleanup the sweeper runs after deleting expired uploads (S3:
-        abort dangling multipart uploads). Returns how many things were removed."""
+        abort dangling multipart uploads), when ``extra_due``. Returns how many things
+        were removed."""
         return 0
+
+    async def extra_due(self, now: float) -> bool:
+        """Whether the sweep at ``now`` runs ``sweep_extra`` (default: every sweep; an
+        object store's lists the whole bucket, so it runs once a day)."""
+        return True
+
+    async def extra_done(self, now: float) -> None:
+        """``sweep_extra`` ran at ``now``."""
 
 
 # -- optional capabilities: a store has one by having its methods ---------------------
@@ -237,6 +246,16 @@ class CanTrackFinish(Protocol):
     async def clear_finish_owed(self, lock: UploadLock) -> Upload:
         """Clear ``finish_owed`` of the locked upload (its finishing hooks were delivered,
         or pre-finish refused it); returns the new record, also made ``lock.upload``."""
+
+
+@runtime_checkable
+class CanTakeTurns(Protocol):
+    """Periodic jobs (the sweep, the post-finish re-delivery listing) shared by every
+    process on the same storage, replicas and worker processes alike."""
+
+    async def take_turn(self, job: str, hold: float) -> bool:
+        """Whether this process runs ``job`` now: True for at most one process at a
+        time, which keeps it ``hold`` seconds (renewed by its next calls) unless it dies."""
 
 
 _PROTOCOLS: tuple[tuple[type, frozenset[Capability]], ...] = (

@@ -38,14 +38,16 @@ def _s3(config: S3Storage) -> Store:
 
     return S3Store(config.bucket, prefix=config.prefix, endpoint_url=config.endpoint_url,
                    region=config.region, part_size=config.part_size,
-                   lease_duration=config.lease_duration, spill_dir=config.spill_dir)
+                   lease_duration=config.lease_duration, spill_dir=config.spill_dir,
+                   part_concurrency=config.part_concurrency)
 
 
 def _gcs(config: GCSStorage) -> Store:
     from .gcs.store import GCSStore
 
     return GCSStore(config.bucket, prefix=config.prefix, endpoint_url=config.endpoint_url,
-                    part_size=config.part_size, lease_duration=config.lease_duration)
+                    part_size=config.part_size, lease_duration=config.lease_duration,
+                    part_concurrency=config.part_concurrency, spill_dir=config.spill_dir)
 
 
 def _azure(config: AzureStorage) -> Store:
@@ -56,7 +58,8 @@ def _azure(config: AzureStorage) -> Store:
                       connection_string=secret.get_secret_value() if secret else None,
                       account_url=config.account_url, part_size=config.part_size,
                       lease_duration=config.lease_duration,
-                      create_container=config.create_container)
+                      create_container=config.create_container,
+                      part_concurrency=config.part_concurrency, spill_dir=config.spill_dir)
 
 
 #: driver -> (factory, the pip extra its SDK comes with, or None).

@@ -17,7 +17,7 @@ from azure.storage.blob import BlobBlock, BlockState, ContentSettings
 from ...protocol.content import stored_content
 from ...protocol.errors import ServiceUnavailable, StorageError, TusError
 from ...protocol.headers import Metadata, format_metadata
-from ..object.lease import Conflict
+from ..object.errors import Conflict
 
 #: Azure limits all metadata of a blob to 8 KiB; the tus metadata copy stays below this.
 MAX_METADATA_COPY = 7 << 10

@@ -14,6 +14,7 @@ from azure.core import MatchConditions
 
 from ...protocol.errors import StorageError, UploadBusy
 from ..base import Upload
+from ..object.buffer import ChunkBuffer, ChunksReader
 from ..object.lease import LeasedLock
 from ..object.parts import PartUploads
 from .errors import (
@@ -41,11 +42,12 @@ class AzureLock(LeasedLock["AzureStore"]):
     _log = log
 
     def __init__(self, store: AzureStore, record: dict[str, Any], etag: str, token: str) -> None:
-        self._buf = bytearray()  # body bytes not yet in a block
+        #: Body bytes not yet in a block, as received (no copy is made of a block).
+        self._buf = store.new_buffer()
         self._numbers = 0  # block ids used under this lease
-        #: One block staging while the next one fills, and the numbers of the blocks
-        #: staged since the last commit (``parts.done``).
-        self.parts: PartUploads[int] = PartUploads()
+        #: Blocks staging (``part_concurrency`` at most) while the next one fills, and the
+        #: numbers of the blocks staged since the last commit (``parts.done``).
+        self.parts: PartUploads[int] = PartUploads(store.part_concurrency)
         super().__init__(store, record, etag, token)
 
     # -- writing ----------------------------------------------------------------------
@@ -63,7 +65,7 @@ class AzureLock(LeasedLock["AzureStore"]):
     async def write(self, data: bytes) -> None:
         if self.lost:
             raise UploadBusy("the upload was taken over by another request")
-        self._buf += data
+        self._buf.append(data)
         self.written += len(data)
         while self._buf:
             target = self._target()
@@ -73,24 +75,24 @@ class AzureLock(LeasedLock["AzureStore"]):
 
     async def _cut(self, size: int) -> None:
         """Start staging the first ``size`` bytes of the buffer as the next block."""
-        await self.parts.room()  # one block in flight while the next one fills
+        await self.parts.room()
         self._check_lease()
-        # bytes, not the bytearray: the SDK and aiohttp slice the body to its length,
-        # a copy for a bytearray but the very object for bytes. The old buffer is freed
-        # at once, so the block is held once while it is staged.
-        with memoryview(self._buf) as view:
-            body = bytes(view[:size])
-            rest = bytearray(view[size:])
-        self._buf = rest
+        body = self._buf.take(size)  # the chunks themselves: no copy of the block
+        await self.store.park(body, self.parts)
         number = self._numbers
         self._numbers += 1
-        self.parts.start(self._stage(number, body), len(body))
+        self.parts.start(self._stage(number, body), size)
 
-    async def _stage(self, number: int, body: bytes) -> int:
-        """Stage ``body`` as block ``number`` of this lease; returns the number."""
-        async with azure_errors("staging a block"):
-            await self.store.blob(self.upload.id).stage_block(
-                block_id(self.token, number), body, length=len(body))
+    async def _stage(self, number: int, body: ChunkBuffer) -> int:
+        """Stage ``body`` as block ``number`` of this lease, then free it; returns the
+        number. (The SDK's retries seek the reader back to its start.)"""
+        try:
+            async with azure_errors("staging a block"):
+                with ChunksReader(body.chunks()) as reader:
+                    await self.store.blob(self.upload.id).stage_block(
+                        block_id(self.token, number), reader, length=len(body))
+        finally:
+            body.clear()
         return number
 
     async def commit(self, *, length: int | None = None,
@@ -151,4 +153,4 @@ class AzureLock(LeasedLock["AzureStore"]):
         await self.drain()
         self.parts.clear()
         self.written = 0
-        self._buf = bytearray()
+        self._buf.clear()

@@ -24,8 +24,9 @@ from ...config import ConfigError
 from ...protocol.errors import StorageError, UploadExists
 from ..base import Download, Upload
 from ..ids import is_upload_id, object_key
+from ..object.index import next_page
 from ..object.lease import LeasedStore
-from ..object.record import decode_upload, dump, load, new_record
+from ..object.record import decode_upload, new_record
 from .errors import (
     CONFLICT_CODES,
     NOT_FOUND_CODES,
@@ -59,15 +60,18 @@ class AzureStore(LeasedStore[AzureLock]):
     def __init__(self, container: str, *, connection_string: str | None = None,
                  account_url: str | None = None, credential: Any = None, prefix: str = "",
                  part_size: int = 8 << 20, lease_duration: float = 10.0,
-                 create_container: bool = False) -> None:
+                 create_container: bool = False, part_concurrency: int = 1,
+                 spill_dir: str | None = None) -> None:
         """The values come checked from ``config.AzureStorage`` (which also reads
         AZURE_STORAGE_CONNECTION_STRING when neither credential is configured)."""
         if not connection_string and not account_url:
             raise ValueError("AzureStore needs a connection_string or an account_url")
-        super().__init__(lease_duration)
+        super().__init__(lease_duration, prefix)
+        self.spill_dir = spill_dir
         self.container = container
-        self.prefix = prefix
         self.part_size = part_size
+        #: Blocks staged at once per PATCH while the body keeps streaming in.
+        self.part_concurrency = max(1, part_concurrency)
         self.create_container = create_container
         self._connection_string = connection_string
         self._account_url = account_url
@@ -77,8 +81,6 @@ class AzureStore(LeasedStore[AzureLock]):
         self._container: ContainerClient | None = None
         #: (user delegation key, its expiry), reused for SAS signing (Entra ID sign-in).
         self._delegation: tuple[Any, datetime] | None = None
-        #: Blob name -> when a sweep first saw it without a record (``sweep_extra``).
-        self._orphans: dict[str, float] = {}
         #: False once the service answered Put Block From URL with "not implemented".
         self.copy_from_url = True
 
@@ -133,6 +135,8 @@ class AzureStore(LeasedStore[AzureLock]):
     async def stop(self) -> None:
         for lock in list(self._held.values()):
             await lock.release()
+        if self._container is not None:
+            await self.turns.give_back()
         if self._service is not None:
             await self._service.close()
             self._service = None
@@ -159,38 +163,35 @@ class AzureStore(LeasedStore[AzureLock]):
     def blob(self, upload_id: str) -> BlobClient:
         return self.client.get_blob_client(self.key(upload_id))
 
-    def record_blob(self, upload_id: str) -> BlobClient:
-        return self.client.get_blob_client(self.key(upload_id) + ".info")
-
     def _location(self, upload_id: str) -> str:
         return f"azure://{self.container}/{self.key(upload_id)}"
 
-    # -- the record ---------------------------------------------------------------
+    # -- small objects (records, index markers, turns) ------------------------------
 
-    async def read_record(self, upload_id: str) -> tuple[dict[str, Any], str] | None:
-        """(record, ETag), or None if there is no such upload."""
-        async with azure_errors("reading an upload record"):
+    async def read_object(self, key: str, what: str) -> tuple[bytes, str] | None:
+        """(content, ETag), or None if there is no such blob."""
+        async with azure_errors(what):
             try:
-                downloader = await self.record_blob(upload_id).download_blob()
+                downloader = await self.client.get_blob_client(key).download_blob()
                 data = await downloader.readall()
             except Exception as exc:
                 if error_code(exc)[0] in NOT_FOUND_CODES or error_code(exc)[1] == 404:
                     return None
                 raise
-        return load(data), str(downloader.properties.etag)
+        return data, str(downloader.properties.etag)
 
-    async def write_record(self, upload_id: str, record: dict[str, Any], *, etag: str | None) -> str:
-        """Conditional put of the record: ``If-Match: etag``, or ``If-None-Match: *`` when
-        ``etag`` is None. Returns the new ETag; raises ``Conflict`` if the condition failed."""
+    async def write_object(self, key: str, data: bytes, *, etag: str | None, what: str) -> str:
+        """Conditional put: ``If-Match: etag``, or ``If-None-Match: *`` when ``etag`` is
+        None. Returns the new ETag; raises ``Conflict`` if the condition failed."""
         if etag is None:
             condition: dict[str, Any] = {"overwrite": False}
         else:
             condition = {"overwrite": True, "etag": etag,
                          "match_condition": MatchConditions.IfNotModified}
-        async with azure_errors("writing an upload record"):
+        async with azure_errors(what):
             try:
-                r = await self.record_blob(upload_id).upload_blob(
-                    dump(record), content_settings=ContentSettings(content_type="application/json"),
+                r = await self.client.get_blob_client(key).upload_blob(
+                    data, content_settings=ContentSettings(content_type="application/json"),
                     **condition)
             except Exception as exc:
                 code, status = error_code(exc)
@@ -199,6 +200,37 @@ class AzureStore(LeasedStore[AzureLock]):
                     raise Conflict(code or str(status)) from None
                 raise
         return str(r["etag"])
+
+    async def put_marker(self, key: str) -> None:
+        async with azure_errors("writing an index marker"):
+            await self.client.get_blob_client(key).upload_blob(b"", overwrite=True)
+
+    async def delete_object(self, key: str, what: str) -> None:
+        async with azure_errors(what):
+            try:
+                await self.client.get_blob_client(key).delete_blob()
+            except Exception as exc:
+                if error_code(exc)[0] not in NOT_FOUND_CODES and error_code(exc)[1] != 404:
+                    raise
+
+    async def list_keys(self, prefix: str, *, page: int = 1000,
+                        end: str | None = None) -> AsyncIterator[tuple[str, float]]:
+        token: str | None = None
+        while True:
+            async with azure_errors("listing blobs"):
+                pages = self.client.list_blobs(name_starts_with=prefix or None,
+                                               results_per_page=page).by_page(token)
+                try:
+                    items = [item async for item in await pages.__anext__()]
+                except StopAsyncIteration:
+                    return
+            for item in items:
+                modified = item.last_modified
+                yield item.name, modified.timestamp() if modified is not None else 0.0
+            token = pages.continuation_token  # type: ignore[attr-defined]
+            if not token:
+                return
+            page = next_page(page)
 
     def decode_record(self, record: dict[str, Any]) -> Upload:
         return decode_upload(record, self._location(record["id"]))
@@ -214,6 +246,7 @@ class AzureStore(LeasedStore[AzureLock]):
         )
         if upload.is_complete:  # zero-length upload: the (empty) blob exists at once
             record["blob_etag"] = await self.put_empty(upload)
+        await self.index_new(record)
         try:
             await self.write_record(upload.id, record, etag=None)
         except Conflict:
@@ -235,14 +268,23 @@ class AzureStore(LeasedStore[AzureLock]):
         if lock is not None:
             await lock.drain()
             lock.terminated = True
-        async with azure_errors("terminating an upload"):
-            for blob in (self.record_blob(upload_id), self.blob(upload_id)):
-                try:
-                    await blob.delete_blob()
-                except Exception as exc:
-                    if error_code(exc)[0] not in NOT_FOUND_CODES and error_code(exc)[1] != 404:
-                        raise
-        self._record_cache.pop(upload_id, None)
+            record: dict[str, Any] | None = lock.record
+        else:
+            found = await self.read_record(upload_id)
+            record = found[0] if found else None
+        # The record goes first: once it is gone the upload no longer exists; its index
+        # markers go last (a due one left behind makes the sweep finish this).
+        await self.delete_object(self.record_key(upload_id), "terminating an upload")
+        await self.clean_leftovers(upload_id)
+        await self.index_gone(record)
+
+    async def clean_leftovers(self, upload_id: str, *, keep_upload: bool = False) -> int:
+        """Delete the upload's blob (its uncommitted blocks go with it). A finished blob
+        has nothing left over: Put Block List discards the blocks it does not list."""
+        if keep_upload:
+            return 0
+        await self.delete_object(self.key(upload_id), "removing an upload")
+        return 1
 
     def _read_sas_url(self, blob: BlobClient, delegation_key: Any) -> str | None:
         """The blob's URL with a short read-only SAS, or None if no key can sign one."""
@@ -350,41 +392,31 @@ class AzureStore(LeasedStore[AzureLock]):
             ids.append(block_id(token, len(ids)))
             start += step
 
-    async def list_records(self) -> dict[str, str]:
-        """id -> ETag of every ``.info``: one List Blobs per 5,000 blobs."""
-        seen: dict[str, str] = {}
-        async with azure_errors("listing uploads"):
-            async for item in self.client.list_blobs(name_starts_with=self.prefix or None):
-                name = item.name[len(self.prefix):]
-                if name.endswith(".info") and is_upload_id(name[:-5]):
-                    seen[name[:-5]] = str(item.etag).strip('"')  # listings drop the quotes
-        return seen
-
-    def listed_tag(self, tag: str) -> str:
-        return tag.strip('"')
-
     async def sweep_extra(self, now: float) -> int:
         """Delete upload blobs whose record is gone (a terminate that died half-way, or a
         writer that lost its lease and staged a block after the upload was deleted).
 
-        A blob is deleted once it has been seen without a record for ``lease_duration``
-        (listings of blobs with only uncommitted blocks carry no usable timestamp, so
-        the first sighting is remembered). Returns how many blobs went."""
-        grace = self.lease_duration
+        A blob is only ever made after its record, and ``{id}.info`` sorts after
+        ``{id}``: a blob is an orphan once the listing (in name order) has passed its
+        record's name without seeing it; the record is read once more before the blob
+        goes. Returns how many blobs went."""
         removed = 0
-        found: dict[str, Any] = {}
+        orphans: list[str] = []
+        pending: dict[str, None] = {}  # upload blobs whose record was not listed yet
         async with azure_errors("sweeping stray blobs"):
             async for item in self.client.list_blobs(name_starts_with=self.prefix or None,
                                                      include=["uncommittedblobs"]):
-                found[item.name] = item
-            orphans = {name for name in found
-                       if is_upload_id(name[len(self.prefix):]) and name + ".info" not in found}
-            self._orphans = {name: self._orphans.get(name, now) for name in orphans}
-            for name, first_seen in list(self._orphans.items()):
-                if now - first_seen < grace:
-                    continue
+                name = item.name
+                while pending and next(iter(pending)) + ".info" < name:
+                    orphans.append(_pop_first(pending))
+                if name.endswith(".info"):
+                    pending.pop(name[:-5], None)
+                elif is_upload_id(name[len(self.prefix):]):
+                    pending[name] = None
+            orphans.extend(pending)
+            for name in orphans:
                 if await self.read_record(name[len(self.prefix):]) is not None:
-                    continue  # created since the listing
+                    continue  # listed while it was being made
                 try:
                     await self.client.get_blob_client(name).delete_blob()
                 except Exception as exc:
@@ -393,7 +425,6 @@ class AzureStore(LeasedStore[AzureLock]):
                 else:
                     log.info("deleted stray blob %s", name)
                     removed += 1
-                del self._orphans[name]
         return removed
 
     async def download(self, upload: Upload) -> Download:
@@ -402,6 +433,12 @@ class AzureStore(LeasedStore[AzureLock]):
         return AzureDownload(size=upload.offset, etag=etag,
                              last_modified=upload.completed_at or upload.created_at,
                              blob=self.blob(upload.id))
+
+
+def _pop_first(names: dict[str, None]) -> str:
+    first = next(iter(names))
+    del names[first]
+    return first
 
 
 class AzureDownload(Download):

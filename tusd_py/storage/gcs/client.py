@@ -7,6 +7,7 @@ final object's headers.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,7 +19,8 @@ from gcloud.aio.storage import Storage
 from ...protocol.content import stored_content
 from ...protocol.errors import ServiceUnavailable, StorageError, TusError
 from ...protocol.headers import Metadata
-from ..object.lease import Conflict
+from ..object.errors import Conflict
+from ..object.index import next_page
 
 log = logging.getLogger(__name__)
 
@@ -157,13 +159,16 @@ class Bucket:
 
         return str((await self.call(what, put, conflict=True))["generation"])
 
-    async def put(self, name: str, data: bytes, *, what: str,
+    async def put(self, name: str, data: bytes | io.RawIOBase, *, what: str,
                   headers: dict[str, str] | None = None) -> dict[str, Any]:
-        """Upload a new object in one request (``ifGenerationMatch=0``: never overwrites)."""
+        """Upload a new object in one request (``ifGenerationMatch=0``: never overwrites),
+        from bytes or a seekable file (read from its start at each attempt)."""
         content_type = (headers or {}).get("Content-Type", "application/octet-stream")
         metadata = {k: v for k, v in (headers or {}).items() if k != "Content-Type"}
 
         async def put() -> dict[str, Any]:
+            if not isinstance(data, bytes):
+                data.seek(0)
             return await self.storage.upload(
                 self.name, name, data, content_type=content_type,
                 metadata=metadata or None, parameters={"ifGenerationMatch": "0"},
@@ -213,20 +218,32 @@ class Bucket:
             return False
         return True
 
-    async def list(self, prefix: str, what: str) -> AsyncIterator[dict[str, Any]]:
-        """Every object under ``prefix`` (name, size, generation, updated...), paged."""
+    @property
+    def is_open(self) -> bool:
+        return self._storage is not None
+
+    async def list(self, prefix: str, what: str, *, page: int = 1000, end: str | None = None,
+                   fields: str | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Every object under ``prefix`` (name, size, generation, updated...; only
+        ``fields`` of each when given) and before ``end``, in name order, a page at a
+        time as the caller goes on: ``page`` objects, then ``next_page`` of that."""
         token = ""
         while True:
-            params = {"prefix": prefix, "maxResults": "1000"}
+            params = {"prefix": prefix, "maxResults": str(page)}
+            if end is not None:
+                params["endOffset"] = end
+            if fields is not None:
+                params["fields"] = f"items({fields}),nextPageToken"
             if token:
                 params["pageToken"] = token
-            page = await self.call(what, lambda p=params: self.storage.list_objects(  # type: ignore[misc]
+            listed = await self.call(what, lambda p=params: self.storage.list_objects(  # type: ignore[misc]
                 self.name, params=p))
-            for item in page.get("items", ()):
+            for item in listed.get("items", ()):
                 yield item
-            token = page.get("nextPageToken") or ""
+            token = listed.get("nextPageToken") or ""
             if not token:
                 return
+            page = next_page(page)
 
     async def stream(self, name: str, start: int, end: int, what: str,
                      chunk: int = 64 * 1024) -> AsyncIterator[bytes]:

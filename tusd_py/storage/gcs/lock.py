@@ -1,7 +1,7 @@
 """The GCS driver's write lock: the record's lease plus the request's part uploads. Full
-parts upload while the body streams in; ``commit`` uploads the remainder as a smaller
-part and publishes the part list (kept short by server-side composes) and offset in one
-conditional write of the record.
+parts upload (from the body chunks as received) while the body streams in; ``commit``
+uploads the remainder as a smaller part and publishes the part list (kept short by
+server-side composes) and offset in one conditional write of the record.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from ...protocol.errors import UploadBusy
 from ..base import Upload
+from ..object.buffer import ChunkBuffer, ChunksReader
 from ..object.lease import LeasedLock, holder_of
 from ..object.parts import PartUploads
 from .client import COMPOSE_LIMIT, etag_of, object_headers
@@ -38,10 +39,11 @@ class GCSLock(LeasedLock["GCSStore"]):
 
     def __init__(self, store: GCSStore, record: dict[str, Any], generation: str,
                  token: str) -> None:
-        self._buf = bytearray()  # body bytes not yet in a part
-        #: One part uploading while the next one fills, and the parts uploaded since the
-        #: last commit (``parts.done``).
-        self.parts: PartUploads[Part] = PartUploads()
+        #: Body bytes not yet in a part, as received (no copy is made of a part).
+        self._buf = store.new_buffer()
+        #: Parts uploading (``part_concurrency`` at most) while the next one fills, and
+        #: the parts uploaded since the last commit (``parts.done``).
+        self.parts: PartUploads[Part] = PartUploads(store.part_concurrency)
         super().__init__(store, record, generation, token)
 
     def _merges(self, current: dict[str, Any]) -> bool:
@@ -57,7 +59,7 @@ class GCSLock(LeasedLock["GCSStore"]):
     async def write(self, data: bytes) -> None:
         if self.lost:
             raise UploadBusy("the upload was taken over by another request")
-        self._buf += data
+        self._buf.append(data)
         self.written += len(data)
         size = self.store.part_size
         while len(self._buf) >= size:
@@ -65,22 +67,32 @@ class GCSLock(LeasedLock["GCSStore"]):
 
     async def _cut(self, size: int) -> None:
         """Start uploading the first ``size`` bytes of the buffer as the next part."""
-        await self._collect()
+        await self.parts.room()
+        await self._compact()
         self._check_lease()
-        body = bytes(memoryview(self._buf)[:size])
-        del self._buf[:size]
+        body = self._buf.take(size)  # the chunks themselves: no copy of the part
+        await self.store.park(body, self.parts)
         name = self.store.part_name(self.upload.id, self._next_index())
         self.parts.start(self._upload(name, body), size)
 
-    async def _upload(self, name: str, body: bytes) -> Part:
-        await self.store.bucket.put(name, body, what="uploading a part")
-        return {"name": name, "size": len(body)}
+    async def _upload(self, name: str, body: ChunkBuffer) -> Part:
+        """Upload ``body`` as the part object ``name``, then free it."""
+        try:
+            with ChunksReader(body.chunks()) as reader:
+                await self.store.bucket.put(name, reader, what="uploading a part")
+            return {"name": name, "size": len(body)}
+        finally:
+            body.clear()
 
     async def _collect(self) -> None:
-        """Wait for the part in flight and collect it; 32 collected parts are composed
-        into one (they are not published yet, so the originals go at once)."""
+        """Wait for the parts in flight and collect them (``_compact``)."""
+        await self.parts.collect()
+        await self._compact()
+
+    async def _compact(self) -> None:
+        """Compose 32 collected parts into one (they are not published yet, so the
+        originals go at once); the parts still in flight come after them."""
         parts = self.parts
-        await parts.collect()
         if len(parts.done) >= COMPOSE_LIMIT:
             self._check_lease()
             done, parts.done = parts.done, []
@@ -158,5 +170,5 @@ class GCSLock(LeasedLock["GCSStore"]):
         done = self.parts.done
         self.parts.clear()
         self.written = 0
-        self._buf = bytearray()
+        self._buf.clear()
         await self.store.delete_quietly(p["name"] for p in done)

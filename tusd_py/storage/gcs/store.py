@@ -9,6 +9,7 @@ written; ``{id}``, composed from the parts at completion. The write lock is in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -21,7 +22,7 @@ from ...protocol.errors import StorageError, UploadExists
 from ..base import Download, Upload
 from ..ids import is_upload_id, object_key
 from ..object.lease import LeasedStore, holder_of
-from ..object.record import decode_upload, dump, load, new_record
+from ..object.record import decode_upload, dump, new_record
 from .client import (
     COMPOSE_LIMIT,
     Bucket,
@@ -45,12 +46,15 @@ class GCSStore(LeasedStore[GCSLock]):
 
     def __init__(self, bucket: str, *, prefix: str = "", endpoint_url: str | None = None,
                  part_size: int = 8 << 20, lease_duration: float = 10.0,
-                 retry_attempts: int = 5) -> None:
+                 retry_attempts: int = 5, part_concurrency: int = 1,
+                 spill_dir: str | None = None) -> None:
         """The values come checked from ``config.GCSStorage``."""
-        super().__init__(lease_duration)
+        super().__init__(lease_duration, prefix)
+        self.spill_dir = spill_dir
         self.bucket = Bucket(bucket, endpoint_url=endpoint_url, attempts=retry_attempts)
-        self.prefix = prefix
         self.part_size = part_size
+        #: Part objects uploaded at once per PATCH while the body keeps streaming in.
+        self.part_concurrency = max(1, part_concurrency)
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -64,6 +68,8 @@ class GCSStore(LeasedStore[GCSLock]):
     async def stop(self) -> None:
         for lock in list(self._held.values()):
             await lock.release()
+        if self.bucket.is_open:
+            await self.turns.give_back()
         await self.bucket.close()
 
     async def ping(self) -> None:
@@ -74,9 +80,6 @@ class GCSStore(LeasedStore[GCSLock]):
     def key(self, upload_id: str) -> str:
         return object_key(self.prefix, upload_id)
 
-    def record_key(self, upload_id: str) -> str:
-        return self.key(upload_id) + ".info"
-
     def part_name(self, upload_id: str, index: int) -> str:
         return f"{self.key(upload_id)}.p{index:06d}-{uuid.uuid4().hex[:12]}"
 
@@ -86,22 +89,30 @@ class GCSStore(LeasedStore[GCSLock]):
     def _location(self, upload_id: str) -> str:
         return f"gs://{self.bucket.name}/{self.key(upload_id)}"
 
-    # -- the record ---------------------------------------------------------------
+    # -- small objects (records, index markers, turns) ------------------------------
 
-    async def read_record(self, upload_id: str) -> tuple[dict[str, Any], str] | None:
-        """(record, generation), or None if there is no such upload."""
-        found = await self.bucket.read(self.record_key(upload_id), "reading an upload record")
-        if found is None:
-            return None
-        return load(found[0]), found[1]
+    async def read_object(self, key: str, what: str) -> tuple[bytes, str] | None:
+        """(content, generation), or None if there is no such object."""
+        return await self.bucket.read(key, what)
 
-    async def write_record(self, upload_id: str, record: dict[str, Any], *,
-                           etag: str | None) -> str:
-        """Conditional write of the record (``etag``: the generation read; None: only if
-        absent). Returns the new generation; raises ``Conflict`` if the condition failed."""
-        return await self.bucket.write(self.record_key(upload_id), dump(record),
-                                       if_generation=etag or "0",
-                                       what="writing an upload record")
+    async def write_object(self, key: str, data: bytes, *, etag: str | None, what: str) -> str:
+        """Conditional write (``etag``: the generation read; None: only if absent).
+        Returns the new generation; raises ``Conflict`` if the condition failed."""
+        return await self.bucket.write(key, data, if_generation=etag or "0", what=what)
+
+    async def put_marker(self, key: str) -> None:
+        with contextlib.suppress(Conflict):  # there already
+            await self.bucket.write(key, b"", if_generation="0", what="writing an index marker",
+                                    content_type="application/octet-stream")
+
+    async def delete_object(self, key: str, what: str) -> None:
+        await self.bucket.delete(key, what)
+
+    async def list_keys(self, prefix: str, *, page: int = 1000,
+                        end: str | None = None) -> AsyncIterator[tuple[str, float]]:
+        async for item in self.bucket.list(prefix, "listing objects", page=page, end=end,
+                                           fields="name,updated"):
+            yield item["name"], _timestamp(item.get("updated")) or 0.0
 
     def decode_record(self, record: dict[str, Any]) -> Upload:
         return decode_upload(record, self._location(record["id"]))
@@ -126,6 +137,7 @@ class GCSStore(LeasedStore[GCSLock]):
             r = await self.bucket.put_replacing(self.key(upload.id), b"", what="creating an upload",
                                                 headers=object_headers(upload.metadata))
             record["object_etag"] = etag_of(r)
+        await self.index_new(record)
         try:
             await self.write_record(upload.id, record, etag=None)
         except Conflict:
@@ -180,12 +192,24 @@ class GCSStore(LeasedStore[GCSLock]):
         if lock is not None:
             await lock.drain()
             lock.terminated = True
-        key = self.key(upload_id)
-        # The record goes first: once it is gone the upload no longer exists.
+            record: dict[str, Any] | None = lock.record
+        else:
+            found = await self.read_record(upload_id)
+            record = found[0] if found else None
+        # The record goes first: once it is gone the upload no longer exists; its index
+        # markers go last (a due one left behind makes the sweep finish this).
         await self.bucket.delete(self.record_key(upload_id), "terminating an upload")
-        names = [item["name"] async for item in self.bucket.list(key + ".", "terminating an upload")]
-        await self.delete_quietly([*names, key])
-        self._record_cache.pop(upload_id, None)
+        await self.clean_leftovers(upload_id)
+        await self.index_gone(record)
+
+    async def clean_leftovers(self, upload_id: str, *, keep_upload: bool = False) -> int:
+        """Delete the upload's part and temporary objects (one LIST), and its object
+        unless ``keep_upload``."""
+        key = self.key(upload_id)
+        names = [item["name"] async for item in self.bucket.list(key + ".", "removing an upload")
+                 if item["name"] != self.record_key(upload_id)]
+        await self.delete_quietly(names if keep_upload else [*names, key])
+        return len(names)
 
     async def concatenate(self, final: Upload, partials: list[Upload]) -> Upload:
         """Server-side compose of the partials' objects (no byte through the daemon)."""
@@ -205,15 +229,6 @@ class GCSStore(LeasedStore[GCSLock]):
         await lock.publish(length=total, offset=total, completed_at=time.time(),
                            expires_at=final.expires_at, object_etag=etag_of(r))
         return lock.upload
-
-    async def list_records(self) -> dict[str, str]:
-        """id -> generation of every ``.info`` under the prefix (one LIST per 1,000)."""
-        seen: dict[str, str] = {}
-        async for item in self.bucket.list(self.prefix, "listing uploads"):
-            name = item["name"][len(self.prefix):]
-            if name.endswith(".info") and is_upload_id(name[:-5]):
-                seen[name[:-5]] = str(item.get("generation", ""))
-        return seen
 
     async def sweep_extra(self, now: float) -> int:
         """Delete objects nothing references: parts and temporaries (names this driver

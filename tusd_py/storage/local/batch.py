@@ -18,6 +18,12 @@ twice, a value SQLite cannot store, a full disk), the round is rolled back and e
 statements runs again alone, in its own transaction: only the failing ones' requests fail.
 
 A statement waits at most for the round in flight plus its own; alone, it runs at once.
+
+With an ``inline`` connection (``storage.fsync: false``) a round runs on the event loop
+in the iteration after its statements were queued. It never waits there: a round that
+finds the write lock taken (another process, this process's aiosqlite connection) runs
+on aiosqlite's thread instead, and so do every ``CHECKPOINT_ROUNDS``-th round (it
+checkpoints the WAL) and, without an inline connection (durable mode), every round.
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ from typing import Any, TypeVar
 import aiosqlite
 
 MAX_BATCH = 64  # rows per round and kind (10 parameters per insert, far below SQLite's limit)
+#: Inline rounds between two rounds on the thread that checkpoint the WAL (each round
+#: writes a few pages; SQLite's own auto-checkpoint comes every 1000).
+CHECKPOINT_ROUNDS = 256
 
 INSERT_COLUMNS = ("id", "length", "upload_offset", "metadata", "created_at", "expires_at",
                   "is_partial", "final_of", "completed_at", "finish_owed")
@@ -42,11 +51,14 @@ T = TypeVar("T")
 
 
 class GroupCommit:
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: aiosqlite.Connection, inline: sqlite3.Connection | None = None) -> None:
         self._db = db
+        self._inline = inline
         self._inserts: list[tuple[Row, asyncio.Future[None]]] = []
         self._updates: list[tuple[Row, asyncio.Future[bool]]] = []
         self._task: asyncio.Task[None] | None = None
+        self._scheduled = False
+        self._since_checkpoint = 0
 
     async def insert(self, row: Row) -> None:
         """INSERT one upload row (values in ``INSERT_COLUMNS`` order)."""
@@ -65,45 +77,82 @@ class GroupCommit:
 
     async def idle(self) -> None:
         """Wait until every queued statement has run (before closing the database)."""
-        while self._task is not None:
+        while self._task is not None or self._inserts or self._updates:
+            if self._task is None:
+                self._task = asyncio.get_running_loop().create_task(self._drain())
             await asyncio.shield(self._task)
 
     def _kick(self) -> None:
-        if self._task is None:
+        if self._task is not None or self._scheduled:
+            return  # the round in flight, or the one scheduled, takes these too
+        if self._inline is None:
             self._task = asyncio.get_running_loop().create_task(self._drain())
+        else:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._inline_round)
 
-    async def _drain(self) -> None:
+    def _take(self) -> tuple[list[tuple[Row, asyncio.Future[None]]],
+                             list[tuple[Row, asyncio.Future[bool]]]]:
+        inserts, self._inserts = self._inserts[:MAX_BATCH], self._inserts[MAX_BATCH:]
+        updates, self._updates = self._updates[:MAX_BATCH], self._updates[MAX_BATCH:]
+        return inserts, updates
+
+    def _inline_round(self) -> None:
+        """One round on the event loop; to the thread when the write lock is taken or a
+        checkpoint is due."""
+        self._scheduled = False
+        if self._task is not None:
+            return
+        inline = self._inline
+        assert inline is not None
+        if self._since_checkpoint >= CHECKPOINT_ROUNDS:
+            self._task = asyncio.get_running_loop().create_task(self._drain(checkpoint=True))
+            return
+        inserts, updates = self._take()
+        try:
+            outcome = _apply(inline, [row for row, _ in inserts], [row for row, _ in updates])
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc):
+                _fail(inserts, updates, exc)
+                self._again()
+                return
+            # Someone else writes: queue this round first, and wait for the lock on the
+            # thread (busy_timeout there), not here.
+            self._inserts[:0], self._updates[:0] = inserts, updates
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+            return
+        except Exception as exc:  # the transaction failed as a whole
+            _fail(inserts, updates, exc)
+        else:
+            self._since_checkpoint += 1
+            _settle(inserts, updates, *outcome)
+        self._again()
+
+    def _again(self) -> None:
+        if self._inserts or self._updates:
+            self._kick()
+
+    async def _drain(self, checkpoint: bool = False) -> None:
+        """Rounds on aiosqlite's thread until the queue is empty (or the lock is free
+        again for the inline connection)."""
         try:
             while self._inserts or self._updates:
-                inserts, self._inserts = self._inserts[:MAX_BATCH], self._inserts[MAX_BATCH:]
-                updates, self._updates = self._updates[:MAX_BATCH], self._updates[MAX_BATCH:]
+                inserts, updates = self._take()
                 rows = ([row for row, _ in inserts], [row for row, _ in updates])
                 try:
                     insert_errors, matched = await self._in_thread(_apply, *rows)
                 except Exception as exc:  # the transaction failed as a whole
-                    futures: list[asyncio.Future[Any]] = [f for _, f in inserts]
-                    futures += [f for _, f in updates]
-                    for future in futures:
-                        if not future.done():
-                            future.set_exception(exc)
+                    _fail(inserts, updates, exc)
                     continue
-                for (_, insert_future), error in zip(inserts, insert_errors, strict=True):
-                    if insert_future.done():
-                        continue
-                    if error is None:
-                        insert_future.set_result(None)
-                    else:
-                        insert_future.set_exception(error)
-                for (_, update_future), ok in zip(updates, matched, strict=True):
-                    if update_future.done():
-                        continue
-                    if isinstance(ok, Exception):
-                        update_future.set_exception(ok)
-                    else:
-                        update_future.set_result(ok)
+                _settle(inserts, updates, insert_errors, matched)
+                if self._inline is not None:
+                    break  # the rest inline again
+            if checkpoint:
+                self._since_checkpoint = 0
+                await self._in_thread(_checkpoint)
         finally:
             self._task = None
-            if self._inserts or self._updates:  # queued while the last round failed out
+            if self._inserts or self._updates:  # queued meanwhile, or after a failed round
                 self._kick()
 
     async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
@@ -115,6 +164,44 @@ class GroupCommit:
         """
         db = self._db
         return await db._execute(lambda: fn(db._conn, *args))
+
+
+def is_busy(exc: sqlite3.Error) -> bool:
+    """SQLITE_BUSY (any extended code): the lock is held elsewhere."""
+    return getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
+
+
+def _fail(inserts: list[tuple[Row, asyncio.Future[None]]],
+          updates: list[tuple[Row, asyncio.Future[bool]]], exc: Exception) -> None:
+    futures: list[asyncio.Future[Any]] = [f for _, f in inserts]
+    futures += [f for _, f in updates]
+    for future in futures:
+        if not future.done():
+            future.set_exception(exc)
+
+
+def _settle(inserts: list[tuple[Row, asyncio.Future[None]]],
+            updates: list[tuple[Row, asyncio.Future[bool]]],
+            insert_errors: list[Exception | None], matched: list[bool | Exception]) -> None:
+    for (_, insert_future), error in zip(inserts, insert_errors, strict=True):
+        if insert_future.done():
+            continue
+        if error is None:
+            insert_future.set_result(None)
+        else:
+            insert_future.set_exception(error)
+    for (_, update_future), ok in zip(updates, matched, strict=True):
+        if update_future.done():
+            continue
+        if isinstance(ok, Exception):
+            update_future.set_exception(ok)
+        else:
+            update_future.set_result(ok)
+
+
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    """Copy the WAL into the database without waiting for readers or writers."""
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
 def _apply(conn: sqlite3.Connection, inserts: list[Row],
@@ -136,9 +223,11 @@ def _apply(conn: sqlite3.Connection, inserts: list[Row],
         finally:
             if conn.in_transaction:  # a statement (or the commit) failed
                 conn.execute("ROLLBACK")
-    except Exception:
+    except Exception as exc:
         if len(inserts) + len(updates) == 1:
             raise  # nothing to isolate it from
+        if isinstance(exc, sqlite3.OperationalError) and is_busy(exc):
+            raise  # the write lock is held elsewhere: no statement of the round ran
         return ([_alone(conn, _insert_rows, [row]) for row in inserts],
                 [_alone(conn, _update, row) for row in updates])
     return [None] * len(inserts), matched

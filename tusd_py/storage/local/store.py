@@ -10,19 +10,25 @@ process dies (a kill -9 leaves no stale lock).
 
 Durability: bytes are written with ``pwrite`` before the offset is committed, so an
 acknowledged offset survives a kill -9 of the daemon (the page cache and the SQLite WAL
-outlive the process). With ``fsync: true`` the file is fsynced before the commit and
-SQLite runs with ``synchronous=FULL``, so it also survives power loss.
+outlive the process). With ``fsync: true`` the file's data is synced before each commit
+(its directory entry with its first bytes), concurrent commits' syncs in a pool
+(``durable.py``), and SQLite runs with ``synchronous=FULL``, so an acknowledgement also
+survives power loss.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
+import itertools
 import json
 import logging
 import os
+import sqlite3
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 
 import aiosqlite
@@ -38,7 +44,8 @@ from ...protocol.errors import (
 from ...protocol.headers import Metadata
 from ..base import Download, Store, Upload, UploadLock
 from ..ids import check_upload_id, is_upload_id, new_time_ordered_upload_id
-from .batch import INSERT_COLUMNS, GroupCommit
+from .batch import INSERT_COLUMNS, GroupCommit, is_busy
+from .durable import DataSync, WriteBehind
 from .faults import read_only_reason, shm_fault, storage_error
 
 log = logging.getLogger(__name__)
@@ -65,9 +72,15 @@ _MIGRATIONS = {"finish_owed": "ALTER TABLE uploads ADD COLUMN finish_owed INTEGE
 _OWED_INDEX = """CREATE INDEX IF NOT EXISTS uploads_finish_owed ON uploads (completed_at)
     WHERE finish_owed = 1"""
 _COLUMNS = ", ".join(INSERT_COLUMNS)
+#: The sweep's query (``uploads_expires_at``) and the owed post-finish listing's
+#: (``uploads_finish_owed``): both read only their partial index.
+EXPIRED_QUERY = "SELECT id FROM uploads WHERE expires_at IS NOT NULL AND expires_at < ? LIMIT ?"
+OWED_QUERY = ("SELECT id FROM uploads WHERE finish_owed = 1 AND completed_at < ?"
+              " ORDER BY completed_at LIMIT ?")
 _LOCK_POLL = 0.02  # seconds between flock attempts while another process holds it
 _RECENT_MAX = 4096  # records remembered for lock() (a few hundred bytes each)
-_ORPHAN_BATCH = 100  # files without a record locked and checked at once at start-up
+_START_BATCH = 1000  # uploads (files) looked at per batch by the start-up reconcile
+_ORPHAN_BATCH = 500  # file names checked against the database at once at start-up
 #: Seconds a new file is spared by the orphan clean-up: a create in another process
 #: holds the file's flock from an instant after creating it (``create``).
 ORPHAN_GRACE = 2.0
@@ -92,11 +105,18 @@ class LocalStore(Store):
         self.db_path = os.path.join(self.data_dir, "uploads.db")
         self.fsync = fsync
         self._db: aiosqlite.Connection | None = None
+        self._inline: sqlite3.Connection | None = None
         self._batch: GroupCommit | None = None
         #: Uploads terminated under a lock not yet released (see ``LocalLock.release``).
         self._unlinked: set[str] = set()
         #: Records this process created or committed, so a PATCH needs no SELECT (see lock()).
         self._recent: OrderedDict[str, Upload] = OrderedDict()
+        #: job -> the open file whose flock gives this process the job's turn.
+        self._turns: dict[str, int] = {}
+        #: Durable mode: the data syncs before commits, and the write-out started while
+        #: bodies stream.
+        self._sync = DataSync(self.upload_dir) if fsync else None
+        self._write_behind = WriteBehind() if fsync else None
         #: Why the database must not be touched (its -shm file cannot be written), if so.
         self.fault: str | None = None
         self._watch: asyncio.Task[None] | None = None
@@ -115,6 +135,8 @@ class LocalStore(Store):
         fault = shm_fault(self.db_path)
         if fault is not None:  # SQLite would die of SIGBUS on its first write
             raise StorageError(f"SQLite cannot use its shared-memory file: {fault}")
+        if self._sync is not None:
+            self._sync.open()
         # Autocommit (isolation_level=None): every statement is its own transaction,
         # one thread hop per statement.
         self._db = await aiosqlite.connect(self.db_path, isolation_level=None)
@@ -123,7 +145,16 @@ class LocalStore(Store):
         await self._db.execute("PRAGMA busy_timeout=5000")
         await self._db.executescript(_SCHEMA)
         await self._migrate()
-        self._batch = GroupCommit(self._db)
+        # A second connection, used on the event loop itself for what never waits: reads,
+        # and (without fsync) the group commit's rounds (tusd_py.storage.local.batch).
+        # No busy timeout: what finds a lock taken goes to the thread. It never
+        # checkpoints (that waits on fsyncs): the thread's rounds do.
+        self._inline = sqlite3.connect(self.db_path, isolation_level=None,
+                                       check_same_thread=False)
+        self._inline.execute("PRAGMA busy_timeout=0")
+        self._inline.execute("PRAGMA synchronous=NORMAL")
+        self._inline.execute("PRAGMA wal_autocheckpoint=0")
+        self._batch = GroupCommit(self._db, None if self.fsync else self._inline)
         await self._reconcile()
         self._watch = asyncio.create_task(self._watch_faults(), name="tusd-local-faults")
 
@@ -144,14 +175,22 @@ class LocalStore(Store):
                 self.fault = fault
 
     async def stop(self) -> None:
+        for fd in self._turns.values():
+            os.close(fd)  # drops the flock: another process takes the turn
+        self._turns.clear()
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None
         if self._batch is not None:
             await self._batch.idle()
+        if self._inline is not None:
+            self._inline.close()
+            self._inline = None
         if self._db is not None:
             await self._db.close()
             self._db = None
+        if self._sync is not None:
+            self._sync.close()
 
     @property
     def batch(self) -> GroupCommit:
@@ -193,23 +232,50 @@ class LocalStore(Store):
 
         Bytes past the recorded offset were written but never acknowledged (the daemon
         died before the commit, or a checksum failed); they are dropped so the file and
-        the record agree and the client resumes from the offset HEAD reports.
+        the record agree and the client resumes from the offset HEAD reports. Unfinished
+        uploads are read in batches of ``_START_BATCH`` (keyset order) and their files
+        looked at in a thread, so neither memory nor the event loop grows with them.
         """
-        rows = await self.db.execute_fetchall(
-            "SELECT id, upload_offset FROM uploads WHERE completed_at IS NULL")
-        trimmed = 0
-        for upload_id, offset in rows:
-            trimmed += await self._reconcile_one(upload_id, offset)
+        trimmed, after = 0, ""
+        while True:
+            rows = list(await self.db.execute_fetchall(
+                "SELECT id, upload_offset FROM uploads WHERE completed_at IS NULL AND id > ?"
+                " ORDER BY id LIMIT ?", (after, _START_BATCH)))
+            if not rows:
+                break
+            after = rows[-1][0]
+            for upload_id, offset in await asyncio.to_thread(self._maybe_longer, rows):
+                trimmed += await self._reconcile_one(upload_id, offset)
         if trimmed:
             log.info("reconciled %d upload file(s) longer than their committed offset", trimmed)
-        await self._remove_orphan_files({row[0] for row in rows})
+        await self._remove_orphan_files()
+
+    def _maybe_longer(self, rows: Any) -> list[tuple[str, int]]:
+        """The listed uploads whose file is longer than the listed offset, or missing."""
+        out = []
+        for upload_id, offset in rows:
+            try:
+                if os.stat(self._path(upload_id)).st_size > offset:
+                    out.append((upload_id, offset))
+            except FileNotFoundError:
+                out.append((upload_id, offset))
+        return out
 
     async def _reconcile_one(self, upload_id: str, listed_offset: int) -> bool:
         """Cut one upload's file back to its committed offset; True if it was longer."""
         try:
             fd = os.open(self._path(upload_id), os.O_RDWR)
         except FileNotFoundError:
-            log.warning("upload %s has a record but no file", upload_id)
+            if listed_offset == 0:
+                # Created, nothing committed, then the power went (durable mode syncs a
+                # file's entry with its first bytes): the upload is as it was, empty.
+                if "/" in upload_id:
+                    os.makedirs(os.path.dirname(self._path(upload_id)), 0o750, exist_ok=True)
+                os.close(os.open(self._path(upload_id), os.O_WRONLY | os.O_CREAT, 0o640))
+                log.info("upload %s: empty file made again (lost before its first bytes)",
+                         upload_id)
+            else:
+                log.warning("upload %s has a record but no file", upload_id)
             return False
         try:
             try:
@@ -231,7 +297,7 @@ class LocalStore(Store):
         finally:
             os.close(fd)
 
-    async def _remove_orphan_files(self, unfinished: set[str]) -> None:
+    async def _remove_orphan_files(self) -> None:
         """Delete files with no record, whatever their age: left by a kill -9 between a
         terminate's row delete and its unlink, or a create's file and its row.
 
@@ -239,35 +305,52 @@ class LocalStore(Store):
         database, read under that flock, has no row for it: a live process creating an
         upload holds the flock from the file's creation until its row is committed
         (``create``), and one writing an upload holds it too; a file made in the last
-        ``ORPHAN_GRACE`` seconds is spared (the instant between a create's open and flock)."""
-        candidates = [name for name in _upload_files(self.upload_dir, time.time() - ORPHAN_GRACE)
-                      if name not in unfinished]
+        ``ORPHAN_GRACE`` seconds is spared (the instant between a create's open and flock).
+        The directory tree is read in a thread, ``_START_BATCH`` names at a time."""
+        walk = _upload_files(self.upload_dir, time.time() - ORPHAN_GRACE)
+
+        def old_names() -> list[str]:
+            return list(itertools.islice(walk, _START_BATCH))
+
         removed = 0
-        for start in range(0, len(candidates), _ORPHAN_BATCH):
-            locked: dict[str, int] = {}
-            try:
-                for name in candidates[start:start + _ORPHAN_BATCH]:
-                    fd = _lock_if_free(os.path.join(self.upload_dir, name))
-                    if fd is not None:
-                        locked[name] = fd
-                if not locked:
-                    continue
-                rows = await self.db.execute_fetchall(
-                    f"SELECT id FROM uploads WHERE id IN ({','.join('?' * len(locked))})",
-                    list(locked))
-                known = {row[0] for row in rows}
-                for name in locked:
-                    if name not in known:
-                        try:
-                            os.unlink(os.path.join(self.upload_dir, name))
-                            removed += 1
-                        except FileNotFoundError:
-                            pass
-            finally:
-                for fd in locked.values():
-                    os.close(fd)
+        while batch := await asyncio.to_thread(old_names):
+            for start in range(0, len(batch), _ORPHAN_BATCH):
+                names = batch[start:start + _ORPHAN_BATCH]
+                known = await self._known(names)
+                unknown = [name for name in names if name not in known]
+                if unknown:
+                    removed += await self._remove_if_orphans(unknown)
         if removed:
             log.info("removed %d upload file(s) with no record", removed)
+
+    async def _known(self, names: list[str]) -> set[str]:
+        """The ids among ``names`` that have a row."""
+        rows = await self.db.execute_fetchall(
+            f"SELECT id FROM uploads WHERE id IN ({','.join('?' * len(names))})", names)
+        return {row[0] for row in rows}
+
+    async def _remove_if_orphans(self, names: list[str]) -> int:
+        """Lock the free files among ``names`` and delete those that, read under the
+        flock, still have no row."""
+        locked: dict[str, int] = {}
+        removed = 0
+        try:
+            for name in names:
+                fd = _lock_if_free(os.path.join(self.upload_dir, name))
+                if fd is not None:
+                    locked[name] = fd
+            if not locked:
+                return 0
+            known = await self._known(list(locked))
+            for name in locked:
+                if name not in known:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(self.upload_dir, name))
+                        removed += 1
+        finally:
+            for fd in locked.values():
+                os.close(fd)
+        return removed
 
     # -- records ----------------------------------------------------------------
 
@@ -306,6 +389,15 @@ class LocalStore(Store):
             raise ServiceUnavailable("upload could not be created; retry",
                                      headers={"Retry-After": "1"}) from None
         try:
+            # Durable mode: the file's entry is synced with its first bytes (commit);
+            # one lost before (power loss after the record was) is made again at start,
+            # empty as it was (_reconcile). An upload complete at creation has no bytes.
+            if self._sync is not None and upload.completed_at is not None:
+                await self._sync.file(fd, first=True)
+            if self._sync is not None and "/" in upload.id:
+                # The file's entry is in a subdirectory, which the first bytes' sync of
+                # the upload directory does not cover: sync the chain now.
+                await asyncio.to_thread(_sync_directories, path, self.upload_dir)
             await batch.insert(
                 (upload.id, upload.length, upload.offset, _encode_metadata(upload.metadata),
                  upload.created_at, upload.expires_at, int(upload.is_partial),
@@ -320,11 +412,20 @@ class LocalStore(Store):
             os.close(fd)
         return self._remember(upload.copy(location=path))
 
+    async def _select(self, sql: str, parameters: tuple[Any, ...]) -> list[Any]:
+        """Rows of a read: on the event loop (a WAL read takes no lock a writer holds),
+        or on the thread if SQLite is busy all the same (recovering a WAL)."""
+        inline = self._inline if self.fault is None else None  # self.db raises
+        if inline is not None:
+            try:
+                return inline.execute(sql, parameters).fetchall()
+            except sqlite3.OperationalError as exc:
+                if not is_busy(exc):
+                    raise
+        return list(await self.db.execute_fetchall(sql, parameters))
+
     async def get(self, upload_id: str) -> Upload | None:
-        # execute_fetchall: one hop to the aiosqlite thread (execute + fetch + close would
-        # be three; hops, not SQL, dominate the cost of small uploads).
-        rows = await self.db.execute_fetchall(
-            f"SELECT {_COLUMNS} FROM uploads WHERE id = ?", (upload_id,))
+        rows = await self._select(f"SELECT {_COLUMNS} FROM uploads WHERE id = ?", (upload_id,))
         for row in rows:
             return self._remember(self._row_to_upload(row))
         self._recent.pop(upload_id, None)
@@ -345,6 +446,8 @@ class LocalStore(Store):
         except BaseException:
             os.close(fd)
             raise
+        if self._write_behind is not None:
+            return DurableLock(self, fd, upload, self._write_behind)
         return LocalLock(self, fd, upload)
 
     def _recent_if_current(self, upload_id: str, fd: int) -> Upload | None:
@@ -431,15 +534,13 @@ class LocalStore(Store):
         return final.copy(length=size, offset=size, completed_at=completed_at)
 
     async def expired(self, now: float, limit: int = 1000) -> list[str]:
-        rows = await self.db.execute_fetchall(
-            "SELECT id FROM uploads WHERE expires_at IS NOT NULL AND expires_at < ? LIMIT ?",
-            (now, limit))
+        """At most ``limit`` expired uploads, from the ``expires_at`` index (a batch: the
+        sweeper asks again while batches are full)."""
+        rows = await self.db.execute_fetchall(EXPIRED_QUERY, (now, limit))
         return [row[0] for row in rows]
 
     async def owed_finishes(self, before: float, limit: int = 100) -> list[str]:
-        rows = await self.db.execute_fetchall(
-            "SELECT id FROM uploads WHERE finish_owed = 1 AND completed_at < ?"
-            " ORDER BY completed_at LIMIT ?", (before, limit))
+        rows = await self.db.execute_fetchall(OWED_QUERY, (before, limit))
         return [row[0] for row in rows]
 
     async def clear_finish_owed(self, lock: UploadLock) -> Upload:
@@ -448,6 +549,20 @@ class LocalStore(Store):
         lock.upload = self._remember(upload.copy(finish_owed=False))
         return lock.upload
 
+    async def take_turn(self, job: str, hold: float) -> bool:
+        """A flock on ``{data_dir}/{job}.lock``, kept until the process stops or dies
+        (``hold`` is not needed: the kernel drops the lock of a dead process)."""
+        if job in self._turns:
+            return True
+        fd = os.open(os.path.join(self.data_dir, f"{job}.lock"), os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._turns[job] = fd
+        return True
+
     async def download(self, upload: Upload) -> Download:
         path = self._path(upload.id)
         st = os.stat(path)
@@ -455,10 +570,9 @@ class LocalStore(Store):
                         last_modified=st.st_mtime, path=path)
 
 
-def _upload_files(top: str, young: float) -> list[str]:
-    """The ids of the upload files under ``top`` made before ``young`` (subdirectories
-    are the segments of ids with ``/``)."""
-    found = []
+def _upload_files(top: str, young: float) -> Iterator[str]:
+    """The ids of the upload files under ``top`` made before ``young``, as the tree is
+    read (subdirectories are the segments of ids with ``/``)."""
     pending = [""]
     while pending:
         parent = pending.pop()
@@ -469,8 +583,21 @@ def _upload_files(top: str, young: float) -> list[str]:
                     if is_upload_id(name):
                         pending.append(name + "/")
                 elif is_upload_id(name) and entry.stat().st_ctime < young:
-                    found.append(name)
-    return found
+                    yield name
+
+
+def _sync_directories(path: str, top: str) -> None:
+    """fsync every directory from ``path``'s own up to ``top`` (their entries durable)."""
+    directory = os.path.dirname(path)
+    while True:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if directory == top or len(directory) <= len(top):
+            return
+        directory = os.path.dirname(directory)
 
 
 def _lock_if_free(path: str) -> int | None:
@@ -533,9 +660,12 @@ class LocalLock(UploadLock):
 
     async def commit(self, *, length: int | None = None,
                      expires_at: float | None = None) -> Upload:
-        if self.store.fsync and self.written and self.fd is not None:
+        sync = self.store._sync
+        if sync is not None and self.written and self.fd is not None:
+            # Data first, then the offset; the first bytes also sync the file's directory
+            # entry (LocalStore.create).
             try:
-                await asyncio.get_running_loop().run_in_executor(None, os.fsync, self.fd)
+                await sync.file(self.fd, first=self.upload.offset == 0)
             except OSError as exc:
                 raise storage_error(exc, "fsync failed") from exc
         new_offset = self.upload.offset + self.written
@@ -565,3 +695,33 @@ class LocalLock(UploadLock):
         else:
             os.close(fd)  # closing the description drops the flock
 
+
+class DurableLock(LocalLock):
+    """``LocalLock`` of the durable mode: the write-out of the body's bytes starts every
+    ``WriteBehind.step`` bytes while it streams, so its commit's sync has little left."""
+
+    __slots__ = ("_behind", "_write_behind")
+
+    def __init__(self, store: LocalStore, fd: int, upload: Upload,
+                 write_behind: WriteBehind) -> None:
+        super().__init__(store, fd, upload)
+        self._write_behind = write_behind
+        self._behind = upload.offset  # write-out started up to here
+
+    def write_nowait(self, data: bytes) -> None:
+        super().write_nowait(data)
+        end = self.upload.offset + self.written
+        pending = end - self._behind
+        if pending >= self._write_behind.step and self.fd is not None:
+            self._write_behind.start(self.fd, self._behind, pending)
+            self._behind = end
+
+    async def commit(self, *, length: int | None = None,
+                     expires_at: float | None = None) -> Upload:
+        upload = await super().commit(length=length, expires_at=expires_at)
+        self._behind = upload.offset
+        return upload
+
+    async def rollback(self) -> None:
+        await super().rollback()
+        self._behind = self.upload.offset

@@ -4,7 +4,9 @@ upload's record (``lease``, ``wanted``, ``rev``) and changed only by compare-and
 ``LeasedStore.lock`` takes it when free or expired and waits (asking a live holder to
 yield) otherwise; ``LeasedLock`` renews it while a request streams, writes the record
 under it, and keeps every write of body bytes inside it (``bounded``). Lease expiry
-compares the wall clocks of replicas: keep them NTP-synchronised.
+compares the wall clocks of replicas: keep them NTP-synchronised. Every record write
+keeps the upload index (``object.index``) in step; ``expired`` and ``owed_finishes``
+list it.
 """
 
 from __future__ import annotations
@@ -27,28 +29,33 @@ from ...protocol.errors import (
 )
 from ..base import Store, Upload, UploadLock
 from ..ids import check_upload_id
+from .buffer import BufferGauge, ChunkBuffer
+from .errors import Conflict, TaggedRecord
+from .index import (
+    DUE,
+    OWED,
+    PAGE,
+    READ_CONCURRENCY,
+    Turns,
+    UploadIndex,
+    due_of,
+    gone_markers,
+    marker,
+    ms,
+    plan_change,
+)
 from .parts import PartUploads
+from .record import dump, load
 
-__all__ = ["POLL_MAX", "POLL_MIN", "WRITE_MARGIN", "Conflict", "LeasedLock", "LeasedStore",
-           "TaggedRecord", "holder_of"]
+__all__ = ["POLL_MAX", "POLL_MIN", "WRITE_MARGIN", "LeasedLock", "LeasedStore", "holder_of"]
 
 POLL_MIN, POLL_MAX = 0.05, 0.5  # lock polling backoff while another replica holds it
 #: Writes under a lease end this fraction of ``lease_duration`` before the lease expires
 #: (renewals, every third of it, move the end on): 2.5 s at the default 10 s.
 WRITE_MARGIN = 0.25
 
-#: A record and the tag (ETag or generation) it was read with.
-TaggedRecord = tuple[dict[str, Any], str]
-
 S = TypeVar("S", bound="LeasedStore[Any]")
 L = TypeVar("L", bound="LeasedLock[Any]")
-
-
-class Conflict(Exception):
-    """A conditional write failed: the record changed (or vanished) since it was read."""
-
-    #: The record and tag found after the failure (None: gone, or not read).
-    current: TaggedRecord | None = None
 
 
 def holder_of(record: dict[str, Any]) -> Any:
@@ -216,6 +223,8 @@ class LeasedLock(UploadLock, Generic[S]):
                     raise
                 if current[0].get("wanted"):
                     self._stop_wanted()
+                # The sweep may have moved the due marker of an idle-looking record.
+                self.record = dict(self.record, due=current[0].get("due"))
                 self.etag = current[1]
                 continue
             self.record = new
@@ -224,16 +233,34 @@ class LeasedLock(UploadLock, Generic[S]):
         raise Conflict("the record keeps changing")
 
     async def publish(self, **changes: Any) -> None:
-        """Write ``changes`` into the record under this lease and refresh ``upload``."""
+        """Write ``changes`` into the record under this lease and refresh ``upload``; the
+        index follows (``plan_change``: markers put before, deleted after)."""
         if self.lost:
             raise UploadBusy("the upload was taken over by another request")
+        index = self.store.index
+        change = plan_change(self.record, changes)
+        tidy = (self.record.get("dirty") and changes.get("completed_at") is not None
+                and self.record.get("completed_at") is None)
+        if tidy:
+            change.fields["dirty"] = None
+        await index.put(change.before)
         async with self._io:
             try:
-                await self._write_record(changes)
+                await self._write_record({**changes, **change.fields})
             except Conflict:
                 self._lose()
                 raise MismatchedOffset("the upload changed underneath this request") from None
         self.upload = self.store.decode_record(self.record)
+        await index.delete(change.after)
+        if tidy:
+            try:
+                removed = await self.store.clean_leftovers(self.upload.id, keep_upload=True)
+            except Exception as exc:  # the daily stray audit gets them
+                self._log.info("upload %s: leftovers of a former writer not removed: %s",
+                               self.upload.id, exc)
+            else:
+                self._log.info("upload %s: removed %d object(s) a former writer left",
+                               self.upload.id, removed)
 
     def _commit_changes(self, length: int | None,
                         expires_at: float | None) -> tuple[dict[str, Any], bool]:
@@ -282,37 +309,91 @@ class LeasedStore(Store, Generic[L]):
     #: Logger of the driver's store module.
     _log: ClassVar[logging.Logger] = logging.getLogger(__name__)
 
-    def __init__(self, lease_duration: float) -> None:
+    def __init__(self, lease_duration: float, prefix: str = "") -> None:
         self.lease_duration = lease_duration
+        #: Object (blob) names of this store start with it.
+        self.prefix = prefix
         #: Locks this process holds, so terminate/concatenate can write under them.
         self._held: dict[str, L] = {}
-        #: id -> (tag of .info as listed, expires_at, completed_at if ``finish_owed`` else
-        #: None), so a sweep GETs only records that changed since the previous one.
-        self._record_cache: dict[str, tuple[str, float | None, float | None]] = {}
+        #: Periodic jobs shared with every other process on the bucket (``take_turn``).
+        self.turns = Turns(self)
+        #: The due and owed markers (``object.index``).
+        self.index = UploadIndex(self, self.turns)
+        #: Upload bytes held in memory by this store's part buffers (and its peak).
+        self.buffer_gauge = BufferGauge()
+        #: Where parts waiting to upload (and S3's grown parts) spill, as anonymous
+        #: temporary files (None: $TMPDIR); drivers set it.
+        self.spill_dir: str | None = None
 
     # -- what a driver implements -------------------------------------------------------
 
     @abstractmethod
-    async def read_record(self, upload_id: str) -> TaggedRecord | None:
-        """(record, tag), or None if there is no such upload."""
+    async def read_object(self, key: str, what: str) -> tuple[bytes, str] | None:
+        """(content, tag) of a small object, or None if it does not exist."""
 
     @abstractmethod
-    async def write_record(self, upload_id: str, record: dict[str, Any], *,
-                           etag: str | None) -> str:
-        """Conditional write of the record: only over ``etag``, or (None) only if absent.
-        Returns the new tag; raises ``Conflict`` if the condition failed."""
+    async def write_object(self, key: str, data: bytes, *, etag: str | None, what: str) -> str:
+        """Conditional write of a small object: only over ``etag`` (the tag read), or
+        (None) only if absent. Returns the new tag; raises ``Conflict`` if the condition
+        failed (the object changed, or vanished, since)."""
+
+    @abstractmethod
+    async def put_marker(self, key: str) -> None:
+        """Make sure an empty object ``key`` exists (an index marker)."""
+
+    @abstractmethod
+    async def delete_object(self, key: str, what: str) -> None:
+        """Delete an object; one that is not there is no error."""
+
+    @abstractmethod
+    def list_keys(self, prefix: str, *, page: int = PAGE,
+                  end: str | None = None) -> AsyncIterator[tuple[str, float]]:
+        """(key, last modified) of the objects under ``prefix``, in key order, fetched a
+        page at a time as the caller goes on (stopping early costs no further request):
+        ``page`` keys first, then ``index.next_page`` of the previous page's size. ``end``
+        is a hint: keys from it on may be left out (GCS ``endOffset``)."""
 
     @abstractmethod
     def decode_record(self, record: dict[str, Any]) -> Upload:
         """The upload a record describes (with the driver's location)."""
 
-    @abstractmethod
-    async def list_records(self) -> dict[str, str]:
-        """id -> tag (as the listing shows it) of every record under the prefix."""
+    async def clean_leftovers(self, upload_id: str, *, keep_upload: bool = False) -> int:
+        """Delete the objects of an upload beyond its record and (with ``keep_upload``)
+        its finished object: what a terminate that died half-way left, or (after the
+        completion of an upload taken over from a writer that died) what that writer
+        never published. Returns how many objects (or multipart uploads) went."""
+        return 0
 
-    def listed_tag(self, tag: str) -> str:
-        """A tag ``read_record`` returned, in the form ``list_records`` shows it."""
-        return tag
+    def record_key(self, upload_id: str) -> str:
+        return self.prefix + check_upload_id(upload_id) + ".info"
+
+    def new_buffer(self, chunks: list[bytes] | tuple[()] = (), *,
+                   limit: int | None = None) -> ChunkBuffer:
+        """A part buffer of a lock of this store (all in memory unless ``limit``; S3
+        spills grown parts beyond ``part_size``)."""
+        return ChunkBuffer(chunks, limit=limit, spill_dir=self.spill_dir,
+                           gauge=self.buffer_gauge)
+
+    async def park(self, body: ChunkBuffer, parts: PartUploads[Any]) -> None:
+        """A part about to start uploading while another one of its PATCH still is: it
+        waits its turn in a spill file, so a PATCH holds at most two parts in memory (the
+        one filling, one uploading) whatever ``part_concurrency``."""
+        if parts.in_flight:
+            await asyncio.get_running_loop().run_in_executor(None, body.spill, self.spill_dir)
+
+    # -- the record ---------------------------------------------------------------------
+
+    async def read_record(self, upload_id: str) -> TaggedRecord | None:
+        """(record, tag), or None if there is no such upload."""
+        found = await self.read_object(self.record_key(upload_id), "reading an upload record")
+        return None if found is None else (load(found[0]), found[1])
+
+    async def write_record(self, upload_id: str, record: dict[str, Any], *,
+                           etag: str | None) -> str:
+        """Conditional write of the record: only over ``etag``, or (None) only if absent.
+        Returns the new tag; raises ``Conflict`` if the condition failed."""
+        return await self.write_object(self.record_key(upload_id), dump(record), etag=etag,
+                                       what="writing an upload record")
 
     def stamp(self, record: dict[str, Any]) -> None:
         """Mark a record about to be written so ``own_write`` can recognise it: a fresh
@@ -344,47 +425,125 @@ class LeasedStore(Store, Generic[L]):
             exc.current = current
             raise
 
-    # -- Store ----------------------------------------------------------------------------
+    # -- the index -----------------------------------------------------------------------
 
-    async def _scan(self) -> dict[str, tuple[str, float | None, float | None]]:
-        """List the records and refresh ``_record_cache``: a GET only of records whose
-        tag changed since the previous scan."""
-        seen = await self.list_records()
-        cache = self._record_cache
-        for stale in set(cache) - set(seen):
-            del cache[stale]
-        changed = [i for i, tag in seen.items() if cache.get(i, ("",))[0] != tag]
-        semaphore = asyncio.Semaphore(8)
+    async def index_new(self, record: dict[str, Any]) -> None:
+        """Index a record about to be created: its markers are put (and ``due`` set in
+        it) before the record exists, so a crash in between leaves a stale marker, never
+        an unindexed upload."""
+        change = plan_change({}, record)
+        await self.index.put(change.before)
+        record.update(change.fields)
 
-        async def refresh(upload_id: str) -> None:
+    async def index_gone(self, record: dict[str, Any] | None) -> None:
+        """Delete the markers of an upload whose record was deleted (after its bytes)."""
+        if record is not None:
+            await self.index.delete(gone_markers(record))
+
+    async def take_turn(self, job: str, hold: float) -> bool:
+        return await self.turns.take(job, hold)
+
+    async def expired(self, now: float, limit: int = 1000) -> list[str]:
+        """Uploads whose ``expires_at`` has passed: the due markers up to ``now``, each
+        checked against its record. A marker whose upload expires later (PATCHes moved
+        it) moves to the new time; one whose upload is gone, finished or indexed
+        elsewhere is deleted. Costs a LIST and a GET per due marker, whatever the bucket
+        holds."""
+        await self.index.ready(self.read_record, "sweep", self._turn_hold)
+        out: list[str] = []
+        semaphore = asyncio.Semaphore(READ_CONCURRENCY)
+
+        async def one(due: int, upload_id: str, name: str, modified: float) -> None:
             async with semaphore:
-                found = await self.read_record(upload_id)
-            if found is not None:
-                record = found[0]
-                owed_since = record.get("completed_at") if record.get("finish_owed") else None
-                cache[upload_id] = (self.listed_tag(found[1]), record.get("expires_at"),
-                                    owed_since)
+                if await self._check_due(now, due, upload_id, name, modified):
+                    out.append(upload_id)
 
-        await asyncio.gather(*(refresh(i) for i in changed))
-        return cache
+        batch: list[Any] = []
+        async for item in self.index.listed(DUE, ms(now)):
+            batch.append(one(*item))
+            if len(batch) >= limit:
+                break
+        await asyncio.gather(*batch)
+        return out[:limit]
+
+    #: How long a turn taken by the store itself (the backfill) lasts unless renewed.
+    _turn_hold = 120.0
+
+    async def _check_due(self, now: float, due: int, upload_id: str, name: str,
+                         modified: float) -> bool:
+        """Whether the upload of a due marker has expired; otherwise fix the marker."""
+        try:
+            found = await self.read_record(upload_id)
+        except StorageError as exc:
+            self._log.warning("sweep: upload %s skipped: %s", upload_id, exc)
+            return False
+        if found is None:
+            if modified > now - self.lease_duration:
+                return False  # its create may still be writing the record
+            if await self.clean_leftovers(upload_id):
+                self._log.info("sweep: removed the leftovers of upload %s", upload_id)
+            await self.index.delete([name])
+            return False
+        record, tag = found
+        indexed, expires = record.get("due"), record.get("expires_at")
+        if indexed is not None and indexed != due:
+            await self.index.delete([name])  # stale: the record names another marker
+            return False
+        if expires is not None and expires < now:
+            return True
+        lease = record.get("lease")
+        if lease is not None and lease["until"] > now:
+            return False  # being written: looked at again next time
+        want = None if expires is None else due_of(expires)
+        if want is None and indexed is None:
+            await self.index.delete([name])  # finished before the index knew it
+            return False
+        if want is not None:
+            await self.index.put([moved := marker(DUE, want, upload_id)])
+        new = dict(record, due=want, rev=record["rev"] + 1)
+        try:
+            await self.cas_record(upload_id, new, tag)
+        except Conflict:
+            if want is not None:
+                await self.index.delete([moved])
+            return False
+        await self.index.delete([name])
+        return False
+
+    async def owed_finishes(self, before: float, limit: int = 100) -> list[str]:
+        """Completed uploads still owing post-finish, completed before ``before``, oldest
+        first: the owed markers up to then, each checked against its record (a stale
+        one is deleted)."""
+        await self.index.ready(self.read_record, "sweep", self._turn_hold)
+        now = time.time()
+        out: list[str] = []
+        async for at, upload_id, name, modified in self.index.listed(OWED, ms(before)):
+            found = await self.read_record(upload_id)
+            record = found[0] if found else {}
+            completed = record.get("completed_at")
+            if not record.get("finish_owed") or completed is None or ms(completed) != at:
+                if modified < now - self.lease_duration:
+                    await self.index.delete([name])
+                continue
+            if completed < before:
+                out.append(upload_id)
+                if len(out) >= limit:
+                    break
+        return out
 
     async def clear_finish_owed(self, lock: UploadLock) -> Upload:
         assert isinstance(lock, LeasedLock)
         await lock.publish(finish_owed=False)
         return lock.upload
 
-    async def expired(self, now: float, limit: int = 1000) -> list[str]:
-        """Records whose ``expires_at`` has passed (see ``_scan`` for the cost)."""
-        records = await self._scan()
-        out = [i for i, (_, expires_at, _) in records.items()
-               if expires_at is not None and expires_at < now]
-        return out[:limit]
+    async def extra_due(self, now: float) -> bool:
+        """The stray-object audit (``sweep_extra``) runs once a day across replicas."""
+        return await self.index.audit_due(now)
 
-    async def owed_finishes(self, before: float, limit: int = 100) -> list[str]:
-        records = await self._scan()
-        owed = sorted((since, i) for i, (_, _, since) in records.items()
-                      if since is not None and since < before)
-        return [i for _, i in owed[:limit]]
+    async def extra_done(self, now: float) -> None:
+        await self.index.audited(now)
+
+    # -- Store ----------------------------------------------------------------------------
 
     async def get(self, upload_id: str) -> Upload | None:
         found = await self.read_record(check_upload_id(upload_id))
@@ -421,6 +580,10 @@ class LeasedStore(Store, Generic[L]):
                     self._log.info("upload %s: taking over an expired lease", upload_id)
                 new = dict(record, lease={"holder": token, "until": now + self.lease_duration},
                            wanted=None, rev=record["rev"] + 1)
+                if lease is not None:
+                    # Its holder died or stalled mid-write: objects it left unpublished
+                    # are removed once the upload completes (``tidy``).
+                    new["dirty"] = True
                 self.stamp(new)  # not the nonce of the holder we take over from
                 try:
                     etag = await self.write_record(upload_id, new, etag=etag)

@@ -34,6 +34,11 @@ class PartUploads(Generic[T]):
         self.done_size = 0
 
     @property
+    def in_flight(self) -> int:
+        """Uploads started and not yet collected."""
+        return len(self._flight)
+
+    @property
     def count(self) -> int:
         """Uploads in flight or collected."""
         return len(self._flight) + len(self.done)

@@ -32,6 +32,7 @@ def new_record(upload: Upload, **fields: Any) -> dict[str, Any]:
         "final_of": list(upload.final_of),
         "completed_at": upload.completed_at,
         "finish_owed": upload.finish_owed,
+        "due": None,  # the upload's due marker (``object.index``); absent in older records
         **fields,
         "lease": None,  # {"holder": token, "until": epoch seconds}
         "rev": 0,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import aiohttp
 from botocore.exceptions import BotoCoreError, ClientError
@@ -14,7 +14,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ...protocol.content import stored_content
 from ...protocol.errors import ServiceUnavailable, StorageError, TusError
 from ...protocol.headers import Metadata
-from ..object.lease import Conflict
+from ..object.errors import Conflict
 
 #: S3 error codes meaning "slow down"; botocore's standard retry mode already retried them.
 THROTTLING_CODES = frozenset({
@@ -30,6 +30,22 @@ class Part(TypedDict):
     n: int
     etag: str
     size: int
+
+
+class Segment(TypedDict):
+    """A stored piece of the tail: bytes past the last part, in an object of its own."""
+
+    key: str
+    size: int
+    etag: str
+
+
+def segments_of(record: dict[str, Any]) -> list[Segment]:
+    """The tail segments a record lists, in order (older records: one, or none)."""
+    tail = record.get("tail")
+    if not tail:
+        return []
+    return list(tail) if isinstance(tail, list) else [tail]
 
 
 def object_headers(metadata: Metadata) -> dict[str, str]:

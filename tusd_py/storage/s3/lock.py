@@ -1,7 +1,9 @@
 """The S3 driver's write lock: the record's lease plus the request's part buffer and part
-uploads. Full parts upload while the body streams in; ``commit`` stores the tail and
-publishes parts and offset in one conditional write of the record. Every write of body
-bytes runs under ``bounded``, so a stale retry never lands over the next holder's part.
+uploads. Full parts upload while the body streams in; ``commit`` stores what fills no
+part as a new tail segment (once the tail reaches S3's 5 MiB minimum, as a part) and
+publishes parts, tail and offset in one conditional write of the record. Every write of
+body bytes runs under ``bounded``, so a stale retry never lands over the next holder's
+part.
 """
 
 from __future__ import annotations
@@ -13,15 +15,17 @@ from typing import TYPE_CHECKING, Any
 
 from ...protocol.errors import StorageError, UploadBusy
 from ..base import Upload
+from ..object.buffer import ChunkBuffer, ChunksReader
 from ..object.lease import LeasedLock
 from ..object.parts import PartUploads
-from .buffer import ChunkBuffer, ChunksReader
 from .errors import (
     NOT_FOUND_CODES,
     Part,
+    Segment,
     error_code,
     object_headers,
     s3_errors,
+    segments_of,
 )
 from .sizing import MIN_PART_SIZE, part_size_for
 
@@ -47,10 +51,16 @@ class S3Lock(LeasedLock["S3Store"]):
     _log = log
 
     def __init__(self, store: S3Store, record: dict[str, Any], etag: str, token: str) -> None:
-        #: The tail, then the body bytes not yet in a part: at most ``part_size`` of it
-        #: in memory, the rest of a grown part in a spill file (``buffer``).
+        #: The body bytes not yet in a part: at most ``part_size`` of it in memory, the
+        #: rest of a grown part in a spill file (``object.buffer``).
         self._buf = store.new_buffer()
-        self._loaded = False  # _buf holds the stored tail
+        #: The stored tail segments not yet in a part (``tail`` in the record), read back
+        #: only when a part is cut from them; and those cut into parts since the last
+        #: commit (deleted once it is published).
+        self._tail: list[Segment] = []
+        self._tail_size = 0  # bytes in ``_tail``
+        self._consumed: list[Segment] = []
+        self._set_tail(segments_of(record))
         #: Parts uploading while the body streams in, and those uploaded since the last
         #: commit (``parts.done``).
         self.parts: PartUploads[Part] = PartUploads(store.part_concurrency)
@@ -58,32 +68,48 @@ class S3Lock(LeasedLock["S3Store"]):
 
     # -- writing ----------------------------------------------------------------------
 
-    async def _load_tail(self) -> None:
-        if self._loaded:
-            return
-        tail = self.record.get("tail")
+    def _set_tail(self, segments: list[Segment]) -> None:
+        self._tail = segments
+        self._tail_size = sum(segment["size"] for segment in segments)
+
+    async def _take(self, size: int) -> ChunkBuffer:
+        """The next ``size`` bytes of the upload as a part body: the tail segments (read
+        back, or from this process's cache of what it wrote), then the buffer's first
+        bytes. The segments move to ``_consumed``."""
+        if not self._tail:
+            return self._buf.take(size)
+        # The part keeps at most part_size in memory: what the buffer holds, and as much
+        # of the tail as fits besides (the rest of a grown part's tail spills).
+        body = await self._read_segments(self._tail, self.store.part_size - self._buf.memory)
+        self._consumed += self._tail
+        self._set_tail([])
+        body.extend(self._buf.take(size - len(body)))
+        return body
+
+    async def _read_segments(self, segments: list[Segment], memory: int) -> ChunkBuffer:
+        """The stored bytes of ``segments``, at most ``memory`` of them in memory."""
         store = self.store
-        self._buf.clear()
-        cached = store._tail_cache.pop(self.upload.id, None)
-        if tail and cached is not None and cached[0] == tail.get("etag"):
-            self._buf = store.new_buffer(cached[1])  # this process wrote it last: not read back
-        elif tail:
+        body = store.new_buffer(limit=max(0, memory))
+        for segment in segments:
+            cached = store._tail_cache.pop(segment["key"], None)
+            if cached is not None and cached[0] == segment.get("etag"):
+                for chunk in cached[1]:  # this process wrote it: not read back
+                    body.append(chunk)
+                continue
             async with s3_errors("reading the incomplete part"):
                 try:
-                    r = await store.s3.get_object(Bucket=store.bucket, Key=tail["key"])
+                    r = await store.s3.get_object(Bucket=store.bucket, Key=segment["key"])
                 except Exception as exc:
                     if error_code(exc)[0] in NOT_FOUND_CODES:
                         raise StorageError("the upload's incomplete part object is missing") from None
                     raise
-                async with (body := r["Body"]):
-                    if tail["size"] <= store.part_size:
-                        self._buf.append(await body.read())
-                    else:  # the tail of a grown part: spilled beyond part_size
-                        async for chunk in body.iter_chunks(_TAIL_CHUNK):
-                            self._buf.append(chunk)
-            if len(self._buf) != tail["size"]:
-                raise StorageError("the upload's incomplete part object has the wrong size")
-        self._loaded = True
+                async with (stream := r["Body"]):
+                    async for chunk in stream.iter_chunks(_TAIL_CHUNK):
+                        body.append(chunk)
+        if len(body) != sum(segment["size"] for segment in segments):
+            body.clear()
+            raise StorageError("the upload's incomplete part object has the wrong size")
+        return body
 
     def _next_part_number(self) -> int:
         return len(self.record["parts"]) + self.parts.count + 1
@@ -100,38 +126,38 @@ class S3Lock(LeasedLock["S3Store"]):
     async def write(self, data: bytes) -> None:
         if self.lost:
             raise UploadBusy("the upload was taken over by another request")
-        if not self._loaded:
-            await self._load_tail()
         self._buf.append(data)
         self.written += len(data)
-        while len(self._buf) >= MIN_PART_SIZE:
+        while (pending := self._tail_size + len(self._buf)) >= MIN_PART_SIZE:
             target = self._target()
-            if len(self._buf) < target:
+            if pending < target:
                 break
             await self._cut(target)
 
     async def _cut(self, size: int) -> None:
-        """Start uploading the first ``size`` bytes of the buffer as the next part."""
+        """Start uploading the upload's next ``size`` bytes (``_take``) as the next part."""
         await self.parts.room()
         self._check_lease()
         await self._ensure_mpu()
-        body = self._buf.take(size)  # the chunks themselves: no copy of the part
+        body = await self._take(size)  # the chunks themselves: no copy of the part
+        await self.store.park(body, self.parts)
         number = self._next_part_number()
         self.parts.start(self._upload_part(number, body), size)
 
     async def _upload_part(self, number: int, body: ChunkBuffer) -> Part:
         """Upload ``body`` as part ``number``, then free it (memory and spill file)."""
         store = self.store
+        size = len(body)
         try:
-            reader = ChunksReader(body.chunks())
-            async with self.bounded("uploading a part"), s3_errors("uploading a part"):
-                r = await store.s3.upload_part(
-                    Bucket=store.bucket, Key=store.key(self.upload.id),
-                    UploadId=self.record["mpu"], PartNumber=number, Body=reader,
-                    ContentLength=len(reader))
+            with ChunksReader(body.chunks()) as reader:
+                async with self.bounded("uploading a part"), s3_errors("uploading a part"):
+                    r = await store.s3.upload_part(
+                        Bucket=store.bucket, Key=store.key(self.upload.id),
+                        UploadId=self.record["mpu"], PartNumber=number, Body=reader,
+                        ContentLength=size)
         finally:
             body.clear()
-        return {"n": number, "etag": str(r["ETag"]), "size": len(reader)}
+        return {"n": number, "etag": str(r["ETag"]), "size": size}
 
     async def _ensure_mpu(self) -> None:
         if self.record.get("mpu"):
@@ -147,40 +173,52 @@ class S3Lock(LeasedLock["S3Store"]):
     async def commit(self, *, length: int | None = None,
                      expires_at: float | None = None) -> Upload:
         changes, complete = self._commit_changes(length, expires_at)
-        old_tail = self.record.get("tail")
+        written: tuple[Segment, list[bytes]] | None = None
         if complete or self.written:
-            await self._load_tail()
             await self.parts.collect()
             self._check_lease()
             if complete:
                 changes.update(await self._finish(changes), completed_at=time.time(),
                                tail=None, mpu=None, parts=[], completing=None)
             else:
+                pending = self._tail_size + len(self._buf)
+                if pending >= MIN_PART_SIZE and self._next_part_number() <= self.store.max_parts // 2:
+                    # Keep the tail in a part once it reaches S3's minimum: its bytes are
+                    # sent once more now rather than later, and this PATCH's only once.
+                    await self._cut(pending)
+                    await self.parts.collect()
+                elif self._buf:
+                    written = await self._store_segment()
+                    self._set_tail([*self._tail, written[0]])
                 changes["parts"] = [*self.record["parts"], *self.parts.done]
-                changes["tail"] = await self._store_tail(old_tail)
+                changes["tail"] = list(self._tail) or None
         await self.publish(**changes)
         self.parts.clear()
         self.written = 0
-        if old_tail and old_tail != self.record.get("tail"):
-            store = self.store
-            with contextlib.suppress(Exception):  # a leftover is removed by the sweeper
-                await store.s3.delete_object(Bucket=store.bucket, Key=old_tail["key"])
-        if complete:
-            self._buf.clear()
+        self._buf.clear()
+        store = self.store
+        if written is not None:
+            store._cache_segment(written[0], written[1])
+        consumed, self._consumed = self._consumed, []
+        for segment in consumed:
+            with contextlib.suppress(Exception):  # a leftover is removed by the audit
+                await store.s3.delete_object(Bucket=store.bucket, Key=segment["key"])
         return self.upload
 
-    async def _store_tail(self, old: dict[str, Any] | None) -> dict[str, Any] | None:
-        """Put the buffer as the tail object, in the slot the record does not point to."""
-        if not self._buf:
-            return None
+    async def _store_segment(self) -> tuple[Segment, list[bytes]]:
+        """Put the buffer as a new tail segment (a name of its own: no stored byte is
+        ever overwritten); the segment, and its chunks if they are all in memory."""
         store = self.store
-        slot = 1 if old and old["key"] == store.tail_key(self.upload.id, 0) else 0
-        key = store.tail_key(self.upload.id, slot)
+        start = self.upload.offset + self.written - len(self._buf)
+        key = store.segment_key(self.upload.id, start)
+        size = len(self._buf)
         async with self.bounded("storing the incomplete part"), \
                 s3_errors("storing the incomplete part"):
-            r = await store.s3.put_object(Bucket=store.bucket, Key=key, Body=self._reader(),
-                                          ContentLength=len(self._buf))
-        return {"key": key, "size": len(self._buf), "etag": r["ETag"]}
+            with self._reader() as reader:
+                r = await store.s3.put_object(Bucket=store.bucket, Key=key, Body=reader,
+                                              ContentLength=size)
+        chunks = [c for c in self._buf.chunks() if isinstance(c, bytes)]
+        return {"key": key, "size": size, "etag": str(r["ETag"])}, chunks
 
     def _reader(self) -> ChunksReader:
         return ChunksReader(self._buf.chunks())
@@ -191,17 +229,24 @@ class S3Lock(LeasedLock["S3Store"]):
         key = store.key(self.upload.id)
         parts = [*self.record["parts"], *self.parts.done]
         mpu = self.record.get("mpu")
+        rest = self._tail_size + len(self._buf)
         if mpu is None:
-            async with self.bounded("completing an upload"), s3_errors("completing an upload"):
-                r = await store.s3.put_object(Bucket=store.bucket, Key=key, Body=self._reader(),
-                                              ContentLength=len(self._buf),
-                                              **object_headers(self.upload.metadata))
+            body = await self._take(rest)
+            try:
+                async with self.bounded("completing an upload"), \
+                        s3_errors("completing an upload"):
+                    with ChunksReader(body.chunks()) as reader:
+                        r = await store.s3.put_object(Bucket=store.bucket, Key=key, Body=reader,
+                                                      ContentLength=rest,
+                                                      **object_headers(self.upload.metadata))
+            finally:
+                body.clear()
             return {"object_etag": r["ETag"]}
-        if self._buf or not parts:
+        if rest or not parts:
             number = len(parts) + 1
             if number > store.max_parts:
                 raise StorageError("too many parts for one S3 object")
-            parts.append(await self._upload_part(number, self._buf.take(len(self._buf))))
+            parts.append(await self._upload_part(number, await self._take(rest)))
         # Record that every byte is in a part before completing: if the process dies
         # after CompleteMultipartUpload, the next lock (or HEAD) finishes the job
         # instead of finding a record that points at a multipart upload that is gone.
@@ -265,7 +310,8 @@ class S3Lock(LeasedLock["S3Store"]):
         self.parts.clear()
         self.written = 0
         self._buf.clear()
-        self._loaded = True  # no tail: the next bytes start part ``number``
+        self._set_tail([])  # no tail: the next bytes start part ``number``
+        self._consumed = []
         return offset
 
     async def finish_completion(self) -> None:
@@ -286,13 +332,8 @@ class S3Lock(LeasedLock["S3Store"]):
         self.parts.clear()
         self.written = 0
         self._buf.clear()
-        self._loaded = False
+        self._set_tail(segments_of(self.record))
+        self._consumed = []
 
     def _released(self) -> None:
-        tail = self.record.get("tail")
-        buf = self._buf
-        if (self._loaded and not (self.written or self.terminated or self.lost) and tail
-                and len(buf) == tail["size"] and buf.in_memory):
-            self.store._cache_tail(self.upload.id, tail.get("etag"),
-                                   [c for c in buf.chunks() if isinstance(c, bytes)])
-        buf.clear()
+        self._buf.clear()

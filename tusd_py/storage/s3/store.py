@@ -1,17 +1,19 @@
 """S3 storage driver (aioboto3): stateless replicas over one bucket.
 
 Per upload ``id`` under ``prefix``: ``{id}.info``, the record (the only source of
-truth); ``{id}``, the multipart upload, then the final object; ``{id}.part`` and
-``{id}.part.1``, the incomplete tail in two alternating slots. The write lock is in
-``lock``, error translation in ``errors``, the part buffer in ``buffer`` and part
-sizing in ``sizing``.
+truth); ``{id}``, the multipart upload, then the final object; ``{id}.t{offset}-{random}``,
+the segments of the incomplete tail (bytes past the last part; names never reused).
+The write lock is in ``lock``, error translation in ``errors``, part sizing in
+``sizing``; the part buffer is ``object.buffer``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from datetime import UTC
@@ -26,16 +28,19 @@ from ...protocol.errors import (
 )
 from ..base import Download, Upload
 from ..ids import is_upload_id, object_key
+from ..object.buffer import ChunkBuffer
+from ..object.index import next_page
 from ..object.lease import LeasedStore
-from ..object.record import decode_upload, dump, load, new_record
-from .buffer import BufferGauge, ChunkBuffer
+from ..object.record import decode_upload, new_record
 from .errors import (
     CONFLICT_CODES,
     NOT_FOUND_CODES,
     Conflict,
+    Segment,
     error_code,
     object_headers,
     s3_errors,
+    segments_of,
 )
 from .lock import S3Lock
 from .sizing import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
@@ -44,7 +49,9 @@ __all__ = ["S3Download", "S3Lock", "S3Store"]
 
 log = logging.getLogger(__name__)
 
-_TAIL_SUFFIXES = (".part", ".part.1")
+#: What follows ``{id}`` in the name of a tail segment (``.part``, ``.part.1``: written by
+#: versions that kept the tail in one object of two slots).
+_TAIL_SUFFIX = re.compile(r"\.t[0-9]{15}-[0-9a-f]{8}|\.part|\.part\.1")
 _READ_CHUNK = 64 * 1024
 
 
@@ -59,9 +66,8 @@ class S3Store(LeasedStore[S3Lock]):
                  max_pool_connections: int = 64, retry_attempts: int = 5,
                  part_concurrency: int = 1, spill_dir: str | None = None) -> None:
         """The values come checked from ``config.S3Storage`` (part size within S3's limits)."""
-        super().__init__(lease_duration)
+        super().__init__(lease_duration, prefix)
         self.bucket = bucket
-        self.prefix = prefix
         self.endpoint_url = endpoint_url
         self.region = region
         self.part_size = part_size
@@ -72,8 +78,6 @@ class S3Store(LeasedStore[S3Lock]):
         #: Where the bytes of a grown part beyond part_size are spilled (anonymous temp
         #: files; None: the system's temp directory, TMPDIR).
         self.spill_dir = spill_dir
-        #: Upload bytes held in memory by this store's part buffers (and its peak).
-        self.buffer_gauge = BufferGauge()
         self._boto_config = BotoConfig(
             # botocore's standard mode retries throttling, 5xx and connection errors
             # with exponential backoff and jitter.
@@ -87,8 +91,8 @@ class S3Store(LeasedStore[S3Lock]):
         )
         self._stack: contextlib.AsyncExitStack | None = None
         self._s3: Any = None
-        #: id -> (ETag, bytes) of tail objects this process wrote last, so a sticky
-        #: client's next PATCH need not read its tail back (bounded: _tail_cache_budget).
+        #: Tail segment key -> (ETag, bytes, size) of segments this process wrote, so a
+        #: sticky client's PATCHes need not read them back (bounded: _tail_cache_budget).
         self._tail_cache: OrderedDict[str, tuple[str, list[bytes], int]] = OrderedDict()
         self._tail_cache_budget = 4 * part_size
 
@@ -107,6 +111,8 @@ class S3Store(LeasedStore[S3Lock]):
     async def stop(self) -> None:
         for lock in list(self._held.values()):
             await lock.release()
+        if self._s3 is not None:
+            await self.turns.give_back()
         if self._stack is not None:
             await self._stack.aclose()
             self._stack = None
@@ -122,18 +128,21 @@ class S3Store(LeasedStore[S3Lock]):
         async with s3_errors(f"access to bucket {self.bucket}"):
             await self.s3.head_bucket(Bucket=self.bucket)
 
-    def new_buffer(self, chunks: list[bytes] | tuple[()] = ()) -> ChunkBuffer:
-        """A part buffer keeping at most ``part_size`` in memory (the rest spills)."""
-        return ChunkBuffer(chunks, limit=self.part_size, spill_dir=self.spill_dir,
-                           gauge=self.buffer_gauge)
+    def new_buffer(self, chunks: list[bytes] | tuple[()] = (), *,
+                   limit: int | None = None) -> ChunkBuffer:
+        """A part buffer keeping at most ``limit`` (default ``part_size``) in memory; the
+        rest spills."""
+        return ChunkBuffer(chunks, limit=self.part_size if limit is None else limit,
+                           spill_dir=self.spill_dir, gauge=self.buffer_gauge)
 
-    def _cache_tail(self, upload_id: str, etag: str | None, data: list[bytes]) -> None:
-        cache = self._tail_cache
-        cache.pop(upload_id, None)
+    def _cache_segment(self, segment: Segment, data: list[bytes]) -> None:
+        """Remember the bytes of a tail segment this process wrote (oldest dropped first
+        beyond the budget)."""
         size = sum(len(c) for c in data)
-        if etag is None or size > self._tail_cache_budget:
+        if size != segment["size"] or size > self._tail_cache_budget:
             return
-        cache[upload_id] = (etag, data, size)
+        cache = self._tail_cache
+        cache[segment["key"]] = (segment["etag"], data, size)
         used = sum(entry[2] for entry in cache.values())
         while used > self._tail_cache_budget:
             _, (_, _, dropped) = cache.popitem(last=False)
@@ -144,46 +153,66 @@ class S3Store(LeasedStore[S3Lock]):
     def key(self, upload_id: str) -> str:
         return object_key(self.prefix, upload_id)
 
-    def record_key(self, upload_id: str) -> str:
-        return self.key(upload_id) + ".info"
-
-    def tail_key(self, upload_id: str, slot: int) -> str:
-        return self.key(upload_id) + _TAIL_SUFFIXES[slot]
+    def segment_key(self, upload_id: str, offset: int) -> str:
+        """A new tail segment's key: its offset in the upload, and a random part."""
+        return f"{self.key(upload_id)}.t{offset:015d}-{uuid.uuid4().hex[:8]}"
 
     def _location(self, upload_id: str) -> str:
         return f"s3://{self.bucket}/{self.key(upload_id)}"
 
-    # -- the record ---------------------------------------------------------------
+    # -- small objects (records, index markers, turns) ------------------------------
 
-    async def read_record(self, upload_id: str) -> tuple[dict[str, Any], str] | None:
-        """(record, ETag), or None if there is no such upload."""
-        async with s3_errors("reading an upload record"):
+    async def read_object(self, key: str, what: str) -> tuple[bytes, str] | None:
+        """(content, ETag), or None if there is no such object."""
+        async with s3_errors(what):
             try:
-                r = await self.s3.get_object(Bucket=self.bucket, Key=self.record_key(upload_id))
+                r = await self.s3.get_object(Bucket=self.bucket, Key=key)
             except Exception as exc:
                 if error_code(exc)[0] in NOT_FOUND_CODES:
                     return None
                 raise
             async with (body := r["Body"]):
                 data = await body.read()
-        return load(data), r["ETag"]
+        return data, r["ETag"]
 
-    async def write_record(self, upload_id: str, record: dict[str, Any], *,
-                           etag: str | None) -> str:
-        """Conditional put of the record: ``If-Match: etag``, or ``If-None-Match: *`` when
-        ``etag`` is None. Returns the new ETag; raises ``Conflict`` if the condition failed."""
+    async def write_object(self, key: str, data: bytes, *, etag: str | None, what: str) -> str:
+        """Conditional put: ``If-Match: etag``, or ``If-None-Match: *`` when ``etag`` is
+        None. Returns the new ETag; raises ``Conflict`` if the condition failed."""
         condition = {"IfMatch": etag} if etag is not None else {"IfNoneMatch": "*"}
-        async with s3_errors("writing an upload record"):
+        async with s3_errors(what):
             try:
-                r = await self.s3.put_object(
-                    Bucket=self.bucket, Key=self.record_key(upload_id), Body=dump(record),
-                    ContentType="application/json", **condition)
+                r = await self.s3.put_object(Bucket=self.bucket, Key=key, Body=data,
+                                             ContentType="application/json", **condition)
             except Exception as exc:
                 code = error_code(exc)[0]
                 if code in CONFLICT_CODES or (etag is not None and code in NOT_FOUND_CODES):
                     raise Conflict(code) from None
                 raise
         return str(r["ETag"])
+
+    async def put_marker(self, key: str) -> None:
+        async with s3_errors("writing an index marker"):
+            await self.s3.put_object(Bucket=self.bucket, Key=key, Body=b"")
+
+    async def delete_object(self, key: str, what: str) -> None:
+        async with s3_errors(what):
+            await self.s3.delete_object(Bucket=self.bucket, Key=key)
+
+    async def list_keys(self, prefix: str, *, page: int = 1000,
+                        end: str | None = None) -> AsyncIterator[tuple[str, float]]:
+        """ListObjectsV2 pages, fetched as the caller goes on."""
+        token: str | None = None
+        while True:
+            extra = {"ContinuationToken": token} if token else {}
+            async with s3_errors("listing objects"):
+                r = await self.s3.list_objects_v2(Bucket=self.bucket, Prefix=prefix,
+                                                  MaxKeys=page, **extra)
+            for obj in r.get("Contents", ()):
+                yield obj["Key"], obj["LastModified"].timestamp()
+            token = r.get("NextContinuationToken")
+            if not r.get("IsTruncated") or not token:
+                return
+            page = next_page(page)
 
     def decode_record(self, record: dict[str, Any]) -> Upload:
         return decode_upload(record, self._location(record["id"]))
@@ -209,6 +238,7 @@ class S3Store(LeasedStore[S3Lock]):
                         raise UploadExists() from None
                     raise
             record["object_etag"] = r["ETag"]
+        await self.index_new(record)
         try:
             await self.write_record(upload.id, record, etag=None)
         except Conflict:
@@ -229,15 +259,29 @@ class S3Store(LeasedStore[S3Lock]):
         else:
             found = await self.read_record(upload_id)
             record = found[0] if found else None
-        async with s3_errors("terminating an upload"):
-            if record is not None and record.get("mpu"):
-                await self._abort(self.key(upload_id), record["mpu"])
-            keys = [self.record_key(upload_id), self.key(upload_id),
-                    *(self.tail_key(upload_id, slot) for slot in (0, 1))]
-            # The record goes first: once it is gone the upload no longer exists.
-            for key in keys:
-                await self.s3.delete_object(Bucket=self.bucket, Key=key)
-        self._record_cache.pop(upload_id, None)
+        # The record goes first: once it is gone the upload no longer exists; its index
+        # markers go last (a due one left behind makes the sweep finish the job).
+        await self.delete_object(self.record_key(upload_id), "terminating an upload")
+        await self.clean_leftovers(upload_id)
+        await self.index_gone(record)
+
+    async def clean_leftovers(self, upload_id: str, *, keep_upload: bool = False) -> int:
+        """Abort the upload's multipart uploads and delete its objects (one
+        ListMultipartUploads and one LIST, scoped to the upload)."""
+        key = self.key(upload_id)
+        keep = {key, self.record_key(upload_id)} if keep_upload else set()
+        removed = 0
+        async with s3_errors("removing an upload's leftovers"):
+            r = await self.s3.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
+            for mpu in r.get("Uploads", ()):
+                if mpu["Key"] == key:
+                    await self._abort(key, mpu["UploadId"])
+                    removed += 1
+        async for name, _ in self.list_keys(key):
+            if (name == key or name.startswith(key + ".")) and name not in keep:
+                await self.delete_object(name, "removing an upload's leftovers")
+                removed += 1
+        return removed
 
     async def _abort(self, key: str, mpu: str) -> None:
         try:
@@ -331,19 +375,6 @@ class S3Store(LeasedStore[S3Lock]):
                            expires_at=final.expires_at, object_etag=object_etag)
         return lock.upload
 
-    async def list_records(self) -> dict[str, str]:
-        """id -> ETag of every ``.info``: one LIST per 1,000 keys under the prefix (an
-        upload has one to three: ``.info``, its tail or object)."""
-        seen: dict[str, str] = {}
-        async with s3_errors("listing uploads"):
-            paginator = self.s3.get_paginator("list_objects_v2")
-            async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
-                for obj in page.get("Contents", ()):
-                    name = obj["Key"][len(self.prefix):]
-                    if name.endswith(".info") and is_upload_id(name[:-5]):
-                        seen[name[:-5]] = obj["ETag"]
-        return seen
-
     async def sweep_extra(self, now: float) -> int:
         """Abort multipart uploads nobody owns and delete stray tail objects.
 
@@ -387,14 +418,14 @@ class S3Store(LeasedStore[S3Lock]):
             async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
                 for obj in page.get("Contents", ()):
                     name = obj["Key"][len(self.prefix):]
-                    slot = next((i for i, s in enumerate(_TAIL_SUFFIXES) if name.endswith(s)), None)
-                    if slot is None or not is_upload_id(upload_id := name[:-len(_TAIL_SUFFIXES[slot])]):
+                    upload_id, dot, rest = name.partition(".")
+                    if not is_upload_id(upload_id) or not _TAIL_SUFFIX.fullmatch(dot + rest):
                         continue
                     if obj["LastModified"].timestamp() > now - grace:
                         continue
                     record = await record_of(upload_id)
-                    tail = (record or {}).get("tail") or {}
-                    if record is not None and (tail.get("key") == obj["Key"] or not idle(record)):
+                    listed = {segment["key"] for segment in segments_of(record or {})}
+                    if record is not None and (obj["Key"] in listed or not idle(record)):
                         continue
                     await self.s3.delete_object(Bucket=self.bucket, Key=obj["Key"])
                     removed += 1

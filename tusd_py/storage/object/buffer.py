@@ -1,6 +1,7 @@
-"""The S3 driver's part buffer: body chunks kept as received and sent without joining, so
-a part's bytes exist once in memory; beyond ``limit`` bytes in memory the rest of a
-grown part spills to an anonymous temporary file. ``BufferGauge`` counts what is held.
+"""The object stores' part buffer: body chunks kept as received and sent without joining
+(``ChunksReader``), so a part's bytes exist once in memory; beyond ``limit`` bytes in
+memory the rest of a grown part (S3) spills to an anonymous temporary file.
+``BufferGauge`` counts what is held.
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ class ChunkBuffer:
     """Bytes in arrival order: append at the end, take whole parts from the front.
 
     Without a ``limit`` everything stays in memory. With one, a chunk arriving while
-    ``limit`` bytes or more are in memory goes to a spill file (in ``spill_dir``)."""
+    ``limit`` bytes or more are in memory goes to a spill file (in ``spill_dir``);
+    ``spill`` moves all of it there."""
 
     __slots__ = ("_chunks", "_file", "_gauge", "_limit", "_spill_dir", "memory", "size")
 
@@ -178,6 +180,39 @@ class ChunkBuffer:
             need -= len(chunk)
         return out
 
+    def spill(self, directory: str | None) -> None:
+        """Move the bytes this buffer holds in memory to a new spill file (in
+        ``directory``): a part waiting its turn to upload. Blocking (writes into the page
+        cache): call it in a thread."""
+        if not self.memory:
+            return
+        file = SpillFile(directory, self._gauge)
+        moved: deque[Segment] = deque()
+        for chunk in self._chunks:
+            if isinstance(chunk, bytes):
+                start = file.append(chunk)
+                last = moved[-1] if moved else None
+                if isinstance(last, FileRegion) and last.file is file \
+                        and last.offset + last.length == start:
+                    last.length += len(chunk)
+                else:
+                    moved.append(FileRegion(file, start, len(chunk)))
+            else:
+                moved.append(chunk)
+        file.unref()  # the regions keep it open
+        self._chunks = moved
+        self._gauge.held -= self.memory
+        self.memory = 0
+
+    def extend(self, other: ChunkBuffer) -> None:
+        """Move every segment of ``other`` (a buffer ``take`` made) to the end of this
+        one; ``other`` is left empty. Nothing is copied."""
+        self._chunks.extend(other._chunks)
+        self.size += other.size
+        self.memory += other.memory
+        other._chunks.clear()
+        other.size = other.memory = 0
+
     def chunks(self) -> list[Segment]:
         return list(self._chunks)
 
@@ -196,8 +231,9 @@ class ChunkBuffer:
 
 class ChunksReader(io.RawIOBase):
     """A seekable, read-only file over a list of segments (in-memory chunks and spill
-    file regions): a request body for botocore, which seeks to measure, sign and retry
-    it. Spilled bytes are read with ``pread`` (aiohttp reads bodies in a thread)."""
+    file regions): a request body for the store clients (botocore, gcloud-aio, the
+    Azure SDK), which seek to measure, sign and retry it. Spilled bytes are read with
+    ``pread`` (aiohttp reads bodies in a thread)."""
 
     def __init__(self, chunks: list[Segment]) -> None:
         super().__init__()
@@ -209,6 +245,23 @@ class ChunksReader(io.RawIOBase):
 
     def __len__(self) -> int:
         return self._size
+
+    def close(self) -> None:
+        """Nothing: aiohttp closes a request body once sent, and a retry (of the client
+        library) seeks back and sends it again. ``release`` ends the reader."""
+
+    def release(self) -> None:
+        """Let go of the segments once the upload is over (with all its retries): the
+        HTTP client may keep the request, and so this reader, alive in a reference
+        cycle until the garbage collector runs."""
+        self._chunks = []
+        super().close()
+
+    def __enter__(self) -> ChunksReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
     def readable(self) -> bool:
         return True
