@@ -193,3 +193,30 @@ async def test_local_orphans_in_subdirectories_are_removed_at_start(tmp_path: Pa
     finally:
         await store.stop()
     assert (tmp_path / "uploads" / "t" / "lost").is_dir()  # directories stay
+
+
+async def test_local_durable_mode_with_segments(tmp_path: Path) -> None:
+    """``storage.fsync``: the subdirectories' entries are synced at creation (the upload
+    directory's sync with the first bytes does not cover them); a lost empty file of a
+    nested id is made again at start, directories too."""
+    store = LocalStore(str(tmp_path), fsync=True)
+    await store.start()
+    try:
+        await store.create(Upload(id="d/e/1", length=3))
+        lock = await store.lock("d/e/1", 1.0)
+        await lock.write(b"abc")
+        assert (await lock.commit()).offset == 3
+        await lock.release()
+        await store.create(Upload(id="d/f/2", length=3))
+    finally:
+        await store.stop()
+    lost = tmp_path / "uploads" / "d" / "f"
+    (lost / "2").unlink()
+    lost.rmdir()
+    store = LocalStore(str(tmp_path), fsync=True)
+    await store.start()
+    try:
+        assert (lost / "2").stat().st_size == 0
+        assert (await store.get("d/e/1")).offset == 3  # type: ignore[union-attr]
+    finally:
+        await store.stop()
