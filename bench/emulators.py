@@ -38,7 +38,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait(proc: subprocess.Popen[bytes], url: str, log_path: Path, timeout: float = 30) -> None:
+def _wait(proc: subprocess.Popen[bytes], url: str, log_path: Path, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:

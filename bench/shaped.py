@@ -118,7 +118,7 @@ def storage_env(driver: str, endpoint: str, bucket: str) -> dict[str, str]:
 
 
 def server(name: str, driver: str, endpoint: str, bucket: str, work: Path,
-           part_concurrency: int | None) -> tuple[Process, int, str]:
+           part_concurrency: int | None, lease_duration: str) -> tuple[Process, int, str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUSD_")}
     if name == NODE:
@@ -128,7 +128,8 @@ def server(name: str, driver: str, endpoint: str, bucket: str, work: Path,
     else:
         env.update(storage_env(driver, endpoint, bucket))
         # The sweeper is not part of the data path (and @tus/s3-store has none).
-        env.update(TUSD_EXPIRATION__SWEEP_INTERVAL="0", TUSD_SERVER__ACCESS_LOG="false")
+        env.update(TUSD_EXPIRATION__SWEEP_INTERVAL="0", TUSD_SERVER__ACCESS_LOG="false",
+                   TUSD_STORAGE__LEASE_DURATION=lease_duration)
         if name == TUSD_PC1:
             env["TUSD_STORAGE__PART_CONCURRENCY"] = "1"
         elif part_concurrency:
@@ -207,7 +208,7 @@ async def bench(args: argparse.Namespace) -> int:
     emit({"kind": "conditions", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
           "driver": args.driver, "latency": args.latency, "bandwidth": args.bandwidth,
           "loadavg": os.getloadavg(), "cpus": os.cpu_count(), "servers": names,
-          "part_concurrency": args.part_concurrency,
+          "part_concurrency": args.part_concurrency, "lease_duration": args.lease_duration,
           "scenarios": [s.__dict__ for s in scenarios]})
     try:
         with emulator_process(args.driver, work, env={**os.environ, **AWS_ENV}) as emulator:
@@ -221,7 +222,8 @@ async def bench(args: argparse.Namespace) -> int:
                         if not todo:
                             continue
                         process, _port, url = server(name, args.driver, endpoint, buckets[name],
-                                                     work, args.part_concurrency)
+                                                     work, args.part_concurrency,
+                                                     args.lease_duration)
                         process.start(_port)
                         try:
                             for sc in todo:
@@ -232,7 +234,10 @@ async def bench(args: argparse.Namespace) -> int:
     finally:
         if out:
             out.close()
-        shutil.rmtree(work, ignore_errors=True)
+        if any(r["errors"] for r in runs):
+            print(f"errors: the servers' logs are kept in {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     print(report(runs, names, scenarios, args), file=sys.stderr)
     return 1 if any(r["errors"] for r in runs) else 0
 
@@ -327,6 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bandwidth", default="50MB", help="per connection and direction")
     parser.add_argument("--part-concurrency", type=int, default=None,
                         help="tusd-py's storage.part_concurrency (default: its default)")
+    parser.add_argument("--lease-duration", default="60s",
+                        help="tusd-py's storage.lease_duration: on a loaded machine moto "
+                             "answers the lease renewals too late for the default 10s (503 "
+                             "'storage too slow' during part uploads and at completion)")
     parser.add_argument("--big-size", type=parse_size, default=512 * MiB)
     parser.add_argument("--p1-size", type=parse_size, default=None,
                         help="size of the 1 MiB-PATCH upload (default: --big-size)")

@@ -61,7 +61,24 @@ from .run import (
     verdicts,
 )
 
-DEFAULT_SHARED = ROOT.parent / "shared" / "bench"
+
+def find_shared(root: Path = ROOT) -> Path:
+    """Where the shared yardstick is: ``$SHARED_BENCH``, else ``shared/bench`` beside the
+    checkout, else beside the repository a clone was made from (a clean clone of a local
+    checkout, as CI makes one, elsewhere on the disk)."""
+    if os.environ.get("SHARED_BENCH"):
+        return Path(os.environ["SHARED_BENCH"])
+    beside = root.parent / "shared" / "bench"
+    if beside.is_dir():
+        return beside
+    origin = subprocess.run(["git", "-C", str(root), "config", "--get", "remote.origin.url"],
+                            capture_output=True, text=True).stdout.strip()
+    if origin and Path(origin).is_dir():
+        return Path(origin).resolve().parent / "shared" / "bench"
+    return beside
+
+
+DEFAULT_SHARED = find_shared()
 #: tusbench's scenarios at its default sizes (the verdicts need the scenario's name only).
 SHARED_SCENARIOS = {
     "big": Scenario("big", 1, 512 << 20, 8 << 20, 1),
@@ -313,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cold", action="store_true",
                         help="no page warming and no deletion of large uploads between servers")
     parser.add_argument("--no-settle", action="store_true", help="skip bench.fs_settle")
-    parser.add_argument("--shared", default=str(os.environ.get("SHARED_BENCH", DEFAULT_SHARED)),
+    parser.add_argument("--shared", default=str(DEFAULT_SHARED),
                         help="directory of tusbench.py and baseline_aiohttp.py")
     parser.add_argument("--work-dir", help="parent of the temp data dirs")
     parser.add_argument("--out", help="directory for JSON lines (default: in the work dir, kept)")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -80,14 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _exit_if_threads_linger(status: int) -> None:
-    """Exit now if a thread the failed command started would keep the interpreter alive
-    (the exit status must not wait for a worker thread that never ends)."""
-    if any(t.is_alive() and not t.daemon and t is not threading.main_thread()
-           for t in threading.enumerate()):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
+def _exit_now(status: int) -> None:
+    """Exit at once after a failed command: neither a thread it started nor the
+    interpreter's finalisation of what it left (seen to hang in the garbage collector
+    after a start-up cut short under heavy load) may delay the exit status."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(status)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -100,8 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ConfigError as exc:
         print(f"tusd-py: {exc}", file=sys.stderr)
-        _exit_if_threads_linger(2)
-        return 2
+        _exit_now(2)
+        return 2  # not reached
     except KeyboardInterrupt:
         return 130
 

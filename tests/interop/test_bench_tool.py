@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
+from bench.shared import find_shared
 from tests.plugins.daemon import ROOT, Daemon
 
-SHARED_BENCH = ROOT.parent / "shared" / "bench"
+SHARED_BENCH = find_shared()
 
 TINY = ["--repeat", "1", "--big-size", "2MiB", "--big-chunk", "512KiB", "--small-count", "20",
         "--small-conc", "4", "--par-count", "2", "--par-size", "1MiB", "--par-chunk", "256KiB",
@@ -75,7 +76,7 @@ def test_run_compares_baseline_and_tusd(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not (SHARED_BENCH / "tusbench.py").is_file(),
-                    reason="the shared yardstick (../shared/bench) is not beside the checkout")
+                    reason="the shared yardstick (shared/bench) is not beside the checkout or its origin")
 def test_shared_yardstick_alternates_and_reports_cpu(tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = subprocess.run(

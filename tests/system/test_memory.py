@@ -58,6 +58,7 @@ async def warm_up(session: aiohttp.ClientSession, daemon: Daemon) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(360)  # 256 MiB through an emulator: about 60 s on GCS here, more under load
 @pytest.mark.parametrize("patch_size", [SIZE, 64 * MIB], ids=["one-patch", "64MiB-patches"])
 async def test_a_256mib_upload_keeps_rss_bounded_and_reads_back(
         driver_daemons: DriverDaemons, patch_size: int) -> None:

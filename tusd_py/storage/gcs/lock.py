@@ -90,14 +90,15 @@ class GCSLock(LeasedLock["GCSStore"]):
         await self._compact()
 
     async def _compact(self) -> None:
-        """Compose 32 collected parts into one (they are not published yet, so the
-        originals go at once); the parts still in flight come after them."""
+        """Compose the first 32 collected parts into one, while there are 32 (they are not
+        published yet, so the originals go at once); the rest, and the parts still in
+        flight, come after them (a collect can bring up to ``part_concurrency`` at once)."""
         parts = self.parts
-        if len(parts.done) >= COMPOSE_LIMIT:
+        while len(parts.done) >= COMPOSE_LIMIT:
             self._check_lease()
-            done, parts.done = parts.done, []
-            parts.done = [await self._compose(done)]
-            await self.store.delete_quietly(p["name"] for p in done)
+            head, rest = parts.done[:COMPOSE_LIMIT], parts.done[COMPOSE_LIMIT:]
+            parts.done = [await self._compose(head), *rest]
+            await self.store.delete_quietly(p["name"] for p in head)
 
     async def _compose(self, parts: list[Part]) -> Part:
         name = self.store.part_name(self.upload.id, self._next_index())

@@ -187,21 +187,6 @@ class GCSStore(LeasedStore[GCSLock]):
 
     # -- optional capabilities ----------------------------------------------------
 
-    async def terminate(self, upload_id: str) -> None:
-        lock = self._held.get(upload_id)
-        if lock is not None:
-            await lock.drain()
-            lock.terminated = True
-            record: dict[str, Any] | None = lock.record
-        else:
-            found = await self.read_record(upload_id)
-            record = found[0] if found else None
-        # The record goes first: once it is gone the upload no longer exists; its index
-        # markers go last (a due one left behind makes the sweep finish this).
-        await self.bucket.delete(self.record_key(upload_id), "terminating an upload")
-        await self.clean_leftovers(upload_id)
-        await self.index_gone(record)
-
     async def clean_leftovers(self, upload_id: str, *, keep_upload: bool = False) -> int:
         """Delete the upload's part and temporary objects (one LIST), and its object
         unless ``keep_upload``."""

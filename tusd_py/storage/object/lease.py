@@ -357,6 +357,22 @@ class LeasedStore(Store, Generic[L]):
     def decode_record(self, record: dict[str, Any]) -> Upload:
         """The upload a record describes (with the driver's location)."""
 
+    async def terminate(self, upload_id: str) -> None:
+        """Delete the record, then the upload's other objects, then its index markers."""
+        lock = self._held.get(upload_id)
+        if lock is not None:
+            await lock.drain()
+            lock.terminated = True
+            record: dict[str, Any] | None = lock.record
+        else:
+            found = await self.read_record(upload_id)
+            record = found[0] if found else None
+        # The record goes first: once it is gone the upload no longer exists; its index
+        # markers go last (a due one left behind makes the sweep finish the job).
+        await self.delete_object(self.record_key(upload_id), "terminating an upload")
+        await self.clean_leftovers(upload_id)
+        await self.index_gone(record)
+
     async def clean_leftovers(self, upload_id: str, *, keep_upload: bool = False) -> int:
         """Delete the objects of an upload beyond its record and (with ``keep_upload``)
         its finished object: what a terminate that died half-way left, or (after the

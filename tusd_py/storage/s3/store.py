@@ -250,21 +250,6 @@ class S3Store(LeasedStore[S3Lock]):
 
     # -- optional capabilities ----------------------------------------------------
 
-    async def terminate(self, upload_id: str) -> None:
-        lock = self._held.get(upload_id)
-        if lock is not None:
-            await lock.drain()
-            record: dict[str, Any] | None = lock.record
-            lock.terminated = True
-        else:
-            found = await self.read_record(upload_id)
-            record = found[0] if found else None
-        # The record goes first: once it is gone the upload no longer exists; its index
-        # markers go last (a due one left behind makes the sweep finish the job).
-        await self.delete_object(self.record_key(upload_id), "terminating an upload")
-        await self.clean_leftovers(upload_id)
-        await self.index_gone(record)
-
     async def clean_leftovers(self, upload_id: str, *, keep_upload: bool = False) -> int:
         """Abort the upload's multipart uploads and delete its objects (one
         ListMultipartUploads and one LIST, scoped to the upload)."""
