@@ -74,3 +74,14 @@ def broken(hook: dict[str, Any]) -> None:
 
 
 NOT_CALLABLE = 42
+
+
+def per_user_folder(hook: dict[str, Any]) -> dict[str, Any] | None:
+    """pre-create: file each upload under its user's folder (``ChangeFileInfo.Storage.Prefix``
+    before the server's own id): ``users/<user>/<id>`` (docs/hooks/index.md)."""
+    if hook["Type"] != "pre-create":
+        return None
+    user = hook["Event"]["Upload"]["MetaData"].get("user", "")
+    if not user.isalnum():
+        return {"RejectUpload": True, "HTTPResponse": {"StatusCode": 400, "Body": "no user"}}
+    return {"ChangeFileInfo": {"Storage": {"Prefix": f"users/{user}/"}}}

@@ -122,3 +122,31 @@ def test_resume_after_daemon_killed(driver_daemons: DriverDaemons, tmp_path: Pat
     second.upload()
     got, _ = download(second.url)
     assert got == want
+
+
+def test_an_id_of_segments_resumed_by_tuspy(daemon_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A pre-create hook files uploads under ``users/<user>/``: tuspy gets a Location of
+    path segments, stores it, and a new uploader resumes the upload from it."""
+    daemon: Daemon = daemon_factory(env={
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+        "TUSD_HOOKS__PYTHON": "tests.hooks.sample_hooks:per_user_folder",
+        "TUSD_HOOKS__ENABLED": "pre-create"})
+    source = tmp_path / "nested.bin"
+    want = make_file(source, 2 * MiB + 5)
+    storage = FileStorage(str(tmp_path / "urls.json"))
+    tus = tus_client.TusClient(daemon.url)
+    first = tus.uploader(file_path=str(source), chunk_size=256 * 1024, store_url=True,
+                         url_storage=storage, metadata={"user": "alice"})
+    first.upload(stop_at=MiB)
+    assert first.url is not None
+    upload_id = first.url[len(daemon.url):]
+    assert upload_id.startswith("users/alice/") and len(upload_id.split("/")) == 3, first.url
+    assert (daemon.data_dir / "uploads" / "users" / "alice").is_dir()
+
+    second = tus.uploader(file_path=str(source), chunk_size=256 * 1024, store_url=True,
+                          url_storage=storage, metadata={"user": "alice"})
+    assert second.url == first.url and second.offset == MiB
+    second.upload()
+    got, _ = download(second.url)
+    assert got == want
+    assert (daemon.data_dir / "uploads" / upload_id).stat().st_size == source.stat().st_size

@@ -276,6 +276,9 @@ try {
   r = await fetch(out.location, {method: 'PATCH', body: new Uint8Array([1, 2, 3]), headers: {
       ...tus, 'Upload-Offset': '0', 'Content-Type': 'application/offset+octet-stream'}})
   out.offset = r.headers.get('Upload-Offset')
+  out.finalStatus = r.status
+  out.fileId = r.headers.get('X-File-Id')
+  out.finalBody = await r.text()
 } catch (e) {
   out.error = String(e)
 }
@@ -288,8 +291,9 @@ async def test_custom_headers_through_a_real_preflight(daemon_factory, page_serv
     hook) and reads one the hook added (X-Upload-Token): Chromium's preflight lets it
     only with server.cors.allowed_headers / exposed_headers; the origin is allowed by an
     anchored pattern that localhost does not match."""
-    hook = {"PYTHONPATH": str(ROOT), "TUSD_HOOKS__PYTHON": "tests.ops.cors_hook:pre_create",
-            "TUSD_HOOKS__ENABLED": "pre-create",
+    hook = {"PYTHONPATH": str(ROOT),
+            "TUSD_HOOKS__PYTHON": "tests.ops.cors_hook:pre_create,tests.ops.cors_hook:pre_finish",
+            "TUSD_HOOKS__ENABLED": "pre-create,pre-finish",
             "TUSD_SERVER__CORS__ALLOWED_ORIGINS": r"^http://127\.0\.0\.1:[0-9]+$"}
     configured: Daemon = daemon_factory(env={
         **hook, "TUSD_SERVER__CORS__ALLOWED_HEADERS": "X-Tenant",
@@ -308,10 +312,13 @@ async def test_custom_headers_through_a_real_preflight(daemon_factory, page_serv
         step(configured), step(no_expose), step(default),
         step(configured, page.replace("127.0.0.1", "localhost"))])
     assert ok == {"status": 201, "token": "token-for-acme", "offset": "3",
-                  "location": ok["location"]}, ok
+                  "location": ok["location"], "finalStatus": 200, "fileId": "file-acme-3",
+                  "finalBody": '{"url": "https://cdn.example/file-acme-3"}'}, ok
     assert str(ok["location"]).startswith(configured.url)
-    # Without exposed_headers the upload works, but the page cannot read the header.
-    assert unreadable["status"] == 201 and unreadable["token"] is None, unreadable
+    # Without exposed_headers too: headers a hook set for a response are exposed with it
+    # (pre-create's on the POST, pre-finish's on the PATCH that finished the upload).
+    assert unreadable["status"] == 201 and unreadable["token"] == "token-for-acme", unreadable
+    assert (unreadable["fileId"], unreadable["finalStatus"]) == ("file-acme-3", 200), unreadable
     # Without allowed_headers the preflight refuses X-Tenant: nothing is sent.
     assert "Failed to fetch" in refused["error"] and "status" not in refused, refused
     assert "Failed to fetch" in other_origin["error"], other_origin

@@ -206,6 +206,16 @@ class ServerConfig(Section):
     ietf_interim: Annotated[bool | Literal["auto"], BeforeValidator(_bool_or("auto"))] = "auto"
     #: Trust Forwarded / X-Forwarded-* headers when building Location URLs.
     behind_proxy: bool = False
+    #: The public URL the server is reached at, ``scheme://host[:port][/prefix]``
+    #: (``https://uploads.example.com``): Location URLs are built on it, whatever the
+    #: request's Host or forwarded headers say. For a fixed public address where no proxy
+    #: headers can be trusted. Unset: from the request (and ``behind_proxy``).
+    public_url: str | None = None
+    #: Send Location as a path (``/files/<id>``, the forwarded prefix in front if
+    #: ``behind_proxy``) instead of an absolute URL, for setups where the public host is
+    #: not known (as @tus/server's relativeLocation). tus clients resolve it against the
+    #: creation URL.
+    relative_location: bool = False
     #: Largest upload accepted (Tus-Max-Size); 0 means no limit.
     max_size: Size = 0
     #: Serve finished uploads with GET (false: 405, as tusd's -disable-download).
@@ -302,6 +312,29 @@ class ServerConfig(Section):
         if not value.startswith("/") or "//" in value or any(c in value for c in "?#{} "):
             raise ValueError("must be an absolute URL path such as /files/")
         return value.rstrip("/") + "/"
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        from ..http.urls import valid_host, valid_prefix
+
+        scheme, sep, rest = value.partition("://")
+        host, slash, path = rest.partition("/")
+        path = (slash + path).rstrip("/")
+        if (not sep or scheme not in ("http", "https") or not valid_host(host)
+                or not valid_prefix(path)):
+            raise ValueError("must be http(s)://host[:port][/prefix] (no query, no "
+                             "credentials, a clean path)")
+        return f"{scheme}://{host}{path}"
+
+    @model_validator(mode="after")
+    def _one_location_form(self) -> ServerConfig:
+        if self.public_url and self.relative_location:
+            raise ValueError("public_url and relative_location exclude each other: choose "
+                             "absolute Location URLs on public_url, or relative ones")
+        return self
 
     @field_validator("checksum_algorithms")
     @classmethod
@@ -490,6 +523,20 @@ class HttpHookConfig(Section):
     forward_headers: StrList = []
     #: Fixed headers sent with every hook request (e.g. a shared secret); masked in dumps.
     headers: dict[str, SecretStr] = {}
+    #: PEM file of the CA certificates an https:// receiver's certificate is verified
+    #: against (an internal CA); unset: the system's trust store.
+    ca_file: str | None = None
+    #: PEM client certificate (and ``key_file``, its private key) presented to an
+    #: https:// receiver that asks for one (mutual TLS).
+    cert_file: str | None = None
+    #: Private key of ``cert_file`` (PEM, unencrypted); may be the same file.
+    key_file: str | None = None
+    #: Do not verify the receiver's certificate (test setups only: anyone on the path
+    #: can then read and answer hook requests). Off by default; warned about at start.
+    insecure_skip_verify: bool = False
+    #: Largest hook response body read; a bigger one is an invalid answer (the hook
+    #: failed). tusd's -hooks-http-size-limit (its default is 5 KiB).
+    response_size_limit: Annotated[Size, Field(ge=1024)] = 64 * 1024
 
     @field_validator("url")
     @classmethod
@@ -501,6 +548,12 @@ class HttpHookConfig(Section):
     @field_serializer("url", when_used="json")
     def _masked_url(self, value: str | None) -> str | None:
         return mask_url(value)
+
+    @model_validator(mode="after")
+    def _client_cert_pair(self) -> HttpHookConfig:
+        if self.key_file and not self.cert_file:
+            raise ValueError("key_file needs cert_file (the client certificate it belongs to)")
+        return self
 
 
 class HooksConfig(Section):

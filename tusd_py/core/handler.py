@@ -26,7 +26,8 @@ from ..http.download import (
     stream_download,
     unsatisfiable,
 )
-from ..http.urls import base_url
+from ..http.keys import FINISH_RESPONSE
+from ..http.urls import base_url, forwarded_prefix
 from ..protocol import (
     TUS_VERSION,
     format_metadata,
@@ -108,6 +109,9 @@ class TusHandler:
             self.writers, self.events, self.server.idle_timeout,
             (self.server.min_body_rate, self.server.min_body_rate_window))
         self.base_path = self.server.base_path
+        #: The path a parent application mounted this one under (``mount``), before
+        #: ``base_path`` in every URL the server sends; "" when it runs on its own.
+        self.mount_prefix = ""
         self.expire_after = config.expiration.after
         self.expire_completed_after = config.expiration.completed_after
         self.concatenation = Concatenation(config, store, self.events, self.writers,
@@ -193,8 +197,20 @@ class TusHandler:
 
     # -- helpers ------------------------------------------------------------------
 
+    def location_base(self, request: web.Request) -> str:
+        """What goes before ``<base_path><id>`` in a ``Location``: ``server.public_url``;
+        with ``server.relative_location`` only the (forwarded, mount) path prefix; else
+        the request's own scheme and host (``base_url``, which refuses a bad Host)."""
+        server = self.server
+        if server.public_url:
+            return server.public_url + self.mount_prefix
+        if server.relative_location:
+            prefix = forwarded_prefix(request) if server.behind_proxy else ""
+            return prefix + self.mount_prefix
+        return base_url(request, server.behind_proxy) + self.mount_prefix
+
     def upload_url(self, base: str, upload_id: str) -> str:
-        """The ``Location`` of an upload, under ``base`` (``base_url`` of the request)."""
+        """The ``Location`` of an upload, under ``base`` (``location_base`` of the request)."""
         return base + self.base_path + upload_id
 
     def _tus_headers(self, upload: Upload) -> dict[str, str]:
@@ -226,7 +242,7 @@ class TusHandler:
 
     async def post(self, request: web.Request) -> web.StreamResponse:
         headers = request.headers
-        base = base_url(request, self.server.behind_proxy)  # a bad Host: 400 before creating
+        base = self.location_base(request)  # a bad Host: 400 before creating
         concat = parse_concat(headers.get("Upload-Concat"))
         if concat is not None and Capability.CONCATENATE not in self.caps:
             raise BadRequest("concatenation is not supported by this server")
@@ -296,7 +312,11 @@ class TusHandler:
         response_headers["Location"] = self.upload_url(base, upload.id)
         if has_body:
             response_headers["Upload-Offset"] = str(upload.offset)
-        return web.Response(status=201, headers=response_headers)
+        # Finished by this request: a pre-finish hook's body comes too (the status stays
+        # 201, which tells the client where the upload is).
+        finish = request.get(FINISH_RESPONSE) if upload.is_complete else None
+        body = finish[1] if finish is not None and finish[1] else None
+        return web.Response(status=201, headers=response_headers, body=body)
 
     # -- HEAD -----------------------------------------------------------------------
 
@@ -320,7 +340,7 @@ class TusHandler:
             headers["Upload-Concat"] = "partial"
         elif upload.is_final:
             headers["Upload-Concat"] = "final;" + " ".join(
-                self.base_path + pid for pid in upload.final_of)
+                self.mount_prefix + self.base_path + pid for pid in upload.final_of)
         return web.Response(status=200, headers=headers)
 
     # -- PATCH ----------------------------------------------------------------------
@@ -345,6 +365,10 @@ class TusHandler:
         upload = written.upload
         response_headers = self._tus_headers(upload)
         response_headers["Upload-Offset"] = str(upload.offset)
+        if written.completed and (finish := request.get(FINISH_RESPONSE)) is not None:
+            # A pre-finish hook's status and body (what the application computed).
+            return web.Response(status=finish[0], body=finish[1] or None,
+                                headers=response_headers)
         return web.Response(status=204, headers=response_headers)
 
     async def _write_body(self, request: web.Request, upload_id: str, offset: int,

@@ -14,17 +14,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 
-from ..config import HttpHookConfig, mask_url
+from ..config import ConfigError, HttpHookConfig, mask_url
 
 log = logging.getLogger(__name__)
 
-#: Largest hook response body read (tusd's default limit is 5 KiB).
-RESPONSE_SIZE_LIMIT = 64 << 10
 #: After this many deliveries in a row failed (network error, timeout, 5xx after every
 #: retry), the endpoint is not called for ``BREAKER_COOLDOWN`` seconds: hooks fail at
 #: once (and are counted) instead of each paying for connects and timeouts.
@@ -63,6 +62,28 @@ class CircuitOpen(HookUnavailable):
     """The endpoint is skipped for a while after failing ``BREAKER_THRESHOLD`` times in a row."""
 
 
+def client_tls(config: HttpHookConfig) -> ssl.SSLContext | bool:
+    """The TLS settings of the hook client: the system's trust store (``True``), or a
+    context with ``ca_file``, the client certificate, or no verification at all
+    (``insecure_skip_verify``, warned about). A file that cannot be read is a
+    ``ConfigError`` at start-up, not a failure of every hook later."""
+    if not (config.ca_file or config.cert_file or config.insecure_skip_verify):
+        return True
+    try:
+        context = ssl.create_default_context(cafile=config.ca_file)
+        if config.cert_file:
+            context.load_cert_chain(config.cert_file, config.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"hooks.http TLS files: {exc}") from None
+    if config.insecure_skip_verify:
+        log.warning("hooks.http.insecure_skip_verify: the hook receiver's certificate is "
+                    "not verified; anyone on the path can read and answer hook requests "
+                    "(for test setups only)")
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 class HttpHook:
     name = "http"
 
@@ -75,6 +96,8 @@ class HttpHook:
         self.total_timeout = config.total_timeout
         self.forward_headers = tuple(config.forward_headers)
         self.static_headers = {k: v.get_secret_value() for k, v in config.headers.items()}
+        self.size_limit = config.response_size_limit
+        self.ssl = client_tls(config)
         self.session: aiohttp.ClientSession | None = None
         self.failures = 0  # deliveries failed in a row
         self.open_until = 0.0  # loop time until which the endpoint is skipped
@@ -82,7 +105,7 @@ class HttpHook:
     async def start(self) -> None:
         if self.session is None:
             self.session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=64, ttl_dns_cache=60),
+                connector=aiohttp.TCPConnector(limit=64, ttl_dns_cache=60, ssl=self.ssl),
                 timeout=aiohttp.ClientTimeout(total=self.timeout or None),
                 raise_for_status=False)
 
@@ -142,19 +165,21 @@ class HttpHook:
         assert self.session is not None
         try:
             async with self.session.post(self.url, data=body, headers=headers) as response:
-                content = await response.content.read(RESPONSE_SIZE_LIMIT + 1)
+                content = await response.content.read(self.size_limit + 1)
                 status = response.status
         except TimeoutError:
             raise _Retryable(f"no answer within {self.timeout:g}s") from None
+        except aiohttp.ClientConnectorCertificateError as exc:  # retrying cannot help
+            raise HookUnavailable(f"TLS: {exc.certificate_error}") from None
         except aiohttp.ClientError as exc:
             raise _Retryable(f"{type(exc).__name__}: {exc}") from None
         if status >= 500:
             raise _Retryable(f"endpoint answered {status}")
         if not 200 <= status < 300:
             raise HookError(f"endpoint answered {status}", f"hook endpoint answered {status}")
-        if len(content) > RESPONSE_SIZE_LIMIT:
-            raise HookError(f"hook response larger than {RESPONSE_SIZE_LIMIT} bytes",
-                            INVALID_RESPONSE)
+        if len(content) > self.size_limit:
+            raise HookError(f"hook response larger than hooks.http.response_size_limit "
+                            f"({self.size_limit} bytes)", INVALID_RESPONSE)
         if not content.strip():
             return None
         try:

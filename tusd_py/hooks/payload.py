@@ -191,6 +191,23 @@ def _str_map(value: Any, where: str) -> dict[str, str] | None:
     return out
 
 
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEADER_VALUE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")
+#: Headers that frame the response: the server's alone.
+_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})
+
+
+def _checked_headers(header: dict[str, str] | None) -> dict[str, str]:
+    """``HTTPResponse.Header`` as it may reach the wire: token names, values without
+    control characters (no CR/LF: the response cannot be split), no framing headers."""
+    for name, value in (header or {}).items():
+        if not _HEADER_NAME.fullmatch(name) or name.lower() in _FRAMING_HEADERS:
+            raise HookResponseError(f"HTTPResponse.Header: {name[:40]!r} cannot be set")
+        if not _HEADER_VALUE.fullmatch(value):
+            raise HookResponseError(f"HTTPResponse.Header.{name}: control characters")
+    return header or {}
+
+
 def parse_hook_response(data: Any) -> HookResponse:
     """Validate a decoded hook response (``None`` or ``{}``: carry on unchanged)."""
     if data is None:
@@ -210,7 +227,7 @@ def parse_hook_response(data: Any) -> HookResponse:
         if body is not None and not isinstance(body, str):
             raise HookResponseError("HTTPResponse.Body must be a string")
         response.http_response = HTTPResponse(
-            status, body, _str_map(http.get("Header"), "HTTPResponse.Header") or {})
+            status, body, _checked_headers(_str_map(http.get("Header"), "HTTPResponse.Header")))
     for name, attr in (("RejectUpload", "reject_upload"),
                        ("RejectTermination", "reject_termination"),
                        ("StopUpload", "stop_upload")):

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from .. import tracing
 from ..config import Config, ConfigError, StartupError
 from ..core.events import EventBus
 from ..core.handler import TusHandler
@@ -29,6 +32,9 @@ from .logs import RequestAnnotator
 from .metrics import Metrics
 from .middleware import RequestGate, front_middleware
 from .routing import route_tus_directly
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +102,17 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def create_app(config: Config, store: Store | None = None,
-               events: EventBus | None = None, background: bool = True) -> web.Application:
+               events: EventBus | None = None, background: bool = True, *,
+               tracer_provider: TracerProvider | None = None) -> web.Application:
     """Build the application. ``store`` defaults to the configured driver; ``background``
-    says whether it runs the sweeper and the post-finish re-delivery (one worker does)."""
+    says whether it runs the sweeper and the post-finish re-delivery (one worker does).
+    Traced (the ``otel`` extra, ``tusd_py.tracing``) with ``tracer_provider``, else when
+    the ``OTEL_*`` variables ask for it."""
     store = store if store is not None else build_store(config.storage)
+    if tracer_provider is None:
+        tracer_provider = tracing.provider_from_env()
+    if tracer_provider is not None:
+        store = tracing.TracedStore(store, tracer_provider.get_tracer(tracing.SCOPE))
     events = events if events is not None else EventBus()
     handler = TusHandler(config, store, events)
     protocols = config.server.protocols
@@ -122,6 +135,8 @@ def create_app(config: Config, store: Store | None = None,
     gate = RequestGate()
     middlewares: list[Callable[..., Awaitable[web.StreamResponse]]] = [
         front_middleware(gate, tus_metrics, config.server.base_path)]
+    if tracer_provider is not None:  # outermost: the server span covers everything
+        middlewares.insert(0, tracing.server_middleware(tracer_provider))
     limits = limits_middleware(config, tus_metrics)
     if limits is not None:
         middlewares.append(limits)
@@ -144,7 +159,11 @@ def create_app(config: Config, store: Store | None = None,
     base = config.server.base_path
     # The upload route first: aiohttp tries the three (all indexed under the base path)
     # in this order, so PATCH and HEAD resolve at the first try.
-    upload_route = app.router.add_route("*", base + "{upload_id}", dispatch)
+    # An id may have several segments (``storage.ids``): the route takes the id's
+    # alphabet and ``/`` (the handler checks the segments); an escaped ``%2F`` is not a
+    # separator, so it matches nothing (404).
+    upload_route = app.router.add_route("*", base + "{upload_id:[A-Za-z0-9_/-]+}",
+                                        dispatch)
     creation_route = app.router.add_route("*", base, dispatch)
     app.router.add_route("*", base.rstrip("/"), dispatch)
     route_tus_directly(app, base, creation_route, upload_route, middlewares, dispatch)
@@ -158,10 +177,27 @@ def create_app(config: Config, store: Store | None = None,
         else:
             add_demo_routes(app, base)
 
+    app.on_startup.append(functools.partial(_learn_mount_prefix, creation_route))
+    if tracer_provider is not None:
+        app.on_cleanup.append(functools.partial(tracing.flush_on_cleanup, tracer_provider))
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_sweeper_ctx)
     setup_hooks(app, config)  # tusd_py.hooks: HTTP / Python hooks, when configured
     return app
+
+
+async def _learn_mount_prefix(creation_route: web.AbstractRoute, app: web.Application) -> None:
+    """Mounted with ``parent.add_subapp(prefix, app)``, the routes start with ``prefix``:
+    the URLs the handler sends (Location, Upload-Concat) and reads (partial uploads) get it
+    too. Learnt at start-up, once the parent has added it."""
+    canonical = creation_route.resource.canonical if creation_route.resource else ""
+    base = app[CONFIG].server.base_path
+    prefix = canonical[:-len(base)] if canonical.endswith(base) else ""
+    handler = app[HANDLER]
+    handler.mount_prefix = prefix
+    handler.concatenation.base_path = prefix + base
+    if prefix:
+        log.info("mounted under %s: the tus endpoint is %s%s", prefix, prefix, base)
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:

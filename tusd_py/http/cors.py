@@ -10,6 +10,7 @@ from aiohttp import web
 
 from ..config import Config
 from ..protocol.constants import ALLOW_HEADERS, EXPOSE_HEADERS
+from .keys import HOOK_RESPONSE_HEADERS
 
 
 def cors_headers(config: Config) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
@@ -31,7 +32,8 @@ def cors_headers(config: Config) -> Callable[[web.Request, web.StreamResponse], 
     patterns = [re.compile(o) for o in cors.allowed_origins if o.startswith("^")]
     allow_methods = ", ".join(cors.allowed_methods)
     allow_headers = ", ".join(_union(ALLOW_HEADERS, cors.allowed_headers))
-    expose_headers = ", ".join(_union(EXPOSE_HEADERS, cors.exposed_headers))
+    expose_list = _union(EXPOSE_HEADERS, cors.exposed_headers)
+    expose_headers = ", ".join(expose_list)
     max_age = str(int(cors.max_age))
 
     @functools.lru_cache(maxsize=1024)
@@ -58,7 +60,10 @@ def cors_headers(config: Config) -> Callable[[web.Request, web.StreamResponse], 
             headers["Access-Control-Allow-Headers"] = allow_headers
             headers["Access-Control-Max-Age"] = max_age
         else:
-            headers["Access-Control-Expose-Headers"] = expose_headers
+            extra = request.get(HOOK_RESPONSE_HEADERS)
+            # Headers a hook set for this response are the client's to read too.
+            headers["Access-Control-Expose-Headers"] = (
+                expose_headers if not extra else ", ".join(_union(expose_list, extra.keys())))
 
     return on_prepare
 

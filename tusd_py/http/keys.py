@@ -50,3 +50,6 @@ ACCESS_ANNOTATION: web.RequestKey[tuple[str | None, int | None]] = web.RequestKe
 #: Headers a blocking hook asked to add to the response (``HTTPResponse.Header``).
 HOOK_RESPONSE_HEADERS: web.RequestKey[CIMultiDict[str]] = web.RequestKey(
     "tusd_hook_response_headers")
+#: A pre-finish hook's answer to the request that finished the upload, when it set a
+#: ``StatusCode`` (2xx) or a ``Body``: ``(status, body)``; the handler sends it.
+FINISH_RESPONSE: web.RequestKey[tuple[int, bytes]] = web.RequestKey("tusd_finish_response")

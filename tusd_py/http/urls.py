@@ -106,6 +106,12 @@ def _first(value: str) -> str:
     return value.split(",", 1)[0].strip()
 
 
+def forwarded_prefix(request: web.Request) -> str:
+    """The ``X-Forwarded-Prefix`` a proxy sent, if it is a clean path (else "")."""
+    claimed = _first(request.headers.get("X-Forwarded-Prefix", "")).rstrip("/")
+    return claimed if valid_prefix(claimed) else ""
+
+
 def base_url(request: web.Request, behind_proxy: bool) -> str:
     """``scheme://host[/prefix]`` (no trailing slash) as the client sees this server.
 
@@ -127,9 +133,7 @@ def base_url(request: web.Request, behind_proxy: bool) -> str:
             scheme = claimed_scheme
         if claimed_host and valid_host(claimed_host):
             host = claimed_host
-        claimed_prefix = _first(headers.get("X-Forwarded-Prefix", "")).rstrip("/")
-        if valid_prefix(claimed_prefix):
-            prefix = claimed_prefix
+        prefix = forwarded_prefix(request)
     global _last_valid_host
     if host != _last_valid_host:  # clients send the same Host again and again
         if not valid_host(host):

@@ -9,10 +9,22 @@ import uuid
 
 from ..protocol.errors import NotFound
 
-#: What an upload id may look like (also the route pattern). Ids from ``new_upload_id``
-#: are 32 lowercase hex digits; hooks may choose others within this alphabet.
-UPLOAD_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}"
+#: One segment of an upload id. Ids from ``new_upload_id`` are one segment of 32
+#: lowercase hex digits; a pre-create hook may choose others (``ChangeFileInfo.ID``).
+SEGMENT_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}"
+#: Most ``/``-separated segments an id may have, and its longest length.
+MAX_SEGMENTS = 8
+MAX_ID_LENGTH = 255
+#: What an upload id may look like: 1 to ``MAX_SEGMENTS`` segments joined by ``/`` (no
+#: empty segment, no ``.`` or ``..``, no leading or trailing ``/``), at most
+#: ``MAX_ID_LENGTH`` characters. Every character is unreserved in a URL path, so the id
+#: goes into URLs and keys as it is; a path or key is only ever built from an id this
+#: pattern accepted.
+UPLOAD_ID_PATTERN = rf"{SEGMENT_PATTERN}(?:/{SEGMENT_PATTERN}){{0,{MAX_SEGMENTS - 1}}}"
 _UPLOAD_ID = re.compile(UPLOAD_ID_PATTERN)
+#: A key prefix a pre-create hook may choose (``ChangeFileInfo.Storage.Prefix``):
+#: segments as in an id, each followed by ``/``.
+_KEY_PREFIX = re.compile(rf"(?:{SEGMENT_PATTERN}/){{1,{MAX_SEGMENTS - 1}}}")
 
 
 def new_upload_id() -> str:
@@ -32,11 +44,23 @@ def new_time_ordered_upload_id() -> str:
 
 
 def is_upload_id(value: str) -> bool:
-    return _UPLOAD_ID.fullmatch(value) is not None
+    """Whether ``value`` is a well-formed id (``UPLOAD_ID_PATTERN``, ``MAX_ID_LENGTH``)."""
+    return len(value) <= MAX_ID_LENGTH and _UPLOAD_ID.fullmatch(value) is not None
+
+
+def is_key_prefix(value: str) -> bool:
+    """Whether ``value`` is a well-formed per-upload key prefix (``a/``, ``a/b/``)."""
+    return len(value) < MAX_ID_LENGTH and _KEY_PREFIX.fullmatch(value) is not None
+
+
+def object_key(prefix: str, upload_id: str) -> str:
+    """The object-store key of an upload: the configured ``prefix``, then the id (checked:
+    a key is never built from an id that ``is_upload_id`` refuses; ``NotFound`` then)."""
+    return prefix + check_upload_id(upload_id)
 
 
 def check_upload_id(value: str) -> str:
     """Return ``value`` if it is a well-formed id; otherwise the upload cannot exist."""
-    if _UPLOAD_ID.fullmatch(value) is None:
+    if len(value) > MAX_ID_LENGTH or _UPLOAD_ID.fullmatch(value) is None:
         raise NotFound()
     return value

@@ -23,7 +23,7 @@ from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClien
 from ...config import ConfigError
 from ...protocol.errors import StorageError, UploadExists
 from ..base import Download, Upload
-from ..ids import check_upload_id, is_upload_id
+from ..ids import is_upload_id, object_key
 from ..object.index import next_page
 from ..object.lease import LeasedStore
 from ..object.record import decode_upload, new_record
@@ -158,7 +158,7 @@ class AzureStore(LeasedStore[AzureLock]):
     # -- names ----------------------------------------------------------------------
 
     def key(self, upload_id: str) -> str:
-        return self.prefix + check_upload_id(upload_id)
+        return object_key(self.prefix, upload_id)
 
     def blob(self, upload_id: str) -> BlobClient:
         return self.client.get_blob_client(self.key(upload_id))

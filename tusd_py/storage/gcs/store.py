@@ -20,7 +20,7 @@ from typing import Any
 
 from ...protocol.errors import StorageError, UploadExists
 from ..base import Download, Upload
-from ..ids import check_upload_id, is_upload_id
+from ..ids import is_upload_id, object_key
 from ..object.lease import LeasedStore, holder_of
 from ..object.record import decode_upload, dump, new_record
 from .client import (
@@ -78,7 +78,7 @@ class GCSStore(LeasedStore[GCSLock]):
     # -- names --------------------------------------------------------------------
 
     def key(self, upload_id: str) -> str:
-        return self.prefix + check_upload_id(upload_id)
+        return object_key(self.prefix, upload_id)
 
     def part_name(self, upload_id: str, index: int) -> str:
         return f"{self.key(upload_id)}.p{index:06d}-{uuid.uuid4().hex[:12]}"

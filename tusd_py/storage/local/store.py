@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -268,6 +269,8 @@ class LocalStore(Store):
             if listed_offset == 0:
                 # Created, nothing committed, then the power went (durable mode syncs a
                 # file's entry with its first bytes): the upload is as it was, empty.
+                if "/" in upload_id:
+                    os.makedirs(os.path.dirname(self._path(upload_id)), 0o750, exist_ok=True)
                 os.close(os.open(self._path(upload_id), os.O_WRONLY | os.O_CREAT, 0o640))
                 log.info("upload %s: empty file made again (lost before its first bytes)",
                          upload_id)
@@ -303,27 +306,20 @@ class LocalStore(Store):
         upload holds the flock from the file's creation until its row is committed
         (``create``), and one writing an upload holds it too; a file made in the last
         ``ORPHAN_GRACE`` seconds is spared (the instant between a create's open and flock).
-        The directory is read in a thread, ``_START_BATCH`` names at a time."""
-        young = time.time() - ORPHAN_GRACE
+        The directory tree is read in a thread, ``_START_BATCH`` names at a time."""
+        walk = _upload_files(self.upload_dir, time.time() - ORPHAN_GRACE)
 
-        def old_names(entries: Iterator[os.DirEntry[str]]) -> list[str]:
-            names = []
-            for entry in entries:
-                if is_upload_id(entry.name) and entry.stat().st_ctime < young:
-                    names.append(entry.name)
-                    if len(names) >= _START_BATCH:
-                        break
-            return names
+        def old_names() -> list[str]:
+            return list(itertools.islice(walk, _START_BATCH))
 
         removed = 0
-        with os.scandir(self.upload_dir) as entries:
-            while batch := await asyncio.to_thread(old_names, entries):
-                for start in range(0, len(batch), _ORPHAN_BATCH):
-                    names = batch[start:start + _ORPHAN_BATCH]
-                    known = await self._known(names)
-                    unknown = [name for name in names if name not in known]
-                    if unknown:
-                        removed += await self._remove_if_orphans(unknown)
+        while batch := await asyncio.to_thread(old_names):
+            for start in range(0, len(batch), _ORPHAN_BATCH):
+                names = batch[start:start + _ORPHAN_BATCH]
+                known = await self._known(names)
+                unknown = [name for name in names if name not in known]
+                if unknown:
+                    removed += await self._remove_if_orphans(unknown)
         if removed:
             log.info("removed %d upload file(s) with no record", removed)
 
@@ -376,8 +372,10 @@ class LocalStore(Store):
         path = self._path(upload.id)
         batch = self.batch
         try:
+            if "/" in upload.id:  # an id of several segments: a file in subdirectories
+                os.makedirs(os.path.dirname(path), 0o750, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-        except FileExistsError:
+        except (FileExistsError, NotADirectoryError):  # the id, or a segment of it, is taken
             raise UploadExists() from None
         except OSError as exc:
             raise storage_error(exc, "cannot create the upload") from exc
@@ -396,6 +394,10 @@ class LocalStore(Store):
             # empty as it was (_reconcile). An upload complete at creation has no bytes.
             if self._sync is not None and upload.completed_at is not None:
                 await self._sync.file(fd, first=True)
+            if self._sync is not None and "/" in upload.id:
+                # The file's entry is in a subdirectory, which the first bytes' sync of
+                # the upload directory does not cover: sync the chain now.
+                await asyncio.to_thread(_sync_directories, path, self.upload_dir)
             await batch.insert(
                 (upload.id, upload.length, upload.offset, _encode_metadata(upload.metadata),
                  upload.created_at, upload.expires_at, int(upload.is_partial),
@@ -566,6 +568,36 @@ class LocalStore(Store):
         st = os.stat(path)
         return Download(size=upload.offset, etag=f'"{upload.id}-{upload.offset}"',
                         last_modified=st.st_mtime, path=path)
+
+
+def _upload_files(top: str, young: float) -> Iterator[str]:
+    """The ids of the upload files under ``top`` made before ``young``, as the tree is
+    read (subdirectories are the segments of ids with ``/``)."""
+    pending = [""]
+    while pending:
+        parent = pending.pop()
+        with os.scandir(os.path.join(top, parent) if parent else top) as entries:
+            for entry in entries:
+                name = parent + entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    if is_upload_id(name):
+                        pending.append(name + "/")
+                elif is_upload_id(name) and entry.stat().st_ctime < young:
+                    yield name
+
+
+def _sync_directories(path: str, top: str) -> None:
+    """fsync every directory from ``path``'s own up to ``top`` (their entries durable)."""
+    directory = os.path.dirname(path)
+    while True:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if directory == top or len(directory) <= len(top):
+            return
+        directory = os.path.dirname(directory)
 
 
 def _lock_if_free(path: str) -> int | None:

@@ -27,7 +27,7 @@ from ...protocol.errors import (
     UploadExists,
 )
 from ..base import Download, Upload
-from ..ids import check_upload_id, is_upload_id
+from ..ids import is_upload_id, object_key
 from ..object.buffer import ChunkBuffer
 from ..object.index import next_page
 from ..object.lease import LeasedStore
@@ -151,7 +151,7 @@ class S3Store(LeasedStore[S3Lock]):
     # -- keys ---------------------------------------------------------------------
 
     def key(self, upload_id: str) -> str:
-        return self.prefix + check_upload_id(upload_id)
+        return object_key(self.prefix, upload_id)
 
     def segment_key(self, upload_id: str, offset: int) -> str:
         """A new tail segment's key: its offset in the upload, and a random part."""
