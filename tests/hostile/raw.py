@@ -13,6 +13,16 @@ def connect(port: int, timeout: float = 10.0) -> socket.socket:
     return sock
 
 
+def parse_head(head: bytes) -> tuple[int, dict[str, str]]:
+    """The status and headers (lower-cased names) of a response's head."""
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(lines[0].split(" ")[1]), headers
+
+
 def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     """Status, headers (lower-cased names) and body (by Content-Length) of one response."""
     data = b""
@@ -22,12 +32,7 @@ def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
             raise ConnectionError(f"closed before a full response: {data!r}")
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ")[1])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
+    status, headers = parse_head(head)
     length = int(headers.get("content-length", "0"))
     while len(body) < length:
         chunk = sock.recv(65536)

@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
+from tests.hostile.raw import parse_head
+
 #: Interop versions and the drafts that carry them (../shared/notes/ietf-draft.md §0).
 VERSIONS = (3, 4, 5, 6, 7, 8, 9, 10)
 PROBLEM = "https://iana.org/assignments/http-problem-types#"
@@ -171,12 +173,7 @@ def messages(wire: bytes) -> list[tuple[int, dict[str, str]]]:
         head, sep, rest = rest.partition(b"\r\n\r\n")
         if not sep:
             break
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ")[1])
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
+        status, headers = parse_head(head)
         out.append((status, headers))
         rest = rest[int(headers.get("content-length", "0")):]
     return out
