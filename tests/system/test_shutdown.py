@@ -75,7 +75,9 @@ async def test_sigterm_during_a_stalled_upload_commits_what_arrived(
     assert head.split(b"\r\n")[0] == b"HTTP/1.1 503 Service Unavailable", raw[:300]
     assert f"Upload-Offset: {sent}".encode() in head.split(b"\r\n"), raw[:300]
     # The daemon's own account of the request: it committed exactly what was sent.
-    [patch_line] = [line for line in _access_lines(daemon.log()) if line["method"] == "PATCH"]
+    # The whole log (Daemon.log() is its last 4,000 characters, for messages).
+    whole = daemon.log_path.read_text(errors="replace")
+    [patch_line] = [line for line in _access_lines(whole) if line["method"] == "PATCH"]
     assert (patch_line["status"], patch_line["received"], patch_line["upload_id"]) == (
         503, sent, upload_id)
 

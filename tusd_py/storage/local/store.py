@@ -151,9 +151,12 @@ class LocalStore(Store):
         # checkpoints (that waits on fsyncs): the thread's rounds do.
         self._inline = sqlite3.connect(self.db_path, isolation_level=None,
                                        check_same_thread=False)
-        self._inline.execute("PRAGMA busy_timeout=0")
+        # Set up with the module's default busy timeout (5 s): its first statement reads
+        # the schema, which another process starting at the same moment (server.workers)
+        # may hold up; only then the inline connection's own 0.
         self._inline.execute("PRAGMA synchronous=NORMAL")
         self._inline.execute("PRAGMA wal_autocheckpoint=0")
+        self._inline.execute("PRAGMA busy_timeout=0")
         self._batch = GroupCommit(self._db, None if self.fsync else self._inline)
         await self._reconcile()
         self._watch = asyncio.create_task(self._watch_faults(), name="tusd-local-faults")
