@@ -24,7 +24,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -38,7 +37,7 @@ from typing import Any
 
 from .emulators import AWS_ENV, AZURE_ACCOUNT, AZURE_KEY, _create_bucket, emulator_process
 from .loadgen import MiB, Payload, Scenario, fmt, format_table, parse_size, run_once, uvloop_run
-from .run import free_port
+from .run import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 TUSD, TUSD_PC1, NODE = "tusd-py", "tusd-py-pc1", "tus-node"
@@ -91,14 +90,7 @@ class Process:
         return self.proc.pid
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        stop_process(self.proc)
 
 
 def storage_env(driver: str, endpoint: str, bucket: str) -> dict[str, str]:

@@ -54,6 +54,7 @@ from ..protocol.errors import (
     UnsupportedVersion,
 )
 from ..protocol.errors import MismatchedOffset as OffsetMismatch
+from ..protocol.headers import effective_method
 from ..protocol.ietf import DRAFT_MARK, VERSION_HEADER, inconsistent
 from ..storage.base import CanDownload, CanTerminate, Capability, Store, Upload
 from ..storage.ids import check_upload_id, is_upload_id
@@ -151,10 +152,7 @@ class TusHandler:
     # -- routing ------------------------------------------------------------------
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
-        method = request.method
-        override = request.headers.get("X-HTTP-Method-Override")
-        if override and method == "POST":
-            method = override.strip().upper()
+        method = effective_method(request.method, request.headers.get("X-HTTP-Method-Override"))
         upload_id = request.match_info.get("upload_id")
 
         if method == "OPTIONS":

@@ -29,6 +29,7 @@ from ..protocol.errors import (
     SizeExceeded,
     TusError,
 )
+from ..protocol.headers import effective_method
 from ..protocol.ietf import (
     COMPLETED_UPLOAD,
     DRAFT_MARK,
@@ -111,10 +112,7 @@ class DraftHandler:
             return self.error_response(exc, rules)
 
     async def _route(self, request: web.Request, rules: DraftRules) -> web.StreamResponse:
-        method = request.method
-        override = request.headers.get("X-HTTP-Method-Override")
-        if override and method == "POST":
-            method = override.strip().upper()
+        method = effective_method(request.method, request.headers.get("X-HTTP-Method-Override"))
         upload_id = request.match_info.get("upload_id")
         if method == "OPTIONS":
             return self.options(rules)

@@ -159,3 +159,11 @@ def http_date(timestamp: float) -> str:
     if second != _last_date[0]:
         _last_date = (second, formatdate(second, usegmt=True))
     return _last_date[1]
+
+
+def effective_method(method: str, override: str | None) -> str:
+    """The method a request means: a POST's ``X-HTTP-Method-Override`` (for clients and
+    proxies that send only GET and POST), else its own."""
+    if override and method == "POST":
+        return override.strip().upper()
+    return method

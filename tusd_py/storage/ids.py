@@ -61,6 +61,6 @@ def object_key(prefix: str, upload_id: str) -> str:
 
 def check_upload_id(value: str) -> str:
     """Return ``value`` if it is a well-formed id; otherwise the upload cannot exist."""
-    if len(value) > MAX_ID_LENGTH or _UPLOAD_ID.fullmatch(value) is None:
+    if not is_upload_id(value):
         raise NotFound()
     return value

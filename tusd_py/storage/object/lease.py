@@ -28,7 +28,7 @@ from ...protocol.errors import (
     UploadBusy,
 )
 from ..base import Store, Upload, UploadLock
-from ..ids import check_upload_id
+from ..ids import check_upload_id, object_key
 from .buffer import BufferGauge, ChunkBuffer
 from .errors import Conflict, TaggedRecord
 from .index import (
@@ -381,7 +381,7 @@ class LeasedStore(Store, Generic[L]):
         return 0
 
     def record_key(self, upload_id: str) -> str:
-        return self.prefix + check_upload_id(upload_id) + ".info"
+        return object_key(self.prefix, upload_id) + ".info"
 
     def new_buffer(self, chunks: list[bytes] | tuple[()] = (), *,
                    limit: int | None = None) -> ChunkBuffer:
