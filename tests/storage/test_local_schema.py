@@ -59,3 +59,26 @@ async def test_owed_finishes_lists_completed_owed_uploads_oldest_first(tmp_path)
             await lock.release()
         assert await store.owed_finishes(time.time() + 1) == [owed[2].id, owed[1].id]
         assert (await store.get(owed[0].id)).finish_owed is False  # type: ignore[union-attr]
+
+
+async def test_a_store_starting_while_another_process_makes_the_schema_waits_for_it(tmp_path):
+    """Two processes making one schema at once can fail with "database is locked" without
+    waiting (SQLITE_BUSY_SNAPSHOT): the set-up takes an flock on the uploads directory, so
+    the second waits. Here the test holds that flock, as another starting process would."""
+    import asyncio
+    import fcntl
+    import os
+
+    (tmp_path / "uploads").mkdir()
+    fd = os.open(tmp_path / "uploads", os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    async with started_stores() as start:
+        starting = asyncio.ensure_future(start(LocalStore(str(tmp_path))))
+        try:
+            await asyncio.sleep(0.3)
+            assert not starting.done()
+            assert not (tmp_path / "uploads.db").exists()  # not opened before the flock
+        finally:
+            os.close(fd)  # the other process's set-up is over
+        store = await asyncio.wait_for(starting, 10)
+        assert await store.get("0" * 32) is None

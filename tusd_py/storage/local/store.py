@@ -28,7 +28,7 @@ import os
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiosqlite
@@ -77,6 +77,8 @@ _COLUMNS = ", ".join(INSERT_COLUMNS)
 EXPIRED_QUERY = "SELECT id FROM uploads WHERE expires_at IS NOT NULL AND expires_at < ? LIMIT ?"
 OWED_QUERY = ("SELECT id FROM uploads WHERE finish_owed = 1 AND completed_at < ?"
               " ORDER BY completed_at LIMIT ?")
+#: Seconds a starting process waits for another one's schema set-up (``_setup_lock``).
+SETUP_LOCK_WAIT = 30.0
 _LOCK_POLL = 0.02  # seconds between flock attempts while another process holds it
 _RECENT_MAX = 4096  # records remembered for lock() (a few hundred bytes each)
 _START_BATCH = 1000  # uploads (files) looked at per batch by the start-up reconcile
@@ -137,6 +139,13 @@ class LocalStore(Store):
             raise StorageError(f"SQLite cannot use its shared-memory file: {fault}")
         if self._sync is not None:
             self._sync.open()
+        async with _setup_lock(self.upload_dir):
+            await self._open_database()
+        await self._reconcile()
+        self._watch = asyncio.create_task(self._watch_faults(), name="tusd-local-faults")
+
+    async def _open_database(self) -> None:
+        """Open both connections and make the schema (under ``_setup_lock``)."""
         # Autocommit (isolation_level=None): every statement is its own transaction,
         # one thread hop per statement.
         self._db = await aiosqlite.connect(self.db_path, isolation_level=None)
@@ -158,8 +167,6 @@ class LocalStore(Store):
         self._inline.execute("PRAGMA wal_autocheckpoint=0")
         self._inline.execute("PRAGMA busy_timeout=0")
         self._batch = GroupCommit(self._db, None if self.fsync else self._inline)
-        await self._reconcile()
-        self._watch = asyncio.create_task(self._watch_faults(), name="tusd-local-faults")
 
     async def _watch_faults(self) -> None:
         """Every ``FAULT_CHECK_INTERVAL``: can SQLite's -shm file still be written? While
@@ -571,6 +578,30 @@ class LocalStore(Store):
         st = os.stat(path)
         return Download(size=upload.offset, etag=f'"{upload.id}-{upload.offset}"',
                         last_modified=st.st_mtime, path=path)
+
+
+@contextlib.asynccontextmanager
+async def _setup_lock(upload_dir: str) -> AsyncIterator[None]:
+    """Hold an exclusive ``flock`` on the uploads directory: processes starting on one
+    ``data_dir`` at once (``server.workers``) make the schema one after the other. Two
+    at once can fail with "database is locked" at once, without the busy timeout: in
+    WAL mode a statement whose snapshot another process's schema commit made stale
+    gets SQLITE_BUSY_SNAPSHOT."""
+    fd = os.open(upload_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        deadline = time.monotonic() + SETUP_LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StorageError(f"another process has held {upload_dir} for "
+                                       f"{SETUP_LOCK_WAIT:g}s while starting") from None
+                await asyncio.sleep(_LOCK_POLL)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _upload_files(top: str, young: float) -> Iterator[str]:
