@@ -606,18 +606,26 @@ async def _setup_lock(upload_dir: str) -> AsyncIterator[None]:
 
 def _upload_files(top: str, young: float) -> Iterator[str]:
     """The ids of the upload files under ``top`` made before ``young``, as the tree is
-    read (subdirectories are the segments of ids with ``/``)."""
+    read (subdirectories are the segments of ids with ``/``). A file or directory that
+    another process removes meanwhile (a terminate, or its own orphan scan) is passed by."""
     pending = [""]
     while pending:
         parent = pending.pop()
-        with os.scandir(os.path.join(top, parent) if parent else top) as entries:
+        try:
+            entries = os.scandir(os.path.join(top, parent) if parent else top)
+        except FileNotFoundError:
+            continue
+        with entries:
             for entry in entries:
                 name = parent + entry.name
-                if entry.is_dir(follow_symlinks=False):
-                    if is_upload_id(name):
-                        pending.append(name + "/")
-                elif is_upload_id(name) and entry.stat().st_ctime < young:
-                    yield name
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        if is_upload_id(name):
+                            pending.append(name + "/")
+                    elif is_upload_id(name) and entry.stat().st_ctime < young:
+                        yield name
+                except FileNotFoundError:
+                    continue
 
 
 def _sync_directories(path: str, top: str) -> None:
