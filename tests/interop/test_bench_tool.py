@@ -129,3 +129,17 @@ def test_fs_settle_probes_file_creation_and_keeps_the_files(tmp_path: Path) -> N
     # never settled: gives up after max_wait, having probed once more after the wait
     assert settle(probe, threshold_us=0.0, max_wait=0.2, interval=0.1) > 0
     assert len(list(probe.iterdir())) >= 650
+
+
+def test_leanload_against_daemon(daemon: Daemon) -> None:
+    """bench.leanload: every upload created, patched and checked (HEAD, and GET of a few)."""
+    import asyncio
+
+    from bench.leanload import run_once
+
+    result = asyncio.run(run_once(daemon.url, count=40, size=3000, concurrency=4, pid=daemon.pid))
+    assert (result["uploads"], result["failures"]) == (40, 0), result
+    assert result["p99_ms"] >= result["p50_ms"] > 0
+    assert result["server_cpu_ms_per_upload"] > 0  # read from /proc/<daemon pid>/stat
+    uploads = list((daemon.data_dir / "uploads").iterdir())
+    assert len(uploads) == 40 and {p.stat().st_size for p in uploads} == {3000}
