@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 from urllib.parse import urlsplit
@@ -68,3 +69,19 @@ async def download(client: TestClient, path: str) -> bytes:
     r = await client.get(path)
     assert r.status == 200, (r.status, await r.text())
     return await r.read()
+
+
+async def metric(client: TestClient, name: str) -> float:
+    """An unlabelled sample of the app's /metrics (0 if absent)."""
+    r = await client.get("/metrics")
+    for line in (await r.text()).splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+async def wait_metric(client: TestClient, name: str, value: float, limit: float = 30.0) -> None:
+    """Wait until the app's metric ``name`` is ``value`` (an event: no fixed sleep)."""
+    async with asyncio.timeout(limit):
+        while await metric(client, name) != value:
+            await asyncio.sleep(0.02)

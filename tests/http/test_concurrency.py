@@ -10,7 +10,7 @@ import pytest
 
 from tests.plugins.tcp import wait_delivered
 
-from .helpers import OCTET, TUS, create, download, head, patch
+from .helpers import OCTET, TUS, create, download, head, patch, wait_metric
 
 
 async def _slow_body(data: bytes, piece: int = 32 * 1024):
@@ -51,21 +51,6 @@ async def _raw_patch(host: str, port: int, path: str, offset: int, declared: int
     return reader, writer
 
 
-async def _metric(tus, name: str) -> float:
-    """An unlabelled sample of the app's /metrics (0 if absent)."""
-    r = await tus.get("/metrics")
-    for line in (await r.text()).splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return 0.0
-
-
-async def _wait_metric(tus, name: str, value: float, limit: float = 30.0) -> None:
-    async with asyncio.timeout(limit):
-        while await _metric(tus, name) != value:
-            await asyncio.sleep(0.02)
-
-
 async def _resume(tus, path: str, data: bytes, limit: float = 30.0) -> None:
     """Finish an upload as a resuming client does: HEAD for the offset, PATCH the rest,
     again after a 409 or 423 (an interrupted request may still be committing)."""
@@ -103,9 +88,9 @@ async def test_dropped_connection_with_checksum_keeps_nothing(tus):
         f"Content-Type: {OCTET}\r\nContent-Length: 1000\r\n"
         "Upload-Checksum: sha1 AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n").encode() + b"x" * 400)
     await wait_delivered(writer)  # the server has the 400 bytes
-    await _wait_metric(tus, "tusd_uploads_active", 1)
+    await wait_metric(tus, "tusd_uploads_active", 1)
     writer.transport.abort()
-    await _wait_metric(tus, "tusd_uploads_active", 0)  # the server is done with it
+    await wait_metric(tus, "tusd_uploads_active", 0)  # the server is done with it
     assert (await head(tus, path)).headers["Upload-Offset"] == "0"
     # Object-store drivers release their lease with a network round trip: a client that
     # comes back at once may see 423 for a moment, and retries as tus clients do.
@@ -152,7 +137,7 @@ async def test_active_writer_is_not_taken_over(tus_client_factory):
 
     first = asyncio.create_task(client.patch(path, data=trickle(), headers={
         **TUS, "Upload-Offset": "0", "Content-Type": OCTET}))
-    await _wait_metric(client, "tusd_uploads_active", 1)  # the first one is writing
+    await wait_metric(client, "tusd_uploads_active", 1)  # the first one is writing
     second = await patch(client, path, 0, b"b" * size)
     assert second.status == 423
     r = await first

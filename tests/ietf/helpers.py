@@ -13,7 +13,6 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
 from tests.hostile.raw import parse_head
-from tests.plugins.tcp import wait_delivered
 
 #: Interop versions and the drafts that carry them (../shared/notes/ietf-draft.md §0).
 VERSIONS = (3, 4, 5, 6, 7, 8, 9, 10)
@@ -138,23 +137,14 @@ async def problem(r: ClientResponse) -> dict[str, Any]:
     return body
 
 
-async def raw(port: int, data: bytes, *, drop_after: float | None = None,
-              wait: float = 10) -> bytes:
+async def raw(port: int, data: bytes, *, wait: float = 10) -> bytes:
     """Send ``data`` on a new connection; everything the server sends until it closes
-    or goes quiet (``drop_after``: abort the connection that many seconds after the
-    server has read every byte from the kernel, without reading: a request cut short
-    once the server is reading its body; the reset discards what the kernel still
-    holds, so the wait makes "what arrived" all of ``data``)."""
+    or goes quiet."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(data)
     await writer.drain()
     got = b""
     try:
-        if drop_after is not None:
-            await wait_delivered(writer)
-            await asyncio.sleep(drop_after)
-            writer.transport.abort()
-            return got
         while True:
             try:
                 chunk = await asyncio.wait_for(reader.read(65536), 1.0 if got else wait)
