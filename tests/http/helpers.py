@@ -85,3 +85,10 @@ async def wait_metric(client: TestClient, name: str, value: float, limit: float 
     async with asyncio.timeout(limit):
         while await metric(client, name) != value:
             await asyncio.sleep(0.02)
+
+
+async def wait_expired(client: TestClient, path: str, limit: float = 30.0) -> None:
+    """Wait until HEAD of ``path`` answers 410 (its expiry passed), polling."""
+    async with asyncio.timeout(limit):
+        while (await head(client, path)).status != 410:
+            await asyncio.sleep(0.1)
