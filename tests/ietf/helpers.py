@@ -138,16 +138,16 @@ async def problem(r: ClientResponse) -> dict[str, Any]:
 
 
 async def raw(port: int, data: bytes, *, wait: float = 10) -> bytes:
-    """Send ``data`` on a new connection; everything the server sends until it closes
-    or goes quiet."""
+    """Send ``data`` on a new connection; what the server sends until a final response
+    is whole, or it closes, or it is quiet for ``wait`` seconds."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(data)
     await writer.drain()
     got = b""
     try:
-        while True:
+        while not _has_final(got):
             try:
-                chunk = await asyncio.wait_for(reader.read(65536), 1.0 if got else wait)
+                chunk = await asyncio.wait_for(reader.read(65536), wait)
             except TimeoutError:
                 break
             if not chunk:
@@ -156,6 +156,20 @@ async def raw(port: int, data: bytes, *, wait: float = 10) -> bytes:
     finally:
         writer.close()
     return got
+
+
+def _has_final(wire: bytes) -> bool:
+    """Whether ``wire`` holds a whole final (non-1xx) response, body by Content-Length."""
+    rest = wire
+    while True:
+        head, sep, rest = rest.partition(b"\r\n\r\n")
+        if not sep:
+            return False
+        status, headers = parse_head(head)
+        length = int(headers.get("content-length", "0"))
+        if status >= 200:
+            return len(rest) >= length
+        rest = rest[length:]
 
 
 def messages(wire: bytes) -> list[tuple[int, dict[str, str]]]:
