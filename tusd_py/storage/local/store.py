@@ -589,16 +589,11 @@ async def _setup_lock(upload_dir: str) -> AsyncIterator[None]:
     gets SQLITE_BUSY_SNAPSHOT."""
     fd = os.open(upload_dir, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        deadline = time.monotonic() + SETUP_LOCK_WAIT
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise StorageError(f"another process has held {upload_dir} for "
-                                       f"{SETUP_LOCK_WAIT:g}s while starting") from None
-                await asyncio.sleep(_LOCK_POLL)
+        try:
+            await LocalStore._flock(fd, SETUP_LOCK_WAIT)
+        except UploadBusy:
+            raise StorageError(f"another process has held {upload_dir} for "
+                               f"{SETUP_LOCK_WAIT:g}s while starting") from None
         yield
     finally:
         os.close(fd)
