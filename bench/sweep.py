@@ -5,10 +5,12 @@ the process doing it, for N = 1k, 10k, 50k stored uploads (half unfinished, half
 finished and kept).
 
 The uploads are made through the driver itself (``Store.create``, 64 at once) straight
-to the emulator; the rounds run in a fresh process per N, whose store reaches the
-emulator through ``bench.shaper`` (no latency: it only counts). Beside the rounds it
-times a LIST of a prefix that holds nothing ("empty LIST ms"): the emulator's own cost
-of a listing, which grows with the bucket where the emulator scans all of it.
+to the emulator (fake-gcs-server with its filesystem backend: its memory backend makes
+each write scan the whole bucket, so N creations cost N^2); the rounds run in a fresh
+process per N, whose store reaches the emulator through ``bench.shaper`` (no latency: it
+only counts). Beside the rounds it times a LIST of a prefix that holds nothing ("empty
+LIST ms"): the emulator's own cost of a listing, which grows with the bucket where the
+emulator scans all of it.
 
 Usage: .venv/bin/python -m bench.sweep --drivers s3,gcs,azure --counts 1000,10000,50000
 """
@@ -140,7 +142,8 @@ async def bench(args: argparse.Namespace) -> int:
     results = []
     for driver in args.drivers.split(","):
         work = Path(tempfile.mkdtemp(prefix="tusd-sweep-"))
-        with emulator_process(driver, work, env={**os.environ, **AWS_ENV}) as emulator:
+        with emulator_process(driver, work, env={**os.environ, **AWS_ENV},
+                              on_disk=True) as emulator:
             bucket = "bench-sweep"
             _create_bucket(driver, emulator, bucket)
             if driver == "azure":  # the driver makes it (storage.create_container)
