@@ -1,6 +1,7 @@
 """Memory per in-flight upload is bounded on every driver: a 256 MiB upload, in one PATCH
 or in 64 MiB PATCHes, grows the daemon's RSS by no more than its part buffers may hold,
-and the bytes read back by GET are the bytes sent."""
+and the bytes read back by GET are the bytes sent; 16 uploads at once to an object store
+slower than the client stay within the documented bound the manifests are sized from."""
 
 from __future__ import annotations
 
