@@ -55,12 +55,17 @@ def _wait(proc: subprocess.Popen[bytes], url: str, log_path: Path, timeout: floa
 
 
 @contextlib.contextmanager
-def emulator_process(driver: str, work_dir: Path, env: dict[str, str] | None = None
-                     ) -> Iterator[str]:
+def emulator_process(driver: str, work_dir: Path, env: dict[str, str] | None = None, *,
+                     on_disk: bool = False) -> Iterator[str]:
     """Run ``driver``'s emulator (in ``work_dir``: its log, and Azurite's debug files)
-    until the block ends; yields its base URL ``http://127.0.0.1:PORT``."""
+    until the block ends; yields its base URL ``http://127.0.0.1:PORT``. ``on_disk``:
+    fake-gcs-server keeps its objects in ``work_dir`` (its memory backend holds a
+    bucket's objects in one list, so each write costs a scan of the whole bucket)."""
     port = _free_port()
     cmd, ready_url = _command(driver, port)
+    if driver == "gcs" and on_disk:
+        cmd[cmd.index("-backend") + 1] = "filesystem"
+        cmd += ["-filesystem-root", str(work_dir / "gcs-objects")]
     log_path = work_dir / f"{driver}-emulator.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=work_dir, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -5,8 +5,8 @@ process each round.
 
 For each server and scenario it reports MB/s, store requests per MiB uploaded, write
 amplification (request body bytes sent to the store / bytes uploaded) and the server's
-peak RSS, with tusd-py's documented memory bound (its RSS at start + part_size x 2 +
-one body chunk + 2 MiB of client buffers per part in flight, for each PATCH in flight). Scenarios (sizes
+peak RSS, with tusd-py's documented memory bound (its RSS at start + 16 MiB, + part_size
+x 2 + 8 MiB for each PATCH in flight, + the S3 tail cache). Scenarios (sizes
 configurable): ``single``: one 512 MiB upload in one PATCH; ``p8``, ``p5``, ``p1``:
 the same in 8, 5 and 1 MiB PATCHes; ``parallel``: 16 uploads of 64 MiB at once, one
 PATCH each.
@@ -43,10 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TUSD, TUSD_PC1, NODE = "tusd-py", "tusd-py-pc1", "tus-node"
 SERVERS = (TUSD, NODE, TUSD_PC1)
 SCENARIOS = ("single", "p8", "p5", "p1", "parallel")
-#: tusd-py's defaults the bound is computed from (storage.part_size, part_concurrency).
+#: tusd-py's default storage.part_size, which the bound is computed from.
 PART_SIZE = 8 * MiB
-DEFAULT_CONCURRENCY = 8
-CHUNK = 64 * 1024
 
 
 def scenario(name: str, args: argparse.Namespace) -> Scenario:
@@ -166,18 +164,23 @@ def control(url: str, path: str) -> dict[str, Any]:
         return dict(json.load(r))
 
 
-#: The store clients' buffers per part in flight the documentation allows for (aiohttp
-#: reads a body 256 KiB at a time, botocore hashes it 1 MiB at a time, ...).
-CLIENT_BUFFERS = 2 * MiB
+#: What one PATCH costs beyond its two parts that the documentation allows for (a body
+#: chunk, the store client's buffers of its parts being sent, allocator slack; measured
+#: 2-6 MiB), and what the store clients keep once they have sent parts at all.
+PER_PATCH = 8 * MiB
+CLIENTS = 16 * MiB
+#: The S3 driver's cache of the tail segments it wrote (at most 4 parts).
+TAIL_CACHE = 4 * PART_SIZE
 
 
-def bound_mb(result: dict[str, Any], sc: Scenario, part_concurrency: int) -> float:
-    """tusd-py's documented bound: RSS at start + per PATCH in flight part_size x 2 (the
-    part filling, one uploading; a PATCH smaller than a part: its size and a part) + a
-    body chunk + the clients' buffers of its parts in flight."""
-    in_flight = min(part_concurrency, max(1, sc.chunk // PART_SIZE))
-    per_patch = min(2 * PART_SIZE, sc.chunk + PART_SIZE) + CHUNK + in_flight * CLIENT_BUFFERS
-    return float(result.get("rss_start_mb") or 0) + sc.concurrency * per_patch / MiB
+def bound_mb(result: dict[str, Any], sc: Scenario, driver: str) -> float:
+    """tusd-py's documented bound: RSS at start + CLIENTS + per PATCH in flight
+    part_size x 2 (the part filling, one uploading; a PATCH smaller than a part: its
+    size and a part) + PER_PATCH; on S3 with PATCHes that leave a tail, its cache."""
+    per_patch = min(2 * PART_SIZE, sc.chunk + PART_SIZE) + PER_PATCH
+    tail = TAIL_CACHE if driver == "s3" and sc.chunk % PART_SIZE else 0
+    return float(result.get("rss_start_mb") or 0) + (
+        CLIENTS + tail + sc.concurrency * per_patch) / MiB
 
 
 async def bench(args: argparse.Namespace) -> int:
@@ -253,8 +256,7 @@ async def one(name: str, sc: Scenario, round_: int, url: str, process: Process, 
         sent=stats.get("sent", 0), write_amplification=round(stats.get("sent", 0) / sc.total_bytes, 3),
         loadavg=load)
     if name != NODE:
-        k = 1 if name == TUSD_PC1 else args.part_concurrency or DEFAULT_CONCURRENCY
-        result["bound_mb"] = round(bound_mb(result, sc, k), 1)
+        result["bound_mb"] = round(bound_mb(result, sc, args.driver), 1)
     emit(result)
     print(f"  {name:12} {sc.name:8} round {round_}: {fmt(result['mb_s'])} MB/s, "
           f"{result['requests_per_mib']} req/MiB, WA {result['write_amplification']}, "

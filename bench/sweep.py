@@ -5,8 +5,12 @@ the process doing it, for N = 1k, 10k, 50k stored uploads (half unfinished, half
 finished and kept).
 
 The uploads are made through the driver itself (``Store.create``, 64 at once) straight
-to the emulator; the rounds run in a fresh process per N, whose store reaches the
-emulator through ``bench.shaper`` (no latency: it only counts).
+to the emulator (fake-gcs-server with its filesystem backend: its memory backend makes
+each write scan the whole bucket, so N creations cost N^2); the rounds run in a fresh
+process per N, whose store reaches the emulator through ``bench.shaper`` (no latency: it
+only counts). Beside the rounds it times a LIST of a prefix that holds nothing ("empty
+LIST ms"): the emulator's own cost of a listing, which grows with the bucket where the
+emulator scans all of it.
 
 Usage: .venv/bin/python -m bench.sweep --drivers s3,gcs,azure --counts 1000,10000,50000
 """
@@ -17,7 +21,6 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,6 +34,8 @@ from .loadgen import format_table, uvloop_run
 from .shaped import ROOT, control, shaper, storage_env
 
 ROUNDS = 5
+#: Creations in flight at once while the uploads are made.
+CREATORS = 64
 
 
 def config_for(driver: str, endpoint: str, bucket: str) -> Any:
@@ -51,10 +56,10 @@ async def populate(driver: str, endpoint: str, bucket: str, count: int) -> float
     await store.start()
     started = time.monotonic()
     now = time.time()
-    semaphore = asyncio.Semaphore(64)
+    numbers = iter(range(count))
 
-    async def one(i: int) -> None:
-        async with semaphore:
+    async def worker() -> None:
+        for i in numbers:  # shared: each number is taken by one worker
             if i % 2:
                 await store.create(Upload(id=new_upload_id(), length=10, created_at=now,
                                           expires_at=now + 3600))
@@ -62,7 +67,7 @@ async def populate(driver: str, endpoint: str, bucket: str, count: int) -> float
                 await store.create(Upload(id=new_upload_id(), length=0, created_at=now,
                                           completed_at=now))
     try:
-        await asyncio.gather(*(one(i) for i in range(count)))
+        await asyncio.gather(*(worker() for _ in range(CREATORS)))
     finally:
         await store.stop()
     return time.monotonic() - started
@@ -77,6 +82,18 @@ def rss_mb() -> tuple[float, float]:
                 key, rest = line.split(":", 1)
                 values[key] = int(rest.split()[0]) / 1024
     return round(values["VmRSS"], 1), round(values["VmHWM"], 1)
+
+
+async def empty_list_ms(store: Any) -> float:
+    """Median milliseconds of a LIST of a prefix no object is under (through the
+    driver's ``list_keys``)."""
+    times = []
+    for _ in range(ROUNDS):
+        started = time.perf_counter()
+        async for _key in store.list_keys(store.prefix + ".none/"):
+            raise AssertionError("an object under the empty prefix")
+        times.append(time.perf_counter() - started)
+    return round(1000 * statistics.median(times), 1)
 
 
 async def child(args: argparse.Namespace) -> int:
@@ -103,6 +120,7 @@ async def child(args: argparse.Namespace) -> int:
             stats = control(args.control, "/stats")
             rounds.append({"seconds": took, "requests": stats["requests"]})
         rss, hwm = rss_mb()
+        empty_ms = await empty_list_ms(store)
     finally:
         await store.stop()
     kinds: dict[str, list[int]] = {}
@@ -112,8 +130,7 @@ async def child(args: argparse.Namespace) -> int:
     print(json.dumps({
         "requests_per_round": {k: statistics.median(v) for k, v in kinds.items()},
         "round_ms": round(1000 * statistics.median(r["seconds"] for r in rounds), 1),
-        "rss_mb": rss, "hwm_mb": hwm,
-        "maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+        "empty_list_ms": empty_ms, "rss_mb": rss, "hwm_mb": hwm}))
     return 0
 
 
@@ -121,11 +138,12 @@ async def bench(args: argparse.Namespace) -> int:
     os.environ.update(AWS_ENV)  # botocore's credentials for the uploads made here
     counts = [int(c) for c in args.counts.split(",")]
     rows = [["driver", "stored", "LIST/round", "GET/round", "other/round", "round ms",
-             "RSS MB", "made in s"]]
+             "empty LIST ms", "RSS MB", "peak RSS MB", "made in s"]]
     results = []
     for driver in args.drivers.split(","):
         work = Path(tempfile.mkdtemp(prefix="tusd-sweep-"))
-        with emulator_process(driver, work, env={**os.environ, **AWS_ENV}) as emulator:
+        with emulator_process(driver, work, env={**os.environ, **AWS_ENV},
+                              on_disk=True) as emulator:
             bucket = "bench-sweep"
             _create_bucket(driver, emulator, bucket)
             if driver == "azure":  # the driver makes it (storage.create_container)
@@ -153,7 +171,8 @@ async def bench(args: argparse.Namespace) -> int:
                     rows.append([driver, str(stored), str(kinds.get("LIST", 0)),
                                  str(kinds.get("GET", 0)),
                                  str(sum(v for k, v in kinds.items() if k not in ("LIST", "GET"))),
-                                 str(result["round_ms"]), str(result["rss_mb"]),
+                                 str(result["round_ms"]), str(result["empty_list_ms"]),
+                                 str(result["rss_mb"]), str(result["hwm_mb"]),
                                  str(result["made_s"])])
     print("\nsweep rounds (sweep_once + owed listing), medians of "
           f"{ROUNDS}; load average now {os.getloadavg()[0]:.2f}\n" + format_table(rows),

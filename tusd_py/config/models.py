@@ -404,8 +404,8 @@ class _ObjectStorage(Section):
     #: Parts (S3 parts, GCS part objects, Azure blocks) of one PATCH uploaded at once
     #: while its body keeps streaming in. Memory per PATCH is at most part_size x 2 + one
     #: body chunk (64KiB) whatever this is (the part filling and one uploading; parts
-    #: waiting their turn wait in spill_dir): 16MiB at the defaults, plus the store
-    #: client's buffers (about 1MiB per part in flight). Disk per PATCH: at most
+    #: waiting their turn wait in spill_dir): 16MiB at the defaults, plus up to 8MiB of
+    #: store-client buffers and allocator slack (measured 2-6MiB). Disk per PATCH: at most
     #: part_size x (part_concurrency - 1), only while the store is slower than the client.
     part_concurrency: Annotated[int, Field(ge=1, le=64)] = 8
     #: Where parts waiting to upload (and S3 parts grown past part_size) spill, as
