@@ -23,6 +23,7 @@ def is_list(f: Forwarded) -> bool:
     return f.method == "GET" and f.query.get("comp") == "list"
 
 
+@pytest.mark.timeout(360)  # 3,000 uploads made through the emulator: ~100 s at a load of 12
 async def test_sweep_cost_is_flat_from_an_empty_container_to_thousands_of_uploads(
         azure_proxy, aiohttp_client, azure_storage_config):
     proxy, url = azure_proxy

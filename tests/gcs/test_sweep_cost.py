@@ -22,6 +22,7 @@ def is_list(f: Forwarded) -> bool:
     return f.method == "GET" and f.path.rstrip("/").endswith("/o")
 
 
+@pytest.mark.timeout(360)  # 3,000 uploads made through the emulator: ~100 s at a load of 12
 async def test_sweep_cost_is_flat_from_an_empty_bucket_to_thousands_of_uploads(
         gcs_proxy, aiohttp_client, gcs_storage_config):
     proxy, url = gcs_proxy

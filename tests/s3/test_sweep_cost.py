@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.plugins.proxy import Forwarded
 from tests.plugins.sweep_cost import check_sweep_cost_is_flat
 
@@ -11,6 +13,7 @@ def is_list(f: Forwarded) -> bool:
     return f.method == "GET" and ("list-type" in f.query or "uploads" in f.query)
 
 
+@pytest.mark.timeout(360)  # 3,000 uploads made through the emulator: ~100 s at a load of 12
 async def test_sweep_cost_is_flat_from_an_empty_bucket_to_thousands_of_uploads(
         s3_proxy, aiohttp_client, s3_storage_config):
     proxy, url = s3_proxy
