@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 import aiohttp
 from gcloud.aio.storage import Storage
@@ -237,34 +235,21 @@ class Bucket:
         return result
 
     async def rewrite(self, name: str, headers: dict[str, str], *, what: str) -> dict[str, Any]:
-        """Rewrite an object in place into ``storage_class`` (with ``headers`` and the
-        CMEK key), as many calls as GCS needs (``rewriteToken``); the new resource."""
+        """Rewrite an object in place into ``storage_class``, with ``headers`` and the
+        CMEK key (gcloud-aio's ``copy``: as many rewriteTo calls as GCS needs); the new
+        resource."""
         params, resource = self.write_args()
         query = {"destinationKmsKeyName": params["kmsKeyName"]} if params else {}
-        body = {"contentType": headers["Content-Type"],
-                **({"contentDisposition": headers["Content-Disposition"]}
-                   if "Content-Disposition" in headers else {}),
-                "storageClass": resource["Storage-Class"]}
-        quoted = quote(name, safe="")
-        url = f"{self.storage._api_root_read}/{self.name}/o/{quoted}/rewriteTo/b/{self.name}/o/{quoted}"
-        token = ""
-        while True:
-            args = {**query, **({"rewriteToken": token} if token else {})}
 
-            async def call(args: dict[str, str] = args) -> dict[str, Any]:
-                response = await self.storage.session.post(
-                    url, headers={**await self.storage._headers(),
-                                  "Content-Type": "application/json; charset=UTF-8"},
-                    params=args, data=json.dumps(body).encode(), timeout=int(self.timeout))
-                answer: dict[str, Any] = await response.json(content_type=None)
-                return answer
+        async def rewrite() -> dict[str, Any]:
+            return await self.storage.copy(self.name, name, self.name,
+                                           metadata={**headers, **resource},
+                                           params=dict(query), timeout=int(self.timeout))
 
-            answer = await self.call(what, call)
-            if answer.get("done"):
-                return dict(answer["resource"])
-            token = str(answer.get("rewriteToken") or "")
-            if not token:
-                raise StorageError(f"storage gave no rewrite token during {what}")
+        answer = await self.call(what, rewrite)
+        if not answer.get("done") or "resource" not in answer:
+            raise StorageError(f"storage did not finish a rewrite during {what}")
+        return dict(answer["resource"])
 
     async def delete(self, name: str, what: str) -> bool:
         """Delete an object; False if it was not there."""
