@@ -369,6 +369,45 @@ def _size_range(low: int, high: int | None, why: str) -> AfterValidator:
     return AfterValidator(check)
 
 
+
+def _choice(allowed: tuple[str, ...], refused: Mapping[str, str], *,
+            case: Callable[[str], str] = str.upper) -> BeforeValidator:
+    """A before-validator for a name from ``allowed`` (matched in any case, given back
+    as listed); a name in ``refused`` fails with the reason it maps to."""
+    canonical = {name.lower(): name for name in allowed}
+
+    def check(value: Any) -> Any:
+        if value is None or value == "":
+            return None
+        text = str(value).strip()
+        if text.lower() in canonical:
+            return canonical[text.lower()]
+        reason = {k.lower(): v for k, v in refused.items()}.get(text.lower())
+        if reason is not None:
+            raise ValueError(f"{case(text)} cannot be used: {reason}")
+        raise ValueError(f"must be one of {', '.join(allowed)}")
+
+    return BeforeValidator(check)
+
+
+#: S3 storage classes objects can be written in and read back at once.
+S3_STORAGE_CLASSES = ("STANDARD", "INTELLIGENT_TIERING", "STANDARD_IA", "ONEZONE_IA",
+                      "GLACIER_IR", "REDUCED_REDUNDANCY")
+_S3_UNREADABLE = ("objects in it cannot be read without a restore, and the driver reads "
+                  "its records and incomplete parts back")
+S3_SSE = ("AES256", "aws:kms", "aws:kms:dsse")
+GCS_STORAGE_CLASSES = ("STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE")
+_GCS_KMS_KEY = re.compile(r"projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/]+")
+AZURE_ACCESS_TIERS = ("Hot", "Cool", "Cold")
+
+
+def _kms_key_name(value: str | None) -> str | None:
+    if value is not None and not _GCS_KMS_KEY.fullmatch(value):
+        raise ValueError("must be a Cloud KMS key name: projects/PROJECT/locations/LOCATION/"
+                         "keyRings/RING/cryptoKeys/KEY (no cryptoKeyVersions)")
+    return value or None
+
+
 class LocalStorage(Section):
     """``driver: local``: records in SQLite, bytes in files, under one directory."""
 
@@ -426,6 +465,32 @@ class S3Storage(_ObjectStorage):
     #: Multipart part size: S3 wants 5MiB..5GiB; grows with Upload-Length past 10,000 parts
     #: (the bytes of a grown part beyond part_size spill to spill_dir).
     part_size: Annotated[Size, _size_range(5 * MIB, 5 << 30, "S3's part size limits")] = 8 * MIB
+    #: Server-side encryption of every object the driver writes
+    #: (x-amz-server-side-encryption): AES256 (SSE-S3), aws:kms (SSE-KMS) or aws:kms:dsse
+    #: (DSSE-KMS); unset: none asked for (the bucket's default encryption applies).
+    server_side_encryption: Annotated[str | None, _choice(S3_SSE, {}, case=str.lower)] = None
+    #: The KMS key for aws:kms / aws:kms:dsse (key id, key ARN or alias ARN); unset: the
+    #: AWS managed key aws/s3 (or the bucket's default key).
+    sse_kms_key_id: Annotated[str, Field(min_length=1)] | None = None
+    #: S3 Bucket Keys for aws:kms (fewer KMS requests): true or false on every write;
+    #: unset: the bucket's setting.
+    bucket_key_enabled: bool | None = None
+    #: Storage class of every object the driver writes (x-amz-storage-class): STANDARD,
+    #: INTELLIGENT_TIERING, STANDARD_IA, ONEZONE_IA, GLACIER_IR or REDUCED_REDUNDANCY;
+    #: unset: STANDARD. GLACIER and DEEP_ARCHIVE are refused (not readable at once).
+    storage_class: Annotated[str | None, _choice(S3_STORAGE_CLASSES, {
+        "GLACIER": _S3_UNREADABLE, "DEEP_ARCHIVE": _S3_UNREADABLE})] = None
+
+    @model_validator(mode="after")
+    def _encryption(self) -> S3Storage:
+        kms = self.server_side_encryption in ("aws:kms", "aws:kms:dsse")
+        if self.sse_kms_key_id is not None and not kms:
+            raise ValueError("sse_kms_key_id needs server_side_encryption: aws:kms (or "
+                             "aws:kms:dsse)")
+        if self.bucket_key_enabled is not None and self.server_side_encryption != "aws:kms":
+            raise ValueError("bucket_key_enabled needs server_side_encryption: aws:kms "
+                             "(S3 Bucket Keys do not apply to AES256 or aws:kms:dsse)")
+        return self
 
 
 class GCSStorage(_ObjectStorage):
@@ -439,6 +504,14 @@ class GCSStorage(_ObjectStorage):
     endpoint_url: str | None = None
     #: Size of the part objects composed into the upload (at least 64KiB).
     part_size: Annotated[Size, _size_range(64 << 10, None, "smaller parts cost more requests")] = 8 * MIB
+    #: Cloud KMS key that encrypts every object the driver writes (CMEK, kmsKeyName):
+    #: projects/P/locations/L/keyRings/R/cryptoKeys/K; unset: the bucket's default key,
+    #: else Google-managed encryption.
+    kms_key_name: Annotated[str | None, AfterValidator(_kms_key_name)] = None
+    #: Storage class of the finished upload objects and of records and index markers:
+    #: STANDARD, NEARLINE, COLDLINE or ARCHIVE; unset: the bucket's default class. Part
+    #: objects (deleted once composed) stay in the bucket's default class.
+    storage_class: Annotated[str | None, _choice(GCS_STORAGE_CLASSES, {})] = None
 
 
 class AzureStorage(_ObjectStorage):
@@ -458,6 +531,13 @@ class AzureStorage(_ObjectStorage):
     #: Create the container (private) at start-up if it does not exist; needs the
     #: permission to (off: a missing container is reported by /readyz and as 500s).
     create_container: bool = False
+    #: Access tier of every blob the driver writes (x-ms-access-tier): Hot, Cool or Cold;
+    #: unset: the account's default tier. Archive is refused (an archived blob cannot be
+    #: read or appended to until rehydrated).
+    access_tier: Annotated[str | None, _choice(AZURE_ACCESS_TIERS, {
+        "Archive": "an archived blob cannot be read (records, downloads, concatenation) "
+                   "until it is rehydrated; use a lifecycle rule to archive finished uploads"},
+        case=str.capitalize)] = None
 
     @model_validator(mode="after")
     def _credentials(self) -> AzureStorage:

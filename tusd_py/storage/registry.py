@@ -39,7 +39,11 @@ def _s3(config: S3Storage) -> Store:
     return S3Store(config.bucket, prefix=config.prefix, endpoint_url=config.endpoint_url,
                    region=config.region, part_size=config.part_size,
                    lease_duration=config.lease_duration, spill_dir=config.spill_dir,
-                   part_concurrency=config.part_concurrency)
+                   part_concurrency=config.part_concurrency,
+                   server_side_encryption=config.server_side_encryption,
+                   sse_kms_key_id=config.sse_kms_key_id,
+                   bucket_key_enabled=config.bucket_key_enabled,
+                   storage_class=config.storage_class)
 
 
 def _gcs(config: GCSStorage) -> Store:
@@ -47,7 +51,8 @@ def _gcs(config: GCSStorage) -> Store:
 
     return GCSStore(config.bucket, prefix=config.prefix, endpoint_url=config.endpoint_url,
                     part_size=config.part_size, lease_duration=config.lease_duration,
-                    part_concurrency=config.part_concurrency, spill_dir=config.spill_dir)
+                    part_concurrency=config.part_concurrency, spill_dir=config.spill_dir,
+                    kms_key_name=config.kms_key_name, storage_class=config.storage_class)
 
 
 def _azure(config: AzureStorage) -> Store:
@@ -59,7 +64,8 @@ def _azure(config: AzureStorage) -> Store:
                       account_url=config.account_url, part_size=config.part_size,
                       lease_duration=config.lease_duration,
                       create_container=config.create_container,
-                      part_concurrency=config.part_concurrency, spill_dir=config.spill_dir)
+                      part_concurrency=config.part_concurrency, spill_dir=config.spill_dir,
+                      access_tier=config.access_tier)
 
 
 #: driver -> (factory, the pip extra its SDK comes with, or None).

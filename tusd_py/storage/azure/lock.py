@@ -134,7 +134,7 @@ class AzureLock(LeasedLock["AzureStore"]):
                 try:
                     r = await blob.commit_block_list(
                         block_list(blocks), metadata=metadata, content_settings=settings,
-                        match_condition=MatchConditions.IfMissing)
+                        match_condition=MatchConditions.IfMissing, **store.write_args())
                     etag = str(r["etag"])
                 except Exception as exc:
                     code, status = error_code(exc)

@@ -17,7 +17,12 @@ from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError
-from azure.storage.blob import BlobSasPermissions, ContentSettings, generate_blob_sas
+from azure.storage.blob import (
+    BlobSasPermissions,
+    ContentSettings,
+    StandardBlobTier,
+    generate_blob_sas,
+)
 from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClient, ExponentialRetry
 
 from ...config import ConfigError
@@ -61,9 +66,10 @@ class AzureStore(LeasedStore[AzureLock]):
                  account_url: str | None = None, credential: Any = None, prefix: str = "",
                  part_size: int = 8 << 20, lease_duration: float = 10.0,
                  create_container: bool = False, part_concurrency: int = 1,
-                 spill_dir: str | None = None) -> None:
+                 spill_dir: str | None = None, access_tier: str | None = None) -> None:
         """The values come checked from ``config.AzureStorage`` (which also reads
-        AZURE_STORAGE_CONNECTION_STRING when neither credential is configured)."""
+        AZURE_STORAGE_CONNECTION_STRING when neither credential is configured, and
+        refuses the Archive tier)."""
         if not connection_string and not account_url:
             raise ValueError("AzureStore needs a connection_string or an account_url")
         super().__init__(lease_duration, prefix)
@@ -73,6 +79,7 @@ class AzureStore(LeasedStore[AzureLock]):
         #: Blocks staged at once per PATCH while the body keeps streaming in.
         self.part_concurrency = max(1, part_concurrency)
         self.create_container = create_container
+        self.access_tier = access_tier
         self._connection_string = connection_string
         self._account_url = account_url
         self._credential = credential
@@ -163,6 +170,13 @@ class AzureStore(LeasedStore[AzureLock]):
     def blob(self, upload_id: str) -> BlobClient:
         return self.client.get_blob_client(self.key(upload_id))
 
+    def write_args(self) -> dict[str, Any]:
+        """The access tier argument of every request that makes a blob (Put Blob, Put
+        Block List; staged blocks have no tier of their own)."""
+        if self.access_tier is None:
+            return {}
+        return {"standard_blob_tier": StandardBlobTier(self.access_tier)}
+
     def _location(self, upload_id: str) -> str:
         return f"azure://{self.container}/{self.key(upload_id)}"
 
@@ -192,7 +206,7 @@ class AzureStore(LeasedStore[AzureLock]):
             try:
                 r = await self.client.get_blob_client(key).upload_blob(
                     data, content_settings=ContentSettings(content_type="application/json"),
-                    **condition)
+                    **condition, **self.write_args())
             except Exception as exc:
                 code, status = error_code(exc)
                 if code in CONFLICT_CODES or status in (409, 412) or (
@@ -203,7 +217,8 @@ class AzureStore(LeasedStore[AzureLock]):
 
     async def put_marker(self, key: str) -> None:
         async with azure_errors("writing an index marker"):
-            await self.client.get_blob_client(key).upload_blob(b"", overwrite=True)
+            await self.client.get_blob_client(key).upload_blob(b"", overwrite=True,
+                                                               **self.write_args())
 
     async def delete_object(self, key: str, what: str) -> None:
         async with azure_errors(what):
@@ -257,7 +272,8 @@ class AzureStore(LeasedStore[AzureLock]):
         settings, metadata = blob_headers(upload.metadata, upload.id)
         async with azure_errors("creating an empty blob"):
             r = await self.blob(upload.id).upload_blob(
-                b"", overwrite=True, metadata=metadata, content_settings=settings)
+                b"", overwrite=True, metadata=metadata, content_settings=settings,
+                **self.write_args())
         return str(r["etag"])
 
     # -- optional capabilities ----------------------------------------------------
@@ -357,7 +373,8 @@ class AzureStore(LeasedStore[AzureLock]):
                     raise StorageError("too many blocks for one Azure blob")
                 settings, metadata = blob_headers(final.metadata, final.id)
                 r = await target.commit_block_list(
-                    block_list(ids), metadata=metadata, content_settings=settings)
+                    block_list(ids), metadata=metadata, content_settings=settings,
+                    **self.write_args())
                 etag = str(r["etag"])
         await lock.publish(length=total, offset=total, completed_at=time.time(),
                            expires_at=final.expires_at, blob_etag=etag, blocks=[])

@@ -69,8 +69,12 @@ class Bucket:
     """One bucket through gcloud-aio-storage, with retries (``attempts`` tries per call)."""
 
     def __init__(self, name: str, *, endpoint_url: str | None, attempts: int = 5,
-                 timeout: float = 120.0, connections: int = 64) -> None:
+                 timeout: float = 120.0, connections: int = 64, kms_key_name: str | None = None,
+                 storage_class: str | None = None) -> None:
+        """``kms_key_name`` and ``storage_class`` come checked from ``config.GCSStorage``."""
         self.name = name
+        self.kms_key_name = kms_key_name
+        self.storage_class = storage_class
         self.endpoint_url = endpoint_url
         self.attempts = max(1, attempts)
         self.timeout = timeout
@@ -129,6 +133,17 @@ class Bucket:
                 raise translate(exc, what) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def write_args(self) -> tuple[dict[str, str], dict[str, str]]:
+        """What every request that makes an object carries: the query parameters
+        (``kmsKeyName``: CMEK), and the resource fields of one that sends a resource
+        (``storageClass``, in gcloud-aio's ``Storage-Class`` spelling of metadata keys).
+        Part objects are uploaded without a resource (``put``): they stay in the
+        bucket's default class (compose needs sources of one class), and a final object
+        composed from them is rewritten into ``storage_class`` (``compose``)."""
+        params = {"kmsKeyName": self.kms_key_name} if self.kms_key_name else {}
+        resource = {"Storage-Class": self.storage_class} if self.storage_class else {}
+        return params, resource
+
     # -- objects ------------------------------------------------------------------
 
     async def read(self, name: str, what: str) -> tuple[bytes, str] | None:
@@ -150,11 +165,13 @@ class Bucket:
         upload, the form on which both GCS and fake-gcs-server enforce the condition.
         Returns the new generation; raises ``Conflict`` if the condition failed."""
 
+        params, resource = self.write_args()
+
         async def put() -> dict[str, Any]:
             return await self.storage.upload(
                 self.name, name, data, content_type=content_type,
-                metadata={"Cache-Control": "no-store"},
-                parameters={"ifGenerationMatch": if_generation},
+                metadata={"Cache-Control": "no-store", **resource},
+                parameters={"ifGenerationMatch": if_generation, **params},
                 force_resumable_upload=False, timeout=30)
 
         return str((await self.call(what, put, conflict=True))["generation"])
@@ -165,13 +182,14 @@ class Bucket:
         from bytes or a seekable file (read from its start at each attempt)."""
         content_type = (headers or {}).get("Content-Type", "application/octet-stream")
         metadata = {k: v for k, v in (headers or {}).items() if k != "Content-Type"}
+        params, _ = self.write_args()  # no resource: a part streams as a media upload
 
         async def put() -> dict[str, Any]:
             if not isinstance(data, bytes):
                 data.seek(0)
             return await self.storage.upload(
                 self.name, name, data, content_type=content_type,
-                metadata=metadata or None, parameters={"ifGenerationMatch": "0"},
+                metadata=metadata or None, parameters={"ifGenerationMatch": "0", **params},
                 force_resumable_upload=False, timeout=int(self.timeout))
 
         try:
@@ -182,12 +200,13 @@ class Bucket:
     async def put_replacing(self, name: str, data: bytes, *, what: str,
                             headers: dict[str, str]) -> dict[str, Any]:
         """Upload an object, replacing what is there (final objects)."""
-        metadata = {k: v for k, v in headers.items() if k != "Content-Type"}
+        params, resource = self.write_args()
+        metadata = {**{k: v for k, v in headers.items() if k != "Content-Type"}, **resource}
 
         async def put() -> dict[str, Any]:
             return await self.storage.upload(
                 self.name, name, data, content_type=headers["Content-Type"],
-                metadata=metadata or None, force_resumable_upload=False,
+                metadata=metadata or None, parameters=dict(params), force_resumable_upload=False,
                 timeout=int(self.timeout))
 
         return await self.call(what, put)
@@ -195,20 +214,42 @@ class Bucket:
     async def compose(self, dest: str, sources: list[str], *, what: str,
                       headers: dict[str, str] | None = None) -> dict[str, Any]:
         """Server-side concatenation of at most 32 sources into ``dest``, with the
-        Content-Type (and Content-Disposition, patched on) of ``headers``."""
+        Content-Type (and Content-Disposition, patched on) of ``headers``. A final object
+        (``headers`` given) is then rewritten into ``storage_class``, if one is set: a
+        composite has its sources' class."""
         assert 0 < len(sources) <= COMPOSE_LIMIT
         content_type = (headers or {}).get("Content-Type", "application/octet-stream")
+        params, _ = self.write_args()
 
         async def compose() -> dict[str, Any]:
-            return await self.storage.compose(self.name, dest, sources,
+            return await self.storage.compose(self.name, dest, sources, params=dict(params),
                                               content_type=content_type, timeout=60)
 
         result = await self.call(what, compose)
+        if headers is not None and self.storage_class:
+            return await self.rewrite(dest, headers, what=what)
         disposition = (headers or {}).get("Content-Disposition")
         if disposition:
             result = await self.call(what, lambda: self.storage.patch_metadata(
                 self.name, dest, {"contentDisposition": disposition}))
         return result
+
+    async def rewrite(self, name: str, headers: dict[str, str], *, what: str) -> dict[str, Any]:
+        """Rewrite an object in place into ``storage_class``, with ``headers`` and the
+        CMEK key (gcloud-aio's ``copy``: as many rewriteTo calls as GCS needs); the new
+        resource."""
+        params, resource = self.write_args()
+        query = {"destinationKmsKeyName": params["kmsKeyName"]} if params else {}
+
+        async def rewrite() -> dict[str, Any]:
+            return await self.storage.copy(self.name, name, self.name,
+                                           metadata={**headers, **resource},
+                                           params=dict(query), timeout=int(self.timeout))
+
+        answer = await self.call(what, rewrite)
+        if not answer.get("done") or "resource" not in answer:
+            raise StorageError(f"storage did not finish a rewrite during {what}")
+        return dict(answer["resource"])
 
     async def delete(self, name: str, what: str) -> bool:
         """Delete an object; False if it was not there."""

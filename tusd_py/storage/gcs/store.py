@@ -47,11 +47,14 @@ class GCSStore(LeasedStore[GCSLock]):
     def __init__(self, bucket: str, *, prefix: str = "", endpoint_url: str | None = None,
                  part_size: int = 8 << 20, lease_duration: float = 10.0,
                  retry_attempts: int = 5, part_concurrency: int = 1,
-                 spill_dir: str | None = None) -> None:
-        """The values come checked from ``config.GCSStorage``."""
+                 spill_dir: str | None = None, kms_key_name: str | None = None,
+                 storage_class: str | None = None) -> None:
+        """The values come checked from ``config.GCSStorage``; every object is written
+        through ``bucket`` (``Bucket.write_args``: CMEK key and storage class)."""
         super().__init__(lease_duration, prefix)
         self.spill_dir = spill_dir
-        self.bucket = Bucket(bucket, endpoint_url=endpoint_url, attempts=retry_attempts)
+        self.bucket = Bucket(bucket, endpoint_url=endpoint_url, attempts=retry_attempts,
+                             kms_key_name=kms_key_name, storage_class=storage_class)
         self.part_size = part_size
         #: Part objects uploaded at once per PATCH while the body keeps streaming in.
         self.part_concurrency = max(1, part_concurrency)

@@ -166,7 +166,7 @@ class S3Lock(LeasedLock["S3Store"]):
         async with s3_errors("starting a multipart upload"):
             r = await store.s3.create_multipart_upload(
                 Bucket=store.bucket, Key=store.key(self.upload.id),
-                **object_headers(self.upload.metadata))
+                **object_headers(self.upload.metadata), **store.write_args())
         # Recorded at once, so a crash before the next commit cannot orphan it.
         await self.publish(mpu=r["UploadId"])
 
@@ -216,7 +216,7 @@ class S3Lock(LeasedLock["S3Store"]):
                 s3_errors("storing the incomplete part"):
             with self._reader() as reader:
                 r = await store.s3.put_object(Bucket=store.bucket, Key=key, Body=reader,
-                                              ContentLength=size)
+                                              ContentLength=size, **store.write_args())
         chunks = [c for c in self._buf.chunks() if isinstance(c, bytes)]
         return {"key": key, "size": size, "etag": str(r["ETag"])}, chunks
 
@@ -238,7 +238,8 @@ class S3Lock(LeasedLock["S3Store"]):
                     with ChunksReader(body.chunks()) as reader:
                         r = await store.s3.put_object(Bucket=store.bucket, Key=key, Body=reader,
                                                       ContentLength=rest,
-                                                      **object_headers(self.upload.metadata))
+                                                      **object_headers(self.upload.metadata),
+                                                      **store.write_args())
             finally:
                 body.clear()
             return {"object_etag": r["ETag"]}

@@ -64,8 +64,12 @@ class S3Store(LeasedStore[S3Lock]):
                  region: str | None = None, part_size: int = 8 << 20,
                  lease_duration: float = 10.0, max_parts: int = MAX_PARTS,
                  max_pool_connections: int = 64, retry_attempts: int = 5,
-                 part_concurrency: int = 1, spill_dir: str | None = None) -> None:
-        """The values come checked from ``config.S3Storage`` (part size within S3's limits)."""
+                 part_concurrency: int = 1, spill_dir: str | None = None,
+                 server_side_encryption: str | None = None, sse_kms_key_id: str | None = None,
+                 bucket_key_enabled: bool | None = None,
+                 storage_class: str | None = None) -> None:
+        """The values come checked from ``config.S3Storage`` (part size within S3's limits;
+        encryption and storage class are S3's own names, combined as S3 allows)."""
         super().__init__(lease_duration, prefix)
         self.bucket = bucket
         self.endpoint_url = endpoint_url
@@ -78,6 +82,11 @@ class S3Store(LeasedStore[S3Lock]):
         #: Where the bytes of a grown part beyond part_size are spilled (anonymous temp
         #: files; None: the system's temp directory, TMPDIR).
         self.spill_dir = spill_dir
+        self._write_args: dict[str, Any] = {
+            key: value for key, value in (
+                ("ServerSideEncryption", server_side_encryption),
+                ("SSEKMSKeyId", sse_kms_key_id), ("BucketKeyEnabled", bucket_key_enabled),
+                ("StorageClass", storage_class)) if value is not None}
         self._boto_config = BotoConfig(
             # botocore's standard mode retries throttling, 5xx and connection errors
             # with exponential backoff and jitter.
@@ -135,6 +144,12 @@ class S3Store(LeasedStore[S3Lock]):
         return ChunkBuffer(chunks, limit=self.part_size if limit is None else limit,
                            spill_dir=self.spill_dir, gauge=self.buffer_gauge)
 
+    def write_args(self) -> dict[str, Any]:
+        """The encryption and storage class arguments of every request that makes an
+        object (PutObject, CreateMultipartUpload): what a bucket policy may demand. Parts
+        (UploadPart, UploadPartCopy) take their multipart upload's."""
+        return dict(self._write_args)
+
     def _cache_segment(self, segment: Segment, data: list[bytes]) -> None:
         """Remember the bytes of a tail segment this process wrote (oldest dropped first
         beyond the budget)."""
@@ -182,7 +197,8 @@ class S3Store(LeasedStore[S3Lock]):
         async with s3_errors(what):
             try:
                 r = await self.s3.put_object(Bucket=self.bucket, Key=key, Body=data,
-                                             ContentType="application/json", **condition)
+                                             ContentType="application/json", **condition,
+                                             **self.write_args())
             except Exception as exc:
                 code = error_code(exc)[0]
                 if code in CONFLICT_CODES or (etag is not None and code in NOT_FOUND_CODES):
@@ -192,7 +208,7 @@ class S3Store(LeasedStore[S3Lock]):
 
     async def put_marker(self, key: str) -> None:
         async with s3_errors("writing an index marker"):
-            await self.s3.put_object(Bucket=self.bucket, Key=key, Body=b"")
+            await self.s3.put_object(Bucket=self.bucket, Key=key, Body=b"", **self.write_args())
 
     async def delete_object(self, key: str, what: str) -> None:
         async with s3_errors(what):
@@ -232,7 +248,8 @@ class S3Store(LeasedStore[S3Lock]):
             async with s3_errors("creating an upload"):
                 try:
                     r = await self.s3.put_object(Bucket=self.bucket, Key=key, Body=b"",
-                                                 IfNoneMatch="*", **object_headers(upload.metadata))
+                                                 IfNoneMatch="*", **object_headers(upload.metadata),
+                                                 **self.write_args())
                 except Exception as exc:
                     if error_code(exc)[0] in CONFLICT_CODES:
                         raise UploadExists() from None
@@ -283,7 +300,7 @@ class S3Store(LeasedStore[S3Lock]):
         if lock is None:
             raise StorageError("concatenate needs the final upload's lock")
         key = self.key(final.id)
-        headers = object_headers(final.metadata)
+        headers = {**object_headers(final.metadata), **self.write_args()}
         mpu: str | None = None
         parts: list[dict[str, Any]] = []
         buf = bytearray()
