@@ -4,7 +4,8 @@ Per upload ``id`` under ``prefix``: ``{id}.info``, the record (the only source o
 truth); ``{id}``, the multipart upload, then the final object; ``{id}.t{offset}-{random}``,
 the segments of the incomplete tail (bytes past the last part; names never reused).
 The write lock is in ``lock``, error translation in ``errors``, part sizing in
-``sizing``; the part buffer is ``object.buffer``.
+``sizing``; the part buffer is ``object.buffer``. With ``equal_parts`` every multipart
+upload the store completes has all parts but the last of one size (Cloudflare R2).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from ...protocol.errors import (
 )
 from ..base import Download, Upload
 from ..ids import is_upload_id, object_key
-from ..object.buffer import ChunkBuffer
+from ..object.buffer import ChunkBuffer, ChunksReader
 from ..object.index import next_page
 from ..object.lease import LeasedStore
 from ..object.record import decode_upload, new_record
@@ -43,7 +44,7 @@ from .errors import (
     segments_of,
 )
 from .lock import S3Lock
-from .sizing import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
+from .sizing import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE, equal_part_size
 
 __all__ = ["S3Download", "S3Lock", "S3Store"]
 
@@ -64,7 +65,8 @@ class S3Store(LeasedStore[S3Lock]):
                  region: str | None = None, part_size: int = 8 << 20,
                  lease_duration: float = 10.0, max_parts: int = MAX_PARTS,
                  max_pool_connections: int = 64, retry_attempts: int = 5,
-                 part_concurrency: int = 1, spill_dir: str | None = None) -> None:
+                 part_concurrency: int = 1, spill_dir: str | None = None,
+                 equal_parts: bool = False) -> None:
         """The values come checked from ``config.S3Storage`` (part size within S3's limits)."""
         super().__init__(lease_duration, prefix)
         self.bucket = bucket
@@ -78,6 +80,9 @@ class S3Store(LeasedStore[S3Lock]):
         #: Where the bytes of a grown part beyond part_size are spilled (anonymous temp
         #: files; None: the system's temp directory, TMPDIR).
         self.spill_dir = spill_dir
+        #: New uploads get one part size, fixed in their record (``sizing.equal_part_size``),
+        #: and concatenation re-cuts partials into parts of one size.
+        self.equal_parts = equal_parts
         self._boto_config = BotoConfig(
             # botocore's standard mode retries throttling, 5xx and connection errors
             # with exponential backoff and jitter.
@@ -226,6 +231,9 @@ class S3Store(LeasedStore[S3Lock]):
             parts=[],  # published parts: [{"n", "etag", "size"}]
             tail=None,  # {"key": ..., "size": ...}: bytes that do not fill a part yet
             object_etag=None,  # ETag of the final object once complete
+            # equal-parts mode: the size of every part but the last (None: sized per part)
+            part_size=equal_part_size(base=self.part_size, length=upload.length,
+                                      max_parts=self.max_parts) if self.equal_parts else None,
         )
         key = self.key(upload.id)
         if upload.is_complete:  # zero-length upload: the (empty) object exists at once
@@ -282,6 +290,8 @@ class S3Store(LeasedStore[S3Lock]):
         lock = self._held.get(final.id)
         if lock is None:
             raise StorageError("concatenate needs the final upload's lock")
+        if self.equal_parts:
+            return await self._concatenate_equal(lock, final, partials)
         key = self.key(final.id)
         headers = object_headers(final.metadata)
         mpu: str | None = None
@@ -360,6 +370,95 @@ class S3Store(LeasedStore[S3Lock]):
                            expires_at=final.expires_at, object_etag=object_etag)
         return lock.upload
 
+    async def _concatenate_equal(self, lock: S3Lock, final: Upload,
+                                 partials: list[Upload]) -> Upload:
+        """Concatenation into parts of one size (``equal_part_size`` of the total): a part
+        within one partial is a ranged UploadPartCopy; one spanning partials is read and
+        uploaded through a part buffer (at most ``part_size`` in memory, the rest spills)."""
+        key = self.key(final.id)
+        headers = object_headers(final.metadata)
+        pieces = [(self.key(p.id), p.offset) for p in partials if p.offset]
+        total = sum(size for _, size in pieces)
+        size = equal_part_size(base=self.part_size, length=total, max_parts=self.max_parts)
+        mpu: str | None = None
+        parts: list[dict[str, Any]] = []
+        try:
+            async with s3_errors("concatenating uploads"):
+                object_etag = None
+                if not total:
+                    r = await self.s3.put_object(Bucket=self.bucket, Key=key, Body=b"", **headers)
+                    object_etag = r["ETag"]
+                for start in range(0, total, size):
+                    end = min(start + size, total)
+                    spans = _spans(pieces, start, end)
+                    if len(spans) > 1 and end == total and mpu is None:  # one part: one put
+                        object_etag = await self._put_spans(key, spans, end - start, headers)
+                        break
+                    if mpu is None:
+                        r = await self.s3.create_multipart_upload(Bucket=self.bucket, Key=key,
+                                                                  **headers)
+                        mpu = str(r["UploadId"])
+                    number = len(parts) + 1
+                    if len(spans) == 1:
+                        source, first, stop = spans[0]
+                        r = await self.s3.upload_part_copy(
+                            Bucket=self.bucket, Key=key, UploadId=mpu, PartNumber=number,
+                            CopySource={"Bucket": self.bucket, "Key": source},
+                            CopySourceRange=f"bytes={first}-{stop - 1}")
+                        etag = r["CopyPartResult"]["ETag"]
+                    else:
+                        body = await self._read_spans(spans, end - start)
+                        try:
+                            with ChunksReader(body.chunks()) as reader:
+                                r = await self.s3.upload_part(
+                                    Bucket=self.bucket, Key=key, UploadId=mpu,
+                                    PartNumber=number, Body=reader, ContentLength=end - start)
+                        finally:
+                            body.clear()
+                        etag = r["ETag"]
+                    parts.append({"PartNumber": number, "ETag": etag})
+                if mpu is not None:
+                    r = await self.s3.complete_multipart_upload(
+                        Bucket=self.bucket, Key=key, UploadId=mpu, MultipartUpload={"Parts": parts})
+                    object_etag = r["ETag"]
+        except BaseException:
+            if mpu is not None:
+                with contextlib.suppress(Exception):
+                    await self._abort(key, mpu)
+            raise
+        await lock.publish(length=total, offset=total, completed_at=time.time(),
+                           expires_at=final.expires_at, object_etag=object_etag)
+        return lock.upload
+
+    async def _read_spans(self, spans: list[tuple[str, int, int]], size: int) -> ChunkBuffer:
+        """The bytes of ``spans`` ((key, start, end) ranges of objects) in a part buffer."""
+        body = self.new_buffer()
+        try:
+            for source, first, stop in spans:
+                r = await self.s3.get_object(Bucket=self.bucket, Key=source,
+                                             Range=f"bytes={first}-{stop - 1}")
+                async with (stream := r["Body"]):
+                    async for chunk in stream.iter_chunks(_READ_CHUNK):
+                        body.append(chunk)
+            if len(body) != size:
+                raise StorageError("a partial upload is shorter than its record says")
+        except BaseException:
+            body.clear()
+            raise
+        return body
+
+    async def _put_spans(self, key: str, spans: list[tuple[str, int, int]], size: int,
+                         headers: dict[str, str]) -> str:
+        """PutObject of the bytes of ``spans`` (a final of one part); its ETag."""
+        body = await self._read_spans(spans, size)
+        try:
+            with ChunksReader(body.chunks()) as reader:
+                r = await self.s3.put_object(Bucket=self.bucket, Key=key, Body=reader,
+                                             ContentLength=size, **headers)
+        finally:
+            body.clear()
+        return str(r["ETag"])
+
     async def sweep_extra(self, now: float) -> int:
         """Abort multipart uploads nobody owns and delete stray tail objects.
 
@@ -422,6 +521,20 @@ class S3Store(LeasedStore[S3Lock]):
         return S3Download(size=upload.offset, etag=etag,
                           last_modified=upload.completed_at or upload.created_at,
                           store=self, key=self.key(upload.id))
+
+
+def _spans(pieces: list[tuple[str, int]], start: int, end: int) -> list[tuple[str, int, int]]:
+    """The ranges ``(key, first, stop)`` of ``pieces`` ((key, size), laid end to end)
+    that bytes ``start .. end - 1`` of the whole are made of."""
+    spans: list[tuple[str, int, int]] = []
+    offset = 0
+    for source, size in pieces:
+        if offset + size > start and offset < end:
+            spans.append((source, max(start, offset) - offset, min(end, offset + size) - offset))
+        offset += size
+        if offset >= end:
+            break
+    return spans
 
 
 class S3Download(Download):
