@@ -426,6 +426,12 @@ class S3Storage(_ObjectStorage):
     #: Multipart part size: S3 wants 5MiB..5GiB; grows with Upload-Length past 10,000 parts
     #: (the bytes of a grown part beyond part_size spill to spill_dir).
     part_size: Annotated[Size, _size_range(5 * MIB, 5 << 30, "S3's part size limits")] = 8 * MIB
+    #: Every part but the last of one size, as Cloudflare R2 requires: an upload's part
+    #: size is fixed when it is created (part_size, grown for a known Upload-Length past
+    #: 10,000 parts), so a deferred-length upload holds at most part_size x 10,000
+    #: (78.1GiB at 8MiB; more: raise part_size). PATCHes that are not multiples of it
+    #: send up to twice their bytes. Applies to uploads created while it is on.
+    equal_parts: bool = False
 
 
 class GCSStorage(_ObjectStorage):
