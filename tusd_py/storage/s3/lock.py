@@ -59,8 +59,8 @@ def _wants_equal_parts(exc: BaseException) -> bool:
     """Whether a refused CompleteMultipartUpload says the store wants parts of one size
     (R2: "All non-trailing parts must have the same length."), not that a part changed."""
     response = getattr(exc, "response", None)
-    message = str((response or {}).get("Error", {}).get("Message", "")) if isinstance(
-        response, dict) else ""
+    error = response.get("Error", {}) if isinstance(response, dict) else {}
+    message = str(error.get("Message", ""))
     return "same length" in message or "same size" in message
 
 

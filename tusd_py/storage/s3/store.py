@@ -286,12 +286,15 @@ class S3Store(LeasedStore[S3Lock]):
     async def concatenate(self, final: Upload, partials: list[Upload]) -> Upload:
         """Server-side: UploadPartCopy of each partial (ranges of at most 5 GiB); partials,
         or remainders, under 5 MiB are read and re-uploaded through a buffer of at most
-        5 MiB, since only the last part may be smaller."""
+        5 MiB, since only the last part may be smaller. With ``equal_parts``: re-cut into
+        parts of one size (``_concatenate_equal``)."""
         lock = self._held.get(final.id)
         if lock is None:
             raise StorageError("concatenate needs the final upload's lock")
         if self.equal_parts:
-            return await self._concatenate_equal(lock, final, partials)
+            object_etag = await self._concatenate_equal(final, partials)
+            return await self._concatenated(lock, final, sum(p.offset for p in partials),
+                                            object_etag)
         key = self.key(final.id)
         headers = object_headers(final.metadata)
         mpu: str | None = None
@@ -365,16 +368,20 @@ class S3Store(LeasedStore[S3Lock]):
                 with contextlib.suppress(Exception):
                     await self._abort(key, mpu)
             raise
-        now = time.time()
-        await lock.publish(length=total, offset=total, completed_at=now,
+        return await self._concatenated(lock, final, total, object_etag)
+
+    async def _concatenated(self, lock: S3Lock, final: Upload, total: int,
+                            object_etag: str) -> Upload:
+        """Publish a final upload whose object was assembled (``total`` bytes)."""
+        await lock.publish(length=total, offset=total, completed_at=time.time(),
                            expires_at=final.expires_at, object_etag=object_etag)
         return lock.upload
 
-    async def _concatenate_equal(self, lock: S3Lock, final: Upload,
-                                 partials: list[Upload]) -> Upload:
-        """Concatenation into parts of one size (``equal_part_size`` of the total): a part
-        within one partial is a ranged UploadPartCopy; one spanning partials is read and
-        uploaded through a part buffer (at most ``part_size`` in memory, the rest spills)."""
+    async def _concatenate_equal(self, final: Upload, partials: list[Upload]) -> str:
+        """Assemble a final in parts of one size (``equal_part_size`` of the total); its
+        ETag. A part within one partial is a ranged UploadPartCopy; one spanning partials
+        is read and uploaded through a part buffer (at most ``part_size`` in memory, the
+        rest spills)."""
         key = self.key(final.id)
         headers = object_headers(final.metadata)
         pieces = [(self.key(p.id), p.offset) for p in partials if p.offset]
@@ -382,9 +389,9 @@ class S3Store(LeasedStore[S3Lock]):
         size = equal_part_size(base=self.part_size, length=total, max_parts=self.max_parts)
         mpu: str | None = None
         parts: list[dict[str, Any]] = []
+        object_etag = ""
         try:
             async with s3_errors("concatenating uploads"):
-                object_etag = None
                 if not total:
                     r = await self.s3.put_object(Bucket=self.bucket, Key=key, Body=b"", **headers)
                     object_etag = r["ETag"]
@@ -422,13 +429,11 @@ class S3Store(LeasedStore[S3Lock]):
                         Bucket=self.bucket, Key=key, UploadId=mpu, MultipartUpload={"Parts": parts})
                     object_etag = r["ETag"]
         except BaseException:
-            if mpu is not None:
+            if mpu is not None:  # whatever was copied is junk
                 with contextlib.suppress(Exception):
                     await self._abort(key, mpu)
             raise
-        await lock.publish(length=total, offset=total, completed_at=time.time(),
-                           expires_at=final.expires_at, object_etag=object_etag)
-        return lock.upload
+        return str(object_etag)
 
     async def _read_spans(self, spans: list[tuple[str, int, int]], size: int) -> ChunkBuffer:
         """The bytes of ``spans`` ((key, start, end) ranges of objects) in a part buffer."""
