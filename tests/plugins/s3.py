@@ -13,6 +13,9 @@
 * ``s3_proxy``: ``(StoreProxy, url)``, a reverse proxy in front of moto that can
   throttle, lose answers, hold requests back, and logs what it forwarded (to count S3
   requests and body bytes; ``tests.plugins.proxy``).
+* ``r2_proxy``: ``(EqualPartsCheck, url)``, such a proxy that also refuses, as Cloudflare
+  R2 does, to complete a multipart upload whose parts differ in size
+  (``tests.plugins.r2``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from aiohttp import web
 
 from bench.emulators import emulator_process
 from tests.plugins.proxy import StoreProxy, running_proxy
+from tests.plugins.r2 import EqualPartsCheck
 from tests.plugins.stores import started_stores
 
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
@@ -98,14 +102,14 @@ async def client_through_proxy(aiohttp_client: Any, config: dict[str, Any], endp
                                store_options: dict[str, Any] | None = None,
                                **sections: dict[str, Any]) -> Any:
     """A test client for an app whose S3 store talks to moto through ``endpoint`` (the
-    ``s3_proxy``), with 5 MiB parts; ``sections`` are config overrides as for
-    ``make_config``."""
+    ``s3_proxy``), with 5 MiB parts unless ``store_options`` say otherwise; ``sections``
+    are config overrides as for ``make_config``."""
     from tests.plugins.app import make_config
     from tusd_py.http.app import create_app
     from tusd_py.storage.s3.store import S3Store
 
     store = S3Store(config["bucket"], prefix=config["prefix"], endpoint_url=endpoint,
-                    region="us-east-1", part_size=5 * MIB, **(store_options or {}))
+                    region="us-east-1", **{"part_size": 5 * MIB, **(store_options or {})})
     return await aiohttp_client(create_app(make_config(config, **sections), store=store))
 
 
@@ -120,6 +124,12 @@ def s3_daemon_env(s3_storage_config: dict[str, Any]) -> dict[str, str]:
 async def s3_proxy(moto_endpoint: str) -> AsyncIterator[tuple[StoreProxy, str]]:
     async with running_proxy(moto_endpoint) as running:
         yield running
+
+
+@pytest.fixture
+async def r2_proxy(moto_endpoint: str) -> AsyncIterator[tuple[EqualPartsCheck, str]]:
+    async with running_proxy(moto_endpoint) as (proxy, url):
+        yield EqualPartsCheck(proxy), url
 
 
 def is_part_upload(request: web.Request) -> bool:

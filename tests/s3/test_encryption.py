@@ -121,3 +121,15 @@ async def test_sse_s3_is_recorded_on_every_object(
         head = s3_client.head_object(Bucket=s3_bucket, Key=obj["Key"])
         assert head["ServerSideEncryption"] == "AES256", obj["Key"]
         assert "SSEKMSKeyId" not in head and obj["StorageClass"] == "STANDARD"
+
+
+async def test_equal_parts_uploads_pass_the_policy_too(
+        s3_proxy, aiohttp_client, s3_storage_config):
+    """storage.equal_parts (its own concatenation: ranged copies, spans read and put)
+    under the same policy."""
+    proxy, endpoint = s3_proxy
+    refused = enforce(proxy, policy)
+    client = await through_policy(aiohttp_client, s3_storage_config, endpoint,
+                                  {**KEYS, "equal_parts": True})
+    await run_upload_set(client)
+    assert refused == []

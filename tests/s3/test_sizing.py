@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tusd_py.protocol.errors import SizeExceeded
-from tusd_py.storage.s3.sizing import part_size_for, reachable_size
+from tusd_py.storage.s3.sizing import equal_part_size, part_size_for, reachable_size
 
 MIB = 1 << 20
 # Amazon S3's multipart upload limits (S3 User Guide, "Amazon S3 multipart upload limits"):
@@ -65,3 +65,27 @@ def test_small_simulated_limit():
 def test_no_part_number_left_is_413():
     with pytest.raises(SizeExceeded):
         part_size_for(MAX_PARTS + 1, base=8 * MIB, length=None, done=0)
+
+
+@pytest.mark.parametrize("base,length,size", [
+    (8 * MIB, None, 8 * MIB),  # deferred: part_size, so at most 78.1 GiB
+    (8 * MIB, 10 * MIB, 8 * MIB),
+    (8 * MIB, 8 * MIB * MAX_PARTS, 8 * MIB),  # exactly what 8 MiB parts hold
+    (8 * MIB, 8 * MIB * MAX_PARTS + 1, 9 * MIB),  # one byte more: grown by a MiB
+    (8 * MIB, 100 << 30, 11 * MIB),  # 10.24 MiB needed, rounded up
+    (8 * MIB, MAX_OBJECT_SIZE, 525 * MIB),
+    (64 * MIB, MAX_OBJECT_SIZE, 525 * MIB),
+    (5 * MIB + 1, None, 5 * MIB + 1),  # part_size as configured, not rounded
+])
+def test_equal_parts_have_one_size_fixed_at_creation(base, length, size):
+    assert equal_part_size(base=base, length=length) == size
+    if length is not None:
+        assert size * MAX_PARTS >= length
+
+
+def test_equal_parts_beyond_5_gib_parts_is_413():
+    assert equal_part_size(base=8 * MIB, length=MAX_PART_SIZE * MAX_PARTS) == MAX_PART_SIZE
+    with pytest.raises(SizeExceeded, match="maximum upload size exceeded"):
+        equal_part_size(base=8 * MIB, length=MAX_PART_SIZE * MAX_PARTS + 1)
+    with pytest.raises(SizeExceeded):
+        equal_part_size(base=8 * MIB, length=2 * MAX_PART_SIZE + 1, max_parts=2)

@@ -31,3 +31,16 @@ async def test_a_tail_of_five_mib_becomes_a_part_at_commit(s3_proxy, make_store)
     store = await make_store(endpoint_url=url, part_size=8 * MIB)
     ratio = await amplification(store, proxy, patch=6 * MIB, patches=3)
     assert ratio < 1.01, ratio
+
+
+async def test_equal_parts_send_patches_of_whole_parts_once(s3_proxy, make_store):
+    """Equal-parts mode: a PATCH of whole parts sends its bytes once; any other PATCH's
+    bytes past its last whole part wait in a tail segment and are sent once more inside
+    the next part (never as a shorter part): up to twice."""
+    proxy, url = s3_proxy
+    store = await make_store(endpoint_url=url, part_size=8 * MIB, equal_parts=True)
+    assert await amplification(store, proxy, patch=8 * MIB, patches=3) < 1.01
+    ratio = await amplification(store, proxy, patch=MIB, patches=24)
+    assert 1.8 < ratio < 2.0, ratio
+    ratio = await amplification(store, proxy, patch=7 * MIB + 13, patches=4)
+    assert 1.5 < ratio < 2.0, ratio

@@ -135,6 +135,11 @@ def test_check_config_prints_effective_config_with_secrets_masked(tmp_path):
      "storage.part_size: must be between 64KiB and 4000MiB"),
     ({"TUSD_STORAGE__DRIVER": "s3", "TUSD_STORAGE__BUCKET": "b",
       "TUSD_STORAGE__LEASE_DURATION": "500ms"}, "storage.lease_duration: must be at least 1s"),
+    ({"TUSD_STORAGE__DRIVER": "gcs", "TUSD_STORAGE__BUCKET": "b", "TUSD_STORAGE__EQUAL_PARTS": "true"},
+     "storage.equal_parts: not a setting of the gcs driver (from env TUSD_STORAGE__EQUAL_PARTS)"),
+    ({"TUSD_STORAGE__EQUAL_PARTS": "true"}, "storage.equal_parts: not a setting of the local driver"),
+    ({"TUSD_STORAGE__DRIVER": "s3", "TUSD_STORAGE__BUCKET": "b", "TUSD_STORAGE__EQUAL_PARTS": "maybe"},
+     "storage.equal_parts: "),
 ])
 def test_check_config_refuses_what_serve_refuses(tmp_path, env, needle):
     """Each driver's keys are checked when the config is read: check-config and serve
@@ -193,6 +198,18 @@ def test_s3_spill_dir_reaches_the_driver(tmp_path):
         "TUSD_STORAGE__SPILL_DIR": str(tmp_path)})
     store = build_store(config.storage)
     assert store.spill_dir == str(tmp_path)  # type: ignore[attr-defined]
+
+
+def test_s3_equal_parts_reaches_the_driver_and_check_config():
+    from tusd_py.storage.registry import build_store
+
+    env = {"TUSD_STORAGE__DRIVER": "s3", "TUSD_STORAGE__BUCKET": "b"}
+    assert build_store(load_config("/dev/null", env=env).storage).equal_parts is False  # type: ignore[attr-defined]
+    env["TUSD_STORAGE__EQUAL_PARTS"] = "true"
+    assert build_store(load_config("/dev/null", env=env).storage).equal_parts is True  # type: ignore[attr-defined]
+    result = run_cli("check-config", "--config", "/dev/null", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "  equal_parts: true  # env TUSD_STORAGE__EQUAL_PARTS" in result.stdout
 
 
 def test_malloc_tuning_applies_on_glibc_unless_the_operator_chose(monkeypatch):

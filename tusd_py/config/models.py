@@ -480,6 +480,12 @@ class S3Storage(_ObjectStorage):
     #: unset: STANDARD. GLACIER and DEEP_ARCHIVE are refused (not readable at once).
     storage_class: Annotated[str | None, _choice(S3_STORAGE_CLASSES, {
         "GLACIER": _S3_UNREADABLE, "DEEP_ARCHIVE": _S3_UNREADABLE})] = None
+    #: Every part but the last of one size, as Cloudflare R2 requires: an upload's part
+    #: size is fixed when it is created (part_size, grown for a known Upload-Length past
+    #: 10,000 parts), so a deferred-length upload holds at most part_size x 10,000
+    #: (78.1GiB at 8MiB; more: raise part_size). PATCHes that are not multiples of it
+    #: send up to twice their bytes. Applies to uploads created while it is on.
+    equal_parts: bool = False
 
     @model_validator(mode="after")
     def _encryption(self) -> S3Storage:

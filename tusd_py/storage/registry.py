@@ -39,7 +39,7 @@ def _s3(config: S3Storage) -> Store:
     return S3Store(config.bucket, prefix=config.prefix, endpoint_url=config.endpoint_url,
                    region=config.region, part_size=config.part_size,
                    lease_duration=config.lease_duration, spill_dir=config.spill_dir,
-                   part_concurrency=config.part_concurrency,
+                   part_concurrency=config.part_concurrency, equal_parts=config.equal_parts,
                    server_side_encryption=config.server_side_encryption,
                    sse_kms_key_id=config.sse_kms_key_id,
                    bucket_key_enabled=config.bucket_key_enabled,

@@ -3,7 +3,8 @@ uploads. Full parts upload while the body streams in; ``commit`` stores what fil
 part as a new tail segment (once the tail reaches S3's 5 MiB minimum, as a part) and
 publishes parts, tail and offset in one conditional write of the record. Every write of
 body bytes runs under ``bounded``, so a stale retry never lands over the next holder's
-part.
+part. An upload whose record fixes its ``part_size`` (equal-parts mode) has every part
+but the last of exactly that size: its tail waits in segments until it fills one.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from ...protocol.errors import StorageError, UploadBusy
+from ...protocol.errors import SizeExceeded, StorageError, UploadBusy
 from ..base import Upload
 from ..object.buffer import ChunkBuffer, ChunksReader
 from ..object.lease import LeasedLock
@@ -27,7 +28,7 @@ from .errors import (
     s3_errors,
     segments_of,
 )
-from .sizing import MIN_PART_SIZE, part_size_for
+from .sizing import MIN_PART_SIZE, equal_parts_exceeded, part_size_for
 
 if TYPE_CHECKING:
     from .store import S3Store
@@ -43,6 +44,24 @@ class _PartsMismatch(Exception):
     def __init__(self, number: int) -> None:
         super().__init__(number)
         self.number = number
+
+
+class _UnequalParts(Exception):
+    """CompleteMultipartUpload refused parts of different sizes (R2 and the like)."""
+
+
+#: What the client gets when the store refused parts of different sizes.
+UNEQUAL_PARTS = ("storage refused parts of different sizes (Cloudflare R2 and some "
+                 "S3-compatible stores do): set storage.equal_parts for new uploads")
+
+
+def _wants_equal_parts(exc: BaseException) -> bool:
+    """Whether a refused CompleteMultipartUpload says the store wants parts of one size
+    (R2: "All non-trailing parts must have the same length."), not that a part changed."""
+    response = getattr(exc, "response", None)
+    error = response.get("Error", {}) if isinstance(response, dict) else {}
+    message = str(error.get("Message", ""))
+    return "same length" in message or "same size" in message
 
 
 class S3Lock(LeasedLock["S3Store"]):
@@ -117,7 +136,25 @@ class S3Lock(LeasedLock["S3Store"]):
     def _bytes_in_parts(self) -> int:
         return sum(p["size"] for p in self.record["parts"]) + self.parts.size
 
+    @property
+    def fixed_part_size(self) -> int | None:
+        """The upload's one part size (equal-parts mode, fixed in the record when it was
+        created); None: each part is sized when it is cut."""
+        size = self.record.get("part_size")
+        return int(size) if size else None
+
+    def _check_capacity(self, end: int) -> None:
+        """``SizeExceeded`` when an upload of equal parts cannot reach ``end`` bytes."""
+        fixed, max_parts = self.fixed_part_size, self.store.max_parts
+        if fixed is not None and end > fixed * max_parts:
+            raise SizeExceeded(equal_parts_exceeded(fixed, max_parts))
+
     def _target(self) -> int:
+        fixed = self.fixed_part_size
+        if fixed is not None:
+            if self._next_part_number() > self.store.max_parts:
+                raise SizeExceeded(equal_parts_exceeded(fixed, self.store.max_parts))
+            return fixed
         length = self.upload.length
         return part_size_for(self._next_part_number(), base=self.store.part_size,
                              length=length, done=self._bytes_in_parts(),
@@ -126,6 +163,7 @@ class S3Lock(LeasedLock["S3Store"]):
     async def write(self, data: bytes) -> None:
         if self.lost:
             raise UploadBusy("the upload was taken over by another request")
+        self._check_capacity(self.upload.offset + self.written + len(data))
         self._buf.append(data)
         self.written += len(data)
         while (pending := self._tail_size + len(self._buf)) >= MIN_PART_SIZE:
@@ -173,6 +211,8 @@ class S3Lock(LeasedLock["S3Store"]):
     async def commit(self, *, length: int | None = None,
                      expires_at: float | None = None) -> Upload:
         changes, complete = self._commit_changes(length, expires_at)
+        if length is not None:
+            self._check_capacity(length)
         written: tuple[Segment, list[bytes]] | None = None
         if complete or self.written:
             await self.parts.collect()
@@ -182,7 +222,8 @@ class S3Lock(LeasedLock["S3Store"]):
                                tail=None, mpu=None, parts=[], completing=None)
             else:
                 pending = self._tail_size + len(self._buf)
-                if pending >= MIN_PART_SIZE and self._next_part_number() <= self.store.max_parts // 2:
+                if (pending >= MIN_PART_SIZE and self.fixed_part_size is None
+                        and self._next_part_number() <= self.store.max_parts // 2):
                     # Keep the tail in a part once it reaches S3's minimum: its bytes are
                     # sent once more now rather than later, and this PATCH's only once.
                     await self._cut(pending)
@@ -255,6 +296,9 @@ class S3Lock(LeasedLock["S3Store"]):
         self.parts.clear()
         try:
             return {"object_etag": await self._complete_mpu(mpu, parts)}
+        except _UnequalParts:
+            await self.publish(completing=None)  # not retried by every HEAD; deletable
+            raise StorageError(UNEQUAL_PARTS) from None
         except _PartsMismatch as exc:
             offset = await self._back_to_intact_parts(mpu, parts, exc.number)
             raise StorageError(
@@ -271,6 +315,8 @@ class S3Lock(LeasedLock["S3Store"]):
                         "Parts": [{"PartNumber": p["n"], "ETag": p["etag"]} for p in parts]})
             except Exception as exc:
                 code = error_code(exc)[0]
+                if code == "InvalidPart" and _wants_equal_parts(exc):
+                    raise _UnequalParts() from None
                 if code == "InvalidPart":
                     raise _PartsMismatch(await self._first_changed_part(mpu, parts)) from None
                 if code != "NoSuchUpload":
@@ -320,6 +366,10 @@ class S3Lock(LeasedLock["S3Store"]):
         mpu, parts = self.record["mpu"], self.record["parts"]
         try:
             etag = await self._complete_mpu(mpu, parts)
+        except _UnequalParts:
+            log.error("upload %s: %s", self.upload.id, UNEQUAL_PARTS)
+            await self.publish(completing=None)
+            return
         except _PartsMismatch as exc:
             await self._back_to_intact_parts(mpu, parts, exc.number)
             return

@@ -1,6 +1,7 @@
 """S3 multipart part sizing: each part's size is chosen when it is cut, so the 10,000-part
 limit never caps an upload below S3's 5 TiB object limit (known length: parts grow as
-needed; deferred length: they double every ``max_parts // 11`` parts).
+needed; deferred length: they double every ``max_parts // 11`` parts). In equal-parts mode
+(``equal_part_size``) an upload has one part size, fixed when it is created.
 """
 
 from __future__ import annotations
@@ -46,3 +47,22 @@ def reachable_size(*, base: int, length: int | None, max_parts: int = MAX_PARTS)
         if length is not None and total >= length:
             return total
     return total
+
+
+def equal_part_size(*, base: int, length: int | None, max_parts: int = MAX_PARTS) -> int:
+    """The one size of every non-trailing part of an equal-parts upload: ``base`` (the
+    configured part size), grown for a known ``length`` to what ``max_parts`` parts need
+    (rounded up to 1 MiB). Raises ``SizeExceeded`` when that is beyond S3's 5 GiB."""
+    size = base
+    if length is not None:
+        need = -(-length // max_parts)
+        size = max(base, -(-need // MIB) * MIB)
+    if size > MAX_PART_SIZE:
+        raise SizeExceeded(equal_parts_exceeded(MAX_PART_SIZE, max_parts))
+    return size
+
+
+def equal_parts_exceeded(part_size: int, max_parts: int = MAX_PARTS) -> str:
+    """The 413 text for an upload larger than ``max_parts`` equal parts of ``part_size``."""
+    return (f"maximum upload size exceeded: equal S3 parts of {part_size} bytes hold at "
+            f"most {part_size * max_parts} bytes ({max_parts} parts)")

@@ -4,7 +4,8 @@ Per upload ``id`` under ``prefix``: ``{id}.info``, the record (the only source o
 truth); ``{id}``, the multipart upload, then the final object; ``{id}.t{offset}-{random}``,
 the segments of the incomplete tail (bytes past the last part; names never reused).
 The write lock is in ``lock``, error translation in ``errors``, part sizing in
-``sizing``; the part buffer is ``object.buffer``.
+``sizing``; the part buffer is ``object.buffer``. With ``equal_parts`` every multipart
+upload the store completes has all parts but the last of one size (Cloudflare R2).
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from ...protocol.errors import (
     StorageError,
     UploadExists,
 )
+from ...protocol.headers import Metadata
 from ..base import Download, Upload
 from ..ids import is_upload_id, object_key
-from ..object.buffer import ChunkBuffer
+from ..object.buffer import ChunkBuffer, ChunksReader
 from ..object.index import next_page
 from ..object.lease import LeasedStore
 from ..object.record import decode_upload, new_record
@@ -43,7 +45,7 @@ from .errors import (
     segments_of,
 )
 from .lock import S3Lock
-from .sizing import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
+from .sizing import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE, equal_part_size
 
 __all__ = ["S3Download", "S3Lock", "S3Store"]
 
@@ -67,7 +69,7 @@ class S3Store(LeasedStore[S3Lock]):
                  part_concurrency: int = 1, spill_dir: str | None = None,
                  server_side_encryption: str | None = None, sse_kms_key_id: str | None = None,
                  bucket_key_enabled: bool | None = None,
-                 storage_class: str | None = None) -> None:
+                 storage_class: str | None = None, equal_parts: bool = False) -> None:
         """The values come checked from ``config.S3Storage`` (part size within S3's limits;
         encryption and storage class are S3's own names, combined as S3 allows)."""
         super().__init__(lease_duration, prefix)
@@ -87,6 +89,9 @@ class S3Store(LeasedStore[S3Lock]):
                 ("ServerSideEncryption", server_side_encryption),
                 ("SSEKMSKeyId", sse_kms_key_id), ("BucketKeyEnabled", bucket_key_enabled),
                 ("StorageClass", storage_class)) if value is not None}
+        #: New uploads get one part size, fixed in their record (``sizing.equal_part_size``),
+        #: and concatenation re-cuts partials into parts of one size.
+        self.equal_parts = equal_parts
         self._boto_config = BotoConfig(
             # botocore's standard mode retries throttling, 5xx and connection errors
             # with exponential backoff and jitter.
@@ -242,6 +247,9 @@ class S3Store(LeasedStore[S3Lock]):
             parts=[],  # published parts: [{"n", "etag", "size"}]
             tail=None,  # {"key": ..., "size": ...}: bytes that do not fill a part yet
             object_etag=None,  # ETag of the final object once complete
+            # equal-parts mode: the size of every part but the last (None: sized per part)
+            part_size=equal_part_size(base=self.part_size, length=upload.length,
+                                      max_parts=self.max_parts) if self.equal_parts else None,
         )
         key = self.key(upload.id)
         if upload.is_complete:  # zero-length upload: the (empty) object exists at once
@@ -295,10 +303,15 @@ class S3Store(LeasedStore[S3Lock]):
     async def concatenate(self, final: Upload, partials: list[Upload]) -> Upload:
         """Server-side: UploadPartCopy of each partial (ranges of at most 5 GiB); partials,
         or remainders, under 5 MiB are read and re-uploaded through a buffer of at most
-        5 MiB, since only the last part may be smaller."""
+        5 MiB, since only the last part may be smaller. With ``equal_parts``: re-cut into
+        parts of one size (``_concatenate_equal``)."""
         lock = self._held.get(final.id)
         if lock is None:
             raise StorageError("concatenate needs the final upload's lock")
+        if self.equal_parts:
+            object_etag = await self._concatenate_equal(final, partials)
+            return await self._concatenated(lock, final, sum(p.offset for p in partials),
+                                            object_etag)
         key = self.key(final.id)
         headers = {**object_headers(final.metadata), **self.write_args()}
         mpu: str | None = None
@@ -372,10 +385,102 @@ class S3Store(LeasedStore[S3Lock]):
                 with contextlib.suppress(Exception):
                     await self._abort(key, mpu)
             raise
-        now = time.time()
-        await lock.publish(length=total, offset=total, completed_at=now,
+        return await self._concatenated(lock, final, total, object_etag)
+
+    async def _concatenated(self, lock: S3Lock, final: Upload, total: int,
+                            object_etag: str) -> Upload:
+        """Publish a final upload whose object was assembled (``total`` bytes)."""
+        await lock.publish(length=total, offset=total, completed_at=time.time(),
                            expires_at=final.expires_at, object_etag=object_etag)
         return lock.upload
+
+    async def _concatenate_equal(self, final: Upload, partials: list[Upload]) -> str:
+        """Assemble a final in parts of one size (``equal_part_size`` of the total); its
+        ETag. A part within one partial is a ranged UploadPartCopy; one spanning partials
+        is read and uploaded through a part buffer (at most ``part_size`` in memory, the
+        rest spills)."""
+        key = self.key(final.id)
+        headers = {**object_headers(final.metadata), **self.write_args()}
+        pieces = [(self.key(p.id), p.offset) for p in partials if p.offset]
+        total = sum(size for _, size in pieces)
+        size = equal_part_size(base=self.part_size, length=total, max_parts=self.max_parts)
+        mpu: str | None = None
+        parts: list[dict[str, Any]] = []
+        object_etag = ""
+        try:
+            async with s3_errors("concatenating uploads"):
+                if not total:
+                    r = await self.s3.put_object(Bucket=self.bucket, Key=key, Body=b"", **headers)
+                    object_etag = r["ETag"]
+                for start in range(0, total, size):
+                    end = min(start + size, total)
+                    spans = _spans(pieces, start, end)
+                    if len(spans) > 1 and end == total and mpu is None:  # one part: one put
+                        object_etag = await self._put_spans(key, spans, end - start, final.metadata)
+                        break
+                    if mpu is None:
+                        r = await self.s3.create_multipart_upload(Bucket=self.bucket, Key=key,
+                                                                  **headers)
+                        mpu = str(r["UploadId"])
+                    number = len(parts) + 1
+                    if len(spans) == 1:
+                        source, first, stop = spans[0]
+                        r = await self.s3.upload_part_copy(
+                            Bucket=self.bucket, Key=key, UploadId=mpu, PartNumber=number,
+                            CopySource={"Bucket": self.bucket, "Key": source},
+                            CopySourceRange=f"bytes={first}-{stop - 1}")
+                        etag = r["CopyPartResult"]["ETag"]
+                    else:
+                        body = await self._read_spans(spans, end - start)
+                        try:
+                            with ChunksReader(body.chunks()) as reader:
+                                r = await self.s3.upload_part(
+                                    Bucket=self.bucket, Key=key, UploadId=mpu,
+                                    PartNumber=number, Body=reader, ContentLength=end - start)
+                        finally:
+                            body.clear()
+                        etag = r["ETag"]
+                    parts.append({"PartNumber": number, "ETag": etag})
+                if mpu is not None:
+                    r = await self.s3.complete_multipart_upload(
+                        Bucket=self.bucket, Key=key, UploadId=mpu, MultipartUpload={"Parts": parts})
+                    object_etag = r["ETag"]
+        except BaseException:
+            if mpu is not None:  # whatever was copied is junk
+                with contextlib.suppress(Exception):
+                    await self._abort(key, mpu)
+            raise
+        return str(object_etag)
+
+    async def _read_spans(self, spans: list[tuple[str, int, int]], size: int) -> ChunkBuffer:
+        """The bytes of ``spans`` ((key, start, end) ranges of objects) in a part buffer."""
+        body = self.new_buffer()
+        try:
+            for source, first, stop in spans:
+                r = await self.s3.get_object(Bucket=self.bucket, Key=source,
+                                             Range=f"bytes={first}-{stop - 1}")
+                async with (stream := r["Body"]):
+                    async for chunk in stream.iter_chunks(_READ_CHUNK):
+                        body.append(chunk)
+            if len(body) != size:
+                raise StorageError("a partial upload is shorter than its record says")
+        except BaseException:
+            body.clear()
+            raise
+        return body
+
+    async def _put_spans(self, key: str, spans: list[tuple[str, int, int]], size: int,
+                         metadata: Metadata) -> str:
+        """PutObject of the bytes of ``spans`` (a final of one part); its ETag."""
+        headers = {**object_headers(metadata), **self.write_args()}
+        body = await self._read_spans(spans, size)
+        try:
+            with ChunksReader(body.chunks()) as reader:
+                r = await self.s3.put_object(Bucket=self.bucket, Key=key, Body=reader,
+                                             ContentLength=size, **headers)
+        finally:
+            body.clear()
+        return str(r["ETag"])
 
     async def sweep_extra(self, now: float) -> int:
         """Abort multipart uploads nobody owns and delete stray tail objects.
@@ -439,6 +544,20 @@ class S3Store(LeasedStore[S3Lock]):
         return S3Download(size=upload.offset, etag=etag,
                           last_modified=upload.completed_at or upload.created_at,
                           store=self, key=self.key(upload.id))
+
+
+def _spans(pieces: list[tuple[str, int]], start: int, end: int) -> list[tuple[str, int, int]]:
+    """The ranges ``(key, first, stop)`` of ``pieces`` ((key, size), laid end to end)
+    that bytes ``start .. end - 1`` of the whole are made of."""
+    spans: list[tuple[str, int, int]] = []
+    offset = 0
+    for source, size in pieces:
+        if offset + size > start and offset < end:
+            spans.append((source, max(start, offset) - offset, min(end, offset + size) - offset))
+        offset += size
+        if offset >= end:
+            break
+    return spans
 
 
 class S3Download(Download):
