@@ -137,15 +137,16 @@ async def problem(r: ClientResponse) -> dict[str, Any]:
     return body
 
 
-async def raw(port: int, data: bytes, *, wait: float = 10) -> bytes:
-    """Send ``data`` on a new connection; what the server sends until a final response
-    is whole, or it closes, or it is quiet for ``wait`` seconds."""
+async def raw(port: int, data: bytes, *, finals: int = 1, wait: float = 10) -> bytes:
+    """Send ``data`` on a new connection; what the server sends until ``finals`` final
+    responses are whole (pipelined requests), or it closes, or it is quiet for ``wait``
+    seconds."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(data)
     await writer.drain()
     got = b""
     try:
-        while not _has_final(got):
+        while _finals(got) < finals:
             try:
                 chunk = await asyncio.wait_for(reader.read(65536), wait)
             except TimeoutError:
@@ -158,17 +159,18 @@ async def raw(port: int, data: bytes, *, wait: float = 10) -> bytes:
     return got
 
 
-def _has_final(wire: bytes) -> bool:
-    """Whether ``wire`` holds a whole final (non-1xx) response, body by Content-Length."""
-    rest = wire
+def _finals(wire: bytes) -> int:
+    """How many whole final (non-1xx) responses ``wire`` holds, bodies by Content-Length."""
+    count, rest = 0, wire
     while True:
         head, sep, rest = rest.partition(b"\r\n\r\n")
         if not sep:
-            return False
+            return count
         status, headers = parse_head(head)
         length = int(headers.get("content-length", "0"))
-        if status >= 200:
-            return len(rest) >= length
+        if len(rest) < length:
+            return count
+        count += status >= 200
         rest = rest[length:]
 
 

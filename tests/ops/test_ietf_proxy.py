@@ -33,7 +33,8 @@ async def test_no_104_behind_the_proxy_by_default(
     _daemon, nginx = proxied_with(daemon_factory)
     try:
         port = nginx.port
-        wire = await raw(port, creation(port, "?0", b"hello") + creation(port, "?1", b"x"))
+        wire = await raw(port, creation(port, "?0", b"hello") + creation(port, "?1", b"x"),
+                         finals=2)
         statuses = [status for status, _ in messages(wire)]
         assert statuses == [201, 201], wire  # both answered on the kept-alive connection
         headers = messages(wire)[0][1]
@@ -50,7 +51,8 @@ async def test_nginx_takes_a_104_for_the_final_response(
     _daemon, nginx = proxied_with(daemon_factory, TUSD_SERVER__IETF_INTERIM="true")
     try:
         port = nginx.port
-        wire = await raw(port, creation(port, "?0", b"hello") + creation(port, "?1", b"x"))
+        wire = await raw(port, creation(port, "?0", b"hello") + creation(port, "?1", b"x"),
+                         finals=2)
         first_status, first = messages(wire)[0]
         assert first_status == 104 and first.get("server") == "nginx", wire
         assert wire.count(b"HTTP/1.1 201") == 1  # the second request got no answer
