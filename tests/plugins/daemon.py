@@ -35,6 +35,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class PortTaken(Exception):
+    """The daemon could not bind its port: another process took it first."""
+
+
 class Daemon:
     """``tusd-py serve`` as a child process. ``env`` adds ``TUSD_*`` settings."""
 
@@ -43,6 +47,9 @@ class Daemon:
         self.data_dir = data_dir
         self.extra_env = dict(env or {})
         self.port = port or free_port()
+        #: The port was picked here, and no start has served on it yet: another process
+        #: may take it between free_port() and the daemon's bind (then start picks again).
+        self._may_move = port is None
         self.log_path = log_path or data_dir.parent / f"daemon-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -62,6 +69,17 @@ class Daemon:
         return self.proc.pid
 
     def start(self, timeout: float = 20.0) -> Daemon:
+        for _ in range(3):
+            try:
+                started = self._start(timeout)
+            except PortTaken:
+                self.port = free_port()
+                continue
+            self._may_move = False
+            return started
+        raise RuntimeError(f"no free port found: {self.log()}")
+
+    def _start(self, timeout: float) -> Daemon:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TUSD_")}
         env.update({"TUSD_SERVER__LOG_LEVEL": "warning", "TUSD_EXPIRATION__SWEEP_INTERVAL": "1s"})
         env.update(self.extra_env)
@@ -76,7 +94,10 @@ class Daemon:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited with {self.proc.returncode}: {self.log()}")
+                log = self.log()
+                if self._may_move and log.rstrip().endswith(f"{self.port}: address already in use"):
+                    raise PortTaken(self.port)
+                raise RuntimeError(f"daemon exited with {self.proc.returncode}: {log}")
             try:
                 with urllib.request.urlopen(self.root + "/healthz", timeout=1) as r:
                     if r.status == 200:
