@@ -67,7 +67,7 @@ def start_and_stop(endpoint: str, path: Path, env: dict[str, str], sig: int,
     db = Path(env["XDG_DATA_HOME"]) / "tusd-py" / "urls.db"
     proc = subprocess.Popen(
         [sys.executable, "-m", "tusd_py", "upload", str(path), "--url", endpoint,
-         "--chunk-size", "128KiB", "--limit-rate", "2MiB"],
+         "--chunk-size", "128KiB", "--limit-rate", "512KiB"],  # 8 s for the whole file
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     url, offset = "", 0
     deadline = time.monotonic() + 30
