@@ -21,10 +21,11 @@ LIMIT = 5.0
 
 
 def serve(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-          as_nobody: bool = False) -> tuple[subprocess.CompletedProcess[str], float]:
+          as_nobody: bool = False, limit: float = LIMIT
+          ) -> tuple[subprocess.CompletedProcess[str], float]:
     """``tusd-py serve`` with ``args`` (``as_nobody``: as user nobody, through setpriv);
     the finished process and the seconds it took. A process still running after
-    ``LIMIT`` fails the test (the hang)."""
+    ``limit`` (a configured wait comes on top of ``LIMIT``) fails the test (the hang)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("TUSD_")}
     full_env.update({"PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"})
     full_env.update(env or {})
@@ -33,9 +34,9 @@ def serve(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None
     try:
         result = subprocess.run([*prefix, sys.executable, "-m", "tusd_py", "serve", *args],
                                 capture_output=True, text=True, env=full_env, cwd=cwd or ROOT,
-                                timeout=LIMIT)
+                                timeout=limit)
     except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"serve still running after {LIMIT}s; stderr: {exc.stderr!r}")
+        pytest.fail(f"serve still running after {limit}s; stderr: {exc.stderr!r}")
     return result, time.monotonic() - started
 
 
@@ -243,12 +244,12 @@ def test_required_storage_waits_for_the_bucket(moto_endpoint: str, s3_client, tm
     bucket = f"tus-{uuid.uuid4().hex[:16]}"
     env = {"TUSD_STORAGE__DRIVER": "s3", "TUSD_STORAGE__BUCKET": bucket,
            "TUSD_STORAGE__ENDPOINT_URL": moto_endpoint, "TUSD_SERVER__REQUIRE_STORAGE": "true",
-           "TUSD_SERVER__REQUIRE_STORAGE_TIMEOUT": "1s"}
-    result, _ = serve("--config", "/dev/null", "--port", "0", env=env)
+           "TUSD_SERVER__REQUIRE_STORAGE_TIMEOUT": "3s"}  # room for moto's first answer
+    result, _ = serve("--config", "/dev/null", "--port", "0", env=env, limit=LIMIT + 3)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"tusd-py: the s3 storage (s3://{bucket}/ at {moto_endpoint}) did not "
-                           f"answer within 1s (server.require_storage): storage error 404 during access to "
+                           f"answer within 3s (server.require_storage): storage error 404 during access to "
                            f"bucket {bucket}"), last
 
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("TUSD_")}
