@@ -43,7 +43,7 @@ if [ "$SCENARIO" = parallel ]; then
     UNITS=32; UNIT=MiB
 else
     WARM=(--scenarios many-small --small-count 50 --small-conc 8)
-    RUN=(--scenarios many-small --small-count 300 --small-conc 8 --no-verify)
+    RUN=(--scenarios many-small --small-count 300 --small-conc "${SMALL_CONC:-8}" --no-verify)
     UNITS=300; UNIT=upload
 fi
 "${LOADGEN[@]}" "${WARM[@]}" > /dev/null 2>&1   # imports and caches warm, not counted

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 
 import aiohttp
@@ -171,3 +172,26 @@ async def test_json_access_log_one_line_per_request_without_secrets(daemon_facto
     text = daemon.log()
     assert "NEVER-LOGGED" not in text
     assert "Authorization" not in text and "Bearer" not in text
+
+
+async def test_text_access_log_line_shape(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    """The text access line: stamp, level, logger, then the documented message fields."""
+    daemon = daemon_factory(env={"TUSD_SERVER__LOG_FORMAT": "text", "TUSD_SERVER__LOG_LEVEL": "info"})
+    async with aiohttp.ClientSession() as s:
+        url = await create(s, daemon.url, 10)
+        assert await patch(s, url, 0, b"0123456789") == 10
+    upload_id = url.rsplit("/", 1)[1]
+    pattern = re.compile(
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO tusd_py\.access: "
+        r"(POST|PATCH) (\S+) (\d{3}) in=(\d+) out=(\d+) \d+\.\dms upload=(\S+)( received=\d+)?")
+    lines: list[re.Match[str]] = []
+    for _ in range(50):  # access lines are flushed every 0.25 s
+        lines = [m for line in daemon.log().splitlines() if (m := pattern.fullmatch(line))]
+        if len(lines) >= 2:
+            break
+        await asyncio.sleep(0.05)
+    post, patch_line = lines[:2]
+    assert post.group(1, 2, 3, 4, 6, 7) == ("POST", "/files/", "201", "0", upload_id, None)
+    assert patch_line.group(1, 2, 3, 4, 6, 7) == (
+        "PATCH", f"/files/{upload_id}", "204", "10", upload_id, " received=10")
+    assert int(patch_line.group(5)) > 0  # out: what aiohttp wrote (the head, here)

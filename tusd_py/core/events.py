@@ -58,11 +58,13 @@ class EventBus(UploadListener):
 
     def __init__(self) -> None:
         self.listeners: list[UploadListener] = []
-        self._pre_create: list[Any] = []
+        #: Listeners' ``pre_create`` and ``pre_finish`` (empty without hooks: the handler
+        #: then skips the call).
+        self.create_checkers: list[Any] = []
         #: Listeners' ``pre_access`` (awaited before every HEAD/PATCH/DELETE/GET; empty in
         #: most deployments, so the handler skips the call).
         self.access_checkers: list[Any] = []
-        self._pre_finish: list[Any] = []
+        self.finish_checkers: list[Any] = []
         self._pre_terminate: list[Any] = []
         self._created: list[Any] = []
         self._progress: list[Any] = []
@@ -75,8 +77,8 @@ class EventBus(UploadListener):
     def add(self, listener: UploadListener) -> None:
         self.listeners.append(listener)
         for name, subscribers in (
-                ("pre_create", self._pre_create), ("pre_access", self.access_checkers),
-                ("pre_finish", self._pre_finish), ("pre_terminate", self._pre_terminate),
+                ("pre_create", self.create_checkers), ("pre_access", self.access_checkers),
+                ("pre_finish", self.finish_checkers), ("pre_terminate", self._pre_terminate),
                 ("created", self._created), ("progress", self._progress),
                 ("receiving", self._receiving), ("finished", self._finished),
                 ("terminated", self._terminated)):
@@ -84,7 +86,7 @@ class EventBus(UploadListener):
                 subscribers.append(getattr(listener, name))
 
     async def pre_create(self, upload: Upload, request: web.Request) -> Upload:
-        for pre_create in self._pre_create:
+        for pre_create in self.create_checkers:
             upload = await pre_create(upload, request)
         return upload
 
@@ -93,7 +95,7 @@ class EventBus(UploadListener):
             await pre_access(upload_id, request, method)
 
     async def pre_finish(self, upload: Upload, request: web.Request) -> None:
-        for pre_finish in self._pre_finish:
+        for pre_finish in self.finish_checkers:
             await pre_finish(upload, request)
 
     async def pre_terminate(self, upload: Upload, request: web.Request) -> None:
@@ -102,27 +104,40 @@ class EventBus(UploadListener):
 
     def created(self, upload: Upload, request: web.Request) -> None:
         for created in self._created:
-            _safely(created, upload, request)
+            try:
+                created(upload, request)
+            except Exception:
+                _failed(created)
 
     def progress(self, upload: Upload, request: web.Request, received: int) -> None:
         for progress in self._progress:
-            _safely(progress, upload, request, received)
+            try:
+                progress(upload, request, received)
+            except Exception:
+                _failed(progress)
 
     def receiving(self, upload: Upload, request: web.Request, offset: int) -> None:
         for receiving in self._receiving:
-            _safely(receiving, upload, request, offset)
+            try:
+                receiving(upload, request, offset)
+            except Exception:
+                _failed(receiving)
 
     def finished(self, upload: Upload, request: web.Request) -> None:
         for finished in self._finished:
-            _safely(finished, upload, request)
+            try:
+                finished(upload, request)
+            except Exception:
+                _failed(finished)
 
     def terminated(self, upload: Upload, request: web.Request | None) -> None:
         for terminated in self._terminated:
-            _safely(terminated, upload, request)
+            try:
+                terminated(upload, request)
+            except Exception:
+                _failed(terminated)
 
 
-def _safely(fn: object, *args: object) -> None:
-    try:
-        fn(*args)  # type: ignore[operator]
-    except Exception:
-        log.exception("upload event listener %r failed", fn)
+def _failed(listener: object) -> None:
+    """Log the failure of a notification (inside its ``except``) and go on."""
+    log.exception("upload event listener %r failed", listener)

@@ -69,7 +69,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Written:
     """What one request's body did to an upload."""
 
@@ -282,13 +282,15 @@ class TusHandler:
             is_partial=bool(concat and concat.partial),
             completed_at=now if length == 0 else None,
         )
-        upload = await self.events.pre_create(upload, request)
+        if self.events.create_checkers:
+            upload = await self.events.pre_create(upload, request)
         if not is_upload_id(upload.id):
             raise TusError("pre-create hook returned an invalid upload id", status=500)
         upload = await self.store.create(upload)
         self.events.created(upload, request)
         if upload.is_complete and not upload.is_partial:
-            await self.events.pre_finish(upload, request)
+            if self.events.finish_checkers:
+                await self.events.pre_finish(upload, request)
             self.events.finished(upload, request)
 
         if has_body and not upload.is_complete:
@@ -455,7 +457,8 @@ class TusHandler:
             self.events.progress(upload, request, written.received)
         # Also a zero-byte PATCH declaring Upload-Length == offset completes an upload.
         if written.completed and not upload.is_partial:
-            await self.events.pre_finish(upload, request)
+            if self.events.finish_checkers:
+                await self.events.pre_finish(upload, request)
             self.events.finished(upload, request)
 
     # -- DELETE ----------------------------------------------------------------------
@@ -520,5 +523,7 @@ def _has_body(request: web.Request) -> bool:
 
 def _check_offset_content_type(request: web.Request) -> None:
     content_type = request.headers.get("Content-Type", "")
+    if content_type == OFFSET_CONTENT_TYPE:  # as every client sends it
+        return
     if content_type.split(";", 1)[0].strip().lower() != OFFSET_CONTENT_TYPE:
         raise InvalidContentType()

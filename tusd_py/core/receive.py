@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aiohttp.http_exceptions import HttpProcessingError
@@ -14,7 +14,7 @@ from ..protocol.errors import BadRequest, ServiceUnavailable, TusError
 from .writers import StopReason, Writer, WriterRegistry
 
 if TYPE_CHECKING:
-    from aiohttp import web
+    from aiohttp import StreamReader, web
 
     from ..protocol.checksum import Hasher
     from ..storage.base import UploadLock
@@ -52,45 +52,43 @@ class BodyReceiver:
         what the client sends. Every read has a deadline (``idle_timeout``, shortened
         when another request wants the upload or the daemon stops), and each window of
         ``rate_window`` seconds must bring ``min_bytes`` (checked as chunks arrive, so a
-        trickle is ended within a window plus one idle timeout).
+        trickle is ended within a window plus one idle timeout). A body already all
+        buffered, for a driver whose writes never wait, is read without any of that
+        (``_receive_buffered``).
         """
         content = request.content
+        write_nowait = lock.write_nowait
+        if write_nowait is not None and content.is_eof():
+            return await _receive_buffered(content, write_nowait, room, hasher)
         idle_deadline = self.idle_deadline
         loop = asyncio.get_running_loop()
         received = 0
         slack = self.slack
-        write_nowait = lock.write_nowait
         # Listeners that want progress during a long body (post-receive hooks) set it.
         interval = self.events.receiving_interval
         next_tick = loop.time() + interval if interval > 0 else None
-        # A body that is already all buffered (a small PATCH arrives with its headers)
-        # is read without ever waiting, so it needs no idle deadline nor rate window, and
-        # nothing can stop it halfway: no timeout scope (it costs more than such a body's
-        # writes).
-        buffered = write_nowait is not None and content.is_eof()
         min_bytes, rate_window = self.min_bytes, self.rate_window
-        window_end = loop.time() + rate_window if min_bytes and not buffered else None
+        window_end = loop.time() + rate_window if min_bytes else None
         window_start_received = 0
         try:
-            async with contextlib.nullcontext() if buffered else asyncio.timeout(None) as scope:
+            async with asyncio.timeout(None) as scope:
                 # From here another task can stop this read by rescheduling the scope
                 # (Writer.stop): a newer request taking over, the shutdown, or a hook's
                 # StopUpload. The read then ends with TimeoutError, handled below.
                 writer.scope = scope
                 while True:
-                    if scope is not None:
-                        now = loop.time()
-                        if window_end is not None and now >= window_end:
-                            if received - window_start_received < min_bytes:
-                                if writer.stop_reason is None:
-                                    writer.stop_reason = StopReason.SLOW
-                                return Outcome.STOPPED
-                            window_end, window_start_received = now + rate_window, received
-                        deadline = idle_deadline(writer, now)
-                        scheduled = scope.when()
-                        if (scheduled is None or deadline < scheduled
-                                or deadline - scheduled > slack):
-                            scope.reschedule(deadline)
+                    now = loop.time()
+                    if window_end is not None and now >= window_end:
+                        if received - window_start_received < min_bytes:
+                            if writer.stop_reason is None:
+                                writer.stop_reason = StopReason.SLOW
+                            return Outcome.STOPPED
+                        window_end, window_start_received = now + rate_window, received
+                    deadline = idle_deadline(writer, now)
+                    scheduled = scope.when()
+                    if (scheduled is None or deadline < scheduled
+                            or deadline - scheduled > slack):
+                        scope.reschedule(deadline)
                     # One buffered chunk as it arrived (readany() would join what is
                     # buffered into a new bytes object: a copy of every byte).
                     chunk, chunk_boundary = await content.readchunk()
@@ -108,7 +106,6 @@ class BodyReceiver:
                     if write_nowait is not None:
                         write_nowait(chunk)
                     else:
-                        assert scope is not None
                         scope.reschedule(None)  # a write that waits is not client idleness
                         waited = loop.time()
                         await lock.write(chunk)
@@ -131,6 +128,32 @@ class BodyReceiver:
             return Outcome.CANCELLED
         finally:
             writer.scope = None
+
+
+async def _receive_buffered(content: StreamReader, write: Callable[[bytes], None],
+                            room: int | None, hasher: Hasher | None) -> Outcome:
+    """A body that is already all buffered (a small PATCH arrives with its headers),
+    written by a driver whose writes never wait: read without ever waiting, so no idle
+    deadline, rate window or stop applies (no timeout scope: it costs more than such a
+    body's writes)."""
+    received = 0
+    try:
+        while True:
+            chunk, chunk_boundary = await content.readchunk()
+            if not chunk:
+                if chunk_boundary and not content.at_eof():
+                    continue
+                return Outcome.COMPLETE
+            received += len(chunk)
+            if room is not None and received > room:
+                return Outcome.TOO_LARGE
+            if hasher is not None:
+                hasher.update(chunk)
+            write(chunk)
+    except (ConnectionError, HttpProcessingError, asyncio.IncompleteReadError):
+        return Outcome.DISCONNECTED
+    except asyncio.CancelledError:
+        return Outcome.CANCELLED  # as in BodyReceiver.receive
 
 
 def interrupted(writer: Writer) -> TusError:

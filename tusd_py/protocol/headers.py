@@ -20,7 +20,6 @@ MAX_INT = 2**63 - 1
 MAX_METADATA_BYTES = 4096
 MAX_METADATA_PAIRS = 64
 
-_DIGITS = re.compile(r"[0-9]{1,19}")
 _METADATA_KEY = re.compile(r"[\x21-\x2b\x2d-\x7e]+")  # printable ASCII, no space, no comma
 _B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
@@ -33,7 +32,7 @@ def parse_uint(value: str | None, header: str, *, required: bool = True) -> int 
         if required:
             raise BadRequest(f"missing {header} header")
         return None
-    if not _DIGITS.fullmatch(value):
+    if not (value.isdigit() and value.isascii() and len(value) <= 19):  # [0-9]{1,19}
         raise BadRequest(f"invalid {header} header")
     number = int(value)
     if number > MAX_INT:

@@ -11,7 +11,8 @@ from ..protocol.errors import NotFound
 
 #: One segment of an upload id. Ids from ``new_upload_id`` are one segment of 32
 #: lowercase hex digits; a pre-create hook may choose others (``ChangeFileInfo.ID``).
-SEGMENT_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}"
+MAX_SEGMENT_LENGTH = 128
+SEGMENT_PATTERN = rf"[A-Za-z0-9][A-Za-z0-9_-]{{0,{MAX_SEGMENT_LENGTH - 1}}}"
 #: Most ``/``-separated segments an id may have, and its longest length.
 MAX_SEGMENTS = 8
 MAX_ID_LENGTH = 255
@@ -45,6 +46,8 @@ def new_time_ordered_upload_id() -> str:
 
 def is_upload_id(value: str) -> bool:
     """Whether ``value`` is a well-formed id (``UPLOAD_ID_PATTERN``, ``MAX_ID_LENGTH``)."""
+    if value.isalnum() and value.isascii() and len(value) <= MAX_SEGMENT_LENGTH:  # one plain segment
+        return True
     return len(value) <= MAX_ID_LENGTH and _UPLOAD_ID.fullmatch(value) is not None
 
 

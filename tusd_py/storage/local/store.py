@@ -28,8 +28,8 @@ import os
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, cast
 
 import aiosqlite
 
@@ -49,6 +49,12 @@ from .durable import DataSync, WriteBehind
 from .faults import read_only_reason, shm_fault, storage_error
 
 log = logging.getLogger(__name__)
+
+# A None parameter has no adapter of its own: sqlite3 then looks for ``__adapt__`` and
+# ``__conform__`` and fails both (two exceptions, 3.3 k instructions) before binding
+# NULL. A registered one that returns None (a C function: ``{}.get``) binds the same
+# NULL for a third of that; a PATCH and a creation bind three.
+sqlite3.register_adapter(type(None), cast(Callable[[None], None], {}.get))
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS uploads (
@@ -368,7 +374,7 @@ class LocalStore(Store):
         return new_time_ordered_upload_id()  # appends to the primary key's B-tree
 
     def _path(self, upload_id: str) -> str:
-        return os.path.join(self.upload_dir, check_upload_id(upload_id))
+        return f"{self.upload_dir}/{check_upload_id(upload_id)}"  # abspath: no trailing /
 
     def _row_to_upload(self, row: Any) -> Upload:
         return Upload(
