@@ -23,7 +23,7 @@ from .errors import TusClientError, TusResponseError, UploadNotFound
 from .fingerprint import Fingerprinter, MD5Fingerprint
 from .parallel import upload_parallel
 from .storage import TuspyStorage, URLStorage, as_url_storage
-from .uploader import NETWORK_ERRORS, PIECE_SIZE, Progress, Source, Uploader
+from .uploader import NETWORK_ERRORS, PIECE_SIZE, Progress, Source, Uploader, raise_if_cancelling
 
 __all__ = ["Response", "RetryListener", "ServerInfo", "TusClient", "UploadInfo"]
 
@@ -240,6 +240,7 @@ class TusClient:
             except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError):  # no retry cures it
                 raise TusClientError(f"{url} is not an http:// or https:// URL") from None
             except NETWORK_ERRORS as exc:
+                raise_if_cancelling()
                 if not retry or attempt >= self.retries:
                     raise
                 error: BaseException = exc

@@ -43,6 +43,15 @@ NETWORK_ERRORS: tuple[type[BaseException], ...] = (
     aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, OSError)
 
 
+def raise_if_cancelling() -> None:
+    """Raise CancelledError if this task is being cancelled (Ctrl-C under asyncio.run, or
+    a caller's cancel): aiohttp may surface a cancellation mid-request as a network error,
+    and a retry would swallow it."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def encode_metadata(metadata: Mapping[str, str | bytes | None] | None) -> str:
     """``Upload-Metadata``: ``key base64(value)`` pairs, comma separated (key-only allowed)."""
     parts = []
@@ -364,6 +373,7 @@ class Uploader:
                     progress(self.offset, self.length)
                 return self.offset
             except _Retry as retry:
+                raise_if_cancelling()
                 attempt += 1
                 if attempt > self.client.retries:
                     raise retry.error from None
