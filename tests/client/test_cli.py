@@ -68,7 +68,10 @@ def start_and_stop(endpoint: str, path: Path, env: dict[str, str], sig: int,
     proc = subprocess.Popen(
         [sys.executable, "-m", "tusd_py", "upload", str(path), "--url", endpoint,
          "--chunk-size", "128KiB", "--limit-rate", "512KiB"],  # 8 s for the whole file
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        # As from a shell: a pytest-xdist worker may ignore SIGINT, and a child inherits
+        # that (Python then installs no KeyboardInterrupt handler: Ctrl-C would be lost).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     url, offset = "", 0
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and offset < 300_000:
