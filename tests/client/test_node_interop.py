@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.run import stop_process
 from tests.client.test_cli import resume_and_check, start_and_stop
 from tusd_py.client import InMemoryURLStorage, TusClient, UploadNotFound
 
@@ -48,12 +49,7 @@ def node_tus(tmp_path: Path) -> Iterator[NodeTus]:
         port = int(line.split()[1])
         yield NodeTus(f"http://127.0.0.1:{port}/files/", directory)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
 
 
 async def test_upload_and_download(node_tus: NodeTus, tmp_path: Path) -> None:
