@@ -29,8 +29,12 @@ def _makes(package: str, node: ast.AST) -> bool:
     return package != "gcs" or (isinstance(receiver, ast.Attribute) and receiver.attr == "storage")
 
 
+#: Calls that bring the write arguments (``object_args`` adds the metadata headers).
+ASKING = ("write_args", "object_args")
+
+
 def _asks(func: ast.AST) -> bool:
-    return any(isinstance(n, ast.Attribute) and n.attr == "write_args" for n in ast.walk(func))
+    return any(isinstance(n, ast.Attribute) and n.attr in ASKING for n in ast.walk(func))
 
 
 def forgotten(package: str) -> list[str]:

@@ -24,7 +24,6 @@ from .errors import (
     Part,
     Segment,
     error_code,
-    object_headers,
     s3_errors,
     segments_of,
 )
@@ -204,7 +203,7 @@ class S3Lock(LeasedLock["S3Store"]):
         async with s3_errors("starting a multipart upload"):
             r = await store.s3.create_multipart_upload(
                 Bucket=store.bucket, Key=store.key(self.upload.id),
-                **object_headers(self.upload.metadata), **store.write_args())
+                **store.object_args(self.upload.metadata))
         # Recorded at once, so a crash before the next commit cannot orphan it.
         await self.publish(mpu=r["UploadId"])
 
@@ -279,8 +278,7 @@ class S3Lock(LeasedLock["S3Store"]):
                     with ChunksReader(body.chunks()) as reader:
                         r = await store.s3.put_object(Bucket=store.bucket, Key=key, Body=reader,
                                                       ContentLength=rest,
-                                                      **object_headers(self.upload.metadata),
-                                                      **store.write_args())
+                                                      **store.object_args(self.upload.metadata))
             finally:
                 body.clear()
             return {"object_etag": r["ETag"]}

@@ -155,6 +155,11 @@ class S3Store(LeasedStore[S3Lock]):
         (UploadPart, UploadPartCopy) take their multipart upload's."""
         return dict(self._write_args)
 
+    def object_args(self, metadata: Metadata) -> dict[str, Any]:
+        """The arguments of a request that makes an upload's final object: its metadata
+        headers and ``write_args``."""
+        return {**object_headers(metadata), **self._write_args}
+
     def _cache_segment(self, segment: Segment, data: list[bytes]) -> None:
         """Remember the bytes of a tail segment this process wrote (oldest dropped first
         beyond the budget)."""
@@ -256,8 +261,7 @@ class S3Store(LeasedStore[S3Lock]):
             async with s3_errors("creating an upload"):
                 try:
                     r = await self.s3.put_object(Bucket=self.bucket, Key=key, Body=b"",
-                                                 IfNoneMatch="*", **object_headers(upload.metadata),
-                                                 **self.write_args())
+                                                 IfNoneMatch="*", **self.object_args(upload.metadata))
                 except Exception as exc:
                     if error_code(exc)[0] in CONFLICT_CODES:
                         raise UploadExists() from None
@@ -313,7 +317,7 @@ class S3Store(LeasedStore[S3Lock]):
             return await self._concatenated(lock, final, sum(p.offset for p in partials),
                                             object_etag)
         key = self.key(final.id)
-        headers = {**object_headers(final.metadata), **self.write_args()}
+        headers = self.object_args(final.metadata)
         mpu: str | None = None
         parts: list[dict[str, Any]] = []
         buf = bytearray()
@@ -400,7 +404,7 @@ class S3Store(LeasedStore[S3Lock]):
         is read and uploaded through a part buffer (at most ``part_size`` in memory, the
         rest spills)."""
         key = self.key(final.id)
-        headers = {**object_headers(final.metadata), **self.write_args()}
+        headers = self.object_args(final.metadata)
         pieces = [(self.key(p.id), p.offset) for p in partials if p.offset]
         total = sum(size for _, size in pieces)
         size = equal_part_size(base=self.part_size, length=total, max_parts=self.max_parts)
@@ -472,7 +476,7 @@ class S3Store(LeasedStore[S3Lock]):
     async def _put_spans(self, key: str, spans: list[tuple[str, int, int]], size: int,
                          metadata: Metadata) -> str:
         """PutObject of the bytes of ``spans`` (a final of one part); its ETag."""
-        headers = {**object_headers(metadata), **self.write_args()}
+        headers = self.object_args(metadata)
         body = await self._read_spans(spans, size)
         try:
             with ChunksReader(body.chunks()) as reader:
