@@ -35,6 +35,33 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds a listening TCP socket on ``port``: its socket fds
+    against the LISTEN rows of its network namespace's ``/proc/net/tcp`` (and tcp6)."""
+    inodes = set()
+    with os.scandir(f"/proc/{pid}/fd") as entries:
+        for entry in entries:
+            try:
+                link = os.readlink(entry.path)
+            except OSError:  # closed meanwhile
+                continue
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{table}") as rows:
+                next(rows)  # the header
+                for row in rows:
+                    fields = row.split()
+                    local, state, inode = fields[1], fields[3], fields[9]
+                    if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port \
+                            and inode in inodes:
+                        return True
+        except FileNotFoundError:  # no IPv6 here, or the process is gone
+            continue
+    return False
+
+
 class PortTaken(Exception):
     """The daemon could not bind its port: another process took it first."""
 
@@ -100,10 +127,13 @@ class Daemon:
                 raise RuntimeError(f"daemon exited with {self.proc.returncode}: {log}")
             try:
                 with urllib.request.urlopen(self.root + "/healthz", timeout=1) as r:
-                    if r.status == 200:
+                    # Another test's server may have bound the port picked here before
+                    # this daemon got to it, and answered: only our own listener counts.
+                    if r.status == 200 and listens(self.proc.pid, self.port):
                         return self
             except OSError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         raise RuntimeError(f"daemon did not start: {self.log()}")
 
     def log(self) -> str:
