@@ -53,6 +53,7 @@ def test_a_port_taken_by_another_server_is_not_taken_for_the_daemon(
     finally:
         daemon.close()
 
+
 def test_listens_tells_a_process_s_own_listener(foreign_server: int) -> None:
     assert listens(os.getpid(), foreign_server)  # the stand-in runs in this process
     assert not listens(os.getpid(), foreign_server + 1 if foreign_server < 65535 else 1)
