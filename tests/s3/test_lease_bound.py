@@ -151,3 +151,30 @@ async def test_a_patch_completing_over_an_overwritten_part_fails_clearly(
     assert (await store.get(upload.id)).offset == 0
     up = await write(store, upload.id, data)
     assert up.is_complete and await read_all(store, up) == data
+
+
+async def test_a_lease_whose_release_failed_is_taken_back_at_once_by_its_process(
+        make_store, s3_proxy):
+    """The write that gives a lease back fails (seen: it timed out behind 160 part
+    uploads): the record still names the lease. Another replica must wait for it to run
+    out; the process that gave it up knows nobody writes under it and takes it at once,
+    so a DELETE right after the PATCH does not get 423."""
+    proxy, endpoint = s3_proxy
+    a = await make_store(endpoint_url=endpoint, lease_duration=30.0, retry_attempts=1)
+    b = await make_store(lease_duration=30.0)
+    data = os.urandom(1000)
+    upload = await new_upload(a, len(data))
+    held = await a.lock(upload.id, 0)
+    proxy.rule, proxy.failures = is_conditional_record_write, -1
+    await held.release()  # refused: logged, the lease left in the record
+    proxy.failures = 0
+    assert proxy.refused >= 1
+    with pytest.raises(UploadBusy):
+        await b.lock(upload.id, 0)  # another replica: the lease looks live for 30 s
+    started = time.monotonic()
+    again = await a.lock(upload.id, 0)
+    assert time.monotonic() - started < 5.0  # not the 30 s of the lease
+    await stream(again, data)
+    assert (await again.commit()).is_complete
+    await again.release()
+    assert await read_all(b, await b.get(upload.id)) == data

@@ -296,9 +296,11 @@ class LeasedLock(UploadLock, Generic[S]):
         try:
             async with self._io:
                 await self._write_record({}, release=True)
-        except Exception as exc:  # the lease runs out on its own
+        except Exception as exc:  # the lease runs out on its own, or we take it back
+            self.store.given_up[self.token] = time.time() + self.store.lease_duration
             self._log.info("upload %s: lease not released (%s); it expires in %.0fs",
-                           self.upload.id, exc, self.store.lease_duration)
+                           self.upload.id, str(exc) or type(exc).__name__,
+                           self.store.lease_duration)
 
 
 class LeasedStore(Store, Generic[L]):
@@ -315,6 +317,10 @@ class LeasedStore(Store, Generic[L]):
         self.prefix = prefix
         #: Locks this process holds, so terminate/concatenate can write under them.
         self._held: dict[str, L] = {}
+        #: Leases this process gave up without managing to write so (token: until):
+        #: nobody writes under them, so a lock here takes them over at once rather than
+        #: wait for them to run out (a DELETE right after the PATCH would get 423).
+        self.given_up: dict[str, float] = {}
         #: Periodic jobs shared with every other process on the bucket (``take_turn``).
         self.turns = Turns(self)
         #: The due and owed markers (``object.index``).
@@ -573,6 +579,16 @@ class LeasedStore(Store, Generic[L]):
                 pass
         return self.decode_record(found[0])
 
+    def _gave_up(self, lease: dict[str, Any], now: float) -> bool:
+        """Whether ``lease`` is one this process gave up (``given_up``); forgets those
+        that have run out anyway."""
+        given_up = self.given_up
+        if not given_up:
+            return False
+        for token in [t for t, until in given_up.items() if until <= now]:
+            del given_up[token]
+        return lease.get("holder") in given_up
+
     async def lock(self, upload_id: str, wait: float) -> L:
         """Take the upload's lease: CAS of ``.info`` when free or expired, polling until
         ``wait`` while another request (any replica) holds a live one."""
@@ -591,9 +607,10 @@ class LeasedStore(Store, Generic[L]):
             now = time.time()
             if lease is not None and lease.get("holder") == token:  # our retried write landed
                 return await self._locked(upload_id, record, etag, token)
-            if lease is None or lease["until"] <= now:
+            if lease is None or lease["until"] <= now or self._gave_up(lease, now):
                 if lease is not None:
-                    self._log.info("upload %s: taking over an expired lease", upload_id)
+                    self._log.info("upload %s: taking over an expired lease (or one this "
+                                   "process gave up)", upload_id)
                 new = dict(record, lease={"holder": token, "until": now + self.lease_duration},
                            wanted=None, rev=record["rev"] + 1)
                 if lease is not None:
