@@ -101,7 +101,7 @@ async def test_a_256mib_upload_keeps_rss_bounded_and_reads_back(
 #     peak RSS <= idle RSS + CLIENTS + uploads in flight x (part_size x 2 + PER_UPLOAD)
 #
 # * part_size x 2: the part filling and the one uploading from memory; parts waiting
-#   their turn (part_concurrency 8, the default) are in spill files, not in memory;
+#   their turn (part_concurrency 10, the default) are in spill files, not in memory;
 # * PER_UPLOAD: the rest one PATCH costs (a body chunk, aiohttp's read buffer, the store
 #   client's buffers of its parts being sent, the allocator's fragmentation): measured
 #   1.7-6.2 MiB with 8 MiB parts (bench.shaped, 16 x 64 MiB);

@@ -446,7 +446,7 @@ class _ObjectStorage(Section):
     #: waiting their turn wait in spill_dir): 16MiB at the defaults, plus up to 8MiB of
     #: store-client buffers and allocator slack (measured 2-6MiB). Disk per PATCH: at most
     #: part_size x (part_concurrency - 1), only while the store is slower than the client.
-    part_concurrency: Annotated[int, Field(ge=1, le=64)] = 8
+    part_concurrency: Annotated[int, Field(ge=1, le=64)] = 10
     #: Where parts waiting to upload (and S3 parts grown past part_size) spill, as
     #: anonymous temporary files that nothing outlives (unset: $TMPDIR).
     spill_dir: str | None = None
