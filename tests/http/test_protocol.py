@@ -13,7 +13,19 @@ from tests.plugins.azure import PART_SIZE as AZURE_PART
 from tests.plugins.gcs import PART_SIZE as GCS_PART
 from tests.plugins.s3 import PART_SIZE as S3_PART
 
-from .helpers import OCTET, TUS, b64, checksum, create, download, head, patch, path_of, upload
+from .helpers import (
+    OCTET,
+    TUS,
+    b64,
+    checksum,
+    create,
+    download,
+    head,
+    patch,
+    path_of,
+    upload,
+    wait_expired,
+)
 
 ALL_EXTENSIONS = ("creation,creation-with-upload,creation-defer-length,expiration,checksum,"
                   "termination,concatenation,concatenation-unfinished")
@@ -263,11 +275,12 @@ async def test_expired_upload_is_410_then_swept(tus_client_factory):
     from tusd_py.core.sweeper import sweep_once
     from tusd_py.http.keys import HANDLER
 
-    client = await tus_client_factory(expiration={"after": 0.3, "sweep_interval": 0})
+    # 2 s: the finished upload's POST and PATCH must land before it could expire, which
+    # on a loaded machine took more than 0.3 s on S3 (moto).
+    client = await tus_client_factory(expiration={"after": 2.0, "sweep_interval": 0})
     path = await create(client, 10)
     done = await upload(client, b"x" * 4)
-    await asyncio.sleep(0.5)
-    assert (await head(client, path)).status == 410
+    await wait_expired(client, path)
     assert (await patch(client, path, 0, b"a")).status == 410
     deleted = await sweep_once(client.app[HANDLER])
     assert deleted == 1
