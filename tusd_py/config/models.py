@@ -369,12 +369,12 @@ def _size_range(low: int, high: int | None, why: str) -> AfterValidator:
     return AfterValidator(check)
 
 
-
 def _choice(allowed: tuple[str, ...], refused: Mapping[str, str], *,
             case: Callable[[str], str] = str.upper) -> BeforeValidator:
     """A before-validator for a name from ``allowed`` (matched in any case, given back
     as listed); a name in ``refused`` fails with the reason it maps to."""
     canonical = {name.lower(): name for name in allowed}
+    reasons = {name.lower(): reason for name, reason in refused.items()}
 
     def check(value: Any) -> Any:
         if value is None or value == "":
@@ -382,7 +382,7 @@ def _choice(allowed: tuple[str, ...], refused: Mapping[str, str], *,
         text = str(value).strip()
         if text.lower() in canonical:
             return canonical[text.lower()]
-        reason = {k.lower(): v for k, v in refused.items()}.get(text.lower())
+        reason = reasons.get(text.lower())
         if reason is not None:
             raise ValueError(f"{case(text)} cannot be used: {reason}")
         raise ValueError(f"must be one of {', '.join(allowed)}")
