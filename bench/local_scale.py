@@ -5,7 +5,8 @@ measured, the driver's start-up, and ext4 with a million upload files in one dir
 
 Rows are written straight into the driver's SQLite schema (the driver creates it), each
 with its upload file (empty); run it where the data dir may take a million inodes for a
-while.
+while. The data directory is set to the flat layout of 0.1.0 (``layout.py``), the worst
+case: every file in one directory (the sharded layout puts 1/256 of them in each).
 
 Usage: .venv/bin/python -m bench.local_scale --rows 1000000 [--dir DIR]
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -174,6 +176,7 @@ def file_ops(directory: Path, names: list[str], samples: int = 2000) -> dict[str
 
 
 async def bench(args: argparse.Namespace) -> int:
+    from tusd_py.storage.local.layout import FLAT
     from tusd_py.storage.local.store import LocalStore
 
     root = Path(tempfile.mkdtemp(prefix="tusd-local-scale-", dir=args.dir))
@@ -182,6 +185,8 @@ async def bench(args: argparse.Namespace) -> int:
         store = LocalStore(str(data_dir))
         await store.start()  # the schema and indexes
         await store.stop()
+        with contextlib.closing(sqlite3.connect(data_dir / "uploads.db")) as db:
+            db.execute(f"PRAGMA user_version={FLAT}")  # all files in uploads/ (see above)
         now = time.time()
         t = time.perf_counter()
         counts, files = await asyncio.to_thread(fill, data_dir, args.rows, now)

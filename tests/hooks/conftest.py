@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import urllib.parse
 import urllib.request
@@ -17,6 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from tests.plugins.app import DRIVERS, TusClientFactory
+from tests.plugins.local_files import upload_file
 from tusd_py.http.keys import HOOKS
 
 #: Hook behaviour is driver-independent: most tests run on the local driver; tests
@@ -149,8 +149,7 @@ def expected_storage(upload_id: str, storage_config: dict[str, Any]) -> dict[str
     driver = storage_config["driver"]
     key = storage_config.get("prefix", "") + upload_id
     if driver == "local":  # no InfoPath: the local driver has no .info file
-        path = os.path.join(storage_config["data_dir"], "uploads", upload_id)
-        return {"Type": "filestore", "Path": path}
+        return {"Type": "filestore", "Path": str(upload_file(storage_config["data_dir"], upload_id))}
     if driver == "azure":
         return {"Type": "azurestore", "Container": storage_config["container"], "Key": key}
     kind = {"s3": "s3store", "gcs": "gcsstore"}[driver]

@@ -13,6 +13,7 @@ import pytest
 
 from tests.http.helpers import OCTET, TUS, head, patch, path_of
 from tests.plugins.app import DRIVERS
+from tests.plugins.local_files import upload_file
 from tusd_py.storage.base import Upload
 from tusd_py.storage.local import store as local_store
 from tusd_py.storage.local.store import LocalStore
@@ -162,12 +163,12 @@ async def test_local_segments_are_directories_and_clash_cleanly(hooked: HookedFa
                                                                 receiver: Receiver,
                                                                 storage_config) -> None:  # type: ignore[no-untyped-def]
     client = await hooked(enabled=["pre-create"])
-    uploads = Path(storage_config["data_dir"]) / "uploads"
+    data_dir = storage_config["data_dir"]
     for chosen, status in (("a", 201), ("a/b", 409), ("c/d", 201), ("c", 409), ("c/d", 409)):
         receiver.responder = pre_create_answer({"ChangeFileInfo": {"ID": chosen}})
         r = await client.post("/files/", headers={**TUS, "Upload-Length": "1"})
         assert r.status == status, (chosen, await r.text())
-    assert (uploads / "a").is_file() and (uploads / "c" / "d").is_file()
+    assert upload_file(data_dir, "a").is_file() and upload_file(data_dir, "c/d").is_file()
 
 
 async def test_local_orphans_in_subdirectories_are_removed_at_start(tmp_path: Path,
@@ -178,21 +179,22 @@ async def test_local_orphans_in_subdirectories_are_removed_at_start(tmp_path: Pa
         await store.create(Upload(id="t/kept/1", length=3))
     finally:
         await store.stop()
-    orphan = tmp_path / "uploads" / "t" / "lost" / "2"
+    orphan = upload_file(tmp_path, "t/lost/2")
     orphan.parent.mkdir(parents=True)
     orphan.write_bytes(b"x")
-    (tmp_path / "uploads" / "t" / "not.an.id").write_bytes(b"x")  # not ours: left alone
+    stranger = upload_file(tmp_path, "t/x").with_name("not.an.id")
+    stranger.write_bytes(b"x")  # not ours: left alone
     monkeypatch.setattr(local_store, "ORPHAN_GRACE", -10.0)
     store = LocalStore(str(tmp_path))
     await store.start()
     try:
         assert not orphan.exists()
-        assert (tmp_path / "uploads" / "t" / "kept" / "1").exists()
-        assert (tmp_path / "uploads" / "t" / "not.an.id").exists()
+        assert upload_file(tmp_path, "t/kept/1").exists()
+        assert stranger.exists()
         assert (await store.get("t/kept/1")) is not None
     finally:
         await store.stop()
-    assert (tmp_path / "uploads" / "t" / "lost").is_dir()  # directories stay
+    assert orphan.parent.is_dir()  # directories stay
 
 
 async def test_local_durable_mode_with_segments(tmp_path: Path) -> None:
@@ -210,7 +212,7 @@ async def test_local_durable_mode_with_segments(tmp_path: Path) -> None:
         await store.create(Upload(id="d/f/2", length=3))
     finally:
         await store.stop()
-    lost = tmp_path / "uploads" / "d" / "f"
+    lost = upload_file(tmp_path, "d/f/2").parent
     (lost / "2").unlink()
     lost.rmdir()
     store = LocalStore(str(tmp_path), fsync=True)

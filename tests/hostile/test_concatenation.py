@@ -14,6 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.plugins.app import TusClientFactory
+from tests.plugins.local_files import upload_file, upload_files
 
 TUS = {"Tus-Resumable": "1.0.0"}
 OCTET = {**TUS, "Content-Type": "application/offset+octet-stream"}
@@ -153,13 +154,13 @@ async def test_a_final_whose_assembly_failed_is_removed(tus_client_factory: TusC
     client = await tus_client_factory()
     data_dir = Path(storage_config["data_dir"])
     a, b = await partial(client, b"a" * (1 << 20)), await partial(client, b"b" * 100)
-    os.unlink(data_dir / "uploads" / b.rsplit("/", 1)[1])  # the first copies, then this fails
+    os.unlink(upload_file(data_dir, b.rsplit("/", 1)[1]))  # the first copies, then this fails
     r = await client.post("/files/", headers=final(a, b))
     assert r.status == 500
     assert "Location" not in r.headers
     finals = [row for row in _rows(data_dir) if row[1]]
     assert finals == []
-    assert sorted(os.listdir(data_dir / "uploads")) == [a.rsplit("/", 1)[1]]
+    assert upload_files(data_dir) == [a.rsplit("/", 1)[1]]
 
 
 @pytest.mark.parametrize("storage_config", ["local"], indirect=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.plugins.daemon import Daemon
+from tests.plugins.local_files import upload_file, upload_files
 
 TUS = {"Tus-Resumable": "1.0.0"}
 OCTET = {**TUS, "Content-Type": "application/offset+octet-stream"}
@@ -57,11 +58,11 @@ def test_orphan_files_are_removed_at_start_whatever_their_age(daemon_factory, tm
     with sqlite3.connect(data / "uploads.db") as db:  # what the killed DELETEs did first
         db.executemany("DELETE FROM uploads WHERE id = ?", [(i,) for i in ids[:4]])
     time.sleep(2.1)  # past the clean-up's 2 s grace for files a create makes at that instant
-    held = os.open(data / "uploads" / ids[3], os.O_RDONLY)  # a live writer elsewhere
+    held = os.open(upload_file(data, ids[3]), os.O_RDONLY)  # a live writer elsewhere
     try:
         fcntl.flock(held, fcntl.LOCK_EX)
         daemon = daemon_factory(data_dir=data)
-        left = sorted(os.listdir(data / "uploads"))
+        left = upload_files(data)
     finally:
         os.close(held)
     assert left == sorted(ids[3:])
@@ -128,7 +129,7 @@ def test_an_shm_file_made_immutable_at_run_time_fails_requests_not_the_daemon(
 def test_a_full_disk_answers_507(daemon: Daemon):
     """The upload's file is /dev/full, where every write fails with ENOSPC."""
     url = create(daemon, 100)
-    path = Path(daemon.data_dir) / "uploads" / url.rsplit("/", 1)[1]
+    path = upload_file(daemon.data_dir, url.rsplit("/", 1)[1])
     path.unlink()
     path.symlink_to("/dev/full")
     status, headers, body = call("PATCH", url, b"x" * 100, {**OCTET, "Upload-Offset": "0"})

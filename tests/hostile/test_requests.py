@@ -4,14 +4,13 @@ a host and an optional port is refused before anything is created."""
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
 import pytest
 
 from tests.hostile import raw
 from tests.plugins.daemon import Daemon
+from tests.plugins.local_files import upload_files
 
 MALFORMED = [
     b"GET /files/ HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
@@ -59,7 +58,7 @@ def test_a_forged_host_is_refused_before_anything_is_created(daemon: Daemon, hos
     status, headers = _post(daemon, host)
     assert status == 400
     assert "location" not in headers
-    assert os.listdir(Path(daemon.data_dir) / "uploads") == []
+    assert upload_files(daemon.data_dir) == []
 
 
 @pytest.mark.parametrize("host", ["uploads.example.com", "uploads.example.com:8443",

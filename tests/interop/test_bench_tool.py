@@ -14,6 +14,7 @@ import pytest
 
 from bench.shared import find_shared
 from tests.plugins.daemon import ROOT, Daemon
+from tests.plugins.local_files import upload_file, upload_files
 
 SHARED_BENCH = find_shared()
 
@@ -47,7 +48,7 @@ def test_loadgen_against_daemon(daemon: Daemon, tmp_path: Path) -> None:
     assert "many-small" in proc.stderr  # the human-readable table
     # --cleanup all: every upload was DELETEd (termination) after its run
     assert (daemon.data_dir / "uploads").is_dir()
-    assert not any((daemon.data_dir / "uploads").iterdir())
+    assert upload_files(daemon.data_dir) == []
 
 
 def test_run_compares_baseline_and_tusd(tmp_path: Path) -> None:
@@ -141,5 +142,5 @@ def test_leanload_against_daemon(daemon: Daemon) -> None:
     assert (result["uploads"], result["failures"]) == (40, 0), result
     assert result["p99_ms"] >= result["p50_ms"] > 0
     assert result["server_cpu_ms_per_upload"] > 0  # read from /proc/<daemon pid>/stat
-    uploads = list((daemon.data_dir / "uploads").iterdir())
+    uploads = [upload_file(daemon.data_dir, name) for name in upload_files(daemon.data_dir)]
     assert len(uploads) == 40 and {p.stat().st_size for p in uploads} == {3000}

@@ -14,6 +14,7 @@ from tusclient.storage.filestorage import FileStorage
 
 from tests.interop.helpers import download, head, make_file
 from tests.plugins.daemon import Daemon, DriverDaemons
+from tests.plugins.local_files import upload_file
 from tests.plugins.tcp import CuttingProxy
 
 MiB = 1 << 20
@@ -141,7 +142,7 @@ def test_an_id_of_segments_resumed_by_tuspy(daemon_factory, tmp_path: Path) -> N
     assert first.url is not None
     upload_id = first.url[len(daemon.url):]
     assert upload_id.startswith("users/alice/") and len(upload_id.split("/")) == 3, first.url
-    assert (daemon.data_dir / "uploads" / "users" / "alice").is_dir()
+    assert upload_file(daemon.data_dir, upload_id).parent.name == "alice"
 
     second = tus.uploader(file_path=str(source), chunk_size=256 * 1024, store_url=True,
                           url_storage=storage, metadata={"user": "alice"})
@@ -149,4 +150,4 @@ def test_an_id_of_segments_resumed_by_tuspy(daemon_factory, tmp_path: Path) -> N
     second.upload()
     got, _ = download(second.url)
     assert got == want
-    assert (daemon.data_dir / "uploads" / upload_id).stat().st_size == source.stat().st_size
+    assert upload_file(daemon.data_dir, upload_id).stat().st_size == source.stat().st_size

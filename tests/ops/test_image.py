@@ -38,6 +38,7 @@ import yaml
 from tests.plugins.daemon import ROOT, free_port
 from tests.system.tusreq import create, get, offset_of, patch
 from tusd_py.http.server import SHUTDOWN_MARGIN
+from tusd_py.storage.local.layout import shard_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -249,7 +250,7 @@ def test_runs_with_the_kubernetes_configmap(podman: Podman, tmp_path: Path) -> N
         location = response.headers["Location"]
     assert location.startswith("https://uploads.example.com/files/"), location
     upload_id = location.rsplit("/", 1)[1]
-    listing = podman("exec", name, "ls", "/data/uploads").stdout.split()
+    listing = podman("exec", name, "ls", f"/data/uploads/{shard_of(upload_id)}").stdout.split()
     assert upload_id in listing
 
 
@@ -268,7 +269,7 @@ async def test_upload_through_the_image_keeps_its_bytes(podman: Podman) -> None:
     upload_id = url.rsplit("/", 1)[1]
     on_disk = podman("exec", name, "python", "-c",
                      "import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], 'rb').read())"
-                     ".hexdigest())", f"/data/uploads/{upload_id}").stdout.strip()
+                     ".hexdigest())", f"/data/uploads/{shard_of(upload_id)}/{upload_id}").stdout.strip()
     assert on_disk == hashlib.sha256(source).hexdigest()
 
 

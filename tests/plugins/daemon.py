@@ -26,6 +26,8 @@ from typing import Any
 
 import pytest
 
+from tests.plugins.local_files import upload_files
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -225,8 +227,7 @@ class DriverDaemons:
 
 
 def _local_files(data_dir: Path) -> set[str]:
-    uploads = data_dir / "uploads"
-    return set(os.listdir(uploads)) if uploads.is_dir() else set()
+    return set(upload_files(data_dir)) if (data_dir / "uploads").is_dir() else set()
 
 
 def _s3_names(client: Any, bucket: str) -> set[str]:

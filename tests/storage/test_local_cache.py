@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from tests.plugins.local_files import upload_file, upload_files
 from tests.plugins.stores import started_stores, write
 from tusd_py.protocol.errors import MismatchedOffset
 from tusd_py.storage.base import Upload
@@ -84,18 +85,18 @@ async def test_reconcile_never_cuts_bytes_committed_by_another_process(tmp_path,
     a = await started(LocalStore(str(tmp_path)))
     await a.create(Upload(id="u4", length=1000))
     await write(a, "u4", b"a" * 100)
-    with open(tmp_path / "uploads" / "u4", "ab") as f:
+    with open(upload_file(tmp_path, "u4"), "ab") as f:
         f.write(b"x" * 50)  # looks unacknowledged when listed: offset 100, a file of 150
     racing = RacingStore(str(tmp_path))
     racing.other = a
     await started(racing)  # lists offset 100: then a commits 200 before the flock
     assert (await a.get("u4")).offset == 200
-    assert (tmp_path / "uploads" / "u4").stat().st_size == 200
+    assert (upload_file(tmp_path, "u4")).stat().st_size == 200
     # An unacknowledged tail (a crash mid-PATCH) is still cut at the next start.
-    with open(tmp_path / "uploads" / "u4", "ab") as f:
+    with open(upload_file(tmp_path, "u4"), "ab") as f:
         f.write(b"x" * 50)
     b = await started(LocalStore(str(tmp_path)))
-    assert (tmp_path / "uploads" / "u4").stat().st_size == 200
+    assert (upload_file(tmp_path, "u4")).stat().st_size == 200
     lock = await b.lock("u4", 1)
     assert lock.upload.offset == 200
     await lock.release()
@@ -109,19 +110,21 @@ async def test_files_without_a_record_are_removed_at_start_unless_locked(tmp_pat
     a = await started(LocalStore(str(tmp_path)))
     await a.create(Upload(id="kept", length=3))
     await write(a, "kept", b"abc")  # complete: kept (it has a record)
-    uploads = tmp_path / "uploads"
-    for name in ("orphan", "fresh-orphan", "held-orphan", "not.an.id"):
-        (uploads / name).write_bytes(b"zz")
+    for name in ("orphan", "fresh-orphan", "held-orphan"):
+        upload_file(tmp_path, name).write_bytes(b"zz")
+    stranger = tmp_path / "uploads" / "00" / "not.an.id"
+    stranger.write_bytes(b"zz")
     old = time.time() - 7200
-    for name in ("orphan", "kept", "not.an.id"):
-        os.utime(uploads / name, (old, old))
-    held = os.open(uploads / "held-orphan", os.O_RDONLY)
+    for path in (upload_file(tmp_path, "orphan"), upload_file(tmp_path, "kept"), stranger):
+        os.utime(path, (old, old))
+    held = os.open(upload_file(tmp_path, "held-orphan"), os.O_RDONLY)
     try:
         fcntl.flock(held, fcntl.LOCK_EX)
         await started(LocalStore(str(tmp_path)))
     finally:
         os.close(held)
-    assert sorted(os.listdir(uploads)) == ["held-orphan", "kept", "not.an.id"]
+    assert upload_files(tmp_path) == ["held-orphan", "kept"]
+    assert stranger.exists()  # not an upload's: left alone
 
 
 async def test_finish_owed_cleared_elsewhere_is_seen(stores):

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 
-from tests.plugins.stores import started_stores, write
+import pytest
+
+from tests.plugins.stores import new_upload, started_stores, write
+from tusd_py.protocol.errors import StorageError
+from tusd_py.storage.local.layout import FLAT, SHARDED, SHARDS
 from tusd_py.storage.local.store import LocalStore
 
 OLD_SCHEMA = """
@@ -39,8 +44,6 @@ async def test_old_database_gains_finish_owed_and_keeps_its_uploads(tmp_path):
 
 
 async def test_owed_finishes_lists_completed_owed_uploads_oldest_first(tmp_path):
-    from tests.plugins.stores import new_upload
-
     async with started_stores() as start:
         store = await start(LocalStore(str(tmp_path)))
         owed = [await new_upload(store, 1, finish_owed=True) for _ in range(3)]
@@ -82,3 +85,39 @@ async def test_a_store_starting_while_another_process_makes_the_schema_waits_for
             os.close(fd)  # the other process's set-up is over
         store = await asyncio.wait_for(starting, 10)
         assert await store.get("0" * 32) is None
+
+
+async def test_a_new_data_directory_is_sharded_and_an_old_one_stays_flat(tmp_path):
+    """A data directory made by 0.1.0 (files in ``uploads/``) keeps that layout; a new one
+    spreads its files over 256 shard directories (``layout.py``). Its database says which."""
+    new, old = tmp_path / "new", tmp_path / "old"
+    (old / "uploads").mkdir(parents=True)
+    with sqlite3.connect(old / "uploads.db") as db:
+        db.executescript(OLD_SCHEMA)
+    async with started_stores() as start:
+        sharded = await start(LocalStore(str(new)))
+        flat = await start(LocalStore(str(old)))
+        for store in (sharded, flat):
+            upload = await new_upload(store, 2)
+            await write(store, upload.id, b"ab")
+            assert os.stat(store.layout.path(upload.id)).st_size == 2
+        assert len(os.listdir(new / "uploads")) == SHARDS
+        [entry] = os.listdir(old / "uploads")
+        assert (old / "uploads" / entry).is_file()
+    for directory, version in ((new, SHARDED), (old, FLAT)):
+        with sqlite3.connect(directory / "uploads.db") as db:
+            assert db.execute("PRAGMA user_version").fetchone()[0] == version
+    async with started_stores() as start:  # started again: each keeps its own
+        again = await start(LocalStore(str(old)))
+        assert not again.layout.sharded
+
+
+async def test_a_database_of_a_newer_layout_is_refused_at_start(tmp_path):
+    async with started_stores() as start:
+        await start(LocalStore(str(tmp_path)))
+    with sqlite3.connect(tmp_path / "uploads.db") as db:
+        db.execute("PRAGMA user_version=7")
+    store = LocalStore(str(tmp_path))
+    with pytest.raises(StorageError, match=r"newer version \(7\)"):
+        await store.start()
+    await store.stop()

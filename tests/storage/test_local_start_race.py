@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+from tests.plugins.local_files import upload_file, upload_files
 from tusd_py.storage.local.store import ORPHAN_GRACE
 
 START = """
@@ -29,16 +30,14 @@ asyncio.run(main())
 
 
 def test_processes_starting_together_share_the_orphan_clean_up(tmp_path):
-    uploads = tmp_path / "uploads"
-    uploads.mkdir()
     subprocess.run([sys.executable, "-c", START, str(tmp_path)], check=True)  # the schema
     for round_ in range(2):
         for i in range(3000):
-            (uploads / f"{round_:02x}{i:030x}").write_bytes(b"x")
+            upload_file(tmp_path, f"{round_:02x}{i:030x}").write_bytes(b"x")
         time.sleep(ORPHAN_GRACE + 0.2)  # every file old enough to be an orphan
         procs = [subprocess.Popen([sys.executable, "-c", START, str(tmp_path)],
                                   stderr=subprocess.PIPE, text=True) for _ in range(3)]
         for proc in procs:
             _, err = proc.communicate(timeout=120)
             assert proc.returncode == 0, err[-2000:]
-        assert sorted(uploads.iterdir()) == []
+        assert upload_files(tmp_path) == []

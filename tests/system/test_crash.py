@@ -10,6 +10,7 @@ import os
 import aiohttp
 
 from tests.plugins.daemon import DaemonFactory, DriverDaemons
+from tests.plugins.local_files import upload_file, upload_files
 from tests.plugins.tcp import wait_delivered
 
 from .tusreq import OCTET, create, get, metric, offset_of, patch, patch_when_free, wait_metric
@@ -70,7 +71,7 @@ async def test_kill_9_mid_patch_with_fsync(daemon_factory: DaemonFactory, tmp_pa
     """The same on the local driver with ``storage.fsync: true`` (its own sync path)."""
     data_dir = tmp_path / "data"
     local = DriverDaemons("local", 0, {"TUSD_STORAGE__DRIVER": "local"}, data_dir,
-                          daemon_factory, lambda: set(os.listdir(data_dir / "uploads")))
+                          daemon_factory, lambda: set(upload_files(data_dir)))
     await kill_9_mid_patch(local, {"TUSD_STORAGE__FSYNC": "true"})
 
 
@@ -120,11 +121,11 @@ async def test_restart_reconciles_unacknowledged_bytes(daemon_factory: DaemonFac
         url = await create(session, first.url, 1000)
         assert (await patch(session, url, 0, b"a" * 100)).status == 204
     first.kill()
-    upload_file = tmp_path / "data" / "uploads" / url.rsplit("/", 1)[1]
-    with open(upload_file, "ab") as fh:
+    path = upload_file(tmp_path / "data", url.rsplit("/", 1)[1])
+    with open(path, "ab") as fh:
         fh.write(b"garbage that was never acknowledged")
     second = daemon_factory(data_dir=tmp_path / "data", port=first.port)
-    assert upload_file.stat().st_size == 100
+    assert path.stat().st_size == 100
     async with aiohttp.ClientSession() as session:
         assert await offset_of(session, url) == 100
         assert (await patch(session, url, 100, b"b" * 900)).status == 204

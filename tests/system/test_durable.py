@@ -30,6 +30,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.plugins.local_files import upload_file
+
 from .tusreq import create, get, offset_of, patch
 
 PAGE = mmap.PAGESIZE
@@ -101,7 +103,7 @@ def read_direct(path: Path, length: int) -> bytes:
 
 
 def upload_path(data_dir: Path, url: str) -> Path:
-    return data_dir / "uploads" / url.rsplit("/", 1)[1]
+    return upload_file(data_dir, url.rsplit("/", 1)[1])
 
 
 @needs_page_flags

@@ -4,8 +4,8 @@ Before an offset commit is acknowledged its bytes must be on the disk, and for a
 first bytes also its directory entry (``LocalStore.create`` leaves that to them).
 ``DataSync`` runs the syncs in its own pool of ``THREADS`` threads (a disk takes
 concurrent flushes far better than one after the other): those queued in one event-loop
-iteration are spread over the threads, and the upload directory is fsynced once for all
-the first bytes among them. Each waiter learns its own file's outcome (a failed sync
+iteration are spread over the threads, and each directory holding the entries of first
+bytes among them is fsynced once for all of them. Each waiter learns its own file's outcome (a failed sync
 fails that commit only: its bytes are not acknowledged). The commits then share the group
 commit's rounds (``batch.py``) with ``synchronous=FULL``: data first, then the offset.
 
@@ -34,35 +34,30 @@ THREADS = 8
 
 
 class DataSync:
-    """fdatasync of committed files (and fsync of their directory), in a pool."""
+    """fdatasync of committed files (and fsync of their directories), in a pool."""
 
-    def __init__(self, directory: str) -> None:
-        self._directory = directory
-        self._dir_fd: int | None = None
+    def __init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None
-        #: (fd, first bytes of the file, waiter), dispatched once per loop iteration.
-        self._queue: list[tuple[int, bool, asyncio.Future[None]]] = []
+        #: (fd, directory of the file's entry if these are its first bytes, waiter),
+        #: dispatched once per loop iteration.
+        self._queue: list[tuple[int, str | None, asyncio.Future[None]]] = []
 
     def open(self) -> None:
-        self._dir_fd = os.open(self._directory, os.O_RDONLY | os.O_DIRECTORY)
         self._pool = ThreadPoolExecutor(THREADS, thread_name_prefix="tusd-sync")
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
-        if self._dir_fd is not None:
-            os.close(self._dir_fd)
-            self._dir_fd = None
 
-    async def file(self, fd: int, *, first: bool = False) -> None:
-        """Return once the data of ``fd`` is on the disk (with its directory entry when
-        these are the ``first`` bytes of the file); ``OSError`` if that failed."""
+    async def file(self, fd: int, *, directory: str | None = None) -> None:
+        """Return once the data of ``fd`` is on the disk, and its entry in ``directory``
+        if given (the file's first bytes); ``OSError`` if that failed."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         if not self._queue:
             loop.call_soon(self._dispatch, loop)
-        self._queue.append((fd, first, future))
+        self._queue.append((fd, directory, future))
         await future
 
     def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -72,16 +67,15 @@ class DataSync:
                 _settle(future, OSError("the store is stopped"))
             return
         jobs = [queue[i::THREADS] for i in range(min(THREADS, len(queue)))]
-        directory = None
-        if self._dir_fd is not None and any(first for _, first, _ in queue):
-            directory = loop.run_in_executor(self._pool, os.fsync, self._dir_fd)
+        directories = {directory: loop.run_in_executor(self._pool, sync_directory, directory)
+                       for directory in {d for _, d, _ in queue if d is not None}}
         for job in jobs:
             done = loop.run_in_executor(self._pool, _sync_files, [fd for fd, _, _ in job])
-            done.add_done_callback(functools.partial(_finish, job, directory))
+            done.add_done_callback(functools.partial(_finish, job, directories))
 
 
-def _finish(job: list[tuple[int, bool, asyncio.Future[None]]],
-            directory: asyncio.Future[None] | None,
+def _finish(job: list[tuple[int, str | None, asyncio.Future[None]]],
+            directories: dict[str, asyncio.Future[None]],
             done: asyncio.Future[list[OSError | None]]) -> None:
     """One job's files synced: settle each waiter (first bytes: once the directory is)."""
     errors: list[OSError | None]
@@ -89,9 +83,9 @@ def _finish(job: list[tuple[int, bool, asyncio.Future[None]]],
         errors = done.result()
     except BaseException as exc:  # the job could not run (the pool is shutting down)
         errors = [OSError(str(exc))] * len(job)
-    for (_, first, future), error in zip(job, errors, strict=True):
-        if error is None and first and directory is not None:
-            directory.add_done_callback(functools.partial(_after_directory, future))
+    for (_, directory, future), error in zip(job, errors, strict=True):
+        if error is None and directory is not None:
+            directories[directory].add_done_callback(functools.partial(_after_directory, future))
         else:
             _settle(future, error)
 
@@ -107,6 +101,15 @@ def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
         future.set_result(None)
     else:
         future.set_exception(error)
+
+
+def sync_directory(path: str) -> None:
+    """fsync the directory ``path`` (the entries in it durable)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _sync_files(fds: list[int]) -> list[OSError | None]:
