@@ -48,7 +48,7 @@ from ..ids import new_time_ordered_upload_id
 from .batch import INSERT_COLUMNS, GroupCommit, is_busy
 from .durable import DataSync, WriteBehind, sync_directory
 from .faults import read_only_reason, shm_fault, storage_error
-from .layout import FLAT, SHARDED, Layout
+from .layout import FLAT, SHARDED, Layout, ShardClock
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,7 @@ class LocalStore(Store):
         self.fsync = fsync
         #: Where upload files are; flat or sharded as the database says (``start``).
         self.layout = Layout(self.upload_dir, sharded=True)
+        self._shard_clock = ShardClock()
         self._db: aiosqlite.Connection | None = None
         self._inline: sqlite3.Connection | None = None
         self._batch: GroupCommit | None = None
@@ -387,7 +388,10 @@ class LocalStore(Store):
     # -- records ----------------------------------------------------------------
 
     def new_upload_id(self) -> str:
-        return new_time_ordered_upload_id()  # appends to the primary key's B-tree
+        # Appends to the primary key's B-tree; in this second's shard (layout.py).
+        if self.layout.sharded:
+            return self._shard_clock.new_id()
+        return new_time_ordered_upload_id()
 
     def _path(self, upload_id: str) -> str:
         return self.layout.path(upload_id)
