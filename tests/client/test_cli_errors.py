@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.plugins.daemon import Daemon
+from tests.plugins.local_files import upload_files
 
 
 def tusd(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -117,7 +118,7 @@ def test_a_missing_file_is_refused_before_any_bar(daemon: Daemon, tmp_path: Path
                              "tusd-py: nothing uploaded\n")
     result = tusd("upload", str(tmp_path), "--url", daemon.url, env=env)
     assert result.returncode == 2 and f"tusd-py: {tmp_path}: is a directory" in result.stderr
-    assert not list(daemon.data_dir.glob("uploads/*"))
+    assert upload_files(daemon.data_dir) == []
 
 
 def test_sizes_in_binary_units(daemon: Daemon, tmp_path: Path, cli_env: dict[str, str]) -> None:
