@@ -25,7 +25,7 @@ from ..storage.base import Capability
 from ..storage.registry import build_store
 from ..web import add_demo_routes
 from .cors import cors_headers
-from .keys import BACKGROUND, CONFIG, EVENTS, GATE, HANDLER, METRICS, READINESS, REGISTRY, STORE, WORKER
+from .keys import BACKGROUND, CONFIG, CORS, EVENTS, GATE, HANDLER, METRICS, READINESS, REGISTRY, STORE, WORKER
 from .limits import limits_middleware
 from .listen import reason
 from .logs import RequestAnnotator
@@ -123,9 +123,8 @@ def create_app(config: Config, store: Store | None = None,
             dispatch = handler.draft.dispatch_alone
     registry = CollectorRegistry()
     # Order (outermost first): the front middleware (gate, metrics of every final
-    # status, errors to responses, limit/auth refusals included), then the limits. CORS
-    # headers are added when a response is prepared (errors and downloads streamed from
-    # the handler too).
+    # status, errors to responses, limit/auth refusals included, and the CORS headers of
+    # what it returns; a download streamed from the handler adds its own), then the limits.
     if config.server.access_log:
         events.add(RequestAnnotator())  # upload id / bytes committed, for the access log
     tus_metrics = None
@@ -133,8 +132,9 @@ def create_app(config: Config, store: Store | None = None,
         tus_metrics = Metrics(registry, lambda: len(handler.writers))
         events.add(tus_metrics)
     gate = RequestGate()
+    cors = cors_headers(config) if config.server.cors.enabled else None
     middlewares: list[Callable[..., Awaitable[web.StreamResponse]]] = [
-        front_middleware(gate, tus_metrics, config.server.base_path)]
+        front_middleware(gate, tus_metrics, config.server.base_path, cors)]
     if tracer_provider is not None:  # outermost: the server span covers everything
         middlewares.insert(0, tracing.server_middleware(tracer_provider))
     limits = limits_middleware(config, tus_metrics)
@@ -153,8 +153,7 @@ def create_app(config: Config, store: Store | None = None,
     app[READINESS] = Readiness()
     if tus_metrics is not None:
         app[METRICS] = tus_metrics
-    if config.server.cors.enabled:
-        app.on_response_prepare.append(cors_headers(config))
+    app[CORS] = cors
 
     base = config.server.base_path
     # The upload route first: aiohttp tries the three (all indexed under the base path)

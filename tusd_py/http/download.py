@@ -14,6 +14,7 @@ from aiohttp import hdrs, web
 from ..protocol import Metadata
 from ..protocol.content import download_content
 from ..storage.base import Download
+from .keys import CORS
 
 
 def download_headers(metadata: Metadata) -> dict[str, str]:
@@ -124,6 +125,9 @@ async def stream_download(request: web.Request, source: Download,
     response = web.StreamResponse(status=status, headers=headers)
     response.content_length = end - start + 1 if size else 0
     response.last_modified = source.last_modified
+    cors = request.app[CORS]
+    if cors is not None:  # prepared here, so the front middleware cannot add them
+        cors(request, response.headers)
     await response.prepare(request)
     if size:
         async for chunk in source.read(start, end - start + 1):

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ..hooks.listener import HookListener
     from ..storage.base import Store
     from .app import Readiness
+    from .cors import AddCors
     from .metrics import Metrics
     from .middleware import RequestGate
     from .workers import WorkerSlot
@@ -33,6 +34,8 @@ REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("tusd_metrics_registry")
 #: The tusd_* metrics (absent when ``server.metrics`` is off).
 METRICS: web.AppKey[Metrics] = web.AppKey("tusd_metrics")
 GATE: web.AppKey[RequestGate] = web.AppKey("tusd_request_gate")
+#: ``server.cors``: adds a response's CORS headers (None when CORS is off).
+CORS: web.AppKey[AddCors | None] = web.AppKey("tusd_cors")
 #: Whether this process runs the background loops (the expiry sweeper, the post-finish
 #: re-delivery): with ``server.workers`` only the first worker does.
 BACKGROUND: web.AppKey[bool] = web.AppKey("tusd_background")

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from ..protocol import TUS_VERSION, TusError
+from .cors import AddCors
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -59,17 +60,21 @@ class RequestGate:
 
 
 def front_middleware(gate: RequestGate, metrics: Metrics | None,
-                     base_path: str) -> Middleware:
+                     base_path: str, cors: AddCors | None = None) -> Middleware:
     """The middleware every request passes first: the shutdown gate, the request metrics
-    (tus requests, under ``base_path``) and the error mapping (typed errors become short
-    plain-text responses; nothing unexpected leaks a traceback), in one layer."""
+    (tus requests, under ``base_path``), the error mapping (typed errors become short
+    plain-text responses; nothing unexpected leaks a traceback) and the CORS headers of
+    every response it returns or lets through (``cors``), in one layer."""
     base = base_path.rstrip("/")
     clock = time.perf_counter
 
     @web.middleware
     async def front(request: web.Request, handler: Handler) -> web.StreamResponse:
         if gate.stopping:
-            return gate.refusal()
+            refused = gate.refusal()
+            if cors is not None:
+                cors(request, refused.headers)
+            return refused
         gate.count += 1
         counted = metrics if metrics is not None and request.path.startswith(base) else None
         start = 0.0
@@ -85,6 +90,8 @@ def front_middleware(gate: RequestGate, metrics: Metrics | None,
             except web.HTTPException as exc:
                 if exc.status < 400:
                     status = exc.status
+                    if cors is not None:
+                        cors(request, exc.headers)
                     raise
                 response = _text_response(exc.status, exc.reason.lower(), dict(exc.headers))
             except asyncio.CancelledError:
@@ -99,6 +106,8 @@ def front_middleware(gate: RequestGate, metrics: Metrics | None,
             if counted is not None:
                 counted.open_requests -= 1
                 counted.answered(request.method, status, clock() - start)
+        if cors is not None and not response.prepared:  # a streamed one added its own
+            cors(request, response.headers)
         if gate.stopping:
             response.force_close()
         return response
