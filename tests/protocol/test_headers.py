@@ -1,4 +1,5 @@
 import base64
+import re
 
 import pytest
 
@@ -136,3 +137,42 @@ def test_http_date_whole_seconds_and_cache_follows_the_clock():
     assert http_date(86400.1) == "Fri, 02 Jan 1970 00:00:00 GMT"  # same second: kept text
     assert http_date(86401.0) == "Fri, 02 Jan 1970 00:00:01 GMT"
     assert http_date(0) == "Thu, 01 Jan 1970 00:00:00 GMT"  # and back
+
+
+# The metadata checks by str methods accept exactly what the patterns of the tus grammar
+# accept: a key of printable ASCII but space and comma, strict base64 values.
+_KEY_PATTERN = re.compile(r"[\x21-\x2b\x2d-\x7e]+")
+_B64_PATTERN = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+
+
+@pytest.mark.parametrize("code", [c for c in range(0x110) if chr(c) not in " ,"])  # separators
+def test_a_metadata_key_is_accepted_as_the_grammar_says(code: int) -> None:
+    key = f"k{chr(code)}y"
+    valid = _KEY_PATTERN.fullmatch(key) is not None
+    try:
+        parsed = parse_metadata(f"{key} aGk=")
+    except BadRequest:
+        assert not valid
+    else:
+        assert valid and parsed == {key: b"hi"}
+
+
+@pytest.mark.parametrize("value", ["aGk=", "aGVsbG8h", "aA==", "a+/b", "ab/+cd==", "aGk", "a===",
+                                   "====", "ab=c", "ab==", "a=b=", "aGk-", "aGk_", "YWJj\u00e9===",
+                                   "\u0661\u0662\u0663\u0664", "AAAA", "+///"])
+def test_a_metadata_value_is_accepted_as_strict_base64(value: str) -> None:
+    valid = len(value) % 4 == 0 and _B64_PATTERN.fullmatch(value) is not None
+    try:
+        parsed = parse_metadata(f"key {value}")
+    except BadRequest:
+        assert not valid or not _strict_b64_ok(value)
+    else:
+        assert valid and parsed == {"key": base64.b64decode(value, validate=True)}
+
+
+def _strict_b64_ok(value: str) -> bool:
+    try:
+        base64.b64decode(value, validate=True)
+    except ValueError:
+        return False
+    return True

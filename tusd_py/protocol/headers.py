@@ -20,10 +20,18 @@ MAX_INT = 2**63 - 1
 MAX_METADATA_BYTES = 4096
 MAX_METADATA_PAIRS = 64
 
-_METADATA_KEY = re.compile(r"[\x21-\x2b\x2d-\x7e]+")  # printable ASCII, no space, no comma
 _B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
 Metadata = dict[str, bytes | None]
+
+
+def _is_base64(text: str) -> bool:
+    """``_B64.fullmatch``, by ``str`` methods when the text is letters and digits with
+    at most two ``=`` of padding (nearly every value), by the regex otherwise."""
+    data = text.rstrip("=")
+    if len(text) - len(data) <= 2 and data.isascii() and data.isalnum():
+        return True
+    return _B64.fullmatch(text) is not None
 
 
 def parse_uint(value: str | None, header: str, *, required: bool = True) -> int | None:
@@ -66,7 +74,9 @@ def parse_metadata(value: str | None) -> Metadata:
         if len(parts) > 2 or not parts[0]:
             raise BadRequest("invalid Upload-Metadata header")
         key = parts[0]
-        if not _METADATA_KEY.fullmatch(key):
+        # printable ASCII but space and comma (the splits above took those out), by
+        # ``str`` methods: a regex match costs 1.9 k instructions
+        if not (key.isascii() and key.isprintable()):
             raise BadRequest("invalid Upload-Metadata key")
         if key in result:
             raise BadRequest(f"duplicate Upload-Metadata key {key!r}")
@@ -74,10 +84,11 @@ def parse_metadata(value: str | None) -> Metadata:
             result[key] = None
             continue
         encoded = parts[1]
-        if len(encoded) % 4 or not _B64.fullmatch(encoded):
+        if len(encoded) % 4 or not _is_base64(encoded):
             raise BadRequest(f"invalid base64 in Upload-Metadata value for {key!r}")
         try:
-            result[key] = base64.b64decode(encoded, validate=True)
+            # what b64decode(validate=True) calls, without its two Python-level steps
+            result[key] = binascii.a2b_base64(encoded, strict_mode=True)
         except binascii.Error as exc:  # pragma: no cover - regex already screens
             raise BadRequest(f"invalid base64 in Upload-Metadata value for {key!r}") from exc
     return result
