@@ -8,8 +8,11 @@ import json
 import aiohttp
 import pytest
 
+from tests.plugins.app import make_config
 from tests.plugins.daemon import Daemon
 from tusd_py.config import ConfigError, load_config
+from tusd_py.http.app import create_app
+from tusd_py.http.keys import GATE
 from tusd_py.protocol.constants import ALLOW_HEADERS, EXPOSE_HEADERS
 
 from .test_proxy import TUS, create, patch
@@ -123,3 +126,13 @@ def test_bad_cors_values_are_refused_by_name() -> None:
         with pytest.raises(ConfigError) as err:
             load_config("/dev/null", env=env)
         assert needle in str(err.value)
+
+
+async def test_the_refusals_of_a_stopping_server_carry_cors_headers(aiohttp_client, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A browser must be able to read the 503 that tells it to retry."""
+    client = await aiohttp_client(create_app(make_config(
+        {"driver": "local", "data_dir": str(tmp_path)}, server={"cors.allowed_origins": [ALLOWED]})))
+    client.app[GATE].stopping = True
+    r = await client.head("/files/" + "0" * 32, headers={**TUS, "Origin": ALLOWED})
+    assert r.status == 503
+    assert r.headers["Access-Control-Allow-Origin"] == ALLOWED and varies_on_origin(r)
