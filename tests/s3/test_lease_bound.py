@@ -110,8 +110,10 @@ async def test_a_completion_whose_part_was_overwritten_is_rolled_back_to_intact_
     (a stale write landed): the next reader does not loop on 500s. It moves the offset
     back to the end of the intact parts; the client resumes from there."""
     proxy, endpoint = s3_proxy
-    a = await make_store(endpoint_url=endpoint, lease_duration=1.0, retry_attempts=1)
-    b = await make_store(lease_duration=1.0)
+    # A 4 s lease: A's part uploads of 5 MiB through the proxy outlived a 1 s one on a
+    # loaded CI machine (ServiceUnavailable before the completion this test is about).
+    a = await make_store(endpoint_url=endpoint, lease_duration=4.0, retry_attempts=1)
+    b = await make_store(lease_duration=4.0)
     data = os.urandom(12 * MIB)
     upload = await new_upload(a, len(data))
     await write(a, upload.id, data[:11 * MIB])  # parts 1, 2 + a 1 MiB tail
