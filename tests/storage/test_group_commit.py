@@ -59,12 +59,10 @@ async def test_concurrent_compare_and_set_reports_each_row(store):
 
 async def test_errors_reach_every_waiter(tmp_path):
     db = await aiosqlite.connect(str(tmp_path / "x.db"), isolation_level=None)
-    checkpointer = sqlite3.connect(str(tmp_path / "x.db"), check_same_thread=False)
-    batch = GroupCommit(db, checkpointer=checkpointer)  # no uploads table: all fail
+    batch = GroupCommit(db)  # no uploads table: every statement fails
     results = await asyncio.gather(batch.insert(row("a")), batch.compare_and_set(
         ("a", 1, 1, None, None, 0, 1)), return_exceptions=True)
     assert all(isinstance(r, sqlite3.OperationalError) for r in results)
-    checkpointer.close()
     await db.close()
 
 

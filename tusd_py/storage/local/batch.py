@@ -64,8 +64,8 @@ T = TypeVar("T")
 
 
 class GroupCommit:
-    def __init__(self, db: aiosqlite.Connection, inline: sqlite3.Connection | None = None, *,
-                 checkpointer: sqlite3.Connection) -> None:
+    def __init__(self, db: aiosqlite.Connection, inline: sqlite3.Connection | None = None,
+                 checkpointer: sqlite3.Connection | None = None) -> None:
         self._db = db
         self._inline = inline
         #: The connection of a checkpoint's first step, used on a thread of the default
@@ -188,7 +188,10 @@ class GroupCommit:
         end of the round in flight (see the module's docstring)."""
         try:
             start = time.monotonic()
-            wal_frames = await asyncio.to_thread(_checkpoint, self._checkpointer)
+            if self._checkpointer is None:
+                wal_frames = await self._in_thread(_checkpoint)
+            else:
+                wal_frames = await asyncio.to_thread(_checkpoint, self._checkpointer)
             quick = time.monotonic() - start < QUICK_CHECKPOINT
             # The held step only after a quick first one (the disk is not busy writing
             # back, so its fsyncs are quick too), or once the WAL has grown too long.

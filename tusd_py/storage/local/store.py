@@ -192,24 +192,22 @@ class LocalStore(Store):
         # A second connection, used on the event loop itself for what never waits: reads,
         # and (without fsync) the group commit's rounds (tusd_py.storage.local.batch).
         # No busy timeout: what finds a lock taken goes to the thread. It never
-        # checkpoints (that waits on fsyncs): the group commit does, through the third.
+        # checkpoints (that waits on fsyncs): the thread's rounds do.
+        self._inline = sqlite3.connect(self.db_path, isolation_level=None,
+                                       check_same_thread=False)
         # Set up with the module's default busy timeout (5 s): its first statement reads
         # the schema, which another process starting at the same moment (server.workers)
         # may hold up; only then the inline connection's own 0.
-        self._inline = self._side_connection("NORMAL")
+        self._inline.execute("PRAGMA synchronous=NORMAL")
+        self._inline.execute("PRAGMA wal_autocheckpoint=0")
         self._inline.execute("PRAGMA busy_timeout=0")
         # A third, for the first step of the group commit's checkpoints (on a thread).
-        self._checkpointer = self._side_connection("FULL" if self.fsync else "NORMAL")
+        self._checkpointer = sqlite3.connect(self.db_path, isolation_level=None,
+                                             check_same_thread=False)
+        self._checkpointer.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
+        self._checkpointer.execute("PRAGMA wal_autocheckpoint=0")
         self._batch = GroupCommit(self._db, None if self.fsync else self._inline,
-                                  checkpointer=self._checkpointer)
-
-    def _side_connection(self, synchronous: str) -> sqlite3.Connection:
-        """A plain sqlite3 connection beside aiosqlite's, usable from any thread, that
-        never checkpoints by itself."""
-        conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False)
-        conn.execute(f"PRAGMA synchronous={synchronous}")
-        conn.execute("PRAGMA wal_autocheckpoint=0")
-        return conn
+                                  self._checkpointer)
 
     async def _watch_faults(self) -> None:
         """Every ``FAULT_CHECK_INTERVAL``: can SQLite's -shm file still be written? While
