@@ -45,8 +45,8 @@ import aiosqlite
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 64  # rows per round and kind (10 parameters per insert, far below SQLite's limit)
-#: Rounds between two checkpoints of the WAL (each round writes a few pages; SQLite's
-#: own auto-checkpoint, every 1000 by default, is set back to ``WAL_BOUND_FRAMES``).
+#: Inline rounds between two checkpoints of the WAL (each round writes a few pages;
+#: SQLite's own auto-checkpoint comes every 1000).
 CHECKPOINT_ROUNDS = 256
 #: Seconds within which a checkpoint's first step counts as quick.
 QUICK_CHECKPOINT = 0.05
