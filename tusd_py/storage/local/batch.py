@@ -121,7 +121,8 @@ class GroupCommit:
         return inserts, updates
 
     def _inline_round(self) -> None:
-        """One round on the event loop; to the thread when the write lock is taken."""
+        """One round on the event loop; to the thread when the write lock is taken or a
+        checkpoint is due."""
         self._scheduled = False
         if self._task is not None:
             return
