@@ -140,21 +140,19 @@ async def test_a_slow_checkpoint_holds_up_no_commit(tmp_path, monkeypatch, fsync
     monkeypatch.setattr(batch_module, "CHECKPOINT_ROUNDS", 3)
     monkeypatch.setattr(batch_module, "WAL_BOUND_FRAMES", 10**9)  # the WAL's bound aside
     started: list[float] = []
-    slow_checkpoints(monkeypatch, 1.0, started)
+    slow_checkpoints(monkeypatch, 0.5, started)
     store = LocalStore(str(tmp_path), fsync=fsync)
     await store.start()
     try:
-        longest, i, begin = 0.0, 0, time.monotonic()
-        # Inserts one after another for 2.5 s from the first checkpoint on: its first
+        longest, i = 0.0, 0
+        # Inserts one after another for 1.5 s from the first checkpoint on: its first
         # step, and a held step had there been one.
-        while (not started and time.monotonic() - begin < 10) or \
-                (started and time.monotonic() - started[0] < 2.5):
+        while not started or time.monotonic() - started[0] < 1.5:
             start = time.monotonic()
             await store.batch.insert(row(f"s{i}"))
             longest = max(longest, time.monotonic() - start)
             i += 1
-        assert started, "no checkpoint began"
-        assert longest < 0.6, f"an insert waited {longest:.2f}s for the checkpoint"
+        assert longest < 0.25, f"an insert waited {longest:.2f}s for the checkpoint"
         assert i > 20  # they went on meanwhile
     finally:
         await store.stop()
