@@ -23,12 +23,11 @@ With an ``inline`` connection (``storage.fsync: false``) a round runs on the eve
 in the iteration after its statements were queued. It never waits there: a round that
 finds the write lock taken (another process, this process's aiosqlite connection) runs
 on aiosqlite's thread instead, and so does every round without an inline connection
-(durable mode). Every ``CHECKPOINT_ROUNDS`` rounds the WAL is checkpointed in two steps:
-first through a connection of its own on a thread while the rounds go on (the copy and
-its fsyncs, which can take a second when the disk is busy writing back); then, if that was
-quick or the WAL has grown past ``WAL_BOUND_FRAMES``, once more on aiosqlite's thread at
-the end of a round, with the rounds held for it, for the few frames written meanwhile,
-so that the next writer restarts the WAL.
+(durable mode). Every ``CHECKPOINT_ROUNDS`` inline rounds the WAL is checkpointed in two
+steps: first on aiosqlite's thread while the inline rounds go on (the copy and its fsyncs,
+which can take a second when the disk is busy writing back); then, if that was quick or
+the WAL has grown past ``WAL_BOUND_FRAMES``, once more with the rounds held for it, for
+the few frames written meanwhile, so that the next writer restarts the WAL.
 """
 
 from __future__ import annotations
@@ -64,14 +63,9 @@ T = TypeVar("T")
 
 
 class GroupCommit:
-    def __init__(self, db: aiosqlite.Connection, inline: sqlite3.Connection | None = None,
-                 checkpointer: sqlite3.Connection | None = None) -> None:
+    def __init__(self, db: aiosqlite.Connection, inline: sqlite3.Connection | None = None) -> None:
         self._db = db
         self._inline = inline
-        #: The connection of a checkpoint's first step, used on a thread of the default
-        #: executor (beside the rounds, which in durable mode use aiosqlite's thread).
-        self._checkpointer = checkpointer
-        self._held_due = False  # the held step of a checkpoint, at the next round's end
         self._inserts: list[tuple[Row, asyncio.Future[None]]] = []
         self._updates: list[tuple[Row, asyncio.Future[bool]]] = []
         self._task: asyncio.Task[None] | None = None
@@ -128,6 +122,10 @@ class GroupCommit:
             return
         inline = self._inline
         assert inline is not None
+        if self._since_checkpoint >= CHECKPOINT_ROUNDS and self._checkpointing is None:
+            self._since_checkpoint = 0
+            self._checkpointing = asyncio.get_running_loop().create_task(
+                self._two_step_checkpoint())
         inserts, updates = self._take()
         try:
             outcome = _apply(inline, [row for row, _ in inserts], [row for row, _ in updates])
@@ -144,17 +142,17 @@ class GroupCommit:
         except Exception as exc:  # the transaction failed as a whole
             _fail(inserts, updates, exc)
         else:
+            self._since_checkpoint += 1
             _settle(inserts, updates, *outcome)
-            self._counted_round()
         self._again()
 
     def _again(self) -> None:
         if self._inserts or self._updates:
             self._kick()
 
-    async def _drain(self) -> None:
+    async def _drain(self, checkpoint: bool = False) -> None:
         """Rounds on aiosqlite's thread until the queue is empty (or the lock is free
-        again for the inline connection), and a checkpoint's held step when it is due."""
+        again for the inline connection)."""
         try:
             while self._inserts or self._updates:
                 inserts, updates = self._take()
@@ -167,52 +165,30 @@ class GroupCommit:
                 _settle(inserts, updates, insert_errors, matched)
                 if self._inline is not None:
                     break  # the rest inline again
-                self._counted_round()
-                if self._held_due:
-                    await self._held_checkpoint()
-            if self._held_due:
-                await self._held_checkpoint()
+            if checkpoint:
+                self._since_checkpoint = 0
+                await self._in_thread(_checkpoint)
         finally:
             self._task = None
             if self._inserts or self._updates:  # queued meanwhile, or after a failed round
                 self._kick()
 
-    def _counted_round(self) -> None:
-        self._since_checkpoint += 1
-        if self._since_checkpoint >= CHECKPOINT_ROUNDS and self._checkpointing is None:
-            self._since_checkpoint = 0
-            self._checkpointing = asyncio.get_running_loop().create_task(
-                self._two_step_checkpoint())
-
     async def _two_step_checkpoint(self) -> None:
-        """A checkpoint's first step, beside the rounds; then its held step, due at the
-        end of the round in flight (see the module's docstring)."""
+        """The two steps of a checkpoint (see the module's docstring)."""
         try:
             start = time.monotonic()
-            if self._checkpointer is None:
-                wal_frames = await self._in_thread(_checkpoint)
-            else:
-                wal_frames = await asyncio.to_thread(_checkpoint, self._checkpointer)
+            wal_frames = await self._in_thread(_checkpoint)
             quick = time.monotonic() - start < QUICK_CHECKPOINT
             # The held step only after a quick first one (the disk is not busy writing
             # back, so its fsyncs are quick too), or once the WAL has grown too long.
-            if quick or wal_frames >= WAL_BOUND_FRAMES:
-                self._held_due = True
-                if self._task is None:
-                    self._task = asyncio.get_running_loop().create_task(self._drain())
+            if (quick or wal_frames >= WAL_BOUND_FRAMES) and self._task is None:
+                self._task = asyncio.get_running_loop().create_task(
+                    self._drain(checkpoint=True))
+                await asyncio.shield(self._task)
         except Exception as exc:  # the next checkpoint tries again
             log.warning("checkpoint of the WAL failed: %s", exc)
         finally:
             self._checkpointing = None
-
-    async def _held_checkpoint(self) -> None:
-        """The rounds wait for this one: the frames left are copied, and the next writer
-        restarts the WAL."""
-        self._held_due = False
-        try:
-            await self._in_thread(_checkpoint)
-        except Exception as exc:
-            log.warning("checkpoint of the WAL failed: %s", exc)
 
     async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(sqlite3_connection, *args)`` on aiosqlite's thread, in one hop.

@@ -45,7 +45,7 @@ from ...protocol.errors import (
 from ...protocol.headers import Metadata
 from ..base import Download, Store, Upload, UploadLock
 from ..ids import new_time_ordered_upload_id
-from .batch import INSERT_COLUMNS, WAL_BOUND_FRAMES, GroupCommit, is_busy
+from .batch import INSERT_COLUMNS, GroupCommit, is_busy
 from .durable import DataSync, WriteBehind, sync_directory
 from .faults import read_only_reason, shm_fault, storage_error
 from .layout import FLAT, SHARDED, Layout, ShardClock
@@ -127,7 +127,6 @@ class LocalStore(Store):
         self._shard_clock = ShardClock()
         self._db: aiosqlite.Connection | None = None
         self._inline: sqlite3.Connection | None = None
-        self._checkpointer: sqlite3.Connection | None = None
         self._batch: GroupCommit | None = None
         #: Uploads terminated under a lock not yet released (see ``LocalLock.release``).
         self._unlinked: set[str] = set()
@@ -174,9 +173,6 @@ class LocalStore(Store):
         await self._db.execute("PRAGMA journal_mode=WAL")
         await self._db.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
         await self._db.execute("PRAGMA busy_timeout=5000")
-        # The group commit checkpoints (batch.py); SQLite's own checkpoint, which would
-        # hold up the rounds, only if the WAL grew that long without one (a long sweep).
-        await self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_BOUND_FRAMES}")
         rows = await self._db.execute_fetchall(
             "SELECT count(*) FROM sqlite_master WHERE name = 'uploads'")
         new = not next(iter(rows))[0]
@@ -201,13 +197,7 @@ class LocalStore(Store):
         self._inline.execute("PRAGMA synchronous=NORMAL")
         self._inline.execute("PRAGMA wal_autocheckpoint=0")
         self._inline.execute("PRAGMA busy_timeout=0")
-        # A third, for the first step of the group commit's checkpoints (on a thread).
-        self._checkpointer = sqlite3.connect(self.db_path, isolation_level=None,
-                                             check_same_thread=False)
-        self._checkpointer.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
-        self._checkpointer.execute("PRAGMA wal_autocheckpoint=0")
-        self._batch = GroupCommit(self._db, None if self.fsync else self._inline,
-                                  self._checkpointer)
+        self._batch = GroupCommit(self._db, None if self.fsync else self._inline)
 
     async def _watch_faults(self) -> None:
         """Every ``FAULT_CHECK_INTERVAL``: can SQLite's -shm file still be written? While
@@ -237,9 +227,6 @@ class LocalStore(Store):
         if self._inline is not None:
             self._inline.close()
             self._inline = None
-        if self._checkpointer is not None:
-            self._checkpointer.close()
-            self._checkpointer = None
         if self._db is not None:
             await self._db.close()
             self._db = None
