@@ -22,35 +22,23 @@ A statement waits at most for the round in flight plus its own; alone, it runs a
 With an ``inline`` connection (``storage.fsync: false``) a round runs on the event loop
 in the iteration after its statements were queued. It never waits there: a round that
 finds the write lock taken (another process, this process's aiosqlite connection) runs
-on aiosqlite's thread instead, and so does every round without an inline connection
-(durable mode). Every ``CHECKPOINT_ROUNDS`` inline rounds the WAL is checkpointed in two
-steps: first on aiosqlite's thread while the inline rounds go on (the copy and its fsyncs,
-which can take a second when the disk is busy writing back); then, if that was quick or
-the WAL has grown past ``WAL_BOUND_FRAMES``, once more with the rounds held for it, for
-the few frames written meanwhile, so that the next writer restarts the WAL.
+on aiosqlite's thread instead, and so do every ``CHECKPOINT_ROUNDS``-th round (it
+checkpoints the WAL) and, without an inline connection (durable mode), every round.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import sqlite3
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import aiosqlite
 
-log = logging.getLogger(__name__)
-
 MAX_BATCH = 64  # rows per round and kind (10 parameters per insert, far below SQLite's limit)
-#: Inline rounds between two checkpoints of the WAL (each round writes a few pages;
-#: SQLite's own auto-checkpoint comes every 1000).
+#: Inline rounds between two rounds on the thread that checkpoint the WAL (each round
+#: writes a few pages; SQLite's own auto-checkpoint comes every 1000).
 CHECKPOINT_ROUNDS = 256
-#: Seconds within which a checkpoint's first step counts as quick.
-QUICK_CHECKPOINT = 0.05
-#: WAL frames (4 KiB pages) past which the held step runs however slow the first was.
-WAL_BOUND_FRAMES = 16384
 
 INSERT_COLUMNS = ("id", "length", "upload_offset", "metadata", "created_at", "expires_at",
                   "is_partial", "final_of", "completed_at", "finish_owed")
@@ -71,7 +59,6 @@ class GroupCommit:
         self._task: asyncio.Task[None] | None = None
         self._scheduled = False
         self._since_checkpoint = 0
-        self._checkpointing: asyncio.Task[None] | None = None
 
     async def insert(self, row: Row) -> None:
         """INSERT one upload row (values in ``INSERT_COLUMNS`` order)."""
@@ -90,11 +77,7 @@ class GroupCommit:
 
     async def idle(self) -> None:
         """Wait until every queued statement has run (before closing the database)."""
-        while self._task is not None or self._inserts or self._updates \
-                or self._checkpointing is not None:
-            if self._checkpointing is not None:
-                await asyncio.shield(self._checkpointing)
-                continue
+        while self._task is not None or self._inserts or self._updates:
             if self._task is None:
                 self._task = asyncio.get_running_loop().create_task(self._drain())
             await asyncio.shield(self._task)
@@ -122,10 +105,9 @@ class GroupCommit:
             return
         inline = self._inline
         assert inline is not None
-        if self._since_checkpoint >= CHECKPOINT_ROUNDS and self._checkpointing is None:
-            self._since_checkpoint = 0
-            self._checkpointing = asyncio.get_running_loop().create_task(
-                self._two_step_checkpoint())
+        if self._since_checkpoint >= CHECKPOINT_ROUNDS:
+            self._task = asyncio.get_running_loop().create_task(self._drain(checkpoint=True))
+            return
         inserts, updates = self._take()
         try:
             outcome = _apply(inline, [row for row, _ in inserts], [row for row, _ in updates])
@@ -173,23 +155,6 @@ class GroupCommit:
             if self._inserts or self._updates:  # queued meanwhile, or after a failed round
                 self._kick()
 
-    async def _two_step_checkpoint(self) -> None:
-        """The two steps of a checkpoint (see the module's docstring)."""
-        try:
-            start = time.monotonic()
-            wal_frames = await self._in_thread(_checkpoint)
-            quick = time.monotonic() - start < QUICK_CHECKPOINT
-            # The held step only after a quick first one (the disk is not busy writing
-            # back, so its fsyncs are quick too), or once the WAL has grown too long.
-            if (quick or wal_frames >= WAL_BOUND_FRAMES) and self._task is None:
-                self._task = asyncio.get_running_loop().create_task(
-                    self._drain(checkpoint=True))
-                await asyncio.shield(self._task)
-        except Exception as exc:  # the next checkpoint tries again
-            log.warning("checkpoint of the WAL failed: %s", exc)
-        finally:
-            self._checkpointing = None
-
     async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(sqlite3_connection, *args)`` on aiosqlite's thread, in one hop.
 
@@ -234,11 +199,9 @@ def _settle(inserts: list[tuple[Row, asyncio.Future[None]]],
             update_future.set_result(ok)
 
 
-def _checkpoint(conn: sqlite3.Connection) -> int:
-    """Copy the WAL into the database without waiting for readers or writers; the
-    WAL's length in frames."""
-    _, wal_frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-    return int(wal_frames)
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    """Copy the WAL into the database without waiting for readers or writers."""
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
 def _apply(conn: sqlite3.Connection, inserts: list[Row],
